@@ -1,0 +1,295 @@
+"""The aligned-frame shard format: one HDF5 file per subject and camera.
+
+Schema (other tools read it; keep the names)::
+
+    images        JPEG bytes per frame (vlen uint8) or raw uint8 [N, S, S, 3]; attr ``encoding``
+    frame_index   int32  [N]        0-based video frame
+    intensity     uint8  [N, 12]    FACS intensity 0-5 of AUs 1,2,4,5,6,9,12,15,17,20,25,26
+    labels        uint8  [N, K]     intensity >= threshold for the AUs in attr ``au_ids``
+    landmarks     float32 [N, 66, 2] landmarks in aligned pixel coordinates (0-based)
+
+File attrs: ``subject``, ``camera``, ``au_ids``, ``threshold``, ``pos_count``, ``pos_weight``
+(n_neg / n_pos per AU of ``au_ids``), ``intensity_hist`` ([12, 6] counts), ``image_size``,
+``nose_target``, ``chin_target``, ``n_source_frames``, ``dropped`` (JSON: reason -> count),
+``pipeline_version``, ``config`` (JSON of the command that made it) and ``complete`` (set last).
+
+A shard is written to a temporary file beside its final name and renamed only once complete,
+so a file under the final name is always whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import h5py
+import numpy as np
+
+from .disfa import ALL_AUS, EVAL_AUS, N_LANDMARKS, au_columns
+
+SCHEMA_VERSION = 1
+ENCODINGS = ("jpeg", "raw")
+DEFAULT_JPEG_QUALITY = 90
+
+
+class ShardError(RuntimeError):
+    """A shard file is missing, incomplete or does not follow the schema."""
+
+
+def encode_jpeg(image_rgb: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> np.ndarray:
+    """Encode an RGB uint8 image as JPEG bytes (a 1-D uint8 array)."""
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise ShardError("OpenCV could not encode a frame as JPEG")
+    return buf.reshape(-1)
+
+
+def decode_jpeg(data: np.ndarray) -> np.ndarray:
+    """Decode JPEG bytes into an RGB uint8 image."""
+    bgr = cv2.imdecode(np.asarray(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ShardError("corrupt JPEG frame")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def binarize(intensity: np.ndarray, au_ids: Sequence[int], threshold: int) -> np.ndarray:
+    """0/1 labels ``intensity >= threshold`` for the columns of ``au_ids``."""
+    return (intensity[:, au_columns(au_ids)] >= threshold).astype(np.uint8)
+
+
+def label_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-AU positive counts and BCE ``pos_weight`` = n_neg / max(n_pos, 1)."""
+    pos = labels.sum(axis=0).astype(np.int64)
+    neg = labels.shape[0] - pos
+    return pos, (neg / np.maximum(pos, 1)).astype(np.float32)
+
+
+def intensity_histogram(intensity: np.ndarray) -> np.ndarray:
+    """[12, 6] counts of each intensity 0-5 per AU."""
+    hist = np.zeros((len(ALL_AUS), 6), dtype=np.int64)
+    for col in range(len(ALL_AUS)):
+        hist[col] = np.bincount(intensity[:, col].astype(np.int64), minlength=6)[:6]
+    return hist
+
+
+class ShardWriter:
+    """Append aligned frames one at a time; ``commit`` writes the rest and renames atomically.
+
+    Used as a context manager, an exception (or a missing ``commit``) removes the temporary file,
+    so no partial shard is ever left under the final name.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        image_size: int,
+        encoding: str = "jpeg",
+        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    ) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.image_size = int(image_size)
+        self.encoding = encoding
+        self.jpeg_quality = int(jpeg_quality)
+        self._file = h5py.File(self.tmp_path, "w")
+        s = self.image_size
+        if encoding == "jpeg":
+            self._images = self._file.create_dataset(
+                "images", shape=(0,), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8), chunks=(64,)
+            )
+            self._images.attrs["jpeg_quality"] = self.jpeg_quality
+        else:
+            self._images = self._file.create_dataset(
+                "images", shape=(0, s, s, 3), maxshape=(None, s, s, 3), dtype=np.uint8,
+                chunks=(1, s, s, 3),
+            )
+        self._images.attrs["encoding"] = encoding
+        self._frame_index: list[int] = []
+        self._intensity: list[np.ndarray] = []
+        self._landmarks: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._frame_index)
+
+    def append(
+        self, image_rgb: np.ndarray, frame_index: int, intensity: np.ndarray, landmarks: np.ndarray
+    ) -> None:
+        s = self.image_size
+        if image_rgb.shape != (s, s, 3) or image_rgb.dtype != np.uint8:
+            raise ShardError(f"frame {frame_index}: expected uint8 {s}x{s}x3, got "
+                             f"{image_rgb.dtype} {image_rgb.shape}")
+        n = len(self._frame_index)
+        self._images.resize(n + 1, axis=0)
+        if self.encoding == "jpeg":
+            self._images[n] = encode_jpeg(image_rgb, self.jpeg_quality)
+        else:
+            self._images[n] = image_rgb
+        self._frame_index.append(int(frame_index))
+        self._intensity.append(np.asarray(intensity, dtype=np.uint8).reshape(len(ALL_AUS)))
+        self._landmarks.append(np.asarray(landmarks, dtype=np.float32).reshape(N_LANDMARKS, 2))
+
+    def commit(
+        self,
+        *,
+        subject: str,
+        camera: str,
+        threshold: int,
+        au_ids: Sequence[int] = EVAL_AUS,
+        nose_target: Sequence[float],
+        chin_target: Sequence[float],
+        n_source_frames: int,
+        dropped: dict[str, int] | None = None,
+        config: dict[str, Any] | None = None,
+        pipeline_version: str = "",
+    ) -> Path:
+        """Write the per-frame arrays and attrs, then rename the file to its final name."""
+        n = len(self._frame_index)
+        intensity = np.stack(self._intensity) if n else np.zeros((0, len(ALL_AUS)), np.uint8)
+        landmarks = np.stack(self._landmarks) if n else np.zeros((0, N_LANDMARKS, 2), np.float32)
+        labels = binarize(intensity, au_ids, threshold)
+        pos, pos_weight = label_stats(labels)
+        f = self._file
+        f.create_dataset("frame_index", data=np.asarray(self._frame_index, dtype=np.int32))
+        f.create_dataset("intensity", data=intensity)
+        f.create_dataset("labels", data=labels)
+        f.create_dataset("landmarks", data=landmarks)
+        attrs = f.attrs
+        attrs["schema_version"] = SCHEMA_VERSION
+        attrs["subject"] = subject
+        attrs["camera"] = camera
+        attrs["au_ids"] = np.asarray(au_ids, dtype=np.int32)
+        attrs["all_au_ids"] = np.asarray(ALL_AUS, dtype=np.int32)
+        attrs["threshold"] = int(threshold)
+        attrs["pos_count"] = pos
+        attrs["pos_weight"] = pos_weight
+        attrs["intensity_hist"] = intensity_histogram(intensity)
+        attrs["image_size"] = self.image_size
+        attrs["nose_target"] = np.asarray(nose_target, dtype=np.float64)
+        attrs["chin_target"] = np.asarray(chin_target, dtype=np.float64)
+        attrs["n_source_frames"] = int(n_source_frames)
+        attrs["dropped"] = json.dumps(dropped or {}, sort_keys=True)
+        attrs["config"] = json.dumps(config or {}, sort_keys=True, default=str)
+        attrs["pipeline_version"] = pipeline_version
+        attrs["complete"] = True
+        f.close()
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        try:
+            self._file.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp_path.exists():
+            self.abort()
+
+
+class ShardReader:
+    """Read one shard. Per-frame metadata is loaded at once (small); images decode on demand.
+
+    The HDF5 handle is opened lazily and re-opened in a forked process, so one reader object
+    can be handed to several DataLoader workers.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ShardError(f"{self.path}: no such shard")
+        self._file: h5py.File | None = None
+        self._pid = -1
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.attrs = _read_attrs(f)
+                if not self.attrs.get("complete", False):
+                    raise ShardError(f"{self.path}: shard is incomplete (no 'complete' attr)")
+                for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
+                    if name not in f:
+                        raise ShardError(f"{self.path}: dataset '{name}' is missing")
+                self.frame_index = f["frame_index"][()]
+                self.intensity = f["intensity"][()]
+                self.labels = f["labels"][()]
+                self.landmarks = f["landmarks"][()]
+                self.encoding = str(f["images"].attrs.get("encoding", "raw"))
+                n_images = f["images"].shape[0]
+        except OSError as err:
+            raise ShardError(f"{self.path}: not a readable HDF5 shard ({err})") from err
+        n = len(self.frame_index)
+        if not (n_images == n == len(self.intensity) == len(self.labels) == len(self.landmarks)):
+            raise ShardError(f"{self.path}: datasets disagree in length")
+        self.au_ids = tuple(int(a) for a in self.attrs["au_ids"])
+        self.image_size = int(self.attrs["image_size"])
+        self.subject = str(self.attrs["subject"])
+        self.camera = str(self.attrs["camera"])
+
+    def __len__(self) -> int:
+        return len(self.frame_index)
+
+    def _images(self) -> h5py.Dataset:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file["images"]
+
+    def image(self, i: int) -> np.ndarray:
+        """Frame ``i`` as uint8 RGB ``[S, S, 3]``."""
+        data = self._images()[i]
+        if self.encoding == "jpeg":
+            try:
+                return decode_jpeg(data)
+            except ShardError as err:
+                raise ShardError(f"{self.path}, frame {i}: {err}") from err
+        return np.asarray(data)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None  # h5py handles do not pickle; reopen in the worker
+        state["_pid"] = -1
+        return state
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_attrs(f: h5py.File) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if key in ("dropped", "config") and isinstance(value, str):
+            value = json.loads(value)
+        attrs[key] = value
+    return attrs
+
+
+def is_complete_shard(path: Path | str) -> bool:
+    """True if ``path`` opens as a complete, consistent shard (used to skip work on reruns)."""
+    try:
+        ShardReader(path).close()
+    except ShardError:
+        return False
+    return True
+
+
+def shard_name(subject: str, camera: str) -> str:
+    return f"{subject}_{camera}.h5"
