@@ -1,0 +1,226 @@
+"""Speed and size of TRA-Net against its SENet-50 backbone, measured in one run on the same batch.
+
+``python -m model.bench`` times, for each preset asked for:
+
+* a training step (forward, branch BCE loss, backward, SGD step) of TRA-Net and of the "senet50"
+  variant (the backbone alone with its global-pool + FC head, same frozen blocks) on the SAME
+  batch, steps interleaved so that both see the same machine load; the ratio of the two;
+* inference (eval mode, ``torch.inference_mode``) images/s of both.
+
+Times are medians over the timed steps after warm-up (CPU timings on a shared machine are noisy;
+the median is robust to another process stealing a core for one step). On CUDA the same code runs
+under autocast (bfloat16) with channels_last tensors and synchronises before reading the clock.
+
+``--flops`` also reports parameters and GFLOPs (``torch.utils.flop_counter.FlopCounterMode``,
+one forward pass, a multiply-add counted as 2 FLOPs) of every variant at ``--flops-size``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .losses import branch_bce_loss
+from .tranet import VARIANTS, TRANet, TRANetConfig, build_model
+
+log = logging.getLogger("model.bench")
+
+
+@dataclass
+class BenchConfig:
+    presets: list[str] = field(default_factory=lambda: ["full", "small"])
+    full_batch: int = 4
+    small_batch: int = 32
+    full_size: int = 224
+    small_size: int = 112
+    steps: int = 4
+    warmup: int = 2
+    threads: int | None = None
+    device: str = "auto"
+    flops: bool = True
+    flops_size: int = 224
+    out: str | None = None
+
+
+def _parse_args(argv: list[str] | None = None) -> BenchConfig:
+    p = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = BenchConfig()
+    p.add_argument("--presets", nargs="+", default=d.presets, choices=["full", "small"],
+                   help="model sizes to time (default: both)")
+    p.add_argument("--full-batch", type=int, default=d.full_batch, help="batch for the full preset")
+    p.add_argument("--small-batch", type=int, default=d.small_batch, help="batch for the small preset")
+    p.add_argument("--full-size", type=int, default=d.full_size, help="input size for the full preset")
+    p.add_argument("--small-size", type=int, default=d.small_size, help="input size for the small preset")
+    p.add_argument("--steps", type=int, default=d.steps, help="timed steps per model (median reported)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (allocator, oneDNN)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default=d.device, help="'cpu', 'cuda' or 'auto' (cuda when available)")
+    p.add_argument("--no-flops", dest="flops", action="store_false",
+                   help="skip the parameter/GFLOP table of every variant")
+    p.add_argument("--flops-size", type=int, default=d.flops_size, help="input size of the GFLOP count")
+    p.add_argument("--out", default=d.out, help="also write the results as JSON to this file")
+    return BenchConfig(**vars(p.parse_args(argv)))
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_gflops(model: torch.nn.Module, size: int) -> float:
+    """Forward GFLOPs of one ``size`` x ``size`` image (FlopCounterMode; a MAC = 2 FLOPs)."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model.eval()(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
+                          weight_decay=1e-3)
+    groups = model.branch_groups
+
+    def step() -> None:
+        with _autocast(device):
+            loss = branch_bce_loss(model(x).float(), y, groups)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _make_infer_step(model: TRANet, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode(), _autocast(device):
+            model(x)
+    return step
+
+
+def _time_interleaved(steps: dict[str, Callable[[], None]], n: int, warmup: int,
+                      device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and process-CPU seconds per call of each step; calls alternate so all see
+    the same load. CPU seconds (all threads) are what the step costs even when other processes
+    share the cores and stretch the wall time."""
+    wall: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
+    for i in range(warmup + n):
+        for name, fn in steps.items():
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    return ({k: statistics.median(v) for k, v in wall.items()},
+            {k: statistics.median(v) for k, v in cpu.items()})
+
+
+def bench_preset(preset: str, batch: int, size: int, cfg: BenchConfig, device: torch.device) -> dict:
+    """Train/inference images/s of TRA-Net and the senet50 variant of one preset, same batch."""
+    torch.manual_seed(0)
+    models = {v: build_model(TRANetConfig(variant=v, preset=preset, image_size=size)).to(device)
+              for v in ("tranet", "senet50")}
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = (torch.rand(batch, len(models["tranet"].config.au_ids), device=device) > 0.7).float()
+    # build_model already puts the models in channels_last (TRANetConfig.channels_last), on CPU too.
+    for m in models.values():
+        m.train()
+    train, train_cpu = _time_interleaved({k: _make_train_step(m, x, y, device) for k, m in models.items()},
+                                         cfg.steps, cfg.warmup, device)
+    for m in models.values():
+        m.eval()
+    infer, infer_cpu = _time_interleaved({k: _make_infer_step(m, x, device) for k, m in models.items()},
+                                         cfg.steps, cfg.warmup, device)
+    result = {"preset": preset, "batch": batch, "size": size, "device": str(device),
+              "amp_bf16": device.type == "cuda", "channels_last": True}
+    for k in models:
+        result[f"{k}_train_img_s"] = batch / train[k]
+        result[f"{k}_infer_img_s"] = batch / infer[k]
+        result[f"{k}_train_cpu_s_per_img"] = train_cpu[k] / batch
+        result[f"{k}_infer_cpu_s_per_img"] = infer_cpu[k] / batch
+    result["train_step_ratio"] = train["tranet"] / train["senet50"]
+    result["train_step_ratio_cpu_time"] = train_cpu["tranet"] / train_cpu["senet50"]
+    result["infer_ratio"] = infer["tranet"] / infer["senet50"]
+    return result
+
+
+def flops_table(size: int, preset: str = "full") -> list[dict]:
+    """Parameters and forward GFLOPs of every variant."""
+    rows = []
+    for variant in VARIANTS:
+        model = build_model(TRANetConfig(variant=variant, preset=preset, image_size=size))
+        total, trainable = count_parameters(model)
+        rows.append({"variant": variant, "preset": preset, "size": size, "params_M": total / 1e6,
+                     "trainable_params_M": trainable / 1e6, "gflops": count_gflops(model, size)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    log.info("device %s, %d CPU threads", device, torch.get_num_threads())
+    results: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "speed": [], "flops": []}
+    for preset in cfg.presets:
+        batch, size = ((cfg.full_batch, cfg.full_size) if preset == "full"
+                       else (cfg.small_batch, cfg.small_size))
+        log.info("timing preset %s: batch %d at %dx%d", preset, batch, size, size)
+        results["speed"].append(bench_preset(preset, batch, size, cfg, device))
+    if cfg.flops:
+        log.info("counting parameters and FLOPs of every variant at %d", cfg.flops_size)
+        results["flops"] = flops_table(cfg.flops_size) + flops_table(cfg.small_size, "small")
+
+    print(f"\nSpeed ({device}, {results['threads']} threads; median of {cfg.steps} steps)")
+    print(f"{'preset':<6} {'batch':>5} {'size':>4} | {'train img/s TRA-Net':>19} {'backbone':>9} "
+          f"{'ratio':>6} {'ratio(cpu s)':>12} | {'infer img/s TRA-Net':>19} {'backbone':>9}")
+    for r in results["speed"]:
+        print(f"{r['preset']:<6} {r['batch']:>5} {r['size']:>4} | {r['tranet_train_img_s']:>19.1f} "
+              f"{r['senet50_train_img_s']:>9.1f} {r['train_step_ratio']:>6.2f} "
+              f"{r['train_step_ratio_cpu_time']:>12.2f} | "
+              f"{r['tranet_infer_img_s']:>19.1f} {r['senet50_infer_img_s']:>9.1f}")
+    if device.type == "cpu":
+        print("(ratio = TRA-Net step time / backbone step time on the same batch; 'cpu s' uses "
+              "process CPU seconds, robust to other processes sharing the cores)")
+    if results["flops"]:
+        print(f"\n{'variant':<20} {'preset':<6} {'size':>4} {'params M':>9} {'trainable M':>11} {'GFLOPs':>7}")
+        for r in results["flops"]:
+            print(f"{r['variant']:<20} {r['preset']:<6} {r['size']:>4} {r['params_M']:>9.2f} "
+                  f"{r['trainable_params_M']:>11.2f} {r['gflops']:>7.2f}")
+    if cfg.out:
+        out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(out)
+    return results
+
+
+if __name__ == "__main__":
+    main()
