@@ -1,0 +1,129 @@
+"""Checkpoint files: one dict saved atomically, validated on load, rebuildable for inference."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = "tranet-au-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A file is not a readable checkpoint of this toolkit, or does not fit the model asked for."""
+
+
+def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus the format tag) to ``path`` through a temp file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; anything else is a ``CheckpointError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        # weights_only: a checkpoint holds tensors and plain containers, never code.
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} file (a bare state_dict or "
+                              "another tool's checkpoint?)")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {data.get('version')} is not supported "
+                              f"(this toolkit reads version {CHECKPOINT_VERSION})")
+    for key in ("model", "model_config", "data"):
+        if key not in data:
+            raise CheckpointError(f"{path}: checkpoint has no '{key}' entry")
+    return data
+
+
+def check_compatible(
+    data: dict[str, Any],
+    path: Path | str,
+    *,
+    variant: str | None = None,
+    au_ids: Sequence[int] | None = None,
+    image_size: int | None = None,
+) -> None:
+    """Refuse a checkpoint trained as another variant, on other AUs or at another input size."""
+    config = data.get("model_config", {})
+    if variant is not None and config.get("variant") != variant:
+        raise CheckpointError(f"{path}: checkpoint is variant '{config.get('variant')}', "
+                              f"not '{variant}'")
+    if au_ids is not None and [int(a) for a in data["data"].get("au_ids", [])] != \
+            [int(a) for a in au_ids]:
+        raise CheckpointError(f"{path}: checkpoint predicts AUs {data['data'].get('au_ids')}, "
+                              f"expected {list(au_ids)}")
+    if image_size is not None and int(data["data"].get("image_size", -1)) != int(image_size):
+        raise CheckpointError(f"{path}: checkpoint expects {data['data'].get('image_size')}-pixel "
+                              f"input, got {image_size}")
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global random stream training touches, in a ``weights_only``-loadable form."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def load_for_inference(
+    path: Path | str, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained as, load its weights, return it in eval mode.
+
+    ``meta`` carries what inference needs to prepare frames as the training shards were:
+    ``au_ids``, ``threshold``, ``image_size``, ``nose_target``, ``chin_target``, plus the model and
+    training configurations.
+    """
+    from .tranet import TRANetConfig, build_model
+
+    data = load_checkpoint(path, map_location="cpu")
+    try:
+        config = TRANetConfig(**data["model_config"])
+    except TypeError as err:
+        raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err
+    model = build_model(config)
+    missing, unexpected = model.load_state_dict(data["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit variant '{config.variant}' "
+                              f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+    meta = {**data["data"], "model_config": data["model_config"],
+            "train_config": data.get("train_config", {}), "epoch": data.get("epoch")}
+    return model.to(device).eval(), meta

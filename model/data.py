@@ -1,0 +1,241 @@
+"""Training and evaluation data: frames streamed from the aligned shards of a fold's subjects.
+
+Only per-frame labels (a few bytes a frame) are held in memory; images are decoded from the
+HDF5 shards on demand, in whichever DataLoader worker asks for them (``ShardReader`` reopens
+its file per process).
+
+Labels are re-derived from the shards' raw FACS intensities at the requested threshold, so
+``--threshold 2`` (the peers' protocol) works on shards written at the default 3.
+
+Horizontal flip: the alignment puts the hard-mask centre (the nose midpoint) on the vertical
+midline of the aligned image, so a mirrored frame has the same centre and the same
+upper/middle/lower regions; the AU labels of DISFA are not lateralised, so nothing else
+changes with the flip. ``check_flip_symmetry`` refuses shards whose centre is off the midline
+rather than silently training with a misplaced mask.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.disfa import ALL_AUS
+from pipeline.shards import ShardError, ShardReader, binarize, shard_name
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """The shards, the folds manifest or the requested fold cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class FoldSpec:
+    """What one fold of a folds manifest says about the data."""
+
+    manifest: Path
+    fold: int
+    subjects: dict[str, list[str]]  # split -> subjects
+    au_ids: tuple[int, ...]
+    threshold: int
+    image_size: int
+    au_weights: tuple[float, ...] | None
+    raw: dict[str, Any]
+
+
+def load_manifest(path: Path | str) -> dict[str, Any]:
+    """Read a folds.json with ``pipeline.build_folds.load_folds`` (the one reader of the format)
+    and check the extra keys training relies on; every problem is a DataError naming the file."""
+    from pipeline.build_folds import FoldError, load_folds
+
+    path = Path(path)
+    try:
+        manifest = load_folds(path)
+    except FoldError as err:
+        raise DataError(str(err)) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable folds manifest ({err})") from err
+    if not isinstance(manifest["folds"], list) or not manifest["folds"]:
+        raise DataError(f"{path}: folds manifest lists no folds")
+    return manifest
+
+
+def fold_spec(manifest_path: Path | str, fold: int) -> FoldSpec:
+    """The subjects and label settings of fold ``fold`` (numbered from 1)."""
+    manifest_path = Path(manifest_path)
+    manifest = load_manifest(manifest_path)
+    entries = [f for f in manifest["folds"] if int(f.get("fold", -1)) == int(fold)]
+    if not entries:
+        known = [f.get("fold") for f in manifest["folds"]]
+        raise DataError(f"{manifest_path}: no fold {fold} (folds: {known})")
+    entry = entries[0]
+    subjects = {split: [str(s) for s in entry.get(split, []) or []] for split in SPLITS}
+    unknown = [a for a in manifest["au_ids"] if int(a) not in ALL_AUS]
+    if unknown:
+        raise DataError(f"{manifest_path}: AUs {unknown} are not DISFA AUs")
+    weights = entry.get("au_weights") or (entry.get("sampler") or {}).get("au_weights")
+    return FoldSpec(
+        manifest=manifest_path, fold=int(fold), subjects=subjects,
+        au_ids=tuple(int(a) for a in manifest["au_ids"]), threshold=int(manifest["threshold"]),
+        image_size=int(manifest["image_size"]),
+        au_weights=tuple(float(w) for w in weights) if weights else None, raw=entry,
+    )
+
+
+def fold_numbers(manifest_path: Path | str) -> list[int]:
+    return [int(f["fold"]) for f in load_manifest(manifest_path)["folds"]]
+
+
+def open_shards(
+    shards_dir: Path | str, subjects: Sequence[str], cameras: Sequence[str], context: str
+) -> list[ShardReader]:
+    """Open the shard of every subject and camera; a missing or corrupt one is a DataError."""
+    shards_dir = Path(shards_dir)
+    readers = []
+    for subject in subjects:
+        for camera in cameras:
+            path = shards_dir / shard_name(subject, camera)
+            if not path.exists():
+                raise DataError(f"{context} lists subject {subject}, but its shard {path} "
+                                "does not exist (align that subject, or rebuild the folds)")
+            try:
+                reader = ShardReader(path)
+            except ShardError as err:
+                raise DataError(f"corrupt shard: {err}") from err
+            try:
+                # Decoding the first and last frame catches truncated or corrupt image data
+                # before training starts rather than hours into it.
+                if len(reader):
+                    reader.image(0)
+                    reader.image(len(reader) - 1)
+            except ShardError as err:
+                raise DataError(f"corrupt shard: {err}") from err
+            except (OSError, KeyError, ValueError) as err:
+                raise DataError(f"corrupt shard {path}: {err}") from err
+            finally:
+                reader.close()  # workers reopen their own handles
+            if reader.subject != subject:
+                raise DataError(f"{path}: shard says subject {reader.subject!r}, expected {subject}")
+            readers.append(reader)
+    return readers
+
+
+def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec) -> dict[str, Any]:
+    """All shards agree with the manifest (AUs, image size) and with each other (targets).
+
+    Returns the shared geometry: ``image_size``, ``nose_target``, ``chin_target``.
+    """
+    first = readers[0]
+    geometry = {"image_size": first.image_size,
+                "nose_target": [float(v) for v in first.attrs["nose_target"]],
+                "chin_target": [float(v) for v in first.attrs["chin_target"]]}
+    for r in readers:
+        if tuple(r.au_ids) != spec.au_ids:
+            raise DataError(f"{r.path}: AUs {list(r.au_ids)} differ from the manifest "
+                            f"{spec.manifest} ({list(spec.au_ids)})")
+        if r.image_size != spec.image_size:
+            raise DataError(f"{r.path}: image size {r.image_size} differs from the manifest "
+                            f"{spec.manifest} ({spec.image_size})")
+        if int(r.attrs.get("threshold", spec.threshold)) != spec.threshold:
+            raise DataError(f"{r.path}: labels were written at threshold {r.attrs['threshold']}, "
+                            f"the manifest {spec.manifest} says {spec.threshold}")
+        for key in ("nose_target", "chin_target"):
+            if not np.allclose(r.attrs[key], geometry[key], atol=1e-6):
+                raise DataError(f"{r.path}: {key} {list(r.attrs[key])} differs from "
+                                f"{first.path} ({geometry[key]}); shards of one run must share "
+                                "one alignment")
+    return geometry
+
+
+def check_flip_symmetry(geometry: dict[str, Any], context: str) -> None:
+    """Random flips need the hard-mask centre on the vertical midline (see module doc)."""
+    size = geometry["image_size"]
+    x = geometry["nose_target"][0]
+    if abs(x - size / 2) > max(1.0, 0.01 * size):
+        raise DataError(f"{context}: the aligned nose point x={x} is not on the vertical midline "
+                        f"of {size}-pixel frames, so a flipped frame would move the hard-mask "
+                        "centre; train with --no-flip or realign with a centred nose target")
+
+
+class ShardFrames(Dataset):
+    """Frames of several shards as one indexable dataset.
+
+    ``dataset[i]`` or ``dataset[(i, flip)]`` -> (uint8 RGB ``[S, S, 3]``, float labels ``[K]``,
+    global index). ``image_size`` other than the shards' resizes on the fly (INTER_AREA); the
+    alignment targets scale with the size, so this equals aligning at that size up to
+    resampling.
+    """
+
+    def __init__(
+        self,
+        readers: Sequence[ShardReader],
+        au_ids: Sequence[int],
+        threshold: int,
+        image_size: int | None = None,
+    ) -> None:
+        if not readers:
+            raise DataError("no shards to read")
+        self.readers = list(readers)
+        self.au_ids = tuple(int(a) for a in au_ids)
+        self.threshold = int(threshold)
+        self.source_size = self.readers[0].image_size
+        self.image_size = int(image_size or self.source_size)
+        lengths = np.array([len(r) for r in self.readers], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.labels = np.concatenate(
+            [binarize(r.intensity, self.au_ids, self.threshold) for r in self.readers]
+        ).astype(np.uint8)
+        self.subjects = [r.subject for r in self.readers]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[ShardReader, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame {index} out of range (dataset has {len(self)})")
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.readers[shard], index - int(self.offsets[shard])
+
+    def image(self, index: int, flip: bool = False) -> np.ndarray:
+        reader, local = self.locate(index)
+        try:
+            image = reader.image(local)
+        except ShardError:
+            raise
+        except Exception as err:  # h5py raises assorted types on damaged chunks
+            raise ShardError(f"{reader.path}, frame {local}: unreadable ({err})") from err
+        if self.image_size != self.source_size:
+            image = cv2.resize(image, (self.image_size, self.image_size),
+                               interpolation=cv2.INTER_AREA)
+        if flip:
+            image = image[:, ::-1]
+        return np.ascontiguousarray(image)
+
+    def __getitem__(self, key: int | tuple[int, bool]):
+        index, flip = (key if isinstance(key, tuple) else (key, False))
+        index = int(index)
+        image = torch.from_numpy(self.image(index, bool(flip)))
+        return image, torch.from_numpy(self.labels[index].astype(np.float32)), index
+
+    def natural_positive_rate(self) -> np.ndarray:
+        return self.labels.mean(axis=0) if len(self) else np.zeros(len(self.au_ids))
+
+
+def evaluation_indices(n: int, max_frames: int | None) -> np.ndarray:
+    """All frames, or ``max_frames`` spread evenly over them (deterministic, every subject)."""
+    if max_frames is None or max_frames >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_frames).round().astype(np.int64))
+
+
+def collate_frames(batch):
+    images, labels, index = zip(*batch)
+    return torch.stack(images), torch.stack(labels), torch.as_tensor(index)

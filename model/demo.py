@@ -1,0 +1,213 @@
+"""End-to-end demo on the synthetic DISFA twin (no licensed data needed).
+
+    python -m model.demo --out runs/demo
+
+Runs the whole chain the real data takes, on a small twin made on the spot:
+
+1. synthesize a DISFA twin (``pipeline.synth``; release layout, quirks and Error_LOG included),
+2. align it into shards (``pipeline.align``, dropping the frames the twin's Error_LOG lists),
+3. build subject-independent folds with validation subjects (``pipeline.build_folds``, kfold),
+4. train the small CPU preset of TRA-Net from scratch on each fold (``model.train``; early
+   stopping on the validation subjects),
+5. evaluate each best.pt on its fold's held-out test subjects (``model.evaluate``) and print the
+   table with the mean over folds.
+
+The defaults (27 subjects x 200 frames, 3 folds) take about four minutes on two idle CPU cores
+and reach a mean F1 above 0.9 on the held-out subjects. Every stage resumes: rerunning the
+command reuses what is already there (``--fresh`` starts over, needed after changing settings).
+Wall times per stage and the result go to ``OUT/demo_summary.json`` and ``OUT/demo.md``.
+
+The demo departs from the paper's recipe where a from-scratch CPU model needs it: a higher
+learning rate with cosine decay (0.05 instead of a constant 0.001, which assumes a pretrained
+backbone), 30 epochs at most, 64-pixel frames. The labels keep the toolkit's default threshold
+(intensity >= 3).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+log = logging.getLogger("model.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, required=True,
+                   help="demo folder: disfa_twin/, shards/, folds.json, runs/, demo.md")
+    twin = p.add_argument_group("twin")
+    twin.add_argument("--n-subjects", type=int, default=27, help="first N of DISFA's subjects")
+    twin.add_argument("--frames", type=int, default=200, help="frames per subject")
+    twin.add_argument("--frame-width", type=int, default=320, help="twin video width")
+    twin.add_argument("--frame-height", type=int, default=240, help="twin video height")
+    twin.add_argument("--seed", type=int, default=0, help="twin, folds and training seed")
+    pipe = p.add_argument_group("pipeline")
+    pipe.add_argument("--size", type=int, default=64, help="aligned frame size")
+    pipe.add_argument("--k", type=int, default=3, help="number of kfold folds")
+    pipe.add_argument("--val-subjects", type=int, default=2,
+                      help="validation subjects held out of each fold's training subjects")
+    pipe.add_argument("--folds", type=int, nargs="+", default=None,
+                      help="folds to train and evaluate (default: all --k folds; each fold is "
+                           "one training run, about 1.5 minutes on two cores)")
+    tr = p.add_argument_group("training")
+    tr.add_argument("--epochs", type=int, default=30, help="maximum epochs")
+    tr.add_argument("--patience", type=int, default=10,
+                    help="early stopping on the validation subjects")
+    tr.add_argument("--batches-per-epoch", type=int, default=20)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (from scratch)")
+    tr.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"],
+                    help="cosine decay to 0 over --epochs, or constant (the paper)")
+    p.add_argument("--jobs", type=int, default=2, help="processes for synthesis and alignment")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (None: one per core)")
+    p.add_argument("--fresh", action="store_true", help="delete OUT's previous results first")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+class DemoInterrupted(RuntimeError):
+    """A stage was stopped (Ctrl-C / SIGTERM) after saving its state; rerun to continue."""
+
+
+class Stopwatch:
+    """Wall time per stage, in order."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        log.info("== %s", name)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - t0, 2)
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 2)
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.align import AlignConfig, run_align
+    from pipeline.build_folds import FoldConfig, build_folds, write_folds
+    from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
+
+    from .crossval import run_fold
+    from .evaluate import evaluate_checkpoint, mean_over_folds
+    from .records import write_json
+    from .train import TrainConfig
+
+    out: Path = args.out
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    watch = Stopwatch()
+    twin, shards = out / "disfa_twin", out / "shards"
+
+    with watch.stage("synthesize"):
+        synth = synthesize(twin, SynthConfig(n_subjects=args.n_subjects, frames=args.frames,
+                                             seed=args.seed, width=args.frame_width,
+                                             height=args.frame_height, jobs=args.jobs,
+                                             right_camera=False))
+        if synth.get("failed"):
+            raise RuntimeError(f"synthesis failed for {synth['failed']}")
+        log.info("twin: %d subjects x %d frames in %s", len(synth["subjects"]), args.frames, twin)
+    with watch.stage("align"):
+        align = run_align(AlignConfig(disfa_root=str(twin), out=str(shards), size=args.size,
+                                      jobs=args.jobs, error_log=str(twin / ERROR_LOG)))
+        if align.get("failed"):
+            raise RuntimeError(f"alignment failed for {align['failed']}")
+    with watch.stage("folds"):
+        manifest = build_folds(shards, FoldConfig(scheme="kfold", k=args.k, seed=args.seed,
+                                                  val_subjects=args.val_subjects))
+        manifest_path = write_folds(manifest, out)
+
+    results, runs = [], []
+    folds = args.folds or [f["fold"] for f in manifest["folds"]]
+    for fold in folds:
+        run_dir = out / "runs" / f"fold{fold}"
+        cfg = TrainConfig(shards=str(shards), manifest=str(manifest_path), fold=fold,
+                          out=str(run_dir), preset="small", epochs=args.epochs,
+                          patience=args.patience, batches_per_epoch=args.batches_per_epoch,
+                          batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                          seed=args.seed, workers=0,
+                          eval_batch_size=100, quiet=args.quiet, plot_every=1_000_000)
+        with watch.stage(f"train fold {fold}"):
+            summary = run_fold(cfg)
+        if summary.get("status") != "finished":
+            raise DemoInterrupted(f"training of fold {fold} was stopped")
+        runs.append(summary)
+        with watch.stage(f"evaluate fold {fold}"):
+            results.append(evaluate_checkpoint(run_dir / "best.pt", shards, manifest_path, fold,
+                                               split="test"))
+
+    report = {
+        "wall_seconds": {**watch.stages, "total": watch.total},
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "twin": {"subjects": list(synth["subjects"]), "frames": args.frames},
+        "alignment": align.get("totals", {}),
+        "folds": [{k: f[k] for k in ("fold", "train", "val", "test", "frames")}
+                  for f in manifest["folds"] if f["fold"] in folds],
+        "protocol": results[0]["protocol"],
+        "results": results,
+        "mean_over_folds": mean_over_folds(results),
+        "runs": [{"fold": r["fold"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
+                  "run_dir": r["run_dir"]} for r in runs],
+    }
+    write_json(out / "demo_summary.json", report)
+    (out / "demo.md").write_text(demo_markdown(report))
+    return report
+
+
+def demo_markdown(report: dict[str, Any]) -> str:
+    from .evaluate import results_rows
+    from .records import markdown_table
+
+    header, rows = results_rows(report["results"])
+    times = " | ".join(f"{k} {v:.0f} s" for k, v in report["wall_seconds"].items())
+    plots = "\n".join(f"- {r['run_dir']}/{{loss,mean_f1,per_au_f1}}.png" for r in report["runs"])
+    return (f"# Demo on the synthetic DISFA twin\n\nHeld-out test subjects of each fold; "
+            f"{report['protocol']}\n\n{markdown_table(header, rows)}\n\n"
+            f"Wall time ({report['threads']} torch threads): {times}\n\nPlots:\n{plots}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    try:
+        report = run_demo(args)
+    except (KeyboardInterrupt, DemoInterrupted) as err:
+        log.error("interrupted (%s); rerun the same command to continue", err or "Ctrl-C")
+        return 130
+    except (DataError, CheckpointError, ValueError, RuntimeError) as err:
+        log.error("%s (after changing demo settings, rerun with --fresh)", err)
+        return 1
+    print("\n" + demo_markdown(report))
+    mean = report["mean_over_folds"]
+    print(f"mean F1 on held-out synthetic subjects: {100 * mean['mean_f1']:.1f} "
+          f"(accuracy {100 * mean['mean_accuracy']:.1f}); total {report['wall_seconds']['total']:.0f} s")
+    print(f"summary: {args.out / 'demo_summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

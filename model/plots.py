@@ -1,0 +1,77 @@
+"""Training curves as PNG files (matplotlib's Agg backend: no display needed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_history(
+    history: Sequence[dict[str, Any]], au_ids: Sequence[int], out_dir: Path | str,
+    *, split: str = "val", title: str = "",
+) -> list[Path]:
+    """``loss.png``, ``mean_f1.png`` and ``per_au_f1.png`` from the per-epoch history rows.
+
+    Each row needs ``epoch``, ``train_loss`` and ``eval`` (an ``AUMetrics.as_dict()`` of the
+    selection split, ``loss`` optional); ``best_epoch`` in the last row is marked.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not history:
+        return []
+    epochs = [row["epoch"] for row in history]
+    best = history[-1].get("best_epoch")
+    suffix = f" — {title}" if title else ""
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train (drawn batches)")
+    eval_loss = [row["eval"].get("loss") for row in history]
+    if all(v is not None for v in eval_loss):
+        ax.plot(epochs, eval_loss, marker="s", label=f"{split} frames")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("summed branch BCE")
+    ax.set_title(f"Loss{suffix}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir / "loss.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [100 * row["eval"]["mean_f1"] for row in history], marker="o",
+            label=f"mean F1 ({split})")
+    ax.plot(epochs, [100 * row["eval"]["mean_accuracy"] for row in history], marker="s",
+            label=f"mean accuracy ({split})")
+    if best:
+        ax.axvline(best, color="grey", linestyle="--", label=f"best epoch {best}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("percent")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Mean F1 / accuracy at 0.5{suffix}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir / "mean_f1.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, au in enumerate(au_ids):
+        ax.plot(epochs, [100 * row["eval"]["f1"][k] for row in history], label=f"AU{au}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"F1 on {split} frames (percent)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Per-AU F1{suffix}")
+    ax.legend(ncol=4, fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir / "per_au_f1.png"))
+    return paths

@@ -1,0 +1,37 @@
+"""The demo chain (twin -> align -> folds -> train -> evaluate) at a much smaller size."""
+import json
+
+import numpy as np
+import torch
+
+from model.demo import build_parser, run_demo
+
+
+def test_small_demo_chain_learns(tmp_path):
+    old = torch.get_num_threads()
+    try:
+        args = build_parser().parse_args([
+            "--out", str(tmp_path / "demo"), "--n-subjects", "8", "--frames", "120",
+            "--frame-width", "160", "--frame-height", "120", "--size", "64", "--k", "4",
+            "--val-subjects", "1", "--folds", "1", "--epochs", "12", "--batches-per-epoch", "20",
+            "--batch-size", "32", "--jobs", "1", "--threads", "1", "--quiet"])
+        report = run_demo(args)
+    finally:
+        torch.set_num_threads(old)
+    out = tmp_path / "demo"
+    for name in ("disfa_twin/Error_LOG_Sheet.csv", "shards/SN001_left.h5", "folds.json",
+                 "demo_summary.json", "demo.md", "runs/fold1/best.pt", "runs/fold1/per_au_f1.png"):
+        assert (out / name).is_file(), name
+    # the twin's Error_LOG frames were dropped by the alignment
+    assert json.loads((out / "shards" / "align_summary.json").read_text())
+    history = json.loads((out / "runs" / "fold1" / "metrics.json").read_text())["epochs"]
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    test = report["results"][0]["metrics"]
+    rates = np.array(test["positive_rate"])
+    present = rates > 0
+    chance = np.mean(2 * rates[present] / (1 + rates[present]))  # always answering "present"
+    assert np.mean(np.array(test["f1"])[present]) > chance, (test["f1"], chance)
+    fold = report["folds"][0]
+    assert not set(fold["test"]) & (set(fold["train"]) | set(fold["val"]))
+    assert "validation subjects" in report["protocol"]
+    assert "Wall time" in (out / "demo.md").read_text()

@@ -1,0 +1,240 @@
+"""model.train: a short run learns, resumes exactly, stops early, and refuses bad input."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.data import DataError
+from model.early_stopping import EarlyStopping
+from model.train import NonFiniteLossError, StopRequest, TrainConfig, main, train
+from trainer_fixtures import make_dataset, write_manifest, write_subject
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CI box has 2 shared cores; tiny models run best on one
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tiny"), frames=48, size=32)
+
+
+def config(data, out, **kw):
+    shards, manifest = data
+    base = dict(shards=str(shards), manifest=str(manifest), fold=1, out=str(out), preset="small",
+                epochs=2, batches_per_epoch=3, batch_size=8, workers=0, quiet=True, lr=0.05,
+                eval_batch_size=32)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# -- early stopping ----------------------------------------------------------------------------
+
+def test_early_stopping_stops_patience_epochs_after_the_best():
+    stopper = EarlyStopping(patience=3)
+    scores = [0.1, 0.3, 0.2, 0.3, 0.25, 0.29, 0.5]
+    stopped_at = None
+    for epoch, score in enumerate(scores, start=1):
+        stopper.step(score, epoch)
+        if stopper.should_stop:
+            stopped_at = epoch
+            break
+    assert stopped_at == 5 and stopper.best_epoch == 2 and stopper.best_score == 0.3
+    restored = EarlyStopping(patience=3)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored.should_stop and restored.best_epoch == 2
+    with pytest.raises(ValueError):
+        EarlyStopping(patience=0)
+
+
+def test_training_stops_early_at_the_right_epoch(data, tmp_path, monkeypatch):
+    # Scores rise for two epochs then fall: with patience 2 the run ends after epoch 4, best 2.
+    import model.train as mt
+    from model.metrics import metrics_from_counts
+
+    scores = iter([0.2, 0.6, 0.5, 0.4, 0.9, 0.9])
+
+    def fake_evaluate(model, loader, device, au_ids, criterion=None, **kw):
+        m = metrics_from_counts(np.zeros((len(au_ids), 4), dtype=np.int64), au_ids)
+        m.mean_f1 = next(scores) if kw.get("desc", "").startswith("eval") else 0.0
+        return m
+
+    monkeypatch.setattr(mt, "evaluate", fake_evaluate)
+    summary = train(config(data, tmp_path / "run", epochs=10, batches_per_epoch=1, patience=2))
+    assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 2
+
+
+# -- a short run learns ------------------------------------------------------------------------
+
+def test_short_run_loss_falls_and_f1_beats_chance(data, tmp_path):
+    out = tmp_path / "run"
+    summary = train(config(data, out, epochs=5, batches_per_epoch=8, batch_size=16, workers=2,
+                           select_on="test"))
+    history = json.loads((out / "metrics.json").read_text())
+    losses = [e["train_loss"] for e in history["epochs"]]
+    assert losses[-1] < 0.7 * losses[0]
+    test = summary["test"]
+    rates = np.array(test["positive_rate"])
+    chance = np.mean(2 * rates / (1 + rates))  # F1 of always answering "present"
+    assert test["mean_f1"] > chance + 0.15, (test["mean_f1"], chance)
+    for name in ("config.json", "metrics.csv", "loss.png", "mean_f1.png", "per_au_f1.png",
+                 "last.pt", "best.pt", "results.json", "results.md"):
+        assert (out / name).is_file(), name
+    # the paper's protocol is named in every report
+    assert "TEST subjects" in summary["protocol"]
+    assert "TEST subjects" in json.loads((out / "results.json").read_text())["protocol"]
+    assert "TEST subjects" in (out / "results.md").read_text()
+    assert history["select_on"] == "test"
+    config_json = json.loads((out / "config.json").read_text())
+    assert config_json["train_config"]["momentum"] == 0.9
+    assert config_json["train_config"]["weight_decay"] == 0.001
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "drawn_rate_AU9" in header and "natural_rate_AU9" in header and "f1_AU26" in header
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["train_config"]["select_on"] == "test" and ckpt["data"]["threshold"] == 3
+
+
+# -- exact resume ------------------------------------------------------------------------------
+
+def test_interrupted_run_resumes_with_the_same_batches_and_weights(data, tmp_path):
+    full_losses, cut_losses = [], []
+    # cosine: the LR schedule's position must be restored too
+    train(config(data, tmp_path / "full", epochs=2, batches_per_epoch=4, seed=5, lr_schedule="cosine"),
+          on_batch_end=lambda e, b, loss: full_losses.append((e, b, loss)))
+
+    stop = StopRequest()
+
+    def interrupt(epoch, batch, loss):
+        cut_losses.append((epoch, batch, loss))
+        if (epoch, batch) == (2, 2):
+            stop.request("test")
+
+    first = train(config(data, tmp_path / "cut", epochs=2, batches_per_epoch=4, seed=5,
+                         lr_schedule="cosine"),
+                  on_batch_end=interrupt, stop=stop)
+    assert first["status"] == "interrupted" and "test" not in first
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert saved["progress"]["epoch"] == 1 and saved["progress"]["accumulator"]["batches"] == 2
+
+    resumed = train(config(data, tmp_path / "ignored", resume=str(tmp_path / "cut")),
+                    explicit={"resume"},
+                    on_batch_end=lambda e, b, loss: cut_losses.append((e, b, loss)))
+    assert resumed["status"] == "finished"
+    assert [x[:2] for x in cut_losses] == [x[:2] for x in full_losses]
+    np.testing.assert_allclose([x[2] for x in cut_losses], [x[2] for x in full_losses],
+                               rtol=1e-6, atol=1e-7)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 8
+    ha = json.loads((tmp_path / "full" / "metrics.json").read_text())["epochs"]
+    hb = json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"]
+    assert [r["train_loss"] for r in ha] == pytest.approx([r["train_loss"] for r in hb], rel=1e-6)
+    assert [r["eval"]["mean_f1"] for r in ha] == [r["eval"]["mean_f1"] for r in hb]
+
+
+def test_sigterm_saves_last_and_exits_cleanly(data, tmp_path):
+    def send_sigterm(epoch, batch, loss):
+        if batch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    summary = train(config(data, tmp_path / "run"), on_batch_end=send_sigterm)
+    assert summary["status"] == "interrupted"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["accumulator"]["batches"] == 1
+    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+
+
+def test_nan_loss_stops_with_epoch_and_batch(data, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch \d+"):
+        train(config(data, tmp_path / "run", lr=1e12, epochs=3, batches_per_epoch=5))
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_resume_refuses_another_variant_and_corrupt_checkpoints(data, tmp_path, caplog):
+    train(config(data, tmp_path / "run", epochs=1, batches_per_epoch=1))
+    with pytest.raises(CheckpointError, match="variant 'tranet', not 'senet50'"):
+        train(config(data, tmp_path / "x", resume=str(tmp_path / "run"), variant="senet50"),
+              explicit={"resume", "variant"})
+    with pytest.raises(ValueError, match="different settings.*--lr"):
+        train(config(data, tmp_path / "x", resume=str(tmp_path / "run"), lr=0.5),
+              explicit={"resume", "lr"})
+    (tmp_path / "run" / "last.pt").write_bytes(b"not a checkpoint")
+    assert main(["--resume", str(tmp_path / "run"), "--quiet", "--workers", "0"]) == 1
+    assert "last.pt: not a readable checkpoint" in caplog.text
+
+
+def test_bad_shards_and_manifests_fail_before_training(data, tmp_path, caplog):
+    shards, manifest = data
+    spec = json.loads(manifest.read_text())
+
+    def run(m, **kw):
+        return train(config((shards, m), tmp_path / "run", **kw))
+
+    missing = write_manifest(tmp_path / "missing.json", shards,
+                             [(["SN001", "SN009"], ["SN003"], ["SN004"])], 32)
+    with pytest.raises(DataError, match="SN009.*SN009_left.h5 does not exist"):
+        run(missing)
+    other_aus = write_manifest(tmp_path / "aus.json", shards, [(["SN001"], ["SN003"], ["SN004"])],
+                               32, au_ids=[1, 2, 4])
+    with pytest.raises(DataError, match=r"SN001_left.h5: AUs .* differ from the manifest"):
+        run(other_aus)
+    other_size = write_manifest(tmp_path / "size.json", shards, [(["SN001"], ["SN003"], ["SN004"])], 64)
+    with pytest.raises(DataError, match="image size 32 differs from the manifest"):
+        run(other_size)
+    no_val = write_manifest(tmp_path / "noval.json", shards, [(["SN001"], [], ["SN004"])], 32)
+    with pytest.raises(DataError, match="no validation subjects"):
+        run(no_val)
+    with pytest.raises(DataError, match="no training subjects"):
+        run(write_manifest(tmp_path / "notrain.json", shards, [([], ["SN003"], ["SN004"])], 32))
+    with pytest.raises(DataError, match="no fold 2"):
+        train(config((shards, manifest), tmp_path / "run", fold=2))
+    # an empty shard makes an empty split
+    write_subject(tmp_path / "s2" / "SN005_left.h5", "SN005", 0, 32, 0)
+    write_subject(tmp_path / "s2" / "SN001_left.h5", "SN001", 8, 32, 0)
+    empty = write_manifest(tmp_path / "empty.json", tmp_path / "s2", [(["SN001"], ["SN005"], ["SN001"])], 32)
+    with pytest.raises(DataError, match=r"val subjects \['SN005'\] have no frames"):
+        train(config((tmp_path / "s2", empty), tmp_path / "run"))
+    # a corrupt shard is named
+    corrupt = tmp_path / "s3"
+    corrupt.mkdir()
+    (corrupt / "SN001_left.h5").write_bytes(b"\x89HDF garbage")
+    bad = write_manifest(tmp_path / "bad.json", corrupt, [(["SN001"], ["SN001"], ["SN001"])], 32)
+    assert main(["--shards", str(corrupt), "--manifest", str(bad), "--fold", "1", "--out",
+                 str(tmp_path / "run"), "--workers", "0", "--quiet"]) == 1
+    assert "SN001_left.h5" in caplog.text and "corrupt shard" in caplog.text
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert spec["image_size"] == 32
+
+
+def test_evaluation_subset_is_spread_over_every_subject():
+    from model.data import evaluation_indices
+
+    idx = evaluation_indices(1000, 10)
+    assert len(idx) == 10 and idx[0] == 0 and idx[-1] == 999
+    assert np.all(np.diff(idx) >= 110)
+    assert len(evaluation_indices(5, 10)) == 5
+
+
+def test_au_weighted_loss_records_the_training_weights(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out, epochs=1, batches_per_epoch=1, au_weights=True, eval_batches=1,
+                 eval_batch_size=8))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train_config"]["au_weights"] is True
+    weights = np.array(cfg["sampler"]["au_weights"])
+    assert weights.sum() == pytest.approx(8.0)
+    rates = np.array(cfg["sampler"]["natural_positive_rate"])
+    assert np.argmax(weights) == np.argmin(rates)          # the rarest AU weighs most
+    assert cfg["frames"]["select"] == 8                     # --eval-batches 1 x 8 frames

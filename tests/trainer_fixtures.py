@@ -1,0 +1,95 @@
+"""Tiny shards and folds manifests for the trainer's tests (written with pipeline.shards directly).
+
+Each positive AU draws its own mirror-symmetric mark (a pair of bright squares) in the image
+band of its face region, so the labels are learnable, survive horizontal flips, and sit where
+TRA-Net's hard masks look (upper AUs in the top rows, lower AUs in the bottom rows).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.disfa import ALL_AUS, EVAL_AUS
+from model.sampler import au_weights_from_labels
+from pipeline.shards import ShardError, ShardReader, ShardWriter, shard_name
+
+#: Positive rate of each of the 8 evaluated AUs in the fixture (AU9 rare, AU25 common).
+FIXTURE_RATES = (0.25, 0.2, 0.3, 0.2, 0.06, 0.3, 0.5, 0.25)
+REGION_ROWS = {0: 0.12, 1: 0.12, 2: 0.12, 3: 0.45, 4: 0.45, 5: 0.78, 6: 0.78, 7: 0.78}
+
+
+def render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An RGB uint8 image showing the marks of the positive AUs in ``labels`` ([8] 0/1)."""
+    img = np.full((size, size, 3), 90, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
+    sq = max(2, size // 10)
+    for k, on in enumerate(labels):
+        if not on:
+            continue
+        row = int(REGION_ROWS[k] * size)
+        col = int((0.04 + 0.13 * (k % 3)) * size)  # three slots per band, mirrored
+        colour = np.array([255, 60 + 60 * (k % 3), 40 + 25 * k], dtype=np.float32)
+        for c in (col, size - col - sq):
+            img[row:row + sq, c:c + sq] = colour
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_subject(path: Path, subject: str, n: int, size: int, seed: int,
+                  rates: Sequence[float] = FIXTURE_RATES, threshold: int = 3,
+                  au_ids: Sequence[int] = EVAL_AUS, encoding: str = "raw") -> Path:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(EVAL_AUS))) < np.asarray(rates)).astype(np.uint8)
+    with ShardWriter(path, size, encoding=encoding) as writer:
+        for i in range(n):
+            intensity = np.zeros(len(ALL_AUS), dtype=np.uint8)
+            for k, au in enumerate(EVAL_AUS):
+                intensity[ALL_AUS.index(au)] = rng.integers(3, 6) if labels[i, k] else rng.integers(0, 2)
+            writer.append(render(labels[i], size, rng), i, intensity,
+                          rng.uniform(0, size, (66, 2)).astype(np.float32))
+        writer.commit(subject=subject, camera="left", threshold=threshold, au_ids=au_ids,
+                      nose_target=(size / 2, size * 0.5), chin_target=(size / 2, size * 0.9),
+                      n_source_frames=n, config={"fixture": True})
+    return path
+
+
+def make_dataset(root: Path, *, subjects: Sequence[str] = ("SN001", "SN002", "SN003", "SN004"),
+                 frames: int = 48, size: int = 32, train: Sequence[str] | None = None,
+                 val: Sequence[str] | None = None, test: Sequence[str] | None = None,
+                 seed: int = 0) -> tuple[Path, Path]:
+    """Shards for ``subjects`` plus a one-fold folds.json; returns (shards_dir, manifest)."""
+    shards = root / "shards"
+    for j, subject in enumerate(subjects):
+        write_subject(shards / shard_name(subject, "left"), subject, frames, size, seed + j)
+    subjects = list(subjects)
+    train = list(train) if train is not None else subjects[:-2]
+    val = list(val) if val is not None else subjects[-2:-1]
+    test = list(test) if test is not None else subjects[-1:]
+    manifest = write_manifest(root / "folds.json", shards, [(train, val, test)], size)
+    return shards, manifest
+
+
+def write_manifest(path: Path, shards: Path, folds, size: int, threshold: int = 3,
+                   au_ids: Sequence[int] = EVAL_AUS) -> Path:
+    """A folds.json in pipeline.build_folds' format (per-AU weights from the train shards)."""
+    entries = []
+    for i, (tr, va, te) in enumerate(folds):
+        labels = [_labels(shards / shard_name(s, "left")) for s in tr]
+        labels = [lab for lab in labels if lab is not None and len(lab)
+                  and lab.shape[1] == len(au_ids)]
+        weights = (au_weights_from_labels(np.concatenate(labels)).tolist() if labels
+                   else [1.0] * len(au_ids))
+        entries.append({"fold": i + 1, "train": list(tr), "val": list(va), "test": list(te),
+                        "au_weights": weights})
+    payload = {"scheme": "kfold", "au_ids": list(au_ids), "threshold": threshold,
+               "image_size": size, "shards_dir": str(shards), "config": {}, "folds": entries}
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def _labels(path: Path):
+    try:
+        return ShardReader(path).labels
+    except ShardError:  # missing or deliberately corrupt shards in the bad-input tests
+        return None
