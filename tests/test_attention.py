@@ -9,13 +9,7 @@ import torch
 from model.attention import CBAM, ChannelGate, SpatialGate, SqueezeExcite
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: one thread avoids OpenMP spin-waiting on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sig(v: float) -> float:

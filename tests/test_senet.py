@@ -13,13 +13,7 @@ from model.senet import (SENet, UnsafePickleError, WeightsError, load_vggface2_w
 from model.tranet import TRANetConfig, build_model, load_backbone_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: one thread avoids OpenMP spin-waiting on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _release_state(module: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -16,13 +16,7 @@ from pipeline.disfa import ALL_AUS, EVAL_AUS
 SMALL = dict(preset="small", image_size=112)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: one thread avoids OpenMP spin-waiting on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small(variant: str = "tranet", **kw) -> torch.nn.Module:

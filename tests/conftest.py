@@ -1,0 +1,17 @@
+"""Shared pytest fixtures."""
+import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny-tensor tests on one torch thread.
+
+    With tensors this small, OpenMP threads mostly spin-wait, which on a shared 2-core machine
+    slows everything else down more than it helps.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
