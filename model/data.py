@@ -28,6 +28,8 @@ from torch.utils.data import Dataset
 from pipeline.disfa import ALL_AUS
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
 
+from .augment import AlignmentJitter
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -168,8 +170,9 @@ def check_flip_symmetry(geometry: dict[str, Any], context: str) -> None:
 class ShardFrames(Dataset):
     """Frames of several shards as one indexable dataset.
 
-    ``dataset[i]`` or ``dataset[(i, flip)]`` -> (uint8 RGB ``[S, S, 3]``, float labels ``[K]``,
-    global index). ``image_size`` other than the shards' resizes on the fly (INTER_AREA); the
+    ``dataset[i]``, ``dataset[(i, flip)]`` or ``dataset[(i, flip, uniforms)]`` -> (uint8 RGB
+    ``[S, S, 3]``, float labels ``[K]``, global index); ``uniforms`` drive ``jitter``
+    (``model.augment.AlignmentJitter``, training only). ``image_size`` other than the shards' resizes on the fly (INTER_AREA); the
     alignment targets scale with the size, so this equals aligning at that size up to
     resampling.
     """
@@ -180,6 +183,7 @@ class ShardFrames(Dataset):
         au_ids: Sequence[int],
         threshold: int,
         image_size: int | None = None,
+        jitter: AlignmentJitter | None = None,
     ) -> None:
         if not readers:
             raise DataError("no shards to read")
@@ -194,6 +198,7 @@ class ShardFrames(Dataset):
             [binarize(r.intensity, self.au_ids, self.threshold) for r in self.readers]
         ).astype(np.uint8)
         self.subjects = [r.subject for r in self.readers]
+        self.jitter = jitter if jitter is not None and jitter.enabled else None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -204,7 +209,8 @@ class ShardFrames(Dataset):
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return self.readers[shard], index - int(self.offsets[shard])
 
-    def image(self, index: int, flip: bool = False) -> np.ndarray:
+    def image(self, index: int, flip: bool = False,
+              jitter_uniforms: Sequence[float] | None = None) -> np.ndarray:
         reader, local = self.locate(index)
         try:
             image = reader.image(local)
@@ -215,14 +221,17 @@ class ShardFrames(Dataset):
         if self.image_size != self.source_size:
             image = cv2.resize(image, (self.image_size, self.image_size),
                                interpolation=cv2.INTER_AREA)
+        if self.jitter is not None and jitter_uniforms is not None:
+            image = self.jitter.apply(image, jitter_uniforms)
         if flip:
             image = image[:, ::-1]
         return np.ascontiguousarray(image)
 
-    def __getitem__(self, key: int | tuple[int, bool]):
-        index, flip = (key if isinstance(key, tuple) else (key, False))
+    def __getitem__(self, key: int | tuple):
+        index, flip, uniforms = (tuple(key) + (None,))[:3] if isinstance(key, tuple) \
+            else (key, False, None)
         index = int(index)
-        image = torch.from_numpy(self.image(index, bool(flip)))
+        image = torch.from_numpy(self.image(index, bool(flip), uniforms))
         return image, torch.from_numpy(self.labels[index].astype(np.float32)), index
 
     def natural_positive_rate(self) -> np.ndarray:

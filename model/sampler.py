@@ -65,13 +65,17 @@ def expected_positive_rate(labels: np.ndarray, weights: np.ndarray) -> np.ndarra
 class WeightedFrameSampler(Sampler):
     """Yields ``(frame_index, flip)`` pairs: ``num_samples`` independent weighted draws per epoch.
 
+    With ``jitter=True`` it yields ``(frame_index, flip, uniforms)``, four uniforms per sample for
+    ``model.augment.AlignmentJitter``; they come from the same generator, so resume stays exact.
+
     ``seed`` should differ per DDP rank so each rank draws its own stream. ``state_dict`` takes
     the number of samples the trainer has actually consumed in the current epoch (a DataLoader
     prefetches, so the sampler cannot know it).
     """
 
     def __init__(
-        self, weights: np.ndarray, num_samples: int, seed: int = 0, flip: bool = True
+        self, weights: np.ndarray, num_samples: int, seed: int = 0, flip: bool = True,
+        jitter: bool = False,
     ) -> None:
         weights = np.asarray(weights, dtype=np.float64)
         if weights.ndim != 1 or len(weights) == 0 or not np.all(np.isfinite(weights)) \
@@ -83,6 +87,7 @@ class WeightedFrameSampler(Sampler):
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
         self.num_samples = int(num_samples)
         self.flip = flip
+        self.jitter = jitter
         self.generator = torch.Generator().manual_seed(int(seed))
         self._epoch_start_state = self.generator.get_state()
         self._skip = 0
@@ -90,21 +95,30 @@ class WeightedFrameSampler(Sampler):
     def __len__(self) -> int:
         return self.num_samples - self._skip
 
-    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One epoch's indices and flips, advancing the generator."""
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One epoch's indices, flips and (with ``jitter``) jitter uniforms, advancing the
+        generator."""
         self._epoch_start_state = self.generator.get_state()
         index = torch.multinomial(self.weights, self.num_samples, replacement=True,
                                   generator=self.generator)
         flips = torch.rand(self.num_samples, generator=self.generator) < 0.5
         if not self.flip:
             flips.zero_()
-        return index, flips
+        # Drawn only when used, so runs without jitter keep the stream they always had.
+        uniforms = (torch.rand(self.num_samples, 4, generator=self.generator, dtype=torch.float64)
+                    if self.jitter else None)
+        return index, flips, uniforms
 
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
-        index, flips = self.draw()  # eager: the epoch's draws are fixed when iteration starts
+    def __iter__(self) -> Iterator[tuple]:
+        index, flips, uniforms = self.draw()  # eager: the epoch's draws are fixed up front
         start, self._skip = self._skip, 0
-        for i, f in zip(index[start:].tolist(), flips[start:].tolist()):
-            yield i, f
+        if uniforms is None:
+            for i, f in zip(index[start:].tolist(), flips[start:].tolist()):
+                yield i, f
+        else:
+            for i, f, u in zip(index[start:].tolist(), flips[start:].tolist(),
+                               uniforms[start:].tolist()):
+                yield i, f, tuple(u)
 
     def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
         """State to resume from after ``consumed`` samples of the current epoch.

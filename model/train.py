@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from .augment import AlignmentJitter
 from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distributed,
@@ -87,6 +88,9 @@ class TrainConfig:
     au_weights: bool = False
     sampler: str = "weighted"
     flip: bool = True
+    jitter_scale: float = 0.0
+    jitter_degrees: float = 0.0
+    jitter_shift: float = 0.0
     threshold: int | None = None
     cameras: list[str] = field(default_factory=lambda: ["left"])
     image_size: int | None = None
@@ -174,6 +178,13 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="weighted = the paper's sampler (model.sampler); uniform for comparison")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="disable the random horizontal flip")
+    p.add_argument("--jitter-scale", type=float, default=d.jitter_scale,
+                   help="alignment jitter (model.augment): random scale 1 +- this (default 0, "
+                        "the paper's recipe; ~0.05 makes a model tolerant of dlib-aligned faces)")
+    p.add_argument("--jitter-degrees", type=float, default=d.jitter_degrees,
+                   help="alignment jitter: random rotation +- this many degrees (default 0)")
+    p.add_argument("--jitter-shift", type=float, default=d.jitter_shift,
+                   help="alignment jitter: random shift +- this fraction of the size (default 0)")
     p.add_argument("--threshold", default=None,
                    help="positive label = intensity >= this (FACS letter or 0-5); default: the "
                         "manifest's")
@@ -342,7 +353,9 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
                  "pipeline_version": str(first.attrs.get("pipeline_version", "")),
                  "source_image_size": source_size}
 
-    datasets = {split: ShardFrames(rs, spec.au_ids, threshold, size) if rs else None
+    jitter = AlignmentJitter(cfg.jitter_scale, cfg.jitter_degrees, cfg.jitter_shift)
+    datasets = {split: ShardFrames(rs, spec.au_ids, threshold, size,
+                                   jitter=jitter if split == "train" else None) if rs else None
                 for split, rs in readers.items()}
     train = datasets["train"]
     for split in ("train", "test") + (("val",) if cfg.select_on == "val" else ()):
@@ -363,7 +376,8 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
     per_rank = cfg.batch_size // info.world
     # Each rank draws its own stream; seeds are spaced so no two (seed, rank) pairs collide.
     sampler = WeightedFrameSampler(weights, per_rank * cfg.batches_per_epoch,
-                                   seed=cfg.seed * 100_003 + info.rank + 1, flip=cfg.flip)
+                                   seed=cfg.seed * 100_003 + info.rank + 1, flip=cfg.flip,
+                                   jitter=jitter.enabled)
     pin = device.type == "cuda"
     train_loader = DataLoader(train, batch_size=per_rank, sampler=sampler, drop_last=False,
                               num_workers=cfg.workers, collate_fn=collate_frames, pin_memory=pin,

@@ -12,9 +12,10 @@ def test_small_demo_chain_learns(tmp_path):
     try:
         args = build_parser().parse_args([
             "--out", str(tmp_path / "demo"), "--n-subjects", "8", "--frames", "120",
-            "--frame-width", "160", "--frame-height", "120", "--size", "64", "--k", "4",
+            "--frame-width", "320", "--frame-height", "240", "--size", "64", "--k", "4",
             "--val-subjects", "1", "--folds", "1", "--epochs", "12", "--batches-per-epoch", "20",
-            "--batch-size", "32", "--jobs", "1", "--threads", "1", "--quiet"])
+            "--batch-size", "32", "--jobs", "1", "--threads", "1", "--predict-subjects", "1",
+            "--quiet"])
         report = run_demo(args)
     finally:
         torch.set_num_threads(old)
@@ -35,3 +36,10 @@ def test_small_demo_chain_learns(tmp_path):
     assert not set(fold["test"]) & (set(fold["train"]) | set(fold["val"]))
     assert "validation subjects" in report["protocol"]
     assert "Wall time" in (out / "demo.md").read_text()
+    # model.predict ran on the raw video of a held-out subject (dlib landmarks) and was scored
+    predicted = report["predict"][0]
+    assert predicted["subjects"] == report["results"][0]["subjects"][:1]
+    assert predicted["frames"] == 120 and predicted["faces_found"] >= 114
+    assert predicted["metrics"]["n_frames"] == 120 and len(predicted["metrics"]["f1"]) == 8
+    assert (out / "predictions" / "fold1" / "predict_summary.json").is_file()
+    assert "model.predict" in (out / "demo.md").read_text()

@@ -105,10 +105,13 @@ def test_short_run_loss_falls_and_f1_beats_chance(data, tmp_path):
 
 # -- exact resume ------------------------------------------------------------------------------
 
-def test_interrupted_run_resumes_with_the_same_batches_and_weights(data, tmp_path):
+@pytest.mark.parametrize("jitter", [{}, dict(jitter_scale=0.05, jitter_degrees=5.0, jitter_shift=0.04)],
+                         ids=["paper", "alignment-jitter"])
+def test_interrupted_run_resumes_with_the_same_batches_and_weights(data, tmp_path, jitter):
     full_losses, cut_losses = [], []
     # cosine: the LR schedule's position must be restored too
-    train(config(data, tmp_path / "full", epochs=2, batches_per_epoch=4, seed=5, lr_schedule="cosine"),
+    train(config(data, tmp_path / "full", epochs=2, batches_per_epoch=4, seed=5, lr_schedule="cosine",
+                 **jitter),
           on_batch_end=lambda e, b, loss: full_losses.append((e, b, loss)))
 
     stop = StopRequest()
@@ -119,7 +122,7 @@ def test_interrupted_run_resumes_with_the_same_batches_and_weights(data, tmp_pat
             stop.request("test")
 
     first = train(config(data, tmp_path / "cut", epochs=2, batches_per_epoch=4, seed=5,
-                         lr_schedule="cosine"),
+                         lr_schedule="cosine", **jitter),
                   on_batch_end=interrupt, stop=stop)
     assert first["status"] == "interrupted" and "test" not in first
     saved = load_checkpoint(tmp_path / "cut" / "last.pt")
