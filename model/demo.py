@@ -213,7 +213,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     files = [layout.subjects[s] for s in subjects]
     summary = run_predict(PredictConfig(checkpoint=checkpoint, out=out,
                                         videos=[f.videos["left"] for f in files],
-                                        progress=not quiet))
+                                        plot=True, progress=not quiet))
     data = load_checkpoint(checkpoint)["data"]
     au_ids, threshold = [int(a) for a in data["au_ids"]], int(data["threshold"])
     counts, frames, faces = 0, 0, 0
@@ -233,7 +233,8 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
                     "for its detector at this frame size (use --frame-width 320 or more)",
                     faces, frames)
     metrics = metrics_from_counts(counts, au_ids)
-    return {"checkpoint": str(checkpoint), "subjects": list(subjects), "frames": frames,
+    return {"checkpoint": str(checkpoint), "out": str(out), "subjects": list(subjects),
+            "frames": frames,
             "faces_found": faces, "metrics": metrics.as_dict(),
             "frames_per_second": [r.get("frames_per_second") for r in summary["inputs"]]}
 
@@ -245,6 +246,8 @@ def demo_markdown(report: dict[str, Any]) -> str:
     header, rows = results_rows(report["results"])
     times = " | ".join(f"{k} {v:.0f} s" for k, v in report["wall_seconds"].items())
     plots = "\n".join(f"- {r['run_dir']}/{{loss,mean_f1,per_au_f1}}.png" for r in report["runs"])
+    plots += "".join(f"\n- {Path(p['out'])}/*_timeline.png (model.predict)"
+                     for p in report.get("predict", []))
     predict = ""
     if report.get("predict"):
         aus = report["predict"][0]["metrics"]["au_ids"]

@@ -42,4 +42,5 @@ def test_small_demo_chain_learns(tmp_path):
     assert predicted["frames"] == 120 and predicted["faces_found"] >= 114
     assert predicted["metrics"]["n_frames"] == 120 and len(predicted["metrics"]["f1"]) == 8
     assert (out / "predictions" / "fold1" / "predict_summary.json").is_file()
+    assert len(list((out / "predictions" / "fold1").glob("*_timeline.png"))) == 1
     assert "model.predict" in (out / "demo.md").read_text()
