@@ -38,11 +38,11 @@ class ShardError(RuntimeError):
     """A shard file is missing, incomplete or does not follow the schema."""
 
 
-def encode_jpeg(image_rgb: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> np.ndarray:
-    """Encode an RGB uint8 image as JPEG bytes (a 1-D uint8 array)."""
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
-    )
+def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY, bgr: bool = False
+                ) -> np.ndarray:
+    """Encode an RGB (or, with ``bgr``, OpenCV-order) uint8 image as JPEG bytes (1-D uint8)."""
+    bgr_image = image if bgr else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr_image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ShardError("OpenCV could not encode a frame as JPEG")
     return buf.reshape(-1)
@@ -121,19 +121,13 @@ class ShardWriter:
     def append(
         self, image_rgb: np.ndarray, frame_index: int, intensity: np.ndarray, landmarks: np.ndarray
     ) -> None:
+        """Append one aligned RGB frame with its 12 intensities and 66 aligned landmarks."""
         s = self.image_size
         if image_rgb.shape != (s, s, 3) or image_rgb.dtype != np.uint8:
             raise ShardError(f"frame {frame_index}: expected uint8 {s}x{s}x3, got "
                              f"{image_rgb.dtype} {image_rgb.shape}")
-        n = len(self._frame_index)
-        self._images.resize(n + 1, axis=0)
-        if self.encoding == "jpeg":
-            self._images[n] = encode_jpeg(image_rgb, self.jpeg_quality)
-        else:
-            self._images[n] = image_rgb
-        self._frame_index.append(int(frame_index))
-        self._intensity.append(np.asarray(intensity, dtype=np.uint8).reshape(len(ALL_AUS)))
-        self._landmarks.append(np.asarray(landmarks, dtype=np.float32).reshape(N_LANDMARKS, 2))
+        self.append_many(image_rgb[None], [frame_index], np.asarray(intensity)[None],
+                         np.asarray(landmarks)[None])
 
     def append_many(
         self, images_rgb: np.ndarray, frame_indices: Sequence[int], intensities: np.ndarray,
@@ -141,11 +135,10 @@ class ShardWriter:
     ) -> None:
         """Append a block of frames: ``[k, S, S, 3]`` uint8 images and their metadata.
 
-        Same result as ``k`` calls of :meth:`append`, but one HDF5 resize and write per block
+        One HDF5 resize and write per block
         instead of per frame (h5py's per-call overhead is ~0.2-0.5 ms, more than aligning a
         frame). ``bgr=True`` takes OpenCV's channel order (what a decoder gives), which saves
-        two colour conversions per JPEG frame; the shard still stores RGB. Added by the align
-        helper for pipeline.align.
+        two colour conversions per JPEG frame; the shard still stores RGB.
         """
         k, s = len(frame_indices), self.image_size
         images = np.asarray(images_rgb)
@@ -159,14 +152,7 @@ class ShardWriter:
         if self.encoding == "jpeg":
             encoded = np.empty(k, dtype=object)
             for j in range(k):
-                if bgr:  # imencode takes BGR: encode as is
-                    ok, buf = cv2.imencode(".jpg", images[j],
-                                           [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-                    if not ok:
-                        raise ShardError("OpenCV could not encode a frame as JPEG")
-                    encoded[j] = buf.reshape(-1)
-                else:
-                    encoded[j] = encode_jpeg(images[j], self.jpeg_quality)
+                encoded[j] = encode_jpeg(images[j], self.jpeg_quality, bgr=bgr)
             # write_direct keeps the 1-D object array as is; __setitem__ would turn equal-length
             # encodings into a 2-D array and fail to broadcast.
             self._images.write_direct(encoded, np.s_[0:k], np.s_[n : n + k])
