@@ -104,17 +104,18 @@ def _as_tuple(value: Any) -> Any:
 
 
 def load_for_inference(
-    path: Path | str, device: str | torch.device = "cpu"
+    path: Path | str, device: str | torch.device = "cpu", state: dict[str, Any] | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint was trained as, load its weights, return it in eval mode.
 
     ``meta`` carries what inference needs to prepare frames as the training shards were:
     ``au_ids``, ``threshold``, ``image_size``, ``nose_target``, ``chin_target``, plus the model and
-    training configurations.
+    training configurations. ``state``: the file's contents when the caller has already loaded
+    them with :func:`load_checkpoint` (``path`` then only names it in messages).
     """
     from .tranet import TRANetConfig, build_model
 
-    data = load_checkpoint(path, map_location="cpu")
+    data = state if state is not None else load_checkpoint(path, map_location="cpu")
     try:
         config = TRANetConfig(**data["model_config"])
     except TypeError as err:

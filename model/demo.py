@@ -205,7 +205,6 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     from pipeline.release import discover, read_labels
     from pipeline.shards import binarize
 
-    from .checkpoint import load_checkpoint
     from .metrics import confusion_counts, metrics_from_counts
     from .predict import PredictConfig, run_predict
 
@@ -214,7 +213,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     summary = run_predict(PredictConfig(checkpoint=checkpoint, out=out,
                                         videos=[f.videos["left"] for f in files],
                                         plot=True, progress=not quiet))
-    data = load_checkpoint(checkpoint)["data"]
+    data = summary["checkpoint"]  # the checkpoint's metadata, as model.predict read it
     au_ids, threshold = [int(a) for a in data["au_ids"]], int(data["threshold"])
     counts, frames, faces = 0, 0, 0
     for f, result in zip(files, summary["inputs"]):

@@ -77,7 +77,7 @@ def evaluate_checkpoint(
     if split != "test":
         log.info("evaluating on the %s split of fold %d", split, fold)
 
-    model, meta = load_for_inference(checkpoint, device=device)
+    model, meta = load_for_inference(checkpoint, device=device, state=state)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_frames)
     train_cfg = meta.get("train_config", {})

@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from pipeline.build_folds import peer_au_weights
+
 
 def au_weights_from_labels(labels: np.ndarray) -> np.ndarray:
-    """Peers' per-AU weights ``w_i ∝ 1/r_i`` normalised to sum to K (float64 ``[K]``)."""
+    """Peers' per-AU weights ``w_i ∝ 1/r_i`` normalised to sum to K (float64 ``[K]``), from
+    0/1 labels; the formula itself is ``pipeline.build_folds.peer_au_weights``."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] == 0:
         raise ValueError(f"labels must be a non-empty [N, K] array, got shape {labels.shape}")
-    n = labels.shape[0]
-    rate = np.maximum(labels.sum(axis=0), 1) / n
-    inv = 1.0 / rate
-    return inv / inv.sum() * labels.shape[1]
+    return peer_au_weights(labels.sum(axis=0), labels.shape[0])[0]
 
 
 def frame_weights(labels: np.ndarray, au_weights: np.ndarray) -> np.ndarray:
