@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .losses import branch_bce_loss
-from .tranet import VARIANTS, TRANet, TRANetConfig, build_model
+from .engine.losses import branch_bce_loss
+from .nets.tranet import VARIANTS, TRANet, TRANetConfig, build_model
 
 log = logging.getLogger("model.bench")
 

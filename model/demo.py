@@ -120,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     from .crossval import run_fold
     from .evaluate import evaluate_checkpoint, mean_over_folds
-    from .records import write_json
+    from .evaluation.records import write_json
     from .train import TrainConfig
 
     out: Path = args.out
@@ -205,7 +205,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     from pipeline.release import discover, read_labels
     from pipeline.shards import binarize
 
-    from .metrics import confusion_counts, metrics_from_counts
+    from .evaluation.metrics import confusion_counts, metrics_from_counts
     from .predict import PredictConfig, run_predict
 
     layout = discover(twin)
@@ -240,7 +240,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
 
 def demo_markdown(report: dict[str, Any]) -> str:
     from .evaluate import results_rows
-    from .records import markdown_table
+    from .evaluation.records import markdown_table
 
     header, rows = results_rows(report["results"])
     times = " | ".join(f"{k} {v:.0f} s" for k, v in report["wall_seconds"].items())
@@ -265,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from .checkpoint import CheckpointError
-    from .data import DataError
+    from .engine.checkpoint import CheckpointError
+    from .engine.data import DataError
 
     try:
         report = run_demo(args)

@@ -13,114 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint, load_for_inference
-from .data import (DataError, ShardFrames, check_consistent, collate_frames, fold_spec,
-                   open_shards)
-from .records import markdown_table, write_csv, write_json
-from .train import evaluate, protocol_note
+from .engine.checkpoint import CheckpointError
+from .engine.data import DataError
+from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
+from .evaluation.records import markdown_table, write_csv, write_json
 
 log = logging.getLogger("model.evaluate")
-
-
-def evaluate_checkpoint(
-    checkpoint: Path | str,
-    shards: Path | str,
-    manifest: Path | str,
-    fold: int | None = None,
-    *,
-    split: str = "test",
-    variant: str | None = None,
-    batch_size: int = 128,
-    workers: int = 0,
-    device: str = "cpu",
-    cameras: Sequence[str] = ("left",),
-) -> dict[str, Any]:
-    """Metrics of one checkpoint on one fold's ``split`` subjects, with the protocol it used.
-
-    Checks before evaluating: the checkpoint is readable and of ``variant`` (if given), it
-    predicts the manifest's AUs, and the shards agree with the manifest and with the
-    checkpoint's input geometry.
-    """
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    fold = int(fold if fold is not None else state["data"].get("fold", 0))
-    spec = fold_spec(manifest, fold)
-    check_compatible(state, checkpoint, variant=variant, au_ids=spec.au_ids)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
-    subjects = spec.subjects[split]
-    if not subjects:
-        raise DataError(f"{spec.manifest} fold {fold}: no {split} subjects")
-    readers = open_shards(shards, subjects, cameras, f"{spec.manifest} fold {fold}")
-    geometry = check_consistent(readers, spec)
-    data = state["data"]
-    size = int(data["image_size"])
-    scale = size / geometry["image_size"]
-    for key in ("nose_target", "chin_target"):
-        if key in data and not np.allclose(np.asarray(geometry[key]) * scale, data[key], atol=0.5):
-            raise DataError(f"{readers[0].path}: aligned {key} {geometry[key]} (at "
-                            f"{geometry['image_size']} px) does not match {checkpoint}'s "
-                            f"{data[key]} (at {size} px); realign the frames as the model was "
-                            "trained")
-    threshold = int(data.get("threshold", spec.threshold))
-    dataset = ShardFrames(readers, spec.au_ids, threshold, size)
-    if len(dataset) == 0:
-        raise DataError(f"{spec.manifest} fold {fold}: the {split} subjects {subjects} have no frames")
-    if split != "test":
-        log.info("evaluating on the %s split of fold %d", split, fold)
-
-    model, meta = load_for_inference(checkpoint, device=device, state=state)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_frames)
-    train_cfg = meta.get("train_config", {})
-    metrics = evaluate(model, loader, torch.device(device), list(spec.au_ids),
-                       channels_last=False, desc=f"fold {fold} {split}",
-                       quiet=not sys.stderr.isatty())
-    select_on = train_cfg.get("select_on", "val")
-    return {
-        "checkpoint": str(checkpoint), "fold": fold, "split": split, "subjects": subjects,
-        "variant": meta["model_config"].get("variant"), "epoch": meta.get("epoch"),
-        "threshold": threshold, "select_on": select_on,
-        "protocol": protocol_note(select_on, threshold), "metrics": metrics.as_dict(),
-    }
-
-
-def mean_over_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Unweighted mean of per-fold F1/accuracy (the papers' convention)."""
-    f1 = np.mean([r["metrics"]["f1"] for r in results], axis=0)
-    acc = np.mean([r["metrics"]["accuracy"] for r in results], axis=0)
-    return {"au_ids": results[0]["metrics"]["au_ids"], "f1": f1.tolist(), "accuracy": acc.tolist(),
-            "mean_f1": float(f1.mean()), "mean_accuracy": float(acc.mean()),
-            "folds": [r["fold"] for r in results]}
-
-
-def _pct(values: Sequence[float]) -> list[str]:
-    return [f"{100 * v:.1f}" for v in values]
-
-
-def results_rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """One F1 row and one accuracy row per fold, plus the mean over folds."""
-    aus = results[0]["metrics"]["au_ids"]
-    header = ["fold", "metric", *[f"AU{a}" for a in aus], "Avg"]
-    rows = []
-    for r in results:
-        m = r["metrics"]
-        rows.append([r["fold"], "F1", *_pct(m["f1"]), f"{100 * m['mean_f1']:.1f}"])
-        rows.append([r["fold"], "accuracy", *_pct(m["accuracy"]), f"{100 * m['mean_accuracy']:.1f}"])
-    if len(results) > 1:
-        mean = mean_over_folds(results)
-        rows.append(["mean", "F1", *_pct(mean["f1"]), f"{100 * mean['mean_f1']:.1f}"])
-        rows.append(["mean", "accuracy", *_pct(mean["accuracy"]),
-                     f"{100 * mean['mean_accuracy']:.1f}"])
-    return header, rows
 
 
 def build_parser() -> argparse.ArgumentParser:

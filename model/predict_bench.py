@@ -25,9 +25,9 @@ import numpy as np
 from pipeline.alignment import AlignmentConfig
 from pipeline.shards import DEFAULT_JPEG_QUALITY
 
-from .checkpoint import save_checkpoint
+from .engine.checkpoint import save_checkpoint
 from .predict import PredictConfig, run_predict
-from .video_io import write_video
+from .inference.video_io import write_video
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def make_untrained_checkpoint(path: Path, preset: str = "small", image_size: int
     its defaults at ``image_size`` (targets in pixels, JPEG storage)."""
     from pipeline.disfa import DEFAULT_THRESHOLD, EVAL_AUS
 
-    from .tranet import TRANetConfig, build_model
+    from .nets.tranet import TRANetConfig, build_model
 
     align = AlignmentConfig(size=image_size)
     au_ids = tuple(au_ids or EVAL_AUS)

@@ -99,6 +99,13 @@ def _au_displacements() -> dict[int, np.ndarray]:
         if j != idx:
             d[au][j] += (-dx, dy)
 
+    _move_upper_face(move)
+    _move_lower_face(move)
+    return d
+
+
+def _move_upper_face(move) -> None:
+    """Brows, lids, cheeks and nose: AU1, 2, 4, 5, 6, 9."""
     # AU1 inner brow raiser: inner brow ends up, outer ends nearly still.
     for i, w in zip((21, 20, 19, 18, 17), (1.0, 0.8, 0.45, 0.15, 0.0)):
         move(1, i, 0.0, -0.12 * w)
@@ -131,6 +138,10 @@ def _au_displacements() -> dict[int, np.ndarray]:
         move(9, i, 0.01, 0.02)
     for i in (40, 41):
         move(9, i, 0.0, -0.008)
+
+
+def _move_lower_face(move) -> None:
+    """Lips, chin and jaw: AU12, 15, 17, 20, 25, 26."""
     # AU12 lip corner puller: corners up and out, lips follow; inner lip corners too.
     move(12, 48, -0.05, -0.058)
     for i, w in ((49, 0.45), (59, 0.5), (50, 0.12), (58, 0.15), (60, 0.55), (65, 0.55)):
@@ -165,7 +176,6 @@ def _au_displacements() -> dict[int, np.ndarray]:
         move(26, i, 0.0, 0.15 * w)
     for i, w in ((57, 0.9), (58, 0.85), (59, 0.55), (64, 0.95), (65, 0.8), (48, 0.2)):
         move(26, i, 0.0, 0.15 * w)
-    return d
 
 
 AU_DISPLACEMENT: dict[int, np.ndarray] = _au_displacements()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from model.attention import CBAM, ChannelGate, SpatialGate, SqueezeExcite
+from model.nets.attention import CBAM, ChannelGate, SpatialGate, SqueezeExcite
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

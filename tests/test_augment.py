@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from model.augment import AlignmentJitter
-from model.data import ShardFrames
-from model.sampler import WeightedFrameSampler
+from model.engine.augment import AlignmentJitter
+from model.engine.data import ShardFrames
+from model.engine.sampler import WeightedFrameSampler
 from pipeline.shards import ShardReader, ShardWriter
 
 MID = (0.5, 0.5, 0.5, 0.5)  # uniforms at the middle of their ranges: no change

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.engine.checkpoint import load_checkpoint
 from trainer_fixtures import make_dataset
 
 REPO = Path(__file__).resolve().parent.parent

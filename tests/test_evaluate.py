@@ -6,12 +6,12 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from model.checkpoint import CheckpointError, load_for_inference
+from model.engine.checkpoint import CheckpointError, load_for_inference
 from model.crossval import main as crossval_main
-from model.data import DataError, ShardFrames, fold_spec, open_shards
+from model.engine.data import DataError, ShardFrames, fold_spec, open_shards
 from model.evaluate import evaluate_checkpoint, main as evaluate_main
 from model.train import TrainConfig, train
-from model.transforms import to_model_input
+from model.nets.transforms import to_model_input
 from trainer_fixtures import make_dataset, write_manifest
 
 TRAIN = dict(preset="small", epochs=1, batches_per_epoch=2, batch_size=8, workers=0, quiet=True,

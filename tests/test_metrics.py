@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from model.metrics import MetricAccumulator, confusion_counts, metrics_from_counts
+from model.evaluation.metrics import MetricAccumulator, confusion_counts, metrics_from_counts
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

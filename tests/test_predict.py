@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from model.checkpoint import save_checkpoint
-from model.losses import branch_bce_loss
+from model.engine.checkpoint import save_checkpoint
+from model.engine.losses import branch_bce_loss
 from model.predict import PredictConfig, TrainingPreprocess, main
 from model.predict_bench import astronaut_head, make_face_video
-from model.transforms import to_model_input
-from model.tranet import TRANetConfig, build_model
-from model.video_io import VideoFrames
+from model.nets.transforms import to_model_input
+from model.nets.tranet import TRANetConfig, build_model
+from model.inference.video_io import VideoFrames
 from pipeline.alignment import AlignmentConfig, align_face
 from pipeline.face_landmarks import FaceLandmarker
 from pipeline.shards import decode_jpeg, encode_jpeg
@@ -110,7 +110,7 @@ def test_video_rows_face_pattern_and_predictions(tiny_checkpoint, face_video, tm
     aligned, _, _ = align_face(first, face.landmarks66,
                                AlignmentConfig(size=SIZE, nose_target=NOSE, chin_target=CHIN))
     aligned = decode_jpeg(encode_jpeg(aligned, 90))
-    from model.checkpoint import load_for_inference
+    from model.engine.checkpoint import load_for_inference
 
     model, _ = load_for_inference(tiny_checkpoint)
     with torch.inference_mode():
@@ -150,7 +150,7 @@ def test_training_preprocess_repeats_resize_of_smaller_trainer_input() -> None:
     out = prep(image, face.landmarks66)
     big, _, _ = align_face(image, face.landmarks66, prep.alignment)
     np.testing.assert_array_equal(out, cv2.resize(big, (32, 32), interpolation=cv2.INTER_AREA))
-    from model.checkpoint import CheckpointError
+    from model.engine.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="x.pt"):
         TrainingPreprocess.from_meta({"image_size": 32}, Path("x.pt"))

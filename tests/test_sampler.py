@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from model.sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
+from model.engine.sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                            frame_weights)
 
 

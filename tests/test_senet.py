@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.senet import (SENet, UnsafePickleError, WeightsError, load_vggface2_weights, read_weight_file,
-                         senet50)
-from model.tranet import TRANetConfig, build_model, load_backbone_weights
+from model.nets.senet import SENet, senet50
+from model.nets.tranet import TRANetConfig, build_model
+from model.weights.vggface2 import (UnsafePickleError, WeightsError, load_backbone_weights,
+                                    load_vggface2_weights, read_weight_file)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.data import DataError
-from model.early_stopping import EarlyStopping
+from model.engine.checkpoint import CheckpointError, load_checkpoint
+from model.engine.data import DataError
+from model.engine.early_stopping import EarlyStopping
 from model.train import NonFiniteLossError, StopRequest, TrainConfig, main, train
 from trainer_fixtures import make_dataset, write_manifest, write_subject
 
@@ -57,8 +57,8 @@ def test_early_stopping_stops_patience_epochs_after_the_best():
 
 def test_training_stops_early_at_the_right_epoch(data, tmp_path, monkeypatch):
     # Scores rise for two epochs then fall: with patience 2 the run ends after epoch 4, best 2.
-    import model.train as mt
-    from model.metrics import metrics_from_counts
+    import model.engine.trainer as mt
+    from model.evaluation.metrics import metrics_from_counts
 
     scores = iter([0.2, 0.6, 0.5, 0.4, 0.9, 0.9])
 
@@ -222,7 +222,7 @@ def test_bad_shards_and_manifests_fail_before_training(data, tmp_path, caplog):
 
 
 def test_evaluation_subset_is_spread_over_every_subject():
-    from model.data import evaluation_indices
+    from model.engine.data import evaluation_indices
 
     idx = evaluation_indices(1000, 10)
     assert len(idx) == 10 and idx[0] == 0 and idx[-1] == 999

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.losses import branch_bce_loss
-from model.transforms import VGGFACE2_MEAN_BGR, from_model_input, to_model_input
-from model.tranet import REGION_OF_AU, VARIANTS, TRANetConfig, build_model, hard_masks
+from model.engine.losses import branch_bce_loss
+from model.nets.transforms import VGGFACE2_MEAN_BGR, from_model_input, to_model_input
+from model.nets.tranet import REGION_OF_AU, VARIANTS, TRANetConfig, build_model, hard_masks
 from pipeline.disfa import ALL_AUS, EVAL_AUS
 
 SMALL = dict(preset="small", image_size=112)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.disfa import ALL_AUS, EVAL_AUS
-from model.sampler import au_weights_from_labels
+from model.engine.sampler import au_weights_from_labels
 from pipeline.shards import ShardError, ShardReader, ShardWriter, shard_name
 
 #: Positive rate of each of the 8 evaluated AUs in the fixture (AU9 rare, AU25 common).

@@ -113,7 +113,7 @@ def load_for_inference(
     training configurations. ``state``: the file's contents when the caller has already loaded
     them with :func:`load_checkpoint` (``path`` then only names it in messages).
     """
-    from .tranet import TRANetConfig, build_model
+    from ..nets.tranet import TRANetConfig, build_model
 
     data = state if state is not None else load_checkpoint(path, map_location="cpu")
     try:

@@ -1,0 +1,91 @@
+"""The configuration of one training run (``TrainConfig``) and the protocol line reports carry."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..evaluation.metrics import PROBABILITY_THRESHOLD
+from ..nets.tranet import PRESETS, VARIANTS
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the paper's values where the paper gives one."""
+
+    shards: str
+    manifest: str
+    fold: int
+    out: str
+    variant: str = "tranet"
+    preset: str = "full"
+    epochs: int = 100
+    batches_per_epoch: int = 100
+    batch_size: int = 64
+    lr: float = 0.001
+    lr_schedule: str = "constant"
+    momentum: float = 0.9
+    weight_decay: float = 0.001
+    patience: int = 10
+    select_on: str = "val"
+    au_weights: bool = False
+    sampler: str = "weighted"
+    flip: bool = True
+    jitter_scale: float = 0.0
+    jitter_degrees: float = 0.0
+    jitter_shift: float = 0.0
+    threshold: int | None = None
+    cameras: list[str] = field(default_factory=lambda: ["left"])
+    image_size: int | None = None
+    eval_batches: int | None = None
+    eval_batch_size: int = 128
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    pretrained: str | None = None
+    seed: int = 0
+    resume: str | None = None
+    threads: int | None = None
+    quiet: bool = False
+    plot_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {list(VARIANTS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
+        if self.select_on not in ("val", "test"):
+            raise ValueError("select_on must be 'val' or 'test'")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError("lr_schedule must be 'constant' or 'cosine'")
+        if self.sampler not in ("weighted", "uniform"):
+            raise ValueError("sampler must be 'weighted' or 'uniform'")
+        for name in ("epochs", "batches_per_epoch", "batch_size", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be positive")
+
+
+def protocol_note(select_on: str, threshold: int) -> str:
+    """One line every report carries: how labels, decisions and model selection were made."""
+    selection = ("model selected on the TEST subjects (the paper's protocol; optimistic, test-set "
+                 "leakage)" if select_on == "test" else
+                 "model selected on the held-out validation subjects (test subjects unseen)")
+    return (f"labels: FACS intensity >= {threshold}; decision: sigmoid >= {PROBABILITY_THRESHOLD}; "
+            f"{selection}; F1/accuracy pooled over all frames of the split")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from parsed options (unknown keys ignored), with ``overrides`` applied."""
+    from pipeline.disfa import parse_threshold
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in {**vars(args), **overrides}.items() if k in known}
+    if isinstance(values.get("au_weights"), str):
+        values["au_weights"] = values["au_weights"] == "on"
+    if isinstance(values.get("threshold"), str):
+        values["threshold"] = parse_threshold(values["threshold"])
+    return TrainConfig(**values)

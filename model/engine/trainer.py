@@ -1,0 +1,709 @@
+"""The training engine: one fold's data, the epoch loop, evaluation, selection and final test.
+
+Layout follows torchvision's reference ``train.py``: ``load_data``, ``train_one_epoch``,
+``evaluate`` and ``main`` are kept apart. Under ``torchrun`` every process trains on its own
+sampler stream (seeded by rank) with ``batch_size / world_size`` frames a step, gradients are
+averaged by DDP, evaluation counts are summed over ranks, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .augment import AlignmentJitter
+from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint,
+                         restore_rng_state, save_checkpoint)
+from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distributed,
+                          resolve_device)
+from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
+                   collate_frames, evaluation_indices, fold_spec, open_shards)
+from .config import TrainConfig, protocol_note
+from .early_stopping import EarlyStopping
+from .losses import branch_bce_loss
+from ..evaluation.metrics import AUMetrics, MetricAccumulator
+from ..evaluation.records import results_markdown, write_json, write_metrics
+from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
+                      frame_weights)
+from ..nets.tranet import TRANetConfig, build_model
+from ..weights.vggface2 import load_backbone_weights
+from ..nets.transforms import to_model_input
+
+log = logging.getLogger("model.train")
+
+#: Options that may change when a run is resumed; every other one must match the stored run.
+RESUME_OVERRIDABLE = ("epochs", "device", "workers", "eval_batch_size", "resume", "out",
+                      "shards", "manifest", "threads", "quiet", "plot_every")
+
+
+# ------------------------------------------------------------------------------------------------
+# Interruption
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM (or a callback); the loop stops at the next batch boundary.
+
+    A second signal raises KeyboardInterrupt at once, for a stuck data loader.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reason = ""
+        self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def request(self, reason: str) -> None:
+        self.requested, self.reason = True, reason
+
+    def _handler(self, signum, _frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker: keep serving until the trainer stops it
+        if self.requested:
+            raise KeyboardInterrupt
+        self.request(signal.Signals(signum).name)
+        log.warning("%s received: finishing the current batch, saving last.pt and exiting "
+                    "(send again to abort at once)", signal.Signals(signum).name)
+
+    def install(self) -> None:
+        self._pid = os.getpid()
+        if threading_is_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def threading_is_main() -> bool:
+    # Python only lets the main thread install signal handlers.
+    return threading.current_thread() is threading.main_thread()
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class FoldData:
+    spec: FoldSpec
+    threshold: int
+    geometry: dict[str, Any]          # image_size (network input), nose/chin targets (scaled)
+    alignment: dict[str, Any]         # shard attrs describing how frames were aligned
+    train: ShardFrames
+    sampler: WeightedFrameSampler
+    train_loader: DataLoader
+    select_loader: DataLoader
+    test_loader: DataLoader
+    au_weights: np.ndarray            # per-AU weights on the training frames (sum K)
+    natural_rate: np.ndarray
+    expected_rate: np.ndarray
+    select_frames: int
+    test_frames: int
+
+
+def _loader_generator() -> torch.Generator:
+    # DataLoader draws worker seeds from the global RNG unless given its own generator; keeping
+    # the global stream untouched makes resumed runs match uninterrupted ones bit for bit.
+    return torch.Generator().manual_seed(0)
+
+
+def _eval_loader(dataset: ShardFrames, indices: np.ndarray, cfg: TrainConfig,
+                 info: DistInfo, pin: bool, persistent: bool) -> DataLoader:
+    mine = indices[info.rank::info.world]  # disjoint slices: counts add up to the whole split
+    return DataLoader(Subset(dataset, mine.tolist()), batch_size=cfg.eval_batch_size,
+                      shuffle=False, num_workers=cfg.workers, collate_fn=collate_frames,
+                      pin_memory=pin, generator=_loader_generator(),
+                      persistent_workers=persistent and cfg.workers > 0)
+
+
+def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldData:
+    """Check the shards against the manifest and build the loaders. Fails before any training."""
+    spec = fold_spec(cfg.manifest, cfg.fold)
+    context = f"{spec.manifest} fold {spec.fold}"
+    if not spec.subjects["train"]:
+        raise DataError(f"{context}: no training subjects")
+    if not spec.subjects["test"]:
+        raise DataError(f"{context}: no test subjects")
+    if cfg.select_on == "val" and not spec.subjects["val"]:
+        raise DataError(f"{context}: no validation subjects to select the model on; rebuild the "
+                        "folds with validation subjects or pass --select-on test (paper protocol)")
+    threshold = cfg.threshold if cfg.threshold is not None else spec.threshold
+    readers = {split: open_shards(cfg.shards, spec.subjects[split], cfg.cameras, context)
+               for split in ("train", "val", "test")}
+    geometry = check_consistent([r for rs in readers.values() for r in rs], spec)
+    if cfg.flip:
+        check_flip_symmetry(geometry, context)
+    source_size = geometry["image_size"]
+    size = cfg.image_size or source_size
+    scale = size / source_size
+    geometry = {"image_size": size, "source_image_size": source_size,
+                "nose_target": [v * scale for v in geometry["nose_target"]],
+                "chin_target": [v * scale for v in geometry["chin_target"]]}
+    first = readers["train"][0]
+    alignment = {"config": first.attrs.get("config", {}),
+                 "pipeline_version": str(first.attrs.get("pipeline_version", "")),
+                 "source_image_size": source_size}
+
+    jitter = AlignmentJitter(cfg.jitter_scale, cfg.jitter_degrees, cfg.jitter_shift)
+    datasets = {split: ShardFrames(rs, spec.au_ids, threshold, size,
+                                   jitter=jitter if split == "train" else None) if rs else None
+                for split, rs in readers.items()}
+    train = datasets["train"]
+    for split in ("train", "test") + (("val",) if cfg.select_on == "val" else ()):
+        if datasets[split] is None or len(datasets[split]) == 0:
+            raise DataError(f"{context}: the {split} subjects {spec.subjects[split]} have no frames")
+
+    au_weights = au_weights_from_labels(train.labels)
+    if spec.au_weights is not None and threshold == spec.threshold:
+        if not np.allclose(spec.au_weights, au_weights, rtol=1e-3, atol=1e-4):
+            log.warning("%s: au_weights %s differ from those of the training shards %s; using the "
+                        "shards'", context, np.round(spec.au_weights, 4).tolist(),
+                        np.round(au_weights, 4).tolist())
+    weights = (frame_weights(train.labels, au_weights) if cfg.sampler == "weighted"
+               else np.ones(len(train)))
+    if cfg.batch_size % info.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world} "
+                         "processes")
+    per_rank = cfg.batch_size // info.world
+    # Each rank draws its own stream; seeds are spaced so no two (seed, rank) pairs collide.
+    sampler = WeightedFrameSampler(weights, per_rank * cfg.batches_per_epoch,
+                                   seed=cfg.seed * 100_003 + info.rank + 1, flip=cfg.flip,
+                                   jitter=jitter.enabled)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(train, batch_size=per_rank, sampler=sampler, drop_last=False,
+                              num_workers=cfg.workers, collate_fn=collate_frames, pin_memory=pin,
+                              generator=_loader_generator(), persistent_workers=cfg.workers > 0)
+    select = datasets[cfg.select_on]
+    select_idx = evaluation_indices(
+        len(select), cfg.eval_batches * cfg.eval_batch_size if cfg.eval_batches else None)
+    test = datasets["test"]
+    return FoldData(
+        spec=spec, threshold=threshold, geometry=geometry, alignment=alignment, train=train,
+        sampler=sampler, train_loader=train_loader,
+        select_loader=_eval_loader(select, select_idx, cfg, info, pin, persistent=True),
+        test_loader=_eval_loader(test, np.arange(len(test)), cfg, info, pin, persistent=False),
+        au_weights=au_weights, natural_rate=train.natural_positive_rate(),
+        expected_rate=expected_positive_rate(train.labels, weights),
+        select_frames=len(select_idx), test_frames=len(test),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# One epoch of training, one evaluation
+
+
+@dataclass
+class EpochAccumulator:
+    """Running sums of the current epoch (saved mid-epoch so a resumed epoch logs whole)."""
+
+    loss_sum: float = 0.0
+    batches: int = 0
+    frames: int = 0
+    positives: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+
+def _prepare(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = to_model_input(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _autocast(device: torch.device, enabled: bool):
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+    epoch: int,
+    cfg: TrainConfig,
+    scaler: torch.amp.GradScaler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    acc: EpochAccumulator,
+    stop: StopRequest,
+    info: DistInfo,
+    on_batch_end: Callable[[int, int, float], None] | None = None,
+) -> bool:
+    """Train until the epoch's batches are done (True) or a stop is requested (False).
+
+    ``acc`` carries on from a resumed mid-epoch state; ``acc.batches`` is the batch to start at.
+    """
+    model.train()
+    total = cfg.batches_per_epoch
+    bar = tqdm(total=total, initial=acc.batches, desc=f"epoch {epoch}", leave=False,
+               disable=cfg.quiet or not info.is_main, dynamic_ncols=True)
+    start = time.perf_counter()
+    batches = iter(loader)
+    try:
+        while True:
+            try:
+                images, targets, _ = next(batches)
+            except StopIteration:
+                break
+            except Exception:
+                # A terminal Ctrl-C also reaches the DataLoader workers, which then exit; the
+                # loader reports that as an error. The stop request is what counts.
+                if stop.requested:
+                    return False
+                raise
+            batch = acc.batches + 1
+            x = _prepare(images, device, cfg.channels_last)
+            y = targets.to(device, non_blocking=True)
+            with _autocast(device, cfg.amp):
+                logits = model(x)
+            loss = criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"epoch {epoch}, batch {batch}: the loss is "
+                                         f"{loss.item()}; stopping (lower --lr, or check the "
+                                         "input frames)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            value = float(loss.detach())
+            acc.loss_sum += value
+            acc.batches = batch
+            acc.frames += len(y)
+            pos = targets.sum(0).double().tolist()
+            acc.positives = [a + b for a, b in zip(acc.positives, pos)] if acc.positives else pos
+            bar.update(1)
+            bar.set_postfix(loss=f"{acc.loss_sum / acc.batches:.4f}")
+            if on_batch_end is not None:
+                on_batch_end(epoch, batch, value)
+            if _agree_stop(stop, info, device):
+                return acc.batches >= total
+    finally:
+        acc.seconds += time.perf_counter() - start
+        bar.close()
+    return True
+
+
+def _agree_stop(stop: StopRequest, info: DistInfo, device: torch.device) -> bool:
+    """Every rank must stop at the same batch, or DDP's next all-reduce would hang."""
+    if not info.enabled:
+        return stop.requested
+    flag = all_reduce_sum(torch.tensor([1.0 if stop.requested else 0.0]), info, device)
+    return bool(flag.item() > 0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    au_ids: Sequence[int],
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    info: DistInfo | None = None,
+    desc: str = "eval",
+    quiet: bool = True,
+) -> AUMetrics:
+    """Pooled per-AU F1/accuracy at 0.5 over every frame the loader yields (all ranks summed)."""
+    info = info or DistInfo()
+    model.eval()
+    acc = MetricAccumulator(au_ids)
+    for images, targets, _ in tqdm(loader, desc=desc, leave=False, disable=quiet):
+        x = _prepare(images, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(x).float()
+        y = targets.to(device)
+        acc.update(logits, y, float(criterion(logits, y)) if criterion else None)
+    acc.load_counts_tensor(all_reduce_sum(acc.counts_tensor(), info, device))
+    return acc.compute()
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The stored configuration of ``cfg.resume``, with the options allowed to change applied."""
+    run_dir = Path(cfg.resume)
+    path = run_dir / "last.pt"
+    state = load_checkpoint(path)
+    for key in ("train_config", "optimizer", "progress", "sampler", "rng"):
+        if key not in state:
+            raise CheckpointError(f"{path}: no '{key}' entry; not a resumable training checkpoint")
+    if "variant" in explicit:
+        check_compatible(state, path, variant=cfg.variant)
+    stored = dict(state["train_config"])
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in stored.items() if k in known}
+    conflicts = []
+    for name in explicit:
+        if name in RESUME_OVERRIDABLE or name not in values:
+            continue
+        mine = getattr(cfg, name)
+        if mine != values[name]:
+            conflicts.append(f"--{name.replace('_', '-')} {mine!r} (run has {values[name]!r})")
+    if values.get("lr_schedule") == "cosine" and "epochs" in explicit \
+            and cfg.epochs != values.get("epochs"):
+        conflicts.append(f"--epochs {cfg.epochs!r} (the cosine schedule spans the run's "
+                         f"{values.get('epochs')} epochs)")
+    if conflicts:
+        raise ValueError(f"{path}: cannot resume with different settings: {', '.join(conflicts)}")
+    for name in RESUME_OVERRIDABLE:
+        if name in explicit or name == "resume":
+            values[name] = getattr(cfg, name)
+    values["out"] = str(run_dir)
+    return TrainConfig(**values), state
+
+
+@dataclass
+class TrainingRun:
+    """Everything one run's steps share: configuration, data, model, optimiser and progress."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    run_dir: Path
+    data: FoldData
+    model_config: TRANetConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    scheduler: Any
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    stopper: EarlyStopping
+    note: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    completed: int = 0
+    acc: EpochAccumulator = field(default_factory=EpochAccumulator)
+
+    @property
+    def au_ids(self) -> list[int]:
+        return list(self.data.spec.au_ids)
+
+    def payload(self) -> dict[str, Any]:
+        """What every checkpoint records about how the model was made."""
+        g = self.data.geometry
+        return {
+            "model_config": asdict(self.model_config),
+            "data": {"au_ids": self.au_ids, "threshold": self.data.threshold,
+                     "image_size": g["image_size"], "nose_target": g["nose_target"],
+                     "chin_target": g["chin_target"], "alignment": self.data.alignment,
+                     "fold": self.cfg.fold, "subjects": self.data.spec.subjects,
+                     "manifest": str(self.cfg.manifest)},
+            "train_config": asdict(self.cfg),
+            "protocol": self.note,
+        }
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    explicit: set[str] | None = None,
+    on_batch_end: Callable[[int, int, float], None] | None = None,
+    stop: StopRequest | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) one training run; returns the summary also written to results.json.
+
+    Raises DataError/CheckpointError/ValueError on bad input before training starts, and
+    NonFiniteLossError if the loss turns NaN/inf. A stop request (SIGINT/SIGTERM or ``stop``)
+    saves last.pt and returns with ``status == "interrupted"``.
+    """
+    cfg, info, device, resume_state = prepare_runtime(cfg, explicit or set())
+    data = load_data(cfg, info, device)
+    run = build_run(cfg, info, device, data, resume_state)
+    if resume_state is not None:
+        resume_run(run, resume_state)
+    if info.enabled:
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    if info.is_main:
+        record_run_start(run)
+    status = run_epochs(run, stop or StopRequest(), on_batch_end)
+    return finish_run(run, status)
+
+
+def prepare_runtime(cfg: TrainConfig, explicit: set[str]
+                    ) -> tuple[TrainConfig, DistInfo, torch.device, dict[str, Any] | None]:
+    """Process group, threads, the stored configuration when resuming, the device, the run folder."""
+    info = init_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif info.enabled and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get(
+            "LOCAL_WORLD_SIZE", info.world))))
+    resume_state = None
+    if cfg.resume:
+        cfg, resume_state = _resume_config(cfg, explicit)
+    device = resolve_device(cfg.device, info)
+    if info.is_main:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    return cfg, info, device, resume_state
+
+
+def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: FoldData,
+              resume_state: dict[str, Any] | None) -> TrainingRun:
+    """The model (with pretrained weights on a new run), optimiser, schedule and loss."""
+    au_ids = list(data.spec.au_ids)
+    size = data.geometry["image_size"]
+    model_cfg = TRANetConfig(
+        variant=cfg.variant, preset=cfg.preset, au_ids=tuple(au_ids), image_size=size,
+        center=tuple(v / size for v in data.geometry["nose_target"]))
+    if resume_state is not None:
+        check_compatible(resume_state, Path(cfg.resume) / "last.pt", variant=cfg.variant,
+                         au_ids=au_ids, image_size=size)
+        if int(resume_state.get("world_size", 1)) != info.world:
+            raise CheckpointError(f"{cfg.resume}/last.pt: saved by {resume_state['world_size']} "
+                                  f"processes; resume with the same number (got {info.world})")
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = build_model(model_cfg)
+    if cfg.pretrained and resume_state is None:
+        report = load_backbone_weights(model, cfg.pretrained)
+        log.info("loaded backbone weights from %s (%s)", cfg.pretrained,
+                 {k: len(v) for k, v in report.items()} if isinstance(report, dict) else report)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=cfg.epochs * cfg.batches_per_epoch)
+        if cfg.lr_schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+    loss_weights = (torch.as_tensor(data.au_weights, dtype=torch.float32, device=device)
+                    if cfg.au_weights else None)
+    branch_groups = model.branch_groups
+
+    def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return branch_bce_loss(logits, targets, branch_groups, loss_weights)
+
+    return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
+                       model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
+                       scheduler=scheduler, criterion=criterion,
+                       stopper=EarlyStopping(patience=cfg.patience),
+                       note=protocol_note(cfg.select_on, data.threshold))
+
+
+def resume_run(run: TrainingRun, state: dict[str, Any]) -> None:
+    """Put the weights, optimiser, schedule, sampler and RNG streams back where last.pt left them."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.stopper.load_state_dict(state["early_stopping"])
+    run.history = list(state.get("history", []))
+    run.completed = int(state["progress"]["epoch"])
+    run.acc = EpochAccumulator(**state["progress"]["accumulator"])
+    run.data.sampler.load_state_dict(state["sampler"][run.info.rank])
+    restore_rng_state(state["rng"][run.info.rank])
+    log.info("resuming %s after epoch %d, batch %d (best mean F1 %.4f at epoch %d)",
+             run.cfg.resume, run.completed, run.acc.batches, run.stopper.best_score,
+             run.stopper.best_epoch)
+
+
+def record_run_start(run: TrainingRun) -> None:
+    """config.json (how the run was made) and the opening log lines."""
+    cfg, data, au_ids = run.cfg, run.data, run.au_ids
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    write_json(run.run_dir / "config.json", {
+        "train_config": asdict(cfg), "model_config": asdict(run.model_config),
+        "data": run.payload()["data"], "protocol": run.note, "world_size": run.info.world,
+        "sampler": {"kind": cfg.sampler, "au_weights": data.au_weights.tolist(),
+                    "frame_weight": "max(1, sum of the weights of the frame's positive AUs)",
+                    "natural_positive_rate": data.natural_rate.tolist(),
+                    "expected_drawn_positive_rate": data.expected_rate.tolist()},
+        "frames": {"train": len(data.train), "select": data.select_frames,
+                   "test": data.test_frames},
+        "trainable_parameters": sum(p.numel() for p in params),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    })
+    log.info("fold %d: %d train frames (%s), selection on %s (%d frames), %d test frames",
+             cfg.fold, len(data.train), ", ".join(data.spec.subjects["train"]),
+             cfg.select_on, data.select_frames, data.test_frames)
+    log.info("%s", run.note)
+    log.info("per-AU positive rate: natural %s -> expected under the sampler %s",
+             _fmt_rates(au_ids, data.natural_rate), _fmt_rates(au_ids, data.expected_rate))
+
+
+def checkpoint_state(run: TrainingRun, progress_epoch: int, accumulator: EpochAccumulator,
+                     consumed: int | None) -> dict[str, Any]:
+    """last.pt's content. Collective: every rank contributes its sampler and RNG streams."""
+    samplers = gather_objects(run.data.sampler.state_dict(consumed), run.info)
+    rngs = gather_objects(capture_rng_state(), run.info)
+    return {**run.payload(), "model": _unwrap(run.model).state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "sampler": samplers, "rng": rngs, "early_stopping": run.stopper.state_dict(),
+            "history": run.history, "epoch": progress_epoch, "world_size": run.info.world,
+            "progress": {"epoch": progress_epoch, "accumulator": accumulator.state_dict()}}
+
+
+def run_epochs(run: TrainingRun, stop: StopRequest,
+               on_batch_end: Callable[[int, int, float], None] | None) -> str:
+    """The epoch loop: train, evaluate on the selection split, checkpoint; "finished" or
+    "interrupted"."""
+    cfg, info = run.cfg, run.info
+    stop.install()
+    try:
+        epoch = run.completed + 1
+        while epoch <= cfg.epochs and not run.stopper.should_stop:
+            done = train_one_epoch(run.model, run.criterion, run.optimizer, run.data.train_loader,
+                                   run.device, epoch, cfg, run.scaler, run.scheduler, run.acc,
+                                   stop, info, on_batch_end)
+            if not done:
+                save_interrupted(run, epoch, stop)
+                return "interrupted"
+            end_of_epoch(run, epoch)
+            if _agree_stop(stop, info, run.device):
+                if info.is_main:
+                    log.warning("stopped (%s) after epoch %d; saved %s; continue with --resume %s",
+                                stop.reason or "request", epoch, run.run_dir / "last.pt",
+                                run.run_dir)
+                return "interrupted"
+            epoch += 1
+        if run.stopper.should_stop and info.is_main:
+            log.info("early stop: no better %s mean F1 for %d epochs (best %.4f at epoch %d)",
+                     cfg.select_on, cfg.patience, run.stopper.best_score, run.stopper.best_epoch)
+        return "finished"
+    finally:
+        stop.uninstall()
+
+
+def save_interrupted(run: TrainingRun, epoch: int, stop: StopRequest) -> None:
+    """last.pt in the middle of an epoch, so that --resume continues with the next batch."""
+    consumed = run.acc.batches * run.data.train_loader.batch_size
+    state = checkpoint_state(run, epoch - 1, run.acc, consumed)
+    if run.info.is_main:
+        save_checkpoint(run.run_dir / "last.pt", state)
+        log.warning("stopped (%s) in epoch %d after batch %d; saved %s; continue with "
+                    "--resume %s", stop.reason or "request", epoch, run.acc.batches,
+                    run.run_dir / "last.pt", run.run_dir)
+
+
+def end_of_epoch(run: TrainingRun, epoch: int) -> None:
+    """Evaluate on the selection split, step early stopping, save last.pt/best.pt and metrics."""
+    cfg, info, data, acc, au_ids = run.cfg, run.info, run.data, run.acc, run.au_ids
+    totals = all_reduce_sum(torch.tensor([acc.loss_sum, acc.batches, acc.frames, *acc.positives],
+                                         dtype=torch.float64), info, run.device)
+    train_loss = float(totals[0] / totals[1])
+    drawn = (totals[3:] / totals[2]).tolist()
+    metrics = evaluate(_unwrap(run.model), data.select_loader, run.device, au_ids, run.criterion,
+                       amp=cfg.amp, channels_last=cfg.channels_last, info=info,
+                       desc=f"eval {cfg.select_on}", quiet=cfg.quiet or not info.is_main)
+    improved = run.stopper.step(metrics.mean_f1, epoch)
+    row = {"epoch": epoch, "train_loss": train_loss, "seconds": acc.seconds,
+           "lr": run.optimizer.param_groups[0]["lr"], "select_on": cfg.select_on,
+           "eval": metrics.as_dict(), "drawn_positive_rate": drawn,
+           "natural_positive_rate": data.natural_rate.tolist(),
+           "best_epoch": run.stopper.best_epoch}
+    run.history.append(row)
+    run.acc = EpochAccumulator()
+    state = checkpoint_state(run, epoch, run.acc, None)
+    if not info.is_main:
+        return
+    if improved:
+        best = {k: v for k, v in state.items()
+                if k not in ("optimizer", "sampler", "rng", "scaler", "scheduler")}
+        save_checkpoint(run.run_dir / "best.pt", {**best, "metrics": metrics.as_dict()})
+    save_checkpoint(run.run_dir / "last.pt", state)
+    write_metrics(run.run_dir, run.history, au_ids, _metrics_header(run))
+    if epoch % max(cfg.plot_every, 1) == 0:
+        _plot(run.run_dir, run.history, au_ids, cfg)
+    log.info("epoch %d: train loss %.4f | %s mean F1 %.4f acc %.4f%s | %.1fs | positive "
+             "rate drawn/natural %s", epoch, train_loss, cfg.select_on,
+             metrics.mean_f1, metrics.mean_accuracy, " (best)" if improved else "",
+             row["seconds"], " ".join(f"AU{a}:{d:.3f}/{n:.3f}" for a, d, n in
+                                      zip(au_ids, drawn, data.natural_rate)))
+
+
+def _metrics_header(run: TrainingRun) -> dict[str, Any]:
+    data = run.data
+    return {"protocol": run.note, "select_on": run.cfg.select_on, "au_ids": run.au_ids,
+            "natural_positive_rate": data.natural_rate.tolist(),
+            "expected_drawn_positive_rate": data.expected_rate.tolist(),
+            "au_weights": data.au_weights.tolist(), "sampler": run.cfg.sampler,
+            "subjects": data.spec.subjects}
+
+
+def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
+    """Final plots, best.pt on every test frame, results.json/results.md; the run's summary."""
+    cfg, info, stopper = run.cfg, run.info, run.stopper
+    if info.is_main and run.history:
+        _plot(run.run_dir, run.history, run.au_ids, cfg)
+    summary: dict[str, Any] = {"status": status, "run_dir": str(run.run_dir),
+                               "protocol": run.note, "select_on": cfg.select_on,
+                               "fold": cfg.fold, "variant": cfg.variant,
+                               "best_epoch": stopper.best_epoch,
+                               "best_select_mean_f1": stopper.best_score,
+                               "epochs_run": len(run.history)}
+    if status == "finished" and run.history:
+        summary["test"] = final_test(run.model, run.run_dir, run.data, run.device, cfg,
+                                     run.au_ids, run.criterion, info).as_dict()
+        if info.is_main:
+            write_json(run.run_dir / "results.json", summary)
+            (run.run_dir / "results.md").write_text(results_markdown(
+                f"Fold {cfg.fold}, {cfg.variant}: test subjects, best epoch "
+                f"{stopper.best_epoch}", summary["test"], run.note))
+            log.info("fold %d test (best epoch %d): mean F1 %.4f, mean accuracy %.4f  [%s]",
+                     cfg.fold, stopper.best_epoch, summary["test"]["mean_f1"],
+                     summary["test"]["mean_accuracy"], run.note)
+    if info.enabled:
+        dist.barrier()
+    return summary
+
+
+def final_test(model, run_dir: Path, data: FoldData, device, cfg: TrainConfig, au_ids,
+               criterion, info: DistInfo) -> AUMetrics:
+    """best.pt's weights on every test frame."""
+    if info.enabled:
+        dist.barrier()  # rank 0 may still be writing best.pt
+    best = load_checkpoint(run_dir / "best.pt", map_location="cpu")
+    _unwrap(model).load_state_dict(best["model"])
+    return evaluate(_unwrap(model), data.test_loader, device, au_ids, criterion, amp=cfg.amp,
+                    channels_last=cfg.channels_last, info=info, desc="test",
+                    quiet=cfg.quiet or not info.is_main)
+
+
+def _plot(run_dir: Path, history, au_ids, cfg: TrainConfig) -> None:
+    from ..evaluation.plots import plot_history
+
+    try:
+        plot_history(history, au_ids, run_dir, split=cfg.select_on,
+                     title=f"fold {cfg.fold}, {cfg.variant}")
+    except Exception as err:  # a plotting problem must never cost a training run
+        log.warning("could not draw the plots: %s", err)
+
+
+def _fmt_rates(au_ids: Sequence[int], rates: Sequence[float]) -> str:
+    return " ".join(f"AU{a}:{r:.3f}" for a, r in zip(au_ids, rates))
+
+

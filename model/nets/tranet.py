@@ -1,0 +1,352 @@
+"""TRA-Net (three-regions-based attention network) and its ablation variants, by configuration.
+
+Structure (paper Sec. 3, Fig. 1):
+
+* Backbone SENet-50 (``model.senet``, VGGFace2 layout). Blocks 1-2 (stem + ``layer1``) are frozen:
+  ``requires_grad=False`` and their BatchNorm stays in eval mode even under ``model.train()``
+  (``TRANetConfig.frozen_blocks``; the small preset, which has no pretrained weights, freezes none).
+  ``layer2..layer4`` are the encoder (28 -> 14 -> 7 at 224 input).
+* Decoder (``model.decoder``): 7 -> 14 -> 28 with additive skips from layer3 and layer2, one conv
+  and one SE per stage. The decoded map has layer2's shape (512 x 28 x 28 at 224).
+* Hard attention: three exact 0/1 row masks on the decoded map built from the face centre
+  (the aligned nose midpoint; see :func:`hard_masks` for the rounding rule).
+* One branch per region: [CBAM -> two 3x3 convs with a residual connection -> 2x2 max pool] x 2,
+  CBAM -> two 3x3 convs -> global average pool, then two FC layers -> that region's AUs.
+  Upper: AU1, AU2, AU4 (+AU5); middle: AU6, AU9; lower: AU12, AU25, AU26 (+AU15, AU17, AU20).
+  A branch whose region has none of ``cfg.au_ids`` is not built.
+* Output: logits ``[B, K]`` in the order of ``cfg.au_ids``; ``model.branch_groups`` gives the
+  indices each branch predicts (the loss sums per-branch BCE over these groups).
+
+Variants (paper Table 2) are flags on one class, see :data:`VARIANTS`. The decoder is kept in every
+variant that has branches, so that each ablation differs from TRA-Net in exactly the module it
+names; only the plain "senet50" baseline (backbone + global pool + one FC) has no decoder. Without
+the hard mask the head is ONE branch (same structure) predicting all K AUs from the unmasked map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import CBAM
+from .decoder import Decoder
+from .regions import ALL_AUS, DEFAULT_FACE_CENTER, EVAL_AUS
+from .senet import SENet
+
+#: Face region of each DISFA AU. The paper assigns the 8 evaluated AUs (upper 1, 2, 4; middle 6, 9;
+#: lower 12, 25, 26); the other four follow FACS anatomy: AU5 (upper lid raiser) is an eye AU, AU15
+#: (lip corner depressor), AU17 (chin raiser) and AU20 (lip stretcher) act below the nose.
+REGION_OF_AU: dict[int, str] = {
+    1: "upper", 2: "upper", 4: "upper", 5: "upper",
+    6: "middle", 9: "middle",
+    12: "lower", 15: "lower", 17: "lower", 20: "lower", 25: "lower", 26: "lower",
+}
+REGIONS: tuple[str, ...] = ("upper", "middle", "lower")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Which modules a variant has. ``head`` is "fc" (global pool + linear) or "branches"."""
+
+    head: str = "branches"
+    decoder: bool = True
+    hard_mask: bool = True
+    cbam: bool = True
+    cbam_channel: bool = True
+    cbam_spatial: bool = True
+    cbam_residual: bool = False
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "senet50": VariantSpec(head="fc", decoder=False, hard_mask=False, cbam=False),
+    "senet50_cbam": VariantSpec(hard_mask=False),
+    "senet50_hm": VariantSpec(cbam=False),
+    "hm_cbam_no_channel": VariantSpec(cbam_channel=False),
+    "hm_cbam_no_spatial": VariantSpec(cbam_spatial=False),
+    "tranet_residual": VariantSpec(cbam_residual=True),
+    "tranet": VariantSpec(),
+}
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """Backbone depth/width, branch width and default frozen blocks of a model size."""
+
+    layers: tuple[int, int, int, int]
+    base_width: int
+    branch_width: int
+    frozen_blocks: int
+
+
+#: "full" is SENet-50 (loads the VGGFace2 weights). "small" is the same architecture with one
+#: bottleneck per stage and a quarter of the channels (backbone, decoder and branches), for CPU
+#: demos and tests. No pretrained weights exist for it, so by default it freezes nothing: the paper
+#: freezes blocks 1-2 to keep pretrained features, and freezing random ones would only cripple it.
+PRESETS: dict[str, PresetSpec] = {
+    "full": PresetSpec(layers=(3, 4, 6, 3), base_width=64, branch_width=64, frozen_blocks=2),
+    "small": PresetSpec(layers=(1, 1, 1, 1), base_width=16, branch_width=16, frozen_blocks=0),
+}
+
+
+def _default_center() -> tuple[float, float]:
+    # The alignment puts the nose midpoint here (fractions of the aligned frame).
+    return (float(DEFAULT_FACE_CENTER[0]), float(DEFAULT_FACE_CENTER[1]))
+
+
+@dataclass
+class TRANetConfig:
+    """Everything needed to rebuild a model; ``dataclasses.asdict`` of it is JSON-serialisable.
+
+    ``center`` is the face centre (x, y) as fractions of the input image; use the shards'
+    ``nose_target / image_size``. ``branch_width``/``fc_hidden`` of ``None`` take the preset's
+    branch width. ``frozen_blocks`` (0, 1 = stem, 2 = stem + layer1, the paper's "blocks 1 and 2")
+    of ``None`` takes the preset's (full 2, small 0). ``image_size`` records the training input
+    size; the network is convolutional up to its global pools and accepts other sizes.
+    """
+
+    variant: str = "tranet"
+    preset: str = "full"
+    au_ids: tuple[int, ...] = field(default_factory=lambda: tuple(EVAL_AUS))
+    image_size: int = 224
+    center: tuple[float, float] = field(default_factory=_default_center)
+    branch_width: int | None = None
+    fc_hidden: int | None = None
+    reduction: int = 16
+    decoder_kernel: int = 1
+    frozen_blocks: int | None = None
+    #: Run in channels_last layout (oneDNN on CPU and tensor cores on GPU are faster in NHWC;
+    #: 1.3-1.4x per CPU training step here). Layout only: weights and outputs are the same.
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; normalise so configs compare equal.
+        self.au_ids = tuple(int(a) for a in self.au_ids)
+        self.center = (float(self.center[0]), float(self.center[1]))
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if not self.au_ids:
+            raise ValueError("au_ids is empty")
+        unknown = [a for a in self.au_ids if a not in REGION_OF_AU]
+        if unknown:
+            raise ValueError(f"AUs {unknown} have no region (known: {list(ALL_AUS)})")
+        if len(set(self.au_ids)) != len(self.au_ids):
+            raise ValueError(f"au_ids has duplicates: {list(self.au_ids)}")
+        if self.frozen_blocks is not None and self.frozen_blocks not in (0, 1, 2):
+            raise ValueError(f"frozen_blocks must be 0, 1 or 2, got {self.frozen_blocks}")
+        if not all(0.0 <= c <= 1.0 for c in self.center):
+            raise ValueError(f"center must be fractions of the image in [0, 1], got {self.center}")
+
+    @property
+    def spec(self) -> VariantSpec:
+        return VARIANTS[self.variant]
+
+    @property
+    def preset_spec(self) -> PresetSpec:
+        return PRESETS[self.preset]
+
+    @property
+    def resolved_branch_width(self) -> int:
+        return self.branch_width or self.preset_spec.branch_width
+
+    @property
+    def resolved_frozen_blocks(self) -> int:
+        return self.preset_spec.frozen_blocks if self.frozen_blocks is None else self.frozen_blocks
+
+    @property
+    def resolved_fc_hidden(self) -> int:
+        return self.fc_hidden or self.resolved_branch_width
+
+
+# --------------------------------------------------------------------------------------------------
+# Hard masks
+
+
+def hard_masks(height: int, center_y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Exact 0/1 row masks ``[B, 1, height, 1]`` for the three regions.
+
+    ``center_y`` ([B], fractions of the image height) is scaled to the map: ``y = center_y * H``,
+    a position on the continuous row axis where row ``i`` covers ``[i, i + 1)``. A row belongs to a
+    region by its centre ``c = i + 0.5``; regions are half-open so that every tie has one answer:
+
+    * upper:  ``c <  y``            (the row whose centre is exactly ``y`` goes to the lower mask)
+    * lower:  ``c >= y``            (upper and lower partition the rows)
+    * middle: ``y - H/4 <= c < y + H/4``
+
+    At 224 input (H = 28) and the default centre 0.5: upper rows 0-13, lower rows 14-27, middle
+    rows 7-20. Masks carry no gradient to the centre.
+    """
+    rows = torch.arange(height, dtype=torch.float32, device=center_y.device) + 0.5
+    y = (center_y.to(torch.float32) * height)[:, None]
+    quarter = height / 4.0
+    masks = {
+        "upper": rows[None, :] < y,
+        "lower": rows[None, :] >= y,
+        "middle": (rows[None, :] >= y - quarter) & (rows[None, :] < y + quarter),
+    }
+    return {k: m[:, None, :, None] for k, m in masks.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Branches
+
+
+class ConvPair(nn.Module):
+    """Two 3x3 conv + BN; with ``residual`` the shortcut spans the second conv.
+
+    The shortcut starts after the first conv (not at the block input) because the first conv of a
+    branch changes the width (decoded channels -> branch width); this keeps the residual parameter-free.
+    """
+
+    def __init__(self, in_channels: int, width: int, residual: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        b = self.bn2(self.conv2(a))
+        return F.relu(b + a if self.residual else b, inplace=True)
+
+
+class RegionBranch(nn.Module):
+    """[CBAM -> ConvPair(residual) -> maxpool 2] x2 -> CBAM -> ConvPair -> global avg pool -> FC-ReLU-FC."""
+
+    def __init__(self, in_channels: int, width: int, fc_hidden: int, n_outputs: int,
+                 spec: VariantSpec, reduction: int = 16) -> None:
+        super().__init__()
+        self.attention = nn.ModuleList()
+        self.convs = nn.ModuleList()
+        channels = in_channels
+        for stage in range(3):
+            if spec.cbam:
+                self.attention.append(CBAM(channels, reduction, channel=spec.cbam_channel,
+                                           spatial=spec.cbam_spatial, residual=spec.cbam_residual))
+            self.convs.append(ConvPair(channels, width, residual=stage < 2))
+            channels = width
+        self.fc1 = nn.Linear(width, fc_hidden)
+        self.fc2 = nn.Linear(fc_hidden, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage, conv in enumerate(self.convs):
+            if len(self.attention):
+                x = self.attention[stage](x)
+            x = conv(x)
+            if stage < 2:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+        x = x.mean(dim=(2, 3))
+        return self.fc2(F.relu(self.fc1(x), inplace=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+def _region_groups(au_ids: Sequence[int]) -> dict[str, list[int]]:
+    groups = {r: [i for i, au in enumerate(au_ids) if REGION_OF_AU[au] == r] for r in REGIONS}
+    return {r: g for r, g in groups.items() if g}
+
+
+class TRANet(nn.Module):
+    """TRA-Net or one of its ablations, as ``cfg.variant`` says. ``forward(x, centers=None)``."""
+
+    def __init__(self, cfg: TRANetConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        spec, preset = cfg.spec, cfg.preset_spec
+        k = len(cfg.au_ids)
+        self.backbone = SENet(preset.layers, include_top=False, base_width=preset.base_width,
+                              se_reduction=cfg.reduction)
+        for module in self.frozen_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+        channels = self.backbone.stage_channels
+        self.decoder = Decoder(channels, cfg.reduction, cfg.decoder_kernel) if spec.decoder else None
+
+        if spec.head == "fc":
+            self.fc = nn.Linear(channels[-1], k)
+            self.branches = None
+            self._groups: dict[str, list[int]] = {"all": list(range(k))}
+        else:
+            self.fc = None
+            self._groups = _region_groups(cfg.au_ids) if spec.hard_mask else {"all": list(range(k))}
+            in_channels = self.decoder.out_channels if self.decoder is not None else channels[-1]
+            self.branches = nn.ModuleDict({
+                name: RegionBranch(in_channels, cfg.resolved_branch_width, cfg.resolved_fc_hidden,
+                                   len(idx), spec, cfg.reduction)
+                for name, idx in self._groups.items()
+            })
+        order = [i for idx in self._groups.values() for i in idx]
+        # Branch outputs are concatenated in branch order; this permutation puts them in au_ids order.
+        self.register_buffer("_inverse_order", torch.argsort(torch.tensor(order)), persistent=False)
+        self.register_buffer("_default_center", torch.tensor(cfg.center, dtype=torch.float32),
+                             persistent=False)
+
+    # -- structure ---------------------------------------------------------------------------------
+    @property
+    def branch_groups(self) -> list[list[int]]:
+        """Indices into ``au_ids`` predicted by each branch (one group without the hard mask)."""
+        return [list(idx) for idx in self._groups.values()]
+
+    @property
+    def branch_names(self) -> list[str]:
+        return list(self._groups)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The frozen leading blocks: block 1 = the stem (conv1, bn1), block 2 = layer1."""
+        blocks = [[self.backbone.conv1, self.backbone.bn1], [self.backbone.layer1]]
+        return [m for block in blocks[: self.config.resolved_frozen_blocks] for m in block]
+
+    def train(self, mode: bool = True) -> "TRANet":
+        super().train(mode)
+        # Frozen blocks keep their pretrained BN statistics: never switch them to batch statistics.
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    # -- forward -----------------------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The map the head works on: decoded map (or layer4's map without decoder)."""
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _, x2, x3, x4 = self.backbone.stages(x)
+        return self.decoder(x2, x3, x4) if self.decoder is not None else x4
+
+    def classify(self, features: torch.Tensor, centers: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, K] (au_ids order) from :meth:`features`' output; ``centers`` [B, 2] fractions."""
+        if self.fc is not None:
+            return self.fc(features.mean(dim=(2, 3)))
+        if self.config.spec.hard_mask:
+            b = features.shape[0]
+            if centers is not None and tuple(centers.shape) != (b, 2):
+                raise ValueError(f"centers must be [B, 2] = [{b}, 2] (x, y fractions), got {tuple(centers.shape)}")
+            cy = (self._default_center[1].expand(b) if centers is None
+                  else centers.to(features.device)[:, 1])
+            masks = hard_masks(features.shape[2], cy)
+            inputs = {name: features * masks[name].to(features.dtype) for name in self._groups}
+        else:
+            inputs = {"all": features}
+        outputs = [self.branches[name](inputs[name]) for name in self._groups]
+        return torch.cat(outputs, dim=1)[:, self._inverse_order]
+
+    def branch_logits(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split [B, K] logits into each branch's columns."""
+        return {name: logits[:, idx] for name, idx in self._groups.items()}
+
+    def forward(self, x: torch.Tensor, centers: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.features(x), centers)
+
+
+def build_model(cfg: TRANetConfig | None = None) -> TRANet:
+    """Build the model ``cfg`` describes (randomly initialised; see ``model.weights``)."""
+    model = TRANet(cfg or TRANetConfig())
+    if model.config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
