@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default=None,
                    help="refuse checkpoints of any other variant (e.g. tranet)")
     p.add_argument("--out", default=None,
-                   help="folder for evaluation.{json,csv,md} (default: the first checkpoint's)")
+                   help="folder for evaluation_<split>.{json,csv,md} (default: the first checkpoint's)")
     p.add_argument("--batch-size", type=int, default=128, help="frames per forward pass")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
