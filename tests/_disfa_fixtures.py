@@ -22,14 +22,33 @@ import scipy.io
 from pipeline.disfa import ALL_AUS, CHIN, NOSE_ROOT, NOSE_TIP
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-REAL_FRAME = SHARED_FIXTURES / "disfa_sn002" / "frame0000.jpg"
-REAL_LANDMARKS = SHARED_FIXTURES / "disfa_sn002" / "frame0000_lm66.txt"
+#: The licensed real frame is never committed; it lives in ../shared beside the clone (CI has it).
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+REAL_FIXTURE_DIR = SHARED_FIXTURES / "disfa_sn002"
+REAL_FRAME = REAL_FIXTURE_DIR / "frame0000.jpg"
+#: Its 66 landmark coordinates are plain numbers and are committed (tests/data).
+REAL_LANDMARKS = REPO / "tests" / "data" / "disfa_sn002_frame0000_lm66.txt"
+#: Set to 1 (``.ci/run`` does) to make a missing real-frame fixture a failure, not a skip.
+REQUIRE_FIXTURES_ENV = "TRANET_REQUIRE_FIXTURES"
 
 
 def real_landmarks() -> np.ndarray:
     """The 66 landmarks of the real SN002 frame (0-based source pixels)."""
     return np.loadtxt(REAL_LANDMARKS, comments="#")
+
+
+def require_fixture(path: Path = REAL_FRAME) -> Path:
+    """``path`` if it exists; otherwise skip the calling test with a reason naming where the
+    fixture is looked for, or fail it when ``TRANET_REQUIRE_FIXTURES=1`` (CI)."""
+    import pytest
+
+    if Path(path).is_file():
+        return Path(path)
+    reason = (f"real DISFA fixture {path} not found (licensed data, not in the repository: "
+              f"put the fixture folder at {SHARED_FIXTURES} beside the clone)")
+    if os.environ.get(REQUIRE_FIXTURES_ENV, "").strip() not in ("", "0"):
+        pytest.fail(f"{reason}; {REQUIRE_FIXTURES_ENV} is set, so it is required")
+    pytest.skip(reason)
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from _disfa_fixtures import (REAL_FRAME, real_landmarks, write_labels, write_mat, write_release,
-                             write_video)
+from _disfa_fixtures import (real_landmarks, require_fixture, write_labels, write_mat,
+                             write_release, write_video)
 from pipeline import align as align_mod
 from pipeline.align import AlignConfig, main, run_align
 from pipeline.alignment import nose_and_chin
@@ -218,7 +218,7 @@ def test_right_camera_uses_dlib_landmarks(tmp_path):
     must agree with the release's AAM points after alignment."""
     pytest.importorskip("dlib")
     root = tmp_path / "disfa"
-    frame = cv2.imread(str(REAL_FRAME))
+    frame = cv2.imread(str(require_fixture()))
     height, width = frame.shape[:2]
     for folder, name in (("Videos_LeftCamera", "LeftVideoSN002_comp.avi"),
                          ("Video_RightCamera", "RightVideoSN002_Comp.avi")):

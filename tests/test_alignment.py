@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from _disfa_fixtures import REAL_FRAME, posed_landmarks, real_landmarks, template_landmarks
+from _disfa_fixtures import (posed_landmarks, real_landmarks, require_fixture,
+                             template_landmarks)
 from pipeline.alignment import (AlignmentConfig, AlignmentError, align_face, alignment_matrices,
                                 alignment_matrix, nose_and_chin, similarity_matrix,
                                 transform_points)
@@ -93,7 +94,7 @@ def test_border_modes():
 
 
 def test_real_disfa_frame_is_aligned_upright():
-    image = cv2.cvtColor(cv2.imread(str(REAL_FRAME)), cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(cv2.imread(str(require_fixture())), cv2.COLOR_BGR2RGB)
     pts = real_landmarks()
     cfg = AlignmentConfig()
     aligned, out, m = align_face(image, pts, cfg)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from _disfa_fixtures import real_landmarks, require_fixture
 from pipeline.disfa import CHIN, NOSE_ROOT, NOSE_TIP
 from pipeline.face_landmarks import (
     DISFA66_FROM_68,
@@ -20,8 +21,6 @@ from pipeline.face_landmarks import (
     to_disfa66,
 )
 
-# The real DISFA frame lives in ../shared beside the clone (licensed data is never committed).
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "disfa_sn002"
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +90,9 @@ def test_astronaut_landmarks_are_anatomically_placed(landmarker, astronaut) -> N
 
 
 def test_dlib_points_match_disfa_aam_landmarks_on_real_frame(landmarker) -> None:
-    fixture = FIXTURE
-    assert (fixture / "frame0000.jpg").is_file(), f"missing real fixture {fixture}"
-    image = cv2.cvtColor(cv2.imread(str(fixture / "frame0000.jpg")), cv2.COLOR_BGR2RGB)
-    truth = np.loadtxt(fixture / "frame0000_lm66.txt")
+    # The photo is licensed (../shared beside the clone); its landmarks are in tests/data.
+    image = cv2.cvtColor(cv2.imread(str(require_fixture())), cv2.COLOR_BGR2RGB)
+    truth = real_landmarks()
     face = landmarker.detect(image)
     assert face is not None
     iod = np.linalg.norm(truth[36:42].mean(0) - truth[42:48].mean(0))
