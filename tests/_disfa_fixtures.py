@@ -225,3 +225,37 @@ def write_release(
             name = f"l0{i + 1:04d}_lm.mat" if one_based else f"{subject}_{i:04d}_lm.mat"
             _link(f"{src}/{i}.mat", f"{dst}/{name}")
     return release
+
+
+def _avi_frame_chunks(data: bytes) -> list[int]:
+    """Offsets of the frame chunks (``00dc``) in an AVI's ``movi`` list, in order."""
+    movi, index = data.find(b"movi"), data.find(b"idx1")
+    end = index if index > 0 else len(data)
+    out, pos = [], data.find(b"00dc", movi)
+    while 0 <= pos < end:
+        out.append(pos)
+        pos += 8 + int.from_bytes(data[pos + 4 : pos + 8], "little")
+        pos += pos % 2  # chunks are padded to even sizes
+    return out
+
+
+def keep_first_frames(path: Path, keep: int) -> None:
+    """Cut an AVI after its first ``keep`` frames, leaving the header's frame count as it was
+    (a video that decodes fewer frames than it claims)."""
+    data = Path(path).read_bytes()
+    chunks = _avi_frame_chunks(data)
+    assert keep < len(chunks), (keep, len(chunks))
+    Path(path).unlink()  # fixture videos are hard links: write a file of its own
+    Path(path).write_bytes(data[: chunks[keep]])
+
+
+def set_header_frame_count(path: Path, n: int) -> None:
+    """Make an AVI's header claim ``n`` frames (``avih`` total frames and ``strh`` length)
+    whatever it really holds."""
+    data = bytearray(Path(path).read_bytes())
+    avih, strh = data.find(b"avih"), data.find(b"strh")
+    assert avih > 0 and strh > 0, path
+    data[avih + 24 : avih + 28] = int(n).to_bytes(4, "little")  # dwTotalFrames
+    data[strh + 40 : strh + 44] = int(n).to_bytes(4, "little")  # dwLength
+    Path(path).unlink()  # fixture videos are hard links: write a file of its own
+    Path(path).write_bytes(bytes(data))

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from _disfa_fixtures import (real_landmarks, require_fixture, write_labels, write_mat,
-                             write_release, write_video)
+from _disfa_fixtures import (keep_first_frames, real_landmarks, require_fixture,
+                             set_header_frame_count, write_labels, write_mat, write_release,
+                             write_video)
 from pipeline import align as align_mod
 from pipeline.align import AlignConfig, main, run_align
 from pipeline.alignment import nose_and_chin
@@ -161,7 +162,8 @@ def test_bad_input_is_reported_per_subject(tmp_path, capsys, caplog):
                                "non-numeric intensity 'x'")
     assert "ActionUnit_Labels/SN006/SN006_au9.txt has 28 frames, the others 30" in errors["SN006"]
     assert "SN007/frame_lm/SN007_0004_lm.mat: 'pts' has shape (68, 2)" in errors["SN007"]
-    assert "the video has 30 frames but the label files have 25" in errors["SN008"]
+    assert ("leftVideoSN008_comp.avi: the video decodes 30 frames (header says 30), the label "
+            "files have 25: 5 frames apart, more than --length-tolerance 2") in errors["SN008"]
     assert "FAILED" in capsys.readouterr().err
     # No partial shard is left, under the final name or as a temporary file.
     assert sorted(p.name for p in out.iterdir()) == ["SN001_left.h5", "align_summary.json"]
@@ -177,7 +179,8 @@ def test_truncated_video_with_intact_header_names_the_frame(tmp_path):
     video.unlink()
     write_video(video, frames[:20], 64, 48)  # a whole, shorter file: header says 20
     assert _run(rel.root, out, "--size", 16) == 1
-    assert "the video has 20 frames but the label files have 30" in (
+    assert (f"{video.name}: the video decodes 20 frames (header says 20), the label files have "
+            "30: 10 frames apart, more than --length-tolerance 2 (the video ends early") in (
         _summary(out)["subjects"]["SN001_left"]["error"])
     # Frame data cut away behind an intact header (it still says 30): decoding stops early.
     whole = tmp_path / "whole.avi"
@@ -186,9 +189,15 @@ def test_truncated_video_with_intact_header_names_the_frame(tmp_path):
     video.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     assert _run(rel.root, out, "--size", 16) == 1
     error = _summary(out)["subjects"]["SN001_left"]["error"]
-    assert re.fullmatch(rf"Videos_LeftCamera/{video.name} frame (\d+): cannot decode \(the "
-                        r"video ends after \1 of 30 frames: truncated or corrupt\)", error), error
+    assert re.fullmatch(rf"Videos_LeftCamera/{video.name}: the video decodes (\d+) frames "
+                        r"\(header says 30\), the label files have 30: \d+ frames apart, more "
+                        r"than --length-tolerance 2 \(the video ends early: truncated or "
+                        r"corrupt\?\); --trim-to-shorter aligns the \1 frames both have",
+                        error), error
     assert not list(out.glob("*.h5")) and not list(out.glob(".*tmp*"))
+    decoded = int(re.match(r".* decodes (\d+) frames", error).group(1))
+    assert _run(rel.root, out, "--size", 16, "--trim-to-shorter") == 0  # the good frames stay
+    assert ShardReader(out / "SN001_left.h5").frame_index.tolist() == list(range(decoded))
 
 
 def test_missing_root_is_an_error(tmp_path, capsys):
@@ -351,9 +360,131 @@ def test_trim_to_shorter_aligns_the_common_frames(tmp_path):
     write_labels(rel.root, "SN001", rel.intensity["SN001"][:25])
     out = tmp_path / "shards"
     assert _run(rel.root, out, "--size", 16) == 1
-    assert _run(rel.root, out, "--size", 16, "--trim-to-shorter") == 0
+    assert _run(rel.root, out, "--size", 16, "--length-tolerance", 4) == 1
+    assert _run(rel.root, out, "--size", 16, "--length-tolerance", 5) == 0
+    assert _run(rel.root, out, "--size", 16, "--trim-to-shorter", "--force") == 0
     r = ShardReader(out / "SN001_left.h5")
     assert r.frame_index.tolist() == list(range(25))
-    assert r.attrs["config"]["trimmed"] == {"video_frames": 30, "label_frames": 25}
-    assert _summary(out)["subjects"]["SN001_left"]["trimmed"] == {"video_frames": 30,
-                                                                  "label_frames": 25}
+    assert (r.attrs["n_video_frames"], r.attrs["n_label_frames"]) == (30, 25)
+    assert r.attrs["n_source_frames"] == 25
+    row = _summary(out)["subjects"]["SN001_left"]
+    assert (row["n_video_frames"], row["n_label_frames"], row["frames_read"]) == (30, 25, 25)
+
+
+def _reference_and_crafted(tmp_path, n_labels, camera="left"):
+    """A 30-frame release aligned as is (the reference), and a copy to craft videos in."""
+    rel = write_release(tmp_path / "disfa", {"SN001": 30}, width=64, height=48,
+                        cameras=("left", "right"))
+    ref = tmp_path / "ref"
+    assert _run(rel.root, ref, "--size", 32, "--encoding", "raw", "--camera", camera) == 0
+    if n_labels != 30:
+        shutil.rmtree(rel.root / "ActionUnit_Labels" / "SN001")
+        write_labels(rel.root, "SN001", rel.intensity["SN001"][:n_labels])
+    folder = "Videos_LeftCamera" if camera == "left" else "Video_RightCamera"
+    video = next((rel.root / folder).iterdir())
+    return rel, ref, video
+
+
+def _check_paired_from_the_start(ref, out, camera, aligned, n_video, n_labels, header):
+    a, b = ShardReader(ref / f"SN001_{camera}.h5"), ShardReader(out / f"SN001_{camera}.h5")
+    assert b.frame_index.tolist() == list(range(aligned))
+    for i in (0, aligned // 2, aligned - 1):  # frame i carries label i and video frame i
+        np.testing.assert_array_equal(b.image(i), a.image(i))
+        np.testing.assert_array_equal(b.intensity[i], a.intensity[i])
+    assert (b.attrs["n_video_frames"], b.attrs["n_label_frames"]) == (n_video, n_labels)
+    assert b.attrs["config"]["video_header_frames"] == header
+    summary = _summary(out)
+    row = summary["subjects"][f"SN001_{camera}"]
+    assert row["status"] == "ok" and row["frames_read"] == row["kept"] == aligned
+    assert (row["n_video_frames"], row["n_label_frames"]) == (n_video, n_labels)
+    assert (f"SN001 {camera}: the video decodes {n_video} frames, the labels have {n_labels}; "
+            f"the first {aligned} were aligned") in summary["warnings"]
+
+
+@pytest.mark.parametrize("camera", ["left", "right"])
+def test_video_decoding_one_frame_less_than_its_header_and_labels(tmp_path, monkeypatch, camera,
+                                                                  caplog):
+    """Header 30, decodes 29, labels 30: the 29 frames both have are aligned, not lost."""
+    if camera == "right":
+        _fake_dlib(monkeypatch)
+    rel, ref, video = _reference_and_crafted(tmp_path, 30, camera)
+    keep_first_frames(video, 29)
+    assert int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    out = tmp_path / "out"
+    assert _run(rel.root, out, "--size", 32, "--encoding", "raw", "--camera", camera) == 0
+    _check_paired_from_the_start(ref, out, camera, aligned=29, n_video=29, n_labels=30, header=30)
+    assert "decodes 29 frames (header says 30), the label files have 30" in caplog.text
+
+
+@pytest.mark.parametrize("camera", ["left", "right"])
+def test_video_decoding_one_frame_more_than_its_header_and_labels(tmp_path, monkeypatch, camera):
+    """Header 29, decodes 30, labels 29: the 29 labelled frames are aligned."""
+    if camera == "right":
+        _fake_dlib(monkeypatch)
+    rel, ref, video = _reference_and_crafted(tmp_path, 29, camera)
+    set_header_frame_count(video, 29)
+    assert int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT)) == 29
+    out = tmp_path / "out"
+    assert _run(rel.root, out, "--size", 32, "--encoding", "raw", "--camera", camera) == 0
+    _check_paired_from_the_start(ref, out, camera, aligned=29, n_video=30, n_labels=29, header=29)
+
+
+def _fake_dlib(monkeypatch):
+    """The right camera's dlib tracker, replaced by the fixture's own face track (the fixture
+    face is a polygon dlib does not find); the length handling under test is the same."""
+    from _disfa_fixtures import face_track
+
+    class Tracker:
+        def __init__(self):
+            self.points, self.k = face_track(30, 64, 48), 0
+
+        def update(self, rgb):
+            face = type("Face", (), {"landmarks66": self.points[self.k]})
+            self.k += 1
+            return face
+
+    monkeypatch.setattr(align_mod, "_right_camera_tracker", lambda cfg: Tracker())
+
+
+def test_error_log_ranges_that_miss_the_video_are_warned(tmp_path, capsys):
+    rel = write_release(tmp_path / "disfa", {"SN001": 30, "SN002": 30})
+    log = tmp_path / "errors.csv"
+    log.write_text("subject,first_frame,last_frame\nSN001,5,6\nSN001,25,40\nSN001,100,120\n"
+                   "SN002,3,4\n")
+    out = tmp_path / "shards"
+    for _ in range(2):  # the rerun (shards skipped) still says so
+        assert _run(rel.root, out, "--size", 16, "--error-log", log) == 0
+        summary = _summary(out)
+        row = summary["subjects"]["SN001_left"]
+        assert row["error_log_outside"] == [[25, 40], [100, 120]]
+        assert row["dropped"] == {"error_log": 2 + 6} and row["kept"] == 22
+        assert summary["subjects"]["SN002_left"]["error_log_outside"] == []
+        expected = ("SN001 left: error-log ranges [[25, 40], [100, 120]] reach past its 30 "
+                    "frames (an error log for another copy?)")
+        assert summary["warnings"] == [expected]
+        printed = capsys.readouterr().out
+        assert "WARNINGS" in printed and expected in printed
+    # The release's own ranges on a 30-frame copy: every SN001 range misses it.
+    assert _run(rel.root, tmp_path / "manifest", "--size", 16) == 0
+    row = _summary(tmp_path / "manifest")["subjects"]["SN001_left"]
+    assert row["error_log_outside"] == [[398, 420], [3190, 3243]] and row["kept"] == 30
+
+
+def test_root_error_log_that_differs_from_the_one_in_use_is_warned(tmp_path):
+    rel = write_release(tmp_path / "disfa", {"SN001": 30, "SN002": 30})
+    sheet = rel.root / "Error_LOG_Sheet.csv"
+    sheet.write_text("subject,first_frame,last_frame\nSN001,5,6\n")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("subject,first_frame,last_frame\nSN001,5,6\nSN002,1,2\n")
+    out = tmp_path / "shards"
+    assert _run(rel.root, out, "--size", 16, "--error-log", manifest) == 0
+    summary = _summary(out)
+    assert summary["error_log"] == {"in_use": str(manifest), "root_sheets": [
+        {"sheet": str(sheet), "subjects_differing": ["SN002"]}]}
+    assert any(str(sheet) in w and "differs from the ranges in use" in w and "SN002" in w
+               for w in summary["warnings"])
+    # Only the subjects aligned count, and the sheet in use is not compared with itself.
+    assert _run(rel.root, out, "--size", 16, "--error-log", manifest, "--subjects", "SN001") == 0
+    assert _summary(out)["error_log"]["root_sheets"] == []
+    assert _run(rel.root, tmp_path / "own", "--size", 16, "--error-log", sheet) == 0
+    assert _summary(tmp_path / "own")["error_log"]["root_sheets"] == []

@@ -53,6 +53,26 @@ def test_round_trip(tmp_path, encoding):
         assert err == 0 if encoding == "raw" else err < 4
 
 
+def test_negatives_per_positive_is_not_called_pos_weight(tmp_path):
+    """The per-subject n_neg/n_pos attr is a statistic, not training weights: named so, and old
+    shards' ``pos_weight`` is still read under the new name."""
+    path = tmp_path / "SN001_left.h5"
+    write(path, n=5)
+    r = ShardReader(path)
+    pos = r.labels.sum(0)
+    np.testing.assert_allclose(r.attrs["neg_pos_ratio"], (5 - pos) / np.maximum(pos, 1))
+    assert "pos_weight" not in r.attrs
+    with h5py.File(path, "r") as f:
+        assert "neg_pos_ratio" in f.attrs and "pos_weight" not in f.attrs
+    # Lengths default to the frames read when a writer does not give them.
+    assert r.attrs["n_video_frames"] == r.attrs["n_label_frames"] == 7
+    with h5py.File(path, "r+") as f:  # a shard written before the rename
+        f.attrs["pos_weight"] = f.attrs["neg_pos_ratio"]
+        del f.attrs["neg_pos_ratio"]
+    old = ShardReader(path)
+    np.testing.assert_array_equal(old.attrs["neg_pos_ratio"], r.attrs["neg_pos_ratio"])
+
+
 def test_reader_survives_pickling_for_workers(tmp_path):
     path = tmp_path / "s.h5"
     images, *_ = write(path, encoding="raw")
