@@ -9,8 +9,9 @@ peers' formula computed on the TRAIN subjects only.
 
 Validation: peers select models on the test fold (test-set leakage). Here every fold holds out
 validation subjects from its training subjects: for ``disfa3`` the manifest's rule (the
-first-listed subject of each training part), for ``kfold`` ``--val-subjects`` per fold chosen
-with the seed. Model selection therefore never sees a test subject.
+first-listed subject of each training part), for ``kfold`` the first ``--val-subjects`` subjects
+of the lowest-numbered training part in the seeded order (so with k=3, folds 2 and 3 share
+theirs). Model selection therefore never sees a test subject.
 """
 from __future__ import annotations
 
@@ -138,7 +139,9 @@ def _assignments(cfg: FoldConfig, subjects: list[str]) -> list[dict[str, list[st
         if cfg.val_subjects >= len(rest):
             raise FoldError(f"fold {k + 1}: {len(rest)} training subjects cannot give "
                             f"{cfg.val_subjects} validation subjects and still train")
-        # The first of the (seeded) shuffled order: deterministic, and different per fold.
+        # The first subjects of the lowest-numbered other part (parts are slices of the seeded
+        # shuffle): deterministic, but not different per fold: folds whose lowest other part is
+        # the same share their validation subjects (k=3: folds 2 and 3 both use part 1's).
         val = rest[: cfg.val_subjects]
         folds.append({"train": rest[cfg.val_subjects:], "val": val, "test": list(test)})
     return folds

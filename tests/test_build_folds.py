@@ -129,6 +129,9 @@ def test_kfold_is_subject_independent_and_deterministic(tmp_path, caplog):
         assert fold["zero_positive_aus"] == [4]
         tested += fold["test"]
     assert sorted(tested) == subjects
+    # Validation: the first subjects of the lowest-numbered training part (the comment's rule).
+    parts = [f["test"] for f in a["folds"]]
+    assert [f["val"] for f in a["folds"]] == [parts[1][:2], parts[0][:2], parts[0][:2]]
     with pytest.raises(FoldError, match="cannot make 8 folds"):
         build_folds(tmp_path, FoldConfig(scheme="kfold", k=8))
 

@@ -31,6 +31,17 @@ def test_standard_parts_frame_counts():
         assert len(val) == 2
 
 
+def test_our_folds_map_to_me_graphau_numbering():
+    """ME-GraphAU's tool/DISFA_image_label_process.py: "fold1: train part1+part2, test part3",
+    fold2 tests part2, fold3 tests part1 (first subjects of its part lists below)."""
+    theirs = {1: "SN003", 2: "SN013", 3: "SN002"}  # ME-GraphAU fold -> first test subject
+    folds = disfa.standard_folds()
+    mapping = folds["peer_fold_numbers"]["ME-GraphAU"]
+    for k, part in enumerate(folds["parts"]):
+        assert part[0] == theirs[mapping[k]]
+    assert mapping == [3, 2, 1]
+
+
 @pytest.mark.parametrize("text,expected", [("C", 3), ("b", 2), ("0", 0), (5, 5), ("E", 5)])
 def test_parse_threshold(text, expected):
     assert disfa.parse_threshold(text) == expected

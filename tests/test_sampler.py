@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
+from model.engine import sampler as sampler_module
 from model.engine.sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                            frame_weights)
 
@@ -44,6 +45,10 @@ def test_rare_au_is_drawn_more_often_as_its_weight_says():
     # multiplied by its weight over the mean frame weight.
     np.testing.assert_allclose(expected, np.maximum(1, w) * labels.sum(0) / g.sum())
     assert expected[0] / natural[0] == pytest.approx(w[0] / g.mean())
+    # A common AU (w_i < 1) is not scaled by w_i: its frames keep the floor weight 1.
+    assert w[1] < 1 and expected[1] / natural[1] == pytest.approx(1 / g.mean())
+    boost = "max(1, w_i) / mean(g)"  # the module's text says what the code does
+    assert boost in " ".join(sampler_module.__doc__.replace("``", "").split())
     sampler = WeightedFrameSampler(g, num_samples=100_000, seed=7)
     index = np.array([i for i, _ in sampler])
     drawn = labels[index].mean(0)

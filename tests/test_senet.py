@@ -137,6 +137,11 @@ def test_pickle_that_is_not_a_dict_of_arrays_is_refused(tmp_path) -> None:
         pickle.dump({"a": 3}, f, protocol=2)
     with pytest.raises(WeightsError, match="not name -> numpy array"):
         read_weight_file(path)
+    with open(path, "wb") as f:  # an object-dtype array unpickles but holds no weights
+        pickle.dump({"conv1.weight": np.array([1.0, "x", None], dtype=object)}, f, protocol=2)
+    with pytest.raises(WeightsError, match=r"list\.pkl: arrays that are not numeric weights: "
+                                           r"conv1\.weight \(object\)"):
+        read_weight_file(path)
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path) -> None:

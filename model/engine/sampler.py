@@ -18,9 +18,11 @@ AU was calculated based on its weight". This module makes that precise:
    label adds its own weight. Frames are drawn independently, with replacement.
 
 The expected drawn positive rate of AU i is therefore ``sum_f y_fi g(f) / sum_f g(f)``
-(``expected_positive_rate``); for an AU that never co-occurs with another it is
-``w_i * n_pos_i / sum g`` = ``w_i / mean(g)`` times its natural rate ``r_i``, i.e. raised by
-its weight. Training logs this, the natural rate and the realised rate of the drawn batches.
+(``expected_positive_rate``); for an AU that never co-occurs with another its positive frames
+weigh ``max(1, w_i)``, so the rate is ``max(1, w_i) * n_pos_i / sum g``, i.e. its natural rate
+``r_i`` times ``max(1, w_i) / mean(g)``: a rare AU (``w_i > 1``) is raised by its weight, a
+common one (``w_i <= 1``) only by ``1 / mean(g)``, which is below 1 once rare AUs are boosted.
+Training logs this, the natural rate and the realised rate of the drawn batches.
 
 The sampler also draws the horizontal flip of every sample, so the whole training stream is a
 function of one ``torch.Generator``: resuming restores the generator state and, mid-epoch,

@@ -105,6 +105,12 @@ def _read_numpy_pickle(path: Path) -> dict[str, np.ndarray]:
     bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
     if bad:
         raise WeightsError(f"{path}: entries that are not name -> numpy array: {bad[:5]}")
+    # Object arrays (Python objects inside) unpickle fine but are no weights: torch would fail
+    # on them later with an error that names neither the file nor the array.
+    not_numeric = [f"{k} ({v.dtype})" for k, v in data.items() if v.dtype.kind not in "biuf"]
+    if not_numeric:
+        raise WeightsError(f"{path}: arrays that are not numeric weights: "
+                           f"{', '.join(not_numeric[:5])}")
     return data
 
 
