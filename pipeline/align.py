@@ -115,6 +115,8 @@ class AlignConfig:
             raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
         if self.backend not in ("joblib", "dask"):
             raise ValueError(f"backend must be joblib or dask, got {self.backend!r}")
+        if self.backend == "dask":
+            require_dask()
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.length_tolerance < 0:
@@ -634,6 +636,15 @@ def _run_joblib(jobs: list[SubjectJob], n_jobs: int) -> Iterator[dict[str, Any]]
 
     parallel = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
     yield from parallel(delayed(align_subject)(job) for job in jobs)
+
+
+def require_dask() -> None:
+    """--backend dask needs the optional extra; say how to get it instead of an ImportError."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise ValueError("--backend dask needs Dask's distributed scheduler: "
+                         "pip install -e \".[dask]\" (or pip install \"dask[distributed]\")")
 
 
 def _run_dask(jobs: list[SubjectJob], cfg: AlignConfig) -> Iterator[dict[str, Any]]:

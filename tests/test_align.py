@@ -488,3 +488,16 @@ def test_root_error_log_that_differs_from_the_one_in_use_is_warned(tmp_path):
     assert _summary(out)["error_log"]["root_sheets"] == []
     assert _run(rel.root, tmp_path / "own", "--size", 16, "--error-log", sheet) == 0
     assert _summary(tmp_path / "own")["error_log"]["root_sheets"] == []
+    assert r.attrs["config"]["trimmed"] == {"video_frames": 30, "label_frames": 25}
+    assert _summary(out)["subjects"]["SN001_left"]["trimmed"] == {"video_frames": 30,
+                                                                  "label_frames": 25}
+
+
+def test_dask_backend_without_dask_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "distributed" else real(name, *a))
+    with pytest.raises(ValueError, match=r'pip install -e "\.\[dask\]"'):
+        AlignConfig(disfa_root="r", out="x", backend="dask")
