@@ -39,6 +39,13 @@ DISFA66_FROM_68 = np.array([i for i in range(68) if i not in DROPPED_68_INDICES]
 #: before upsampling) are missed. Used to size the search region when tracking.
 DLIB_DETECTOR_WINDOW = 80
 
+#: Default dlib score threshold (its "adjust_threshold"). Faces scoring below it are not reported.
+#: dlib's own default is 0; false detections on textures and badges (e.g. the mission patch in
+#: ``skimage.data.astronaut()``) score around 0 while real frontal faces mostly score > 0.3.
+DEFAULT_MIN_SCORE = 0.05
+#: A chosen face scoring below this, or with a rival nearly as good, is reported as doubtful.
+DOUBTFUL_SCORE = 0.3
+
 
 class PredictorNotFoundError(FileNotFoundError):
     """dlib's 68-point shape predictor file could not be located."""
@@ -133,6 +140,31 @@ class FaceResult:
         return self.box[2] * self.box[3]
 
 
+def face_rank(face: FaceResult, largest_area: float) -> float:
+    """How much a face looks like *the* subject: detector score weighted by relative size.
+
+    ``score * sqrt(area / largest_area)``: among equally sure detections the nearer (larger)
+    face wins, but a large weak detection (a badge, a poster) cannot beat a clear face by size
+    alone: a quarter of the area costs half the score.
+    """
+    return max(face.score, 0.0) * float(np.sqrt(face.area / max(largest_area, 1e-9)))
+
+
+def choose_face(faces: list[FaceResult]) -> tuple[FaceResult | None, bool]:
+    """The face with the highest :func:`face_rank`, and whether that choice is doubtful.
+
+    Doubtful: the chosen face scores below :data:`DOUBTFUL_SCORE`, or another face ranks
+    within 80% of it (two plausible subjects)."""
+    if not faces:
+        return None, False
+    largest = max(f.area for f in faces)
+    ranked = sorted(faces, key=lambda f: face_rank(f, largest), reverse=True)
+    best = ranked[0]
+    doubtful = best.score < DOUBTFUL_SCORE or (
+        len(ranked) > 1 and face_rank(ranked[1], largest) >= 0.8 * face_rank(best, largest))
+    return best, doubtful
+
+
 def _to_gray(image: np.ndarray) -> np.ndarray:
     """uint8 grayscale view of an RGB/gray frame (HOG on gray is ~4x faster than on RGB, and
     dlib's shape predictor reads intensities anyway)."""
@@ -149,13 +181,14 @@ def _to_gray(image: np.ndarray) -> np.ndarray:
 
 
 class FaceLandmarker:
-    """dlib face detector + 68-point shape predictor; keeps the largest face.
+    """dlib face detector + 68-point shape predictor.
 
     ``detect_scale`` (<= 1) and ``max_detect_width`` shrink the copy the detector scans (the
-    smaller of the two scales wins); landmarks are always placed on the full frame. When
-    several faces are found the one with the largest box is kept: the subject of a recording is
-    normally the face nearest the camera. ``min_score`` is passed to dlib as the detection
-    threshold adjustment (0 = dlib's default; negative finds more, less certain faces).
+    smaller of the two scales wins); landmarks are always placed on the full frame.
+    :meth:`detect_all` returns every face; :meth:`detect` the one :func:`choose_face` picks
+    (detector score and size together, not the largest box alone). ``min_score`` is passed to
+    dlib as the detection threshold (0 = dlib's default; negative finds more, less certain
+    faces; ``model.predict`` uses :data:`DEFAULT_MIN_SCORE`).
 
     Picklable (the dlib objects are rebuilt lazily in each process), so it can be handed to
     joblib/DataLoader workers.
@@ -201,7 +234,11 @@ class FaceLandmarker:
         return scale
 
     def detect(self, image: np.ndarray) -> FaceResult | None:
-        """Detect faces in the whole frame; the largest one with its landmarks, or None."""
+        """Detect faces in the whole frame; the one :func:`choose_face` picks, or None."""
+        return choose_face(self.detect_all(image))[0]
+
+    def detect_all(self, image: np.ndarray) -> list[FaceResult]:
+        """Every face in the whole frame scoring at least ``min_score``, with landmarks."""
         self._ensure_loaded()
         gray = _to_gray(image)
         return self._detect_gray(gray, self.detection_scale(gray.shape[1]), (0, 0),
@@ -225,11 +262,17 @@ class FaceLandmarker:
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
         scale = min(1.0, 1.5 * DLIB_DETECTOR_WINDOW / max(w, 1.0))
-        return self._detect_gray(gray[y0:y1, x0:x1], scale, (x0, y0), tracked=True, full=gray)
+        found = self._detect_gray(gray[y0:y1, x0:x1], scale, (x0, y0), tracked=True, full=gray)
+        if not found:
+            return None
+        # The face being followed: the detection nearest the previous box's centre.
+        cx, cy = x + w / 2, y + h / 2
+        return min(found, key=lambda f: (f.box[0] + f.box[2] / 2 - cx) ** 2
+                   + (f.box[1] + f.box[3] / 2 - cy) ** 2)
 
     # -- internals ---------------------------------------------------------------------------
     def _detect_gray(self, region: np.ndarray, scale: float, origin: tuple[int, int],
-                     tracked: bool, full: np.ndarray) -> FaceResult | None:
+                     tracked: bool, full: np.ndarray) -> list[FaceResult]:
         import dlib
 
         # dlib misreads strided numpy views (e.g. a crop), so always hand it contiguous memory.
@@ -241,21 +284,20 @@ class FaceLandmarker:
         else:
             scale_x = scale_y = 1.0
         rects, scores, _ = self._detector.run(scan, self.upsample, self.min_score)
-        if len(rects) == 0:
-            return None
-        best = max(range(len(rects)), key=lambda i: rects[i].width() * rects[i].height())
-        rect = rects[best]
-        # dlib rectangles are inclusive: width() = right - left + 1.
-        x = rect.left() / scale_x + origin[0]
-        y = rect.top() / scale_y + origin[1]
-        w = rect.width() / scale_x
-        h = rect.height() / scale_y
-        full_rect = dlib.rectangle(int(round(x)), int(round(y)),
-                                   int(round(x + w)) - 1, int(round(y + h)) - 1)
-        shape = self._predictor(full, full_rect)
-        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-        return FaceResult(box=(float(x), float(y), float(w), float(h)), landmarks68=pts,
-                          score=float(scores[best]), tracked=tracked)
+        faces = []
+        for rect, score in zip(rects, scores):
+            # dlib rectangles are inclusive: width() = right - left + 1.
+            x = rect.left() / scale_x + origin[0]
+            y = rect.top() / scale_y + origin[1]
+            w = rect.width() / scale_x
+            h = rect.height() / scale_y
+            full_rect = dlib.rectangle(int(round(x)), int(round(y)),
+                                       int(round(x + w)) - 1, int(round(y + h)) - 1)
+            shape = self._predictor(full, full_rect)
+            pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+            faces.append(FaceResult(box=(float(x), float(y), float(w), float(h)),
+                                    landmarks68=pts, score=float(score), tracked=tracked))
+        return faces
 
 
 class FaceTracker:
