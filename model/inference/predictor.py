@@ -1,58 +1,51 @@
-"""The predictor behind ``python -m model.predict``: checkpoint -> per-frame AU outputs.
+"""The predictor behind ``python -m model.predict``: frames -> a table of per-face AU outputs.
 
-Per frame: dlib finds the face and its 68 landmarks (``pipeline.face_landmarks``), they are
-mapped to DISFA's 66-point order and the face is prepared exactly as the checkpoint's training
-frames were (:class:`TrainingPreprocess`: ``pipeline.alignment.align_face`` with the size and
-targets stored in the checkpoint, the shards' JPEG round trip, the trainer's resize), converted by
-``model.nets.transforms.to_model_input`` and classified in batches.
+Per frame: dlib finds the faces and their 68 landmarks (``pipeline.face_landmarks``); the
+tracker (``model.inference.tracking``) keeps the best face or every face with a stable id; each
+face is prepared exactly as the checkpoint's training frames were (:class:`TrainingPreprocess`:
+``pipeline.alignment.align_face`` with the size and targets stored in the checkpoint, the
+shards' JPEG round trip, the trainer's resize), its head pose and fit confidence are estimated
+(``model.inference.pose``) and the network (PyTorch or ONNX, ``model.inference.backends``)
+classifies the crops in batches.
 
 Work is split over two threads so both cores are busy: a reader thread decodes frames, finds
-the face and aligns it while the main thread runs the network on the previous batch (PyTorch and
-OpenCV release the GIL while they compute).
+the faces and aligns them while the main thread runs the network on the previous batch.
 
-Output per input (``OUT/<input stem>.csv``; images: one CSV per directory, or one for the loose
-files given): one row per frame with OpenFace-style columns (see ``model.inference.output``),
-optional ``--plot`` timeline PNG and ``--overlay`` video/frames, and ``OUT/predict_summary.json``
-recording the configuration, the checkpoint's metadata and per-input results.
+The result is a pandas table with the CSV's columns (``model.inference.output``), one row per
+frame per tracked face and exactly one row (``success = 0``) for a frame without any face.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
-import torch
+import pandas as pd
 from tqdm import tqdm
 
 from pipeline.alignment import AlignmentConfig, AlignmentError, align_face
-from pipeline.face_landmarks import FaceLandmarker, FaceResult, FaceTracker
+from pipeline.face_landmarks import DEFAULT_MIN_SCORE, FaceLandmarker
 from pipeline.shards import decode_jpeg, encode_jpeg
 
-from ..engine.checkpoint import CheckpointError, load_for_inference
-from .output import PredictionCsv, au_name, draw_overlay, save_timeline_plot
-from ..nets.transforms import to_model_input
-from .video_io import (
-    Frame,
-    ImageFrames,
-    InputError,
-    OverlayVideoWriter,
-    VideoFrames,
-    list_images,
-)
+from ..engine.checkpoint import CheckpointError
+from .backends import load_backend
+from .output import csv_columns, au_name
+from .pose import head_pose
+from .postprocess import postprocess
+from .tracking import DEFAULT_MAX_GAP, BestFaceTracker, MultiFaceTracker, TrackedFace
+from .video_io import Frame
 
 log = logging.getLogger(__name__)
 
 #: Decision threshold on the sigmoid when the checkpoint does not record one (the field's rule).
 DEFAULT_DECISION_THRESHOLD = 0.5
-SUMMARY_NAME = "predict_summary.json"
 
 
 @dataclass
@@ -64,20 +57,28 @@ class PredictConfig:
     videos: list[Path] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
     images_name: str | None = None
+    glob: str | None = None
     predictor: Path | None = None
+    backend: str = "torch"
     device: str = "cpu"
     batch_size: int = 16
     threads: int | None = None
+    jobs: int = 1
+    faces: str = "best"
+    max_gap: int = DEFAULT_MAX_GAP
     detect_every: int = 5
     detect_width: int | None = 640
     upsample: int = 0
-    min_score: float = 0.0
+    min_score: float = DEFAULT_MIN_SCORE
+    min_confidence: float = 0.0
     decision_threshold: float | None = None
+    calibrate: bool = False
+    smooth: int = 0
     fps: float | None = None
     plot: bool = False
     overlay: bool = False
     landmarks: bool = False
-    skip_existing: bool = False
+    skip_existing: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -87,31 +88,42 @@ class PredictConfig:
         self.images = [Path(p) for p in self.images]
         self.predictor = Path(self.predictor) if self.predictor else None
         if not self.videos and not self.images:
-            raise ValueError("nothing to do: give --video FILE... and/or --images DIR|FILE...")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.detect_every < 1:
-            raise ValueError(f"detect_every must be >= 1, got {self.detect_every}")
+            raise ValueError("nothing to do: give --video FILE|DIR|LIST... and/or "
+                             "--images DIR|FILE...")
+        checks = [(self.batch_size >= 1, "batch_size must be >= 1"),
+                  (self.detect_every >= 1, "detect_every must be >= 1"),
+                  (self.jobs >= 1, "jobs must be >= 1"),
+                  (self.max_gap >= 0, "max_gap must be >= 0"),
+                  (self.faces in ("best", "all"), "faces must be 'best' or 'all'"),
+                  (self.backend in ("torch", "onnx"), "backend must be 'torch' or 'onnx'"),
+                  (self.smooth == 0 or (self.smooth > 1 and self.smooth % 2 == 1),
+                   "smooth must be 0 (off) or an odd window of 3 or more frames"),
+                  (0 <= self.min_confidence <= 1, "min_confidence must be in [0, 1]"),
+                  (self.fps is None or self.fps > 0, "fps must be positive")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
         if self.detect_width is not None and self.detect_width <= 0:
             self.detect_width = None  # 0 on the command line: detect on the full frame
         if self.decision_threshold is not None and not 0 < self.decision_threshold < 1:
             raise ValueError(f"decision_threshold must be in (0, 1), got {self.decision_threshold}")
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
 
 
 @dataclass
-class FrameRecord:
-    """A frame on its way from the reader thread to the CSV."""
+class FaceRow:
+    """One face in one frame on its way to the table."""
 
     frame: Frame
-    face: FaceResult | None
-    aligned: np.ndarray | None
+    face_id: int
+    found: TrackedFace | None
+    aligned: np.ndarray | None = None
+    pose: tuple[float, float, float] = (float("nan"),) * 3
+    confidence: float = 0.0
     probabilities: np.ndarray | None = None
-    decisions: np.ndarray | None = None
+    intensities: np.ndarray | None = None
 
 
 @dataclass
@@ -120,7 +132,7 @@ class StageTimes:
 
     decode: float = 0.0
     face: float = 0.0      # detection or local search, plus the 68 landmarks
-    align: float = 0.0     # alignment, JPEG round trip, resize
+    align: float = 0.0     # alignment, JPEG round trip, resize, head pose
     network: float = 0.0
     output: float = 0.0
 
@@ -128,155 +140,248 @@ class StageTimes:
         return {k: round(1000 * v / max(frames, 1), 2) for k, v in asdict(self).items()}
 
 
+def checkpoint_warnings(meta: dict[str, Any], source: Path) -> list[str]:
+    """Reasons to distrust a checkpoint's outputs (not a finished, selected model)."""
+    problems = []
+    if meta.get("epoch") in (None, 0):
+        problems.append(f"{source}: epoch {meta.get('epoch')} - an untrained model")
+    if meta.get("selected") is False:
+        problems.append(f"{source}: not a selected model (no selection metrics; e.g. last.pt "
+                        f"rather than best.pt)")
+    return problems
+
+
 class AUPredictor:
-    """A loaded checkpoint plus the face finder, ready to turn frame sequences into rows."""
+    """A loaded network plus the face finder, ready to turn frame sequences into tables."""
 
     def __init__(self, cfg: PredictConfig) -> None:
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
-        self.model, self.meta = load_for_inference(cfg.checkpoint, device=self.device)
+        self.backend = load_backend(cfg.checkpoint, cfg.backend, cfg.device, cfg.threads)
+        self.meta = self.backend.meta
+        for problem in checkpoint_warnings(self.meta, cfg.checkpoint):
+            log.warning("%s; its outputs mean little", problem)
         self.au_ids: list[int] = [int(a) for a in self.meta["au_ids"]]
         self.threshold = float(cfg.decision_threshold if cfg.decision_threshold is not None
                                else self.meta.get("decision_threshold", DEFAULT_DECISION_THRESHOLD))
         self.preprocess = TrainingPreprocess.from_meta(self.meta, cfg.checkpoint)
         self.landmarker = FaceLandmarker(predictor_path=cfg.predictor, upsample=cfg.upsample,
                                          max_detect_width=cfg.detect_width, min_score=cfg.min_score)
+        self.has_intensity: bool | None = None   # known after the first batch
 
-    @torch.inference_mode()
-    def classify(self, aligned: Sequence[np.ndarray]) -> np.ndarray:
-        """Sigmoid probabilities ``[B, K]`` for aligned RGB uint8 crops."""
-        batch = torch.from_numpy(np.stack(aligned)).to(self.device)
-        logits = self.model(to_model_input(batch))
-        return torch.sigmoid(logits.float()).cpu().numpy()
+    def describe(self) -> dict[str, Any]:
+        """What the numbers mean, for the sidecar and the summary."""
+        return {"checkpoint": str(self.cfg.checkpoint), "backend": self.backend.name,
+                "au_ids": self.au_ids,
+                "label_threshold": self.meta.get("threshold"),
+                "label_meaning": f"AUxx_c = 1: FACS intensity >= {self.meta.get('threshold')} "
+                                 f"predicted (probability AUxx_p >= decision threshold)",
+                "decision_threshold": self.threshold,
+                "epoch": self.meta.get("epoch"), "selected": self.meta.get("selected"),
+                "faces": self.cfg.faces, "min_score": self.cfg.min_score,
+                "min_confidence": self.cfg.min_confidence, "calibrate": self.cfg.calibrate,
+                "smooth": self.cfg.smooth, "preprocess": self.preprocess.describe()}
 
-    def records(self, frames: Iterable[Frame], times: StageTimes,
-                detect_every: int) -> Iterator[FrameRecord]:
-        """Face + alignment for each frame, computed in a reader thread (bounded queue)."""
-        tracker = FaceTracker(self.landmarker, detect_every=detect_every)
-        handoff: queue.Queue = queue.Queue(maxsize=4 * self.cfg.batch_size)
-        stop = threading.Event()
-        done = object()
+    def classify(self, rows: Sequence[FaceRow]) -> None:
+        probabilities, intensities = self.backend([r.aligned for r in rows])
+        self.has_intensity = intensities is not None
+        for i, row in enumerate(rows):
+            row.probabilities = probabilities[i]
+            row.intensities = intensities[i] if intensities is not None else None
 
-        def put(item: object) -> bool:
-            while not stop.is_set():
+    def make_tracker(self, detect_every: int) -> BestFaceTracker | MultiFaceTracker:
+        if self.cfg.faces == "all":
+            return MultiFaceTracker(self.landmarker, detect_every, self.cfg.max_gap)
+        return BestFaceTracker(self.landmarker, detect_every)
+
+    def frame_rows(self, frame: Frame, tracker: Any, times: StageTimes) -> list[FaceRow]:
+        """The rows of one frame: each tracked face aligned and posed, or one empty row."""
+        t0 = time.perf_counter()
+        tracked = tracker.update(frame.image)
+        t1 = time.perf_counter()
+        rows = []
+        for item in tracked:
+            row = FaceRow(frame, item.face_id, item if item.face is not None else None)
+            if row.found is not None:
                 try:
-                    handoff.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+                    row.aligned = self.preprocess(frame.image, item.face.landmarks66)
+                    row.pose, row.confidence = head_pose(
+                        item.face.landmarks68, (frame.image.shape[1], frame.image.shape[0]))
+                except AlignmentError as err:  # degenerate landmarks: treat as no face
+                    log.warning("frame %d: %s; written as no face", frame.index, err)
+                    row.found = None
+            rows.append(row)
+        times.face += t1 - t0
+        times.align += time.perf_counter() - t1
+        # A frame where nobody is (or is still tracked) keeps its single row.
+        return rows or [FaceRow(frame, 0 if self.cfg.faces == "best" else -1, None)]
 
-        def work() -> None:
-            try:
-                iterator = iter(frames)
-                while True:
-                    t0 = time.perf_counter()
-                    frame = next(iterator, None)
-                    t1 = time.perf_counter()
-                    times.decode += t1 - t0
-                    if frame is None:
-                        break
-                    face = tracker.update(frame.image)
-                    t2 = time.perf_counter()
-                    aligned = None
-                    if face is not None:
-                        try:
-                            aligned = self.preprocess(frame.image, face.landmarks66)
-                        except AlignmentError as err:  # degenerate landmarks: treat as no face
-                            log.warning("frame %d: %s; written as no face", frame.index, err)
-                            face = None
-                    times.face += t2 - t1
-                    times.align += time.perf_counter() - t2
-                    if not put(FrameRecord(frame, face, aligned)):
-                        return
-                put(done)
-            except BaseException as err:  # hand any failure to the consumer, which re-raises it
-                put(err)
+    def frames_in_thread(self, frames: Iterable[Frame], times: StageTimes,
+                         detect_every: int) -> Iterator[list[FaceRow]]:
+        """:meth:`frame_rows` for each frame, computed in a reader thread (bounded queue)."""
+        tracker = self.make_tracker(detect_every)
+        self.last_tracker = tracker
 
-        reader = threading.Thread(target=work, name="predict-reader", daemon=True)
-        reader.start()
-        try:
+        def produce() -> Iterator[list[FaceRow]]:
+            iterator = iter(frames)
             while True:
-                item = handoff.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            reader.join(timeout=5)
+                t0 = time.perf_counter()
+                frame = next(iterator, None)
+                times.decode += time.perf_counter() - t0
+                if frame is None:
+                    return
+                yield self.frame_rows(frame, tracker, times)
 
-    def run_sequence(self, frames: Iterable[Frame], sink: PredictionCsv, total: int | None,
-                     label: str, overlay: Any = None, detect_every: int | None = None
-                     ) -> dict[str, Any]:
-        """Predict every frame of one input into ``sink``; returns counts, timings and the
-        per-frame series used by the timeline plot. ``detect_every`` defaults to the config's."""
+        yield from _threaded(produce(), 4 * self.cfg.batch_size)
+
+    def run_sequence(self, frames: Iterable[Frame], total: int | None, label: str,
+                     on_frame: Callable[[list[FaceRow]], None] | None = None,
+                     detect_every: int | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """Predict every frame of one input: ``(table, stats)``. ``on_frame`` sees each frame's
+        rows after classification (the overlay); ``detect_every`` defaults to the config's."""
         times = StageTimes()
-        stamps: list[float] = []
-        index: list[int] = []
-        probs: list[np.ndarray] = []
-        found = 0
-        pending: list[FrameRecord] = []
-        nan_row = np.full(len(self.au_ids), np.nan, dtype=np.float32)
+        rows: list[FaceRow] = []
+        batch = _Batcher(self, times, rows, on_frame)
         bar = tqdm(total=total, desc=label, unit="frame", disable=not self.cfg.progress,
                    leave=False, dynamic_ncols=True)
-
-        def flush() -> None:
-            nonlocal found
-            with_face = [r for r in pending if r.aligned is not None]
-            if with_face:
-                t0 = time.perf_counter()
-                p = self.classify([r.aligned for r in with_face])
-                times.network += time.perf_counter() - t0
-                for record, row in zip(with_face, p):
-                    record.probabilities = row
-                    record.decisions = (row >= self.threshold).astype(np.int8)
-            t0 = time.perf_counter()
-            for record in pending:
-                f = record.frame
-                sink.write(f.index, f.timestamp, f.name, record.face, record.probabilities,
-                           record.decisions)
-                if overlay is not None:
-                    overlay(record)
-                found += record.face is not None
-                index.append(f.index)
-                stamps.append(f.timestamp)
-                probs.append(record.probabilities if record.probabilities is not None else nan_row)
-            times.output += time.perf_counter() - t0
-            bar.update(len(pending))
-            bar.set_postfix(faces=found, refresh=False)
-            pending.clear()
-
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
-            faces_waiting = 0
-            for record in self.records(frames, times, detect_every or self.cfg.detect_every):
-                if overlay is None:
-                    record.frame = Frame(record.frame.index, record.frame.timestamp,
-                                         np.empty(0, np.uint8), record.frame.name)  # free memory
-                pending.append(record)
-                faces_waiting += record.aligned is not None
-                # Flush on a full batch, or when a long face-less stretch piles up rows.
-                if faces_waiting >= self.cfg.batch_size or len(pending) >= 4 * self.cfg.batch_size:
-                    flush()
-                    faces_waiting = 0
-            flush()
+            for frame_rows in self.frames_in_thread(frames, times,
+                                                    detect_every or self.cfg.detect_every):
+                batch.add(frame_rows, keep_image=on_frame is not None)
+                bar.update(1)
+            batch.flush()
         finally:
             bar.close()
         elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu_start  # every thread of the process
-        frames_done = len(index)
-        return {
-            "frames": frames_done,
-            "faces_found": found,
-            "seconds": round(elapsed, 3),
-            "frames_per_second": round(frames_done / elapsed, 2) if elapsed > 0 else None,
-            "ms_per_frame": times.per_frame_ms(frames_done),
-            "cpu_ms_per_frame": round(1000 * cpu / max(frames_done, 1), 2),
-            "series": (np.array(index), np.array(stamps, dtype=np.float64),
-                       np.stack(probs) if probs else np.zeros((0, len(self.au_ids)))),
-        }
+        table = self.to_table(rows)
+        frames_done = int(table["frame"].nunique()) if len(table) else 0
+        doubtful = getattr(self.last_tracker, "doubtful_frames", 0)
+        if doubtful:
+            log.warning("%s: the chosen face was doubtful in %d frame(s) (low detector score or "
+                        "a rival face nearly as likely; see face_score)", label, doubtful)
+        stats = {"frames": frames_done,
+                 "faces_found": int(table.loc[table["face_found"] == 1, "frame"].nunique()),
+                 "face_ids": sorted(int(i) for i in table.loc[table["face_found"] == 1,
+                                                              "face_id"].unique()),
+                 "doubtful_frames": int(doubtful), "seconds": round(elapsed, 3),
+                 "processing_fps": round(frames_done / elapsed, 2) if elapsed > 0 else None,
+                 "ms_per_frame": times.per_frame_ms(frames_done),
+                 "cpu_ms_per_frame": round(1000 * (time.process_time() - cpu_start)
+                                           / max(frames_done, 1), 2)}
+        return table, stats
+
+    def to_table(self, rows: Sequence[FaceRow]) -> pd.DataFrame:
+        """The CSV's columns for ``rows`` (then ``--min-confidence``, calibration, smoothing)."""
+        with_file = any(r.frame.name for r in rows)
+        columns = csv_columns(self.au_ids, with_file, self.cfg.landmarks, bool(self.has_intensity))
+        table = pd.DataFrame([_row_values(r, self.au_ids, self.cfg.landmarks, with_file,
+                                          bool(self.has_intensity)) for r in rows],
+                             columns=columns)
+        for name in ("frame", "face_id", "success", "face_found"):
+            table[name] = table[name].astype("int64")
+        table.loc[table["confidence"] < self.cfg.min_confidence, "success"] = 0
+        return postprocess(table, self.au_ids, self.threshold, calibrate=self.cfg.calibrate,
+                           smooth=self.cfg.smooth)
+
+
+def _row_values(row: FaceRow, au_ids: Sequence[int], landmarks: bool, with_file: bool,
+                with_intensity: bool) -> list[Any]:
+    nan = float("nan")
+    k = len(au_ids)
+    found = row.found is not None and row.probabilities is not None
+    values: list[Any] = [row.frame.index, row.face_id] + ([row.frame.name] if with_file else [])
+    values += [row.frame.timestamp, row.confidence if found else 0.0, int(found), int(found)]
+    if found:
+        face = row.found.face
+        values += [face.score, *face.box, *row.pose]
+        values += list(row.intensities) if with_intensity else []
+        values += [nan] * k + list(row.probabilities)   # AUxx_c: filled by postprocess
+        if landmarks:
+            values += list(face.landmarks68[:, 0]) + list(face.landmarks68[:, 1])
+    else:
+        values += [nan] * 8 + [nan] * (k * (3 if with_intensity else 2))
+        values += [nan] * 136 if landmarks else []
+    return values
+
+
+class _Batcher:
+    """Collects frames' rows, runs the network once a batch of faces is waiting."""
+
+    def __init__(self, predictor: AUPredictor, times: StageTimes, rows: list[FaceRow],
+                 on_frame: Callable[[list[FaceRow]], None] | None) -> None:
+        self.predictor, self.times, self.rows, self.on_frame = predictor, times, rows, on_frame
+        self.pending: list[list[FaceRow]] = []
+        self.faces = 0
+
+    def add(self, frame_rows: list[FaceRow], keep_image: bool) -> None:
+        if not keep_image:  # free the decoded frame: only the overlay needs it
+            frame = frame_rows[0].frame
+            small = Frame(frame.index, frame.timestamp, np.empty(0, np.uint8), frame.name)
+            for row in frame_rows:
+                row.frame = small
+        self.pending.append(frame_rows)
+        self.faces += sum(r.aligned is not None for r in frame_rows)
+        batch = self.predictor.cfg.batch_size
+        # Flush on a full batch, or when a long face-less stretch piles up rows.
+        if self.faces >= batch or len(self.pending) >= 4 * batch:
+            self.flush()
+
+    def flush(self) -> None:
+        with_face = [r for rows in self.pending for r in rows if r.aligned is not None]
+        if with_face:
+            t0 = time.perf_counter()
+            self.predictor.classify(with_face)
+            self.times.network += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for frame_rows in self.pending:
+            for row in frame_rows:
+                row.aligned = None
+            if self.on_frame is not None:
+                self.on_frame(frame_rows)
+            self.rows.extend(frame_rows)
+        self.times.output += time.perf_counter() - t0
+        self.pending.clear()
+        self.faces = 0
+
+
+def _threaded(items: Iterator[Any], size: int) -> Iterator[Any]:
+    """Iterate ``items`` in a background thread, handing them over through a bounded queue;
+    an exception in the thread is re-raised here."""
+    handoff: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as err:  # hand any failure to the consumer, which re-raises it
+            put(err)
+
+    reader = threading.Thread(target=work, name="predict-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
 
 
 @dataclass
@@ -329,156 +434,4 @@ class TrainingPreprocess:
                 "jpeg_quality": self.jpeg_quality, "network_input_size": self.image_size}
 
 
-def _unique_stem(stem: str, taken: set[str]) -> str:
-    """``stem``, or ``stem_2``, ``stem_3``... if an earlier input already used it."""
-    name, n = stem, 1
-    while name in taken:
-        n += 1
-        name = f"{stem}_{n}"
-    taken.add(name)
-    return name
-
-
-@dataclass
-class _Job:
-    kind: str            # "video" | "images"
-    name: str            # output stem
-    source: Path         # the video, the directory, or the first loose image
-    files: list[Path] = field(default_factory=list)
-
-
-def plan_jobs(cfg: PredictConfig) -> list[_Job]:
-    """One job per video, per image directory, and one for all loose image files."""
-    taken: set[str] = set()
-    jobs = [_Job("video", _unique_stem(p.stem, taken), p) for p in cfg.videos]
-    loose = [p for p in cfg.images if not p.is_dir()]
-    for directory in (p for p in cfg.images if p.is_dir()):
-        jobs.append(_Job("images", _unique_stem(directory.resolve().name or "images", taken),
-                         directory, [directory]))
-    if loose:
-        stem = cfg.images_name or (loose[0].stem if len(loose) == 1 else "images")
-        jobs.append(_Job("images", _unique_stem(stem, taken), loose[0], loose))
-    return jobs
-
-
-def _run_job(predictor: AUPredictor, job: _Job, cfg: PredictConfig) -> dict[str, Any]:
-    out = cfg.out
-    csv_path = out / f"{job.name}.csv"
-    result: dict[str, Any] = {"input": str(job.source), "kind": job.kind, "csv": str(csv_path)}
-    if cfg.skip_existing and csv_path.exists():
-        log.info("%s: %s exists, skipped (--skip-existing)", job.source, csv_path)
-        return {**result, "status": "skipped"}
-
-    if job.kind == "video":
-        source = VideoFrames(job.source, default_fps=cfg.fps or 30.0)
-        frames: Iterable[Frame] = source
-        total = source.declared_frames
-        result.update(fps=source.fps, width=source.width, height=source.height)
-    else:
-        files = list_images(job.files)
-        source = ImageFrames(files, fps=cfg.fps)
-        frames, total = source, len(files)
-
-    sink: PredictionCsv | None = None
-    overlay_writer: OverlayVideoWriter | None = None
-    overlay_dir: Path | None = None
-    overlay = None
-    ok = False
-    try:
-        sink = PredictionCsv(csv_path, predictor.au_ids, with_file=job.kind == "images",
-                             with_landmarks=cfg.landmarks)
-        if cfg.overlay:
-            if job.kind == "video":
-                overlay_writer = OverlayVideoWriter(out / f"{job.name}_overlay.avi", source.fps,
-                                                    (source.width, source.height))
-            else:
-                overlay_dir = out / f"{job.name}_overlay"
-                overlay_dir.mkdir(parents=True, exist_ok=True)
-
-            def overlay(record: FrameRecord) -> None:
-                picture = draw_overlay(record.frame.image, record.face, record.probabilities,
-                                       record.decisions, predictor.au_ids)
-                if overlay_writer is not None:
-                    overlay_writer.write(picture)
-                else:
-                    target = overlay_dir / f"{Path(record.frame.name).stem}.jpg"
-                    cv2.imwrite(str(target), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-
-        # Images are usually unrelated stills: search each one whole, never around the previous
-        # image's face (which could also miss a larger face elsewhere).
-        stats = predictor.run_sequence(frames, sink, total, job.name, overlay,
-                                       detect_every=1 if job.kind == "images" else None)
-        if stats["frames"] == 0:
-            raise InputError(f"{job.source}: no frame could be read")
-        sink.commit()
-        ok = True
-    finally:
-        if isinstance(source, VideoFrames):
-            source.close()
-        if sink is not None and not ok:
-            sink.discard()
-        if overlay_writer is not None:
-            overlay_writer.close(keep=ok)
-    index, stamps, probs = stats.pop("series")
-    result.update(status="ok", **stats)
-    if overlay_writer is not None:
-        result["overlay"] = str(overlay_writer.path)
-    elif overlay_dir is not None:
-        result["overlay"] = str(overlay_dir)
-    if job.kind == "images":
-        result["bad_files"] = [{"file": str(p), "error": e} for p, e in source.failures]
-        if source.failures:
-            result["status"] = "partial"
-    if cfg.plot:
-        use_time = bool(np.isfinite(stamps).all()) and len(stamps) > 0
-        result["plot"] = str(save_timeline_plot(
-            out / f"{job.name}_timeline.png", stamps if use_time else index, probs,
-            predictor.au_ids, predictor.threshold, "time (s)" if use_time else "frame",
-            f"{job.name}: {result['faces_found']}/{result['frames']} frames with a face"))
-    return result
-
-
-def run_predict(cfg: PredictConfig) -> dict[str, Any]:
-    """Predict every input of ``cfg``; one failed input does not stop the others.
-
-    Returns the summary (also written to ``OUT/predict_summary.json``); ``summary["failed"]``
-    counts inputs that failed entirely or in part. A checkpoint or predictor problem raises
-    (:class:`CheckpointError`, :class:`PredictorNotFoundError`): nothing could run.
-    """
-    previous_threads = torch.get_num_threads()
-    # One core is left to the reader thread (decode, dlib, warp) unless told otherwise.
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
-    try:
-        predictor = AUPredictor(cfg)
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        results = []
-        start = time.perf_counter()
-        for job in plan_jobs(cfg):
-            try:
-                results.append(_run_job(predictor, job, cfg))
-            except (InputError, OSError) as err:
-                log.error("%s", err)
-                results.append({"input": str(job.source), "kind": job.kind, "status": "failed",
-                                "error": str(err)})
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(previous_threads)
-    frames = sum(r.get("frames", 0) for r in results)
-    summary = {
-        "config": cfg.to_json(),
-        "checkpoint": {k: v for k, v in predictor.meta.items() if k != "train_config"},
-        "decision_threshold": predictor.threshold,
-        "preprocess": predictor.preprocess.describe(),
-        "au_columns": [au_name(a) for a in predictor.au_ids],
-        "inputs": results,
-        "frames": frames,
-        "faces_found": sum(r.get("faces_found", 0) for r in results),
-        "seconds": round(elapsed, 3),
-        "frames_per_second": round(frames / elapsed, 2) if elapsed > 0 else None,
-        "failed": sum(r["status"] in ("failed", "partial") for r in results),
-    }
-    path = cfg.out / SUMMARY_NAME
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
-    return summary
+__all__ = ["AUPredictor", "PredictConfig", "TrainingPreprocess", "FaceRow", "au_name"]

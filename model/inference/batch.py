@@ -1,0 +1,283 @@
+"""Batch runs of ``model.predict``: which inputs, one job each, in parallel, resumable.
+
+Inputs: ``--video`` takes video files, folders (searched recursively for ``--glob`` or common
+video endings) and list files (``.txt``/``.lst``: one path a line, ``#`` comments, relative to
+the list); ``--images`` takes folders (every folder holding images is one sequence, one CSV)
+and loose image files (one CSV together). A rerun skips inputs whose CSV is complete (its
+sidecar says so) unless ``--force``; a failed input does not stop the others.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import torch
+
+from .output import (au_name, draw_overlay, is_complete, save_bar_plot, save_timeline_plot,
+                     write_table)
+from .predictor import AUPredictor, FaceRow, PredictConfig
+from .video_io import IMAGE_SUFFIXES, ImageFrames, InputError, OverlayVideoWriter, VideoFrames
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "predict_summary.json"
+VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg",
+                            ".wmv", ".flv"})
+LIST_SUFFIXES = frozenset({".txt", ".lst"})
+
+
+@dataclass
+class Job:
+    kind: str            # "video" | "images"
+    name: str            # output stem
+    source: Path         # the video, the directory, or the first loose image
+    files: list[Path] = field(default_factory=list)
+
+
+def _read_list(path: Path) -> list[Path]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [(path.parent / line) if not Path(line).is_absolute() else Path(line)
+            for line in lines if line and not line.startswith("#")]
+
+
+def expand_videos(paths: Iterable[Path], glob: str | None) -> list[Path]:
+    """Video files from files, folders (recursive) and list files, in the order given."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            pattern = glob or "*"
+            found += sorted(p for p in path.rglob(pattern) if p.is_file()
+                            and (glob or p.suffix.lower() in VIDEO_SUFFIXES))
+        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            found += expand_videos(_read_list(path), glob)
+        else:
+            found.append(path)  # missing files fail later, with the others still processed
+    return found
+
+
+def _image_folders(root: Path, glob: str | None) -> list[tuple[Path, list[Path]]]:
+    """Every folder under ``root`` (itself included) that holds images, with its images."""
+    folders: dict[Path, list[Path]] = {}
+    for p in sorted(root.rglob(glob or "*")):
+        if p.is_file() and (glob or p.suffix.lower() in IMAGE_SUFFIXES):
+            folders.setdefault(p.parent, []).append(p)
+    return sorted(folders.items())
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``... if an earlier input already used it."""
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}_{n}"
+    taken.add(name)
+    return name
+
+
+def plan_jobs(cfg: PredictConfig) -> list[Job]:
+    """One job per video, per image folder, and one for all loose image files."""
+    taken: set[str] = set()
+    jobs = [Job("video", _unique(p.stem, taken), p) for p in expand_videos(cfg.videos, cfg.glob)]
+    loose = [p for p in cfg.images if not p.is_dir()]
+    for root in (p for p in cfg.images if p.is_dir()):
+        folders = _image_folders(root, cfg.glob)
+        if not folders:
+            jobs.append(Job("images", _unique(root.resolve().name or "images", taken), root, []))
+        for folder, files in folders:
+            rel = folder.relative_to(root)
+            stem = "__".join((root.resolve().name, *rel.parts)) or "images"
+            jobs.append(Job("images", _unique(stem, taken), folder, files))
+    if loose:
+        stem = cfg.images_name or (loose[0].stem if len(loose) == 1 else "images")
+        jobs.append(Job("images", _unique(stem, taken), loose[0], loose))
+    return jobs
+
+
+def _open_frames(job: Job, cfg: PredictConfig) -> tuple[Any, int | None, dict[str, Any]]:
+    if job.kind == "video":
+        source = VideoFrames(job.source, default_fps=cfg.fps or 30.0)
+        return source, source.declared_frames, {"video_fps": source.fps, "width": source.width,
+                                                 "height": source.height}
+    if not job.files:
+        raise InputError(f"{job.source}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return ImageFrames(job.files, fps=cfg.fps), len(job.files), {}
+
+
+class _Overlay:
+    """``--overlay``: each frame drawn with its faces into a video or a folder of JPEGs."""
+
+    def __init__(self, predictor: AUPredictor, job: Job, source: Any, out: Path) -> None:
+        self.au_ids, self.threshold = predictor.au_ids, predictor.threshold
+        self.writer = self.folder = None
+        if job.kind == "video":
+            self.writer = OverlayVideoWriter(out / f"{job.name}_overlay.avi", source.fps,
+                                             (source.width, source.height))
+            self.path = self.writer.path
+        else:
+            self.folder = self.path = out / f"{job.name}_overlay"
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, rows: list[FaceRow]) -> None:
+        picture = rows[0].frame.image
+        for row in rows:
+            face = row.found.face if row.found is not None else None
+            decisions = None if row.probabilities is None else row.probabilities >= self.threshold
+            picture = draw_overlay(picture, face, row.probabilities, decisions, self.au_ids)
+        if self.writer is not None:
+            self.writer.write(picture)
+        else:
+            target = self.folder / f"{Path(rows[0].frame.name).stem}.jpg"
+            cv2.imwrite(str(target), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+
+    def close(self, keep: bool) -> None:
+        if self.writer is not None:
+            self.writer.close(keep=keep)
+
+
+def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
+    p_cols = [f"{au_name(a)}_p" for a in predictor.au_ids]
+    if job.kind == "images" and table["frame"].nunique() == 1:   # one image: a bar chart
+        return save_bar_plot(out / f"{job.name}_bars.png", table[p_cols].to_numpy(float)[0],
+                             predictor.au_ids, predictor.threshold, job.name)
+    first = table.sort_values(["frame", "face_id"]).drop_duplicates("frame")
+    stamps = first["timestamp"].to_numpy(float)
+    use_time = bool(np.isfinite(stamps).all()) and len(stamps) > 0
+    return save_timeline_plot(
+        out / f"{job.name}_timeline.png", stamps if use_time else first["frame"].to_numpy(),
+        first[p_cols].to_numpy(float), predictor.au_ids, predictor.threshold,
+        "time (s)" if use_time else "frame",
+        f"{job.name}: {int(first['face_found'].sum())}/{len(first)} frames with a face")
+
+
+def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, Any]:
+    """One input -> its CSV (+ sidecar, plot, overlay); the result row of the summary."""
+    csv_path = cfg.out / f"{job.name}.csv"
+    result: dict[str, Any] = {"input": str(job.source), "kind": job.kind, "csv": str(csv_path)}
+    if cfg.skip_existing and csv_path.exists():
+        if is_complete(csv_path):
+            log.info("%s: %s is complete, skipped (--force redoes it)", job.source, csv_path)
+        else:  # our writes are atomic: a CSV without its sidecar was made by someone else
+            log.warning("%s: %s exists but was not written by a finished model.predict run; "
+                        "left alone (--force overwrites it)", job.source, csv_path)
+        return {**result, "status": "skipped"}
+    source, total, info = _open_frames(job, cfg)
+    result.update(info)
+    overlay = _Overlay(predictor, job, source, cfg.out) if cfg.overlay else None
+    ok = False
+    try:
+        # Images are usually unrelated stills: search each one whole.
+        table, stats = predictor.run_sequence(source, total, job.name, overlay,
+                                              detect_every=1 if job.kind == "images" else None)
+        if stats["frames"] == 0:
+            raise InputError(f"{job.source}: no frame could be read")
+        write_table(table, csv_path, {"input": str(job.source), **predictor.describe(),
+                                      "frames": stats["frames"]})
+        ok = True
+    finally:
+        if isinstance(source, VideoFrames):
+            source.close()
+        if overlay is not None:
+            overlay.close(keep=ok)
+    result.update(status="ok", **stats)
+    if overlay is not None:
+        result["overlay"] = str(overlay.path)
+    if job.kind == "images" and source.failures:
+        result["bad_files"] = [{"file": str(p), "error": e} for p, e in source.failures]
+        result["status"] = "partial"
+    if cfg.plot:
+        result["plot"] = str(_plot(predictor, table, job, cfg.out))
+    return result
+
+
+def _safe_run(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, Any]:
+    try:
+        return run_job(predictor, job, cfg)
+    except (InputError, OSError) as err:
+        log.error("%s", err)
+        return {"input": str(job.source), "kind": job.kind, "status": "failed",
+                "error": str(err)}
+
+
+_WORKER: AUPredictor | None = None
+
+
+def _worker_init(cfg: PredictConfig, threads: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _WORKER = AUPredictor(cfg)
+
+
+def _worker_run(job: Job) -> dict[str, Any]:
+    assert _WORKER is not None
+    return _safe_run(_WORKER, job, _WORKER.cfg)
+
+
+def _run_parallel(cfg: PredictConfig, jobs: list[Job]) -> list[dict[str, Any]]:
+    """``--jobs N``: N worker processes, each with its own loaded network and face finder."""
+    import multiprocessing
+
+    threads = max(1, (cfg.threads or os.cpu_count() or 2) // cfg.jobs)
+    worker_cfg = PredictConfig(**{**cfg.__dict__, "progress": False})
+    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(worker_cfg, threads)) as pool:
+        return list(pool.map(_worker_run, jobs))
+
+
+def run_predict(cfg: PredictConfig) -> dict[str, Any]:
+    """Predict every input of ``cfg``; one failed input does not stop the others.
+
+    Returns the summary (also written to ``OUT/predict_summary.json``); ``summary["failed"]``
+    counts inputs that failed entirely or in part. A checkpoint or predictor problem raises
+    (:class:`CheckpointError`, :class:`PredictorNotFoundError`): nothing could run.
+    """
+    previous_threads = torch.get_num_threads()
+    # One core is left to the reader thread (decode, dlib, warp) unless told otherwise.
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
+    try:
+        predictor = AUPredictor(cfg)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        jobs = plan_jobs(cfg)
+        start = time.perf_counter()
+        todo = [j for j in jobs if not (cfg.skip_existing and (cfg.out / f"{j.name}.csv").exists())]
+        if cfg.jobs > 1 and len(todo) > 1:
+            done = dict(zip((j.name for j in todo), _run_parallel(cfg, todo)))
+            results = [done.get(j.name) or _safe_run(predictor, j, cfg) for j in jobs]
+        else:
+            results = [_safe_run(predictor, job, cfg) for job in jobs]
+        elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous_threads)
+    return _write_summary(cfg, predictor, results, elapsed)
+
+
+def _write_summary(cfg: PredictConfig, predictor: AUPredictor, results: list[dict[str, Any]],
+                   elapsed: float) -> dict[str, Any]:
+    frames = sum(r.get("frames", 0) for r in results if r["status"] != "skipped")
+    summary = {
+        "config": cfg.to_json(),
+        "checkpoint": {k: v for k, v in predictor.meta.items() if k != "train_config"},
+        "meaning": predictor.describe(),
+        "decision_threshold": predictor.threshold,
+        "preprocess": predictor.preprocess.describe(),
+        "au_columns": [au_name(a) for a in predictor.au_ids],
+        "inputs": results,
+        "frames": frames,
+        "faces_found": sum(r.get("faces_found", 0) for r in results),
+        "seconds": round(elapsed, 3),
+        "processing_fps": round(frames / elapsed, 2) if elapsed > 0 and frames else None,
+        "failed": sum(r["status"] in ("failed", "partial") for r in results),
+    }
+    path = cfg.out / SUMMARY_NAME
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+    return summary
