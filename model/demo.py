@@ -196,9 +196,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out: Path,
-                      quiet: bool = False) -> dict[str, Any]:
+                      quiet: bool = False, **options: Any) -> dict[str, Any]:
     """Run ``model.predict`` on the subjects' left videos and score its decisions against the
-    twin's labels, pooled over all their frames (a frame without a face counts as 'absent')."""
+    twin's labels, pooled over all their frames (a frame without a face counts as 'absent').
+    ``options``: further :class:`PredictConfig` fields (e.g. ``calibrate=True, smooth=5``)."""
     import numpy as np
     import pandas as pd
 
@@ -212,7 +213,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     files = [layout.subjects[s] for s in subjects]
     summary = run_predict(PredictConfig(checkpoint=checkpoint, out=out,
                                         videos=[f.videos["left"] for f in files],
-                                        plot=True, progress=not quiet))
+                                        plot=True, progress=not quiet, **options))
     data = summary["checkpoint"]  # the checkpoint's metadata, as model.predict read it
     au_ids, threshold = [int(a) for a in data["au_ids"]], int(data["threshold"])
     counts, frames, faces = 0, 0, 0

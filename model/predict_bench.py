@@ -1,12 +1,15 @@
-"""Speed of ``model.predict`` end to end on a synthetic 640x360 video with a real face.
+"""Speed of ``model.predict`` end to end on a synthetic 640x360 video with a real face,
+PyTorch against onnxruntime, for the small preset and the full model in one run.
 
-    python -m model.predict_bench --preset small --frames 300
-    python -m model.predict_bench --preset full --image-size 224 --frames 60
+    python -m model.predict_bench                      # small + full, torch + onnx
+    python -m model.predict_bench --presets small --backends torch --frames 300
 
 The video is skimage's astronaut photograph (a real face, so dlib behaves as on real footage)
 cropped to her head and moved across a textured background; the checkpoint is an untrained
-model of the chosen preset (weights do not change the speed). Reports frames/s overall, per-stage
-milliseconds per frame, and the video's own frame rate for the real-time comparison.
+model of each preset (weights do not change the speed), exported to ONNX for the onnx backend.
+Reports the processing speed (frames processed per second, end to end), per-stage milliseconds
+per frame (``network`` is where the backends differ), and the video's own frame rate for the
+real-time comparison.
 """
 from __future__ import annotations
 
@@ -111,53 +114,120 @@ def make_untrained_checkpoint(path: Path, preset: str = "small", image_size: int
 
 def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
                   detect_width: int, batch_size: int, threads: int | None, workdir: Path,
-                  fps: float = 25.0) -> dict[str, Any]:
-    video = make_face_video(workdir / "bench_640x360.avi", n_frames=frames, fps=fps)
-    ckpt = make_untrained_checkpoint(workdir / f"{preset}_{image_size}.pt", preset, image_size)
-    cfg = PredictConfig(checkpoint=ckpt, out=workdir / "out", videos=[video],
-                        batch_size=batch_size, threads=threads, detect_every=detect_every,
-                        detect_width=detect_width, progress=False)
+                  fps: float = 25.0, backend: str = "torch") -> dict[str, Any]:
+    video = workdir / "bench_640x360.avi"
+    if not video.exists():
+        make_face_video(video, n_frames=frames, fps=fps)
+    ckpt = workdir / f"{preset}_{image_size}.pt"
+    if not ckpt.exists():
+        make_untrained_checkpoint(ckpt, preset, image_size)
+    model = ckpt
+    if backend == "onnx":
+        from .inference.onnx_export import export_onnx
+
+        model = ckpt.with_suffix(".onnx")
+        if not model.exists():
+            export_onnx(ckpt, model)
+    cfg = PredictConfig(checkpoint=model, out=workdir / f"out_{preset}_{backend}_{detect_every}",
+                        videos=[video], backend=backend, batch_size=batch_size, threads=threads,
+                        detect_every=detect_every, detect_width=detect_width, progress=False)
     summary = run_predict(cfg)
     result = summary["inputs"][0]
-    return {"preset": preset, "image_size": image_size, "video": "640x360", "video_fps": fps,
-            "detect_every": detect_every, "detect_width": detect_width, "batch_size": batch_size,
-            "threads": threads, "cpu_count": os.cpu_count(), "frames": result["frames"],
-            "faces_found": result["faces_found"], "frames_per_second": result["frames_per_second"],
-            "real_time": result["frames_per_second"] >= fps,
+    return {"preset": preset, "backend": backend, "image_size": image_size, "video": "640x360",
+            "video_fps": fps, "detect_every": detect_every, "detect_width": detect_width,
+            "batch_size": batch_size, "threads": threads, "cpu_count": os.cpu_count(),
+            "frames": result["frames"], "faces_found": result["faces_found"],
+            "processing_fps": result["processing_fps"],
+            "real_time": result["processing_fps"] >= fps,
+            "network_ms_per_frame": result["ms_per_frame"]["network"],
             # CPU time of all threads per frame: the work itself, whatever else runs on the machine.
             "cpu_ms_per_frame": result["cpu_ms_per_frame"],
             "ms_per_frame": result["ms_per_frame"]}
+
+
+#: (label, model.predict options) compared by :func:`postprocess_effect`.
+POSTPROCESS_VARIANTS = [("none", {}), ("calibrate", {"calibrate": True}),
+                        ("smooth 5", {"smooth": 5}), ("smooth 9", {"smooth": 9}),
+                        ("calibrate + smooth 5", {"calibrate": True, "smooth": 5})]
+
+
+def postprocess_effect(demo: Path, workdir: Path) -> list[dict[str, Any]]:
+    """Mean F1 of ``model.predict`` on a finished ``model.demo``'s held-out raw twin videos, with
+    and without ``--calibrate`` / ``--smooth`` (the demo's checkpoints and test subjects)."""
+    from .demo import predict_and_score
+
+    report = json.loads((demo / "demo_summary.json").read_text())
+    rows = []
+    for label, options in POSTPROCESS_VARIANTS:
+        f1, per_au = [], []
+        for entry in report["predict"]:
+            scored = predict_and_score(Path(entry["checkpoint"]), demo / "disfa_twin",
+                                       entry["subjects"], workdir / label.replace(" ", "_"),
+                                       quiet=True, **options)
+            f1.append(scored["metrics"]["mean_f1"])
+            per_au.append(scored["metrics"]["f1"])
+        rows.append({"variant": label, "options": options, "mean_f1": float(np.mean(f1)),
+                     "f1_per_au": np.mean(per_au, axis=0).tolist(),
+                     "au_ids": scored["metrics"]["au_ids"],
+                     "videos": sum(len(e["subjects"]) for e in report["predict"])})
+    return rows
+
+
+def _print_postprocess(rows: list[dict[str, Any]]) -> None:
+    aus = " ".join(f"AU{a:<4}" for a in rows[0]["au_ids"])
+    print(f"{'variant':<22} {'mean F1':>7}  {aus}   ({rows[0]['videos']} held-out videos)")
+    for r in rows:
+        print(f"{r['variant']:<22} {100 * r['mean_f1']:>7.1f}  "
+              + " ".join(f"{100 * v:<6.1f}" for v in r["f1_per_au"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m model.predict_bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=("small", "full"), default="small")
+    parser.add_argument("--presets", nargs="+", choices=("small", "full"),
+                        default=["small", "full"], help="model presets to time")
+    parser.add_argument("--backends", nargs="+", choices=("torch", "onnx"),
+                        default=["torch", "onnx"], help="network runtimes to compare")
     parser.add_argument("--image-size", type=int, default=224, help="aligned face size")
-    parser.add_argument("--frames", type=int, default=300, help="length of the synthetic video")
+    parser.add_argument("--frames", type=int, default=100, help="length of the synthetic video")
     parser.add_argument("--fps", type=float, default=25.0, help="the video's frame rate")
-    parser.add_argument("--detect-every", type=int, nargs="+", default=[1, 5],
+    parser.add_argument("--detect-every", type=int, nargs="+", default=[5],
                         help="values of model.predict --detect-every to compare")
-    parser.add_argument("--detect-width", type=int, default=640)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default cores-1)")
+    parser.add_argument("--detect-width", type=int, default=640,
+                        help="model.predict --detect-width")
+    parser.add_argument("--batch-size", type=int, default=16, help="faces per network call")
+    parser.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads "
+                        "(default cores-1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--postprocess-demo", type=Path, default=None, metavar="DEMO_DIR",
+                        help="instead of speed: F1 with/without --calibrate and --smooth on the "
+                             "held-out raw videos of a finished model.demo folder")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if args.postprocess_demo:
+        with tempfile.TemporaryDirectory(prefix="predict_bench_") as tmp:
+            rows = postprocess_effect(args.postprocess_demo, Path(tmp))
+        _print_postprocess(rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="predict_bench_") as tmp:
-        for every in args.detect_every:
-            rows.append(run_benchmark(args.preset, args.image_size, args.frames, every,
-                                      args.detect_width, args.batch_size, args.threads, Path(tmp),
-                                      args.fps))
-    print(f"{'preset':<6} {'size':>4} {'every':>5} {'fps':>7} {'video':>6} {'cpu ms':>7}  "
-          "ms/frame per stage (reader stages overlap the network)")
+        for preset in args.presets:
+            for backend in args.backends:
+                for every in args.detect_every:
+                    rows.append(run_benchmark(preset, args.image_size, args.frames, every,
+                                              args.detect_width, args.batch_size, args.threads,
+                                              Path(tmp), args.fps, backend))
+    print(f"{'preset':<6} {'backend':<7} {'size':>4} {'every':>5} {'proc fps':>8} "
+          f"{'net ms':>7} {'video':>6} {'cpu ms':>7}  ms/frame per stage (reader stages "
+          "overlap the network)")
     for r in rows:
         stages = " ".join(f"{k}={v}" for k, v in r["ms_per_frame"].items())
-        print(f"{r['preset']:<6} {r['image_size']:>4} {r['detect_every']:>5} "
-              f"{r['frames_per_second']:>7.1f} {r['video_fps']:>6g} {r['cpu_ms_per_frame']:>7.1f}  "
-              f"{stages}  "
+        print(f"{r['preset']:<6} {r['backend']:<7} {r['image_size']:>4} {r['detect_every']:>5} "
+              f"{r['processing_fps']:>8.1f} {r['network_ms_per_frame']:>7.1f} "
+              f"{r['video_fps']:>6g} {r['cpu_ms_per_frame']:>7.1f}  {stages}  "
               f"(faces {r['faces_found']}/{r['frames']})")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
