@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m model.predict_bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--presets", nargs="+", choices=("small", "full"),
+    parser.add_argument("--presets", "--preset", nargs="+", choices=("small", "full"),
                         default=["small", "full"], help="model presets to time")
     parser.add_argument("--backends", nargs="+", choices=("torch", "onnx"),
                         default=["torch", "onnx"], help="network runtimes to compare")

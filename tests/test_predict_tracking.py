@@ -284,3 +284,53 @@ def test_python_api_dataframes(checkpoint, tmp_path) -> None:
     table = detector.predict_video(video)
     assert table["frame"].tolist() == [1, 2, 3]
     assert detector.meaning["decision_threshold"] == 0.5
+
+
+def test_intensity_head_writes_openface_r_columns(checkpoint) -> None:
+    """A model whose forward returns (logits, intensities) (issue 13) gets AUxx_r columns."""
+    import torch
+
+    from model.inference.api import AUDetector
+
+    class WithIntensity(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            logits = self.inner(x)
+            return logits, torch.sigmoid(logits) * 5
+
+    detector = AUDetector(checkpoint)
+    net = detector.predictor.backend.net
+    net.model = WithIntensity(net.model)
+    table = detector.predict_frame(data.astronaut())
+    r_cols = [f"AU{a:02d}_r" for a in AUS]
+    assert list(table.columns).index("AU01_r") < list(table.columns).index("AU01_c")
+    p = table[[f"AU{a:02d}_p" for a in AUS]].to_numpy(float)
+    np.testing.assert_allclose(table[r_cols].to_numpy(float), 5 * p, rtol=1e-5)
+
+
+def test_plan_jobs_folders_glob_and_lists(tmp_path) -> None:
+    from model.inference.batch import plan_jobs
+    from model.inference.predictor import PredictConfig
+
+    (tmp_path / "v" / "sub").mkdir(parents=True)
+    for name in ("v/a.mp4", "v/sub/b.mp4", "v/sub/c.avi", "v/readme.md"):
+        (tmp_path / name).write_bytes(b"")
+    shots = tmp_path / "shots"
+    (shots / "s1").mkdir(parents=True)
+    for name in ("x.png", "s1/y.jpg", "s1/z.txt"):
+        (shots / name).write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two videos\nv/a.mp4\nmissing.mp4\n")
+    cfg = PredictConfig(checkpoint=tmp_path / "c.pt", out=tmp_path / "o",
+                        videos=[tmp_path / "v", listing], images=[shots])
+    jobs = plan_jobs(cfg)
+    assert [(j.kind, j.name) for j in jobs] == [
+        ("video", "a"), ("video", "b"), ("video", "c"), ("video", "a_2"), ("video", "missing"),
+        ("images", "shots"), ("images", "shots__s1")]
+    assert [p.name for p in jobs[-1].files] == ["y.jpg"]
+    only_mp4 = PredictConfig(checkpoint=tmp_path / "c.pt", out=tmp_path / "o",
+                             videos=[tmp_path / "v"], glob="*.mp4")
+    assert [j.name for j in plan_jobs(only_mp4)] == ["a", "b"]
