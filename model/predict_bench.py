@@ -151,31 +151,50 @@ POSTPROCESS_VARIANTS = [("none", {}), ("calibrate", {"calibrate": True}),
                         ("calibrate + smooth 5", {"calibrate": True, "smooth": 5})]
 
 
-def postprocess_effect(demo: Path, workdir: Path) -> list[dict[str, Any]]:
-    """Mean F1 of ``model.predict`` on a finished ``model.demo``'s held-out raw twin videos, with
-    and without ``--calibrate`` / ``--smooth`` (the demo's checkpoints and test subjects)."""
-    from .demo import predict_and_score
+def postprocess_effect(demo: Path) -> list[dict[str, Any]]:
+    """Mean F1 on a finished ``model.demo``'s held-out raw twin videos, with and without
+    ``--calibrate`` / ``--smooth``: the demo's ``model.predict`` CSVs (no post-processing) are
+    post-processed as ``model.predict`` would and scored against the twin's labels, pooled over
+    all frames of a fold's videos (a frame without a face counts as 'absent')."""
+    import pandas as pd
+
+    from pipeline.release import discover, read_labels
+    from pipeline.shards import binarize
+
+    from .evaluation.metrics import confusion_counts, metrics_from_counts
+    from .inference.postprocess import postprocess
 
     report = json.loads((demo / "demo_summary.json").read_text())
-    rows = []
-    for label, options in POSTPROCESS_VARIANTS:
-        f1, per_au = [], []
-        for entry in report["predict"]:
-            scored = predict_and_score(Path(entry["checkpoint"]), demo / "disfa_twin",
-                                       entry["subjects"], workdir / label.replace(" ", "_"),
-                                       quiet=True, **options)
-            f1.append(scored["metrics"]["mean_f1"])
-            per_au.append(scored["metrics"]["f1"])
-        rows.append({"variant": label, "options": options, "mean_f1": float(np.mean(f1)),
-                     "f1_per_au": np.mean(per_au, axis=0).tolist(),
-                     "au_ids": scored["metrics"]["au_ids"],
-                     "videos": sum(len(e["subjects"]) for e in report["predict"])})
-    return rows
+    layout = discover(demo / "disfa_twin")
+    counts: dict[str, list[Any]] = {label: [] for label, _ in POSTPROCESS_VARIANTS}
+    videos = 0
+    for entry in report["predict"]:
+        summary = json.loads((Path(entry["out"]) / "predict_summary.json").read_text())
+        au_ids = [int(a) for a in summary["checkpoint"]["au_ids"]]
+        threshold = int(summary["checkpoint"]["threshold"])
+        fold = {label: 0 for label in counts}
+        for subject, result in zip(entry["subjects"], summary["inputs"]):
+            table = pd.read_csv(result["csv"])
+            truth = binarize(read_labels(layout.subjects[subject]), au_ids, threshold)
+            videos += 1
+            for label, options in POSTPROCESS_VARIANTS:
+                done = postprocess(table, au_ids, summary["decision_threshold"], **options)
+                decided = done[[f"AU{a:02d}_c" for a in au_ids]].astype(float).fillna(0)
+                fold[label] = fold[label] + confusion_counts(
+                    decided.to_numpy(np.float32), truth, from_logits=False)
+        for label in counts:
+            counts[label].append(metrics_from_counts(fold[label], au_ids).as_dict())
+    return [{"variant": label, "options": options,
+             "mean_f1": float(np.mean([m["mean_f1"] for m in counts[label]])),
+             "f1_per_au": np.mean([m["f1"] for m in counts[label]], axis=0).tolist(),
+             "au_ids": counts[label][0]["au_ids"], "videos": videos}
+            for label, options in POSTPROCESS_VARIANTS]
 
 
 def _print_postprocess(rows: list[dict[str, Any]]) -> None:
     aus = " ".join(f"AU{a:<4}" for a in rows[0]["au_ids"])
-    print(f"{'variant':<22} {'mean F1':>7}  {aus}   ({rows[0]['videos']} held-out videos)")
+    print(f"{'variant':<22} {'mean F1':>7}  {aus}   ({rows[0]['videos']} held-out videos, "
+          "F1 in %)")
     for r in rows:
         print(f"{r['variant']:<22} {100 * r['mean_f1']:>7.1f}  "
               + " ".join(f"{100 * v:<6.1f}" for v in r["f1_per_au"]))
@@ -206,8 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if args.postprocess_demo:
-        with tempfile.TemporaryDirectory(prefix="predict_bench_") as tmp:
-            rows = postprocess_effect(args.postprocess_demo, Path(tmp))
+        rows = postprocess_effect(args.postprocess_demo)
         _print_postprocess(rows)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))

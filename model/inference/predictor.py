@@ -167,6 +167,7 @@ class AUPredictor:
         self.landmarker = FaceLandmarker(predictor_path=cfg.predictor, upsample=cfg.upsample,
                                          max_detect_width=cfg.detect_width, min_score=cfg.min_score)
         self.has_intensity: bool | None = None   # known after the first batch
+        self.last_tracker: BestFaceTracker | MultiFaceTracker | None = None
 
     def describe(self) -> dict[str, Any]:
         """What the numbers mean, for the sidecar and the summary."""
@@ -252,8 +253,10 @@ class AUPredictor:
             batch.flush()
         finally:
             bar.close()
-        elapsed = time.perf_counter() - start
+        t0 = time.perf_counter()
         table = self.to_table(rows)
+        times.output += time.perf_counter() - t0
+        elapsed = time.perf_counter() - start
         frames_done = int(table["frame"].nunique()) if len(table) else 0
         doubtful = getattr(self.last_tracker, "doubtful_frames", 0)
         if doubtful:
