@@ -1,4 +1,9 @@
-"""Running a checkpoint on new videos and images: the predictor, video/image I/O, CSV output.
+"""Running a checkpoint on new videos and images.
+
+``predictor`` (frames -> table), ``tracking`` (best face / every face with stable ids),
+``pose`` (head pose, fit confidence), ``postprocess`` (calibration, smoothing), ``backends``
+(PyTorch / onnxruntime), ``onnx_export``, ``batch`` (inputs, parallel jobs, resume, summary),
+``output`` (CSV + sidecar, plots, overlay), ``video_io``, ``api`` (the Python API).
 
 May import ``model.nets``, ``model.engine.checkpoint``, ``model.evaluation`` and ``pipeline``
 (face landmarks, alignment); never the commands.
