@@ -488,9 +488,6 @@ def test_root_error_log_that_differs_from_the_one_in_use_is_warned(tmp_path):
     assert _summary(out)["error_log"]["root_sheets"] == []
     assert _run(rel.root, tmp_path / "own", "--size", 16, "--error-log", sheet) == 0
     assert _summary(tmp_path / "own")["error_log"]["root_sheets"] == []
-    assert r.attrs["config"]["trimmed"] == {"video_frames": 30, "label_frames": 25}
-    assert _summary(out)["subjects"]["SN001_left"]["trimmed"] == {"video_frames": 30,
-                                                                  "label_frames": 25}
 
 
 def test_dask_backend_without_dask_says_how_to_install(monkeypatch):
