@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import check_compatible, load_checkpoint, load_for_inference
 from .config import protocol_note
-from .data import (DataError, ShardFrames, check_consistent, collate_frames, fold_spec,
-                   open_shards)
+from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
+                   fold_spec, open_shards, worker_init)
+from .distributed import DistInfo, resolve_device
 from .trainer import evaluate
 
 log = logging.getLogger("model.evaluate")
@@ -28,15 +28,17 @@ def evaluate_checkpoint(
     split: str = "test",
     variant: str | None = None,
     batch_size: int = 128,
-    workers: int = 0,
-    device: str = "cpu",
+    workers: int | None = None,
+    device: str = "auto",
     cameras: Sequence[str] = ("left",),
+    amp: bool | None = None,
 ) -> dict[str, Any]:
     """Metrics of one checkpoint on one fold's ``split`` subjects, with the protocol it used.
 
     Checks before evaluating: the checkpoint is readable and of ``variant`` (if given), it
     predicts the manifest's AUs, and the shards agree with the manifest and with the
-    checkpoint's input geometry.
+    checkpoint's input geometry. Runs as the trainer's evaluation does: ``workers`` from the
+    CPU count, pinned memory on CUDA, and ``amp`` (None) as the run was trained.
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -66,11 +68,15 @@ def evaluate_checkpoint(
     if split != "test":
         log.info("evaluating on the %s split of fold %d", split, fold)
 
-    model, meta = load_for_inference(checkpoint, device=device, state=state)
+    target = resolve_device(device, DistInfo())
+    model, meta = load_for_inference(checkpoint, device=str(target), state=state)
+    workers = default_workers() if workers is None else workers
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_frames)
+                        collate_fn=collate_frames, pin_memory=target.type == "cuda",
+                        worker_init_fn=worker_init)
     train_cfg = meta.get("train_config", {})
-    metrics = evaluate(model, loader, torch.device(device), list(spec.au_ids),
+    amp = bool(train_cfg.get("amp", False)) if amp is None else amp
+    metrics = evaluate(model, loader, target, list(spec.au_ids), amp=amp,
                        channels_last=False, desc=f"fold {fold} {split}",
                        quiet=not sys.stderr.isatty())
     select_on = train_cfg.get("select_on", "val")
