@@ -131,3 +131,28 @@ def test_cuda_n_under_torchrun_is_the_local_rank_or_an_error(monkeypatch):
     with pytest.raises(ValueError, match="local rank"):
         resolve_device("cuda:0", info)
     assert resolve_device("cuda:1", DistInfo()) == torch.device("cuda", 1)
+
+
+class _OpenCVThreads(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        cv2.resize(np.zeros((600, 600, 3), np.uint8), (300, 300))  # uses OpenCV's pool if any
+        return cv2.getNumThreads()
+
+
+def test_loader_workers_run_one_opencv_thread_and_start_after_the_parent_used_opencv():
+    from model.engine.data import default_workers, single_threaded_opencv
+
+    previous = cv2.getNumThreads()
+    try:
+        for _ in range(3):  # the parent's pool is busy before the fork
+            cv2.GaussianBlur(np.zeros((1200, 1200, 3), np.uint8), (9, 9), 0)
+        single_threaded_opencv(2)
+        loader = torch.utils.data.DataLoader(_OpenCVThreads(), batch_size=1, num_workers=2,
+                                             timeout=60)
+        assert [int(t) for t in loader] == [1, 1]
+    finally:
+        cv2.setNumThreads(previous)
+    assert 0 <= default_workers() <= 8 and default_workers(processes_per_node=64) == 0

@@ -255,9 +255,14 @@ def default_workers(processes_per_node: int = 1) -> int:
     return max(0, min(8, (cores or 1) // max(processes_per_node, 1) - 1))
 
 
-def worker_init(_worker_id: int) -> None:
-    """Each worker is one process a core: OpenCV's own thread pool would only oversubscribe."""
-    cv2.setNumThreads(1)
+def single_threaded_opencv(workers: int) -> None:
+    """Before DataLoader workers fork: one OpenCV thread in each (a worker is one process a core;
+    OpenCV's own pool would only oversubscribe). Set here, in the parent, because calling
+    ``cv2.setNumThreads`` inside a forked worker can deadlock on the pool the fork copied
+    (seen in the test suite); the children inherit the setting. The parent does no image work
+    while workers do it, so it loses nothing."""
+    if workers > 0:
+        cv2.setNumThreads(1)
 
 
 def collate_frames(batch):

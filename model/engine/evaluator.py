@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import check_compatible, load_checkpoint, load_for_inference
 from .config import protocol_note
 from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
-                   fold_spec, open_shards, worker_init)
+                   fold_spec, open_shards, single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
 from .trainer import evaluate
 
@@ -71,9 +71,9 @@ def evaluate_checkpoint(
     target = resolve_device(device, DistInfo())
     model, meta = load_for_inference(checkpoint, device=str(target), state=state)
     workers = default_workers() if workers is None else workers
+    single_threaded_opencv(workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_frames, pin_memory=target.type == "cuda",
-                        worker_init_fn=worker_init)
+                        collate_fn=collate_frames, pin_memory=target.type == "cuda")
     train_cfg = meta.get("train_config", {})
     amp = bool(train_cfg.get("amp", False)) if amp is None else amp
     metrics = evaluate(model, loader, target, list(spec.au_ids), amp=amp,

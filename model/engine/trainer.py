@@ -33,7 +33,7 @@ from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distrib
                           resolve_device)
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
                    collate_frames, default_workers, evaluation_indices, fold_spec, open_shards,
-                   worker_init)
+                   single_threaded_opencv)
 from .config import TrainConfig, effective_lr, protocol_note
 from .early_stopping import EarlyStopping
 from .losses import branch_bce_loss
@@ -140,10 +140,10 @@ def loader_workers(cfg: TrainConfig) -> int:
 def _loader(dataset, cfg: TrainConfig, device: torch.device, persistent: bool,
             **kwargs) -> DataLoader:
     workers = loader_workers(cfg)
+    single_threaded_opencv(workers)
     return DataLoader(dataset, num_workers=workers, collate_fn=collate_frames,
                       pin_memory=device.type == "cuda", generator=_loader_generator(),
-                      worker_init_fn=worker_init, persistent_workers=persistent and workers > 0,
-                      **kwargs)
+                      persistent_workers=persistent and workers > 0, **kwargs)
 
 
 def _eval_loader(dataset: ShardFrames, indices: np.ndarray, cfg: TrainConfig,
