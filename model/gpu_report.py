@@ -762,6 +762,7 @@ def write_summary(jsonl: Path, md: Path, run: str | None = None) -> Path:
     if env:
         lines += [f"- {k}: {_fmt(v)}" for k, v in env.items() if k not in HIDDEN]
         lines += [f"- libraries: {_fmt(env.get('libraries'))}", ""]
+    lines += headline(records) + [""]
     for stage in STAGES[1:]:
         rows = [r for r in records if r.get("stage") == stage and r.get("kind") != "stage"]
         closing = [r for r in records if r.get("stage") == stage and r.get("kind") == "stage"]
@@ -774,6 +775,49 @@ def write_summary(jsonl: Path, md: Path, run: str | None = None) -> Path:
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(md)
     return md
+
+
+GOAL_TRAIN_IMAGES_PER_S = 1500  # full TRA-Net at 224 with --amp on one H100/H200
+
+
+def headline(records: list[dict[str, Any]]) -> list[str]:
+    """The figures that answer the issue's questions, each with the row it comes from."""
+    ok = [r for r in records if r.get("kind") == "measurement" and r.get("status") == "ok"]
+
+    def best(stage: str, key: str, **match: Any) -> dict[str, Any] | None:
+        rows = [r for r in ok if r.get("stage") == stage and key in r
+                and all(r.get(k) == v for k, v in match.items())]
+        return max(rows, key=lambda r: r[key]) if rows else None
+
+    lines = ["## Headline", ""]
+    default = best("ceiling_train", "images_per_s", precision="bf16", channels_last=True,
+                   cudnn_benchmark=True, batch=64)
+    top = best("ceiling_train", "images_per_s")
+    for label, row in (("model ceiling, bf16, batch 64", default),
+                       ("model ceiling, best setting", top)):
+        if row:
+            verdict = "meets" if row["images_per_s"] >= GOAL_TRAIN_IMAGES_PER_S else "misses"
+            lines.append(f"- {label}: {row['images_per_s']:.0f} training images/s "
+                         f"({verdict} the {GOAL_TRAIN_IMAGES_PER_S} goal; precision "
+                         f"{row['precision']}, batch {row['batch']})")
+    trainer = best("trainer_epoch", "images_per_s", amp=True)
+    if trainer:
+        lines.append(f"- trainer's train_one_epoch (--amp, in-memory batches): "
+                     f"{trainer['images_per_s']:.0f} images/s, "
+                     f"{trainer['syncs_per_step']:.2f} host syncs a step")
+    loader = best("loader", "frames_per_s", flip=True, jitter=True)
+    if loader:
+        lines.append(f"- loader (flip + jitter): up to {loader['frames_per_s']:.0f} frames/s "
+                     f"with {loader['workers']} workers")
+    e2e = best("end_to_end", "wall_s")
+    if e2e and e2e.get("train_images_per_s"):
+        lines.append(f"- two epochs through the trainer: {_fmt(e2e['train_images_per_s'])} "
+                     f"training images/s, {e2e['wall_s']:.1f} s in all")
+    compiled = best("compile", "images_per_s")
+    if compiled:
+        lines.append(f"- torch.compile ({compiled['mode']}): {compiled['images_per_s']:.0f} "
+                     f"training images/s after {compiled['first_step_s']:.0f} s compiling")
+    return lines if len(lines) > 2 else lines + ["- nothing measured yet"]
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:

@@ -54,13 +54,7 @@ def evaluate_checkpoint(
     geometry = check_consistent(readers, spec)
     data = state["data"]
     size = int(data["image_size"])
-    scale = size / geometry["image_size"]
-    for key in ("nose_target", "chin_target"):
-        if key in data and not np.allclose(np.asarray(geometry[key]) * scale, data[key], atol=0.5):
-            raise DataError(f"{readers[0].path}: aligned {key} {geometry[key]} (at "
-                            f"{geometry['image_size']} px) does not match {checkpoint}'s "
-                            f"{data[key]} (at {size} px); realign the frames as the model was "
-                            "trained")
+    _check_alignment(readers[0].path, geometry, data, checkpoint)
     threshold = int(data.get("threshold", spec.threshold))
     dataset = ShardFrames(readers, spec.au_ids, threshold, size)
     if len(dataset) == 0:
@@ -86,6 +80,19 @@ def evaluate_checkpoint(
         "threshold": threshold, "select_on": select_on,
         "protocol": protocol_note(select_on, threshold), "metrics": metrics.as_dict(),
     }
+
+
+def _check_alignment(shard: Path, geometry: dict[str, Any], data: dict[str, Any],
+                     checkpoint: Path) -> None:
+    """The shards' alignment targets, scaled to the checkpoint's input, must be the model's."""
+    size = int(data["image_size"])
+    scale = size / geometry["image_size"]
+    for key in ("nose_target", "chin_target"):
+        if key in data and not np.allclose(np.asarray(geometry[key]) * scale, data[key], atol=0.5):
+            raise DataError(f"{shard}: aligned {key} {geometry[key]} (at "
+                            f"{geometry['image_size']} px) does not match {checkpoint}'s "
+                            f"{data[key]} (at {size} px); realign the frames as the model was "
+                            "trained")
 
 
 def mean_over_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
