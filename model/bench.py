@@ -8,8 +8,12 @@
 * inference (eval mode, ``torch.inference_mode``) images/s of both.
 
 Times are medians over the timed steps after warm-up (CPU timings on a shared machine are noisy;
-the median is robust to another process stealing a core for one step). On CUDA the same code runs
-under autocast (bfloat16) with channels_last tensors and synchronises before reading the clock.
+the median is robust to another process stealing a core for one step). On CUDA
+(``--device cuda``) it synchronises before reading the clock, turns cudnn.benchmark on and uses
+batches of 64 (full) / 128 (small) unless told otherwise; ``--amp`` is the trainer's mixed
+precision (``model.engine.precision``: bfloat16 where supported, else float16 + GradScaler) and
+``--no-channels-last`` times the NCHW layout. For the whole GPU picture (loader, trainer, syncs)
+use ``python -m model.gpu_report``.
 
 ``--flops`` also reports parameters and GFLOPs (``torch.utils.flop_counter.FlopCounterMode``,
 one forward pass, a multiply-add counted as 2 FLOPs) of every variant at ``--flops-size``.
@@ -17,7 +21,6 @@ one forward pass, a multiply-add counted as 2 FLOPs) of every variant at ``--flo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import statistics
@@ -30,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .engine.losses import branch_bce_loss
+from .engine.precision import Precision, choose_precision
 from .nets.tranet import VARIANTS, TRANet, TRANetConfig, build_model
 
 log = logging.getLogger("model.bench")
@@ -38,14 +42,16 @@ log = logging.getLogger("model.bench")
 @dataclass
 class BenchConfig:
     presets: list[str] = field(default_factory=lambda: ["full", "small"])
-    full_batch: int = 4
-    small_batch: int = 32
+    full_batch: int | None = None    # 4 on CPU, 64 on CUDA
+    small_batch: int | None = None   # 32 on CPU, 128 on CUDA
     full_size: int = 224
     small_size: int = 112
     steps: int = 4
     warmup: int = 2
     threads: int | None = None
     device: str = "auto"
+    amp: bool = False
+    channels_last: bool = True
     flops: bool = True
     flops_size: int = 224
     out: str | None = None
@@ -57,14 +63,22 @@ def _parse_args(argv: list[str] | None = None) -> BenchConfig:
     d = BenchConfig()
     p.add_argument("--presets", nargs="+", default=d.presets, choices=["full", "small"],
                    help="model sizes to time (default: both)")
-    p.add_argument("--full-batch", type=int, default=d.full_batch, help="batch for the full preset")
-    p.add_argument("--small-batch", type=int, default=d.small_batch, help="batch for the small preset")
+    p.add_argument("--full-batch", type=int, default=d.full_batch,
+                   help="batch for the full preset (default 4 on CPU, 64 on CUDA)")
+    p.add_argument("--small-batch", type=int, default=d.small_batch,
+                   help="batch for the small preset (default 32 on CPU, 128 on CUDA)")
     p.add_argument("--full-size", type=int, default=d.full_size, help="input size for the full preset")
     p.add_argument("--small-size", type=int, default=d.small_size, help="input size for the small preset")
     p.add_argument("--steps", type=int, default=d.steps, help="timed steps per model (median reported)")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (allocator, oneDNN)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: torch's)")
-    p.add_argument("--device", default=d.device, help="'cpu', 'cuda' or 'auto' (cuda when available)")
+    p.add_argument("--device", default=d.device,
+                   help="'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available; default auto)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision as the trainer's --amp (default off: float32)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   default=d.channels_last,
+                   help="channels_last memory format (default on; --no-channels-last for NCHW)")
     p.add_argument("--no-flops", dest="flops", action="store_false",
                    help="skip the parameter/GFLOP table of every variant")
     p.add_argument("--flops-size", type=int, default=d.flops_size, help="input size of the GFLOP count")
@@ -91,29 +105,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
+def _make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor,
+                     precision: Precision) -> Callable[[], None]:
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
                           weight_decay=1e-3)
+    scaler = precision.grad_scaler()
     groups = model.branch_groups
 
     def step() -> None:
-        with _autocast(device):
-            loss = branch_bce_loss(model(x).float(), y, groups)
+        with precision.autocast():
+            logits = model(x)
+        loss = branch_bce_loss(logits.float(), y, groups)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     return step
 
 
-def _make_infer_step(model: TRANet, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
+def _make_infer_step(model: TRANet, x: torch.Tensor, precision: Precision) -> Callable[[], None]:
     def step() -> None:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), precision.autocast():
             model(x)
     return step
 
@@ -141,21 +153,24 @@ def _time_interleaved(steps: dict[str, Callable[[], None]], n: int, warmup: int,
 def bench_preset(preset: str, batch: int, size: int, cfg: BenchConfig, device: torch.device) -> dict:
     """Train/inference images/s of TRA-Net and the senet50 variant of one preset, same batch."""
     torch.manual_seed(0)
-    models = {v: build_model(TRANetConfig(variant=v, preset=preset, image_size=size)).to(device)
+    precision = choose_precision(device, cfg.amp)
+    models = {v: build_model(TRANetConfig(variant=v, preset=preset, image_size=size,
+                                          channels_last=cfg.channels_last)).to(device)
               for v in ("tranet", "senet50")}
     x = torch.randn(batch, 3, size, size, device=device)
     y = (torch.rand(batch, len(models["tranet"].config.au_ids), device=device) > 0.7).float()
-    # build_model already puts the models in channels_last (TRANetConfig.channels_last), on CPU too.
     for m in models.values():
         m.train()
-    train, train_cpu = _time_interleaved({k: _make_train_step(m, x, y, device) for k, m in models.items()},
-                                         cfg.steps, cfg.warmup, device)
+    train, train_cpu = _time_interleaved(
+        {k: _make_train_step(m, x, y, precision) for k, m in models.items()},
+        cfg.steps, cfg.warmup, device)
     for m in models.values():
         m.eval()
-    infer, infer_cpu = _time_interleaved({k: _make_infer_step(m, x, device) for k, m in models.items()},
-                                         cfg.steps, cfg.warmup, device)
+    infer, infer_cpu = _time_interleaved(
+        {k: _make_infer_step(m, x, precision) for k, m in models.items()},
+        cfg.steps, cfg.warmup, device)
     result = {"preset": preset, "batch": batch, "size": size, "device": str(device),
-              "amp_bf16": device.type == "cuda", "channels_last": True}
+              "precision": precision.name, "channels_last": cfg.channels_last}
     for k in models:
         result[f"{k}_train_img_s"] = batch / train[k]
         result[f"{k}_infer_img_s"] = batch / infer[k]
@@ -185,7 +200,14 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
-    log.info("device %s, %d CPU threads", device, torch.get_num_threads())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed-size input, as in training
+    gpu = device.type == "cuda"
+    cfg.full_batch = cfg.full_batch or (64 if gpu else 4)
+    cfg.small_batch = cfg.small_batch or (128 if gpu else 32)
+    log.info("device %s, %d CPU threads, precision %s", device, torch.get_num_threads(),
+             choose_precision(device, cfg.amp).name)
     results: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "speed": [], "flops": []}
     for preset in cfg.presets:
@@ -197,7 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("counting parameters and FLOPs of every variant at %d", cfg.flops_size)
         results["flops"] = flops_table(cfg.flops_size) + flops_table(cfg.small_size, "small")
 
-    print(f"\nSpeed ({device}, {results['threads']} threads; median of {cfg.steps} steps)")
+    print(f"\nSpeed ({device}, {results['threads']} threads, "
+          f"{choose_precision(device, cfg.amp).name}, channels_last {cfg.channels_last}; "
+          f"median of {cfg.steps} steps)")
     print(f"{'preset':<6} {'batch':>5} {'size':>4} | {'train img/s TRA-Net':>19} {'backbone':>9} "
           f"{'ratio':>6} {'ratio(cpu s)':>12} | {'infer img/s TRA-Net':>19} {'backbone':>9}")
     for r in results["speed"]:

@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="folder for evaluation_<split>.{json,csv,md} (default: the first checkpoint's)")
     p.add_argument("--batch-size", type=int, default=128, help="frames per forward pass")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: from the CPU count, at most 8)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda when torch sees one, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                   help="mixed precision (model.engine.precision); auto = as the run was trained")
     p.add_argument("--cameras", nargs="+", default=["left"], choices=["left", "right"],
                    help="cameras whose shards are evaluated")
     return p
@@ -62,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(evaluate_checkpoint(
                 ckpt, args.shards, args.manifest, fold, split=args.split, variant=args.variant,
                 batch_size=args.batch_size, workers=args.workers, device=args.device,
-                cameras=args.cameras))
+                cameras=args.cameras, amp=None if args.amp == "auto" else args.amp == "on"))
     except (DataError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 1

@@ -61,8 +61,12 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum number of epochs")
     p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="frames per optimiser step, summed over all DDP processes")
+                   help="frames per optimiser step PER PROCESS (per GPU); under torchrun the "
+                        "global batch is this times the process count (printed and recorded)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate")
+    p.add_argument("--lr-scaling", default=d.lr_scaling, choices=["none", "linear"],
+                   help="none: --lr whatever the process count; linear: --lr times the process "
+                        "count (for the larger global batch)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"],
                    help="constant (the paper) or cosine decay to 0 over --epochs, stepped "
                         "every batch")
@@ -98,10 +102,16 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="per-epoch evaluation on at most this many batches, spread evenly over "
                         "the split (final test evaluation always uses every frame)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="DataLoader worker processes per training process (default: the CPU "
+                        "cores this process may use, shared among the node's processes, minus "
+                        "one, at most 8)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true",
-                   help="mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU)")
+                   help="mixed precision: bfloat16 where the device supports it (CPU, CUDA "
+                        "compute capability >= 8.0), else float16 with a GradScaler")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (slow first steps; off by default)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--pretrained", default=None,
                    help="VGGFace2 SENet-50 weight file (senet50_ft_weight.pkl) for the backbone")

@@ -26,10 +26,15 @@ def test_two_process_gloo_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
+    # --batch-size is per process: each rank draws 8 frames a step, the global batch is 16
+    assert config["batch"] == {"per_process": 8, "processes": 2, "global": 16, "lr_rule": "none",
+                               "base_lr": 0.05, "lr": 0.05}
+    assert "global batch 16" in proc.stderr
     state = load_checkpoint(out / "last.pt")
     assert state["world_size"] == 2 and len(state["sampler"]) == 2 and len(state["rng"]) == 2
     # each rank has its own sampler stream
     assert not torch.equal(state["sampler"][0]["generator"], state["sampler"][1]["generator"])
+    assert [sampler["num_samples"] for sampler in state["sampler"]] == [8 * 2, 8 * 2]
     history = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [row["epoch"] for row in history] == [1, 2]
     # evaluation counts were summed over both ranks: every validation frame counted once

@@ -22,8 +22,9 @@ class TrainConfig:
     preset: str = "full"
     epochs: int = 100
     batches_per_epoch: int = 100
-    batch_size: int = 64
+    batch_size: int = 64              # per process (per GPU); global = batch_size * world
     lr: float = 0.001
+    lr_scaling: str = "none"          # "linear": lr * world (the global batch over the per-GPU one)
     lr_schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 0.001
@@ -40,10 +41,11 @@ class TrainConfig:
     image_size: int | None = None
     eval_batches: int | None = None
     eval_batch_size: int = 128
-    workers: int = 2
+    workers: int | None = None        # None: from the CPU count (data.default_workers)
     device: str = "auto"
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False
     pretrained: str | None = None
     seed: int = 0
     resume: str | None = None
@@ -60,6 +62,8 @@ class TrainConfig:
             raise ValueError("select_on must be 'val' or 'test'")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be 'constant' or 'cosine'")
+        if self.lr_scaling not in ("none", "linear"):
+            raise ValueError("lr_scaling must be 'none' or 'linear'")
         if self.sampler not in ("weighted", "uniform"):
             raise ValueError("sampler must be 'weighted' or 'uniform'")
         for name in ("epochs", "batches_per_epoch", "batch_size", "patience", "eval_batch_size"):
@@ -67,6 +71,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+
+
+def effective_lr(cfg: TrainConfig, world: int) -> float:
+    """The learning rate the optimiser uses: ``--lr``, times the process count under
+    ``--lr-scaling linear`` (Goyal et al.'s rule for a global batch ``world`` times larger)."""
+    return cfg.lr * world if cfg.lr_scaling == "linear" else cfg.lr
 
 
 def protocol_note(select_on: str, threshold: int) -> str:

@@ -48,11 +48,20 @@ def init_distributed(device: str) -> DistInfo:
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """The device of ``--device``. Under torchrun each process uses the GPU of its local rank:
+    "cuda" maps to it, and "cuda:N" naming another GPU is an error (every rank would share it)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.enabled:
-        name = f"cuda:{info.local_rank}"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r}: not a device ({err})") from None
+    if device.type == "cuda" and info.enabled:
+        if device.index is not None and device.index != info.local_rank:
+            raise ValueError(f"--device {name} under torchrun: each process uses the GPU of its "
+                             f"local rank (this one: cuda:{info.local_rank}); pass --device cuda "
+                             "and choose GPUs with CUDA_VISIBLE_DEVICES")
+        device = torch.device("cuda", info.local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device")
     return device

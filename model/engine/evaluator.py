@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from .checkpoint import check_compatible, load_checkpoint, load_for_inference
 from .config import protocol_note
-from .data import (DataError, ShardFrames, check_consistent, collate_frames, fold_spec,
-                   open_shards)
+from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
+                   fold_spec, open_shards, single_threaded_opencv)
+from .distributed import DistInfo, resolve_device
 from .trainer import evaluate
 
 log = logging.getLogger("model.evaluate")
@@ -28,15 +28,17 @@ def evaluate_checkpoint(
     split: str = "test",
     variant: str | None = None,
     batch_size: int = 128,
-    workers: int = 0,
-    device: str = "cpu",
+    workers: int | None = None,
+    device: str = "auto",
     cameras: Sequence[str] = ("left",),
+    amp: bool | None = None,
 ) -> dict[str, Any]:
     """Metrics of one checkpoint on one fold's ``split`` subjects, with the protocol it used.
 
     Checks before evaluating: the checkpoint is readable and of ``variant`` (if given), it
     predicts the manifest's AUs, and the shards agree with the manifest and with the
-    checkpoint's input geometry.
+    checkpoint's input geometry. Runs as the trainer's evaluation does: ``workers`` from the
+    CPU count, pinned memory on CUDA, and ``amp`` (None) as the run was trained.
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -52,13 +54,7 @@ def evaluate_checkpoint(
     geometry = check_consistent(readers, spec)
     data = state["data"]
     size = int(data["image_size"])
-    scale = size / geometry["image_size"]
-    for key in ("nose_target", "chin_target"):
-        if key in data and not np.allclose(np.asarray(geometry[key]) * scale, data[key], atol=0.5):
-            raise DataError(f"{readers[0].path}: aligned {key} {geometry[key]} (at "
-                            f"{geometry['image_size']} px) does not match {checkpoint}'s "
-                            f"{data[key]} (at {size} px); realign the frames as the model was "
-                            "trained")
+    _check_alignment(readers[0].path, geometry, data, checkpoint)
     threshold = int(data.get("threshold", spec.threshold))
     dataset = ShardFrames(readers, spec.au_ids, threshold, size)
     if len(dataset) == 0:
@@ -66,11 +62,15 @@ def evaluate_checkpoint(
     if split != "test":
         log.info("evaluating on the %s split of fold %d", split, fold)
 
-    model, meta = load_for_inference(checkpoint, device=device, state=state)
+    target = resolve_device(device, DistInfo())
+    model, meta = load_for_inference(checkpoint, device=str(target), state=state)
+    workers = default_workers() if workers is None else workers
+    single_threaded_opencv(workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_frames)
+                        collate_fn=collate_frames, pin_memory=target.type == "cuda")
     train_cfg = meta.get("train_config", {})
-    metrics = evaluate(model, loader, torch.device(device), list(spec.au_ids),
+    amp = bool(train_cfg.get("amp", False)) if amp is None else amp
+    metrics = evaluate(model, loader, target, list(spec.au_ids), amp=amp,
                        channels_last=False, desc=f"fold {fold} {split}",
                        quiet=not sys.stderr.isatty())
     select_on = train_cfg.get("select_on", "val")
@@ -80,6 +80,19 @@ def evaluate_checkpoint(
         "threshold": threshold, "select_on": select_on,
         "protocol": protocol_note(select_on, threshold), "metrics": metrics.as_dict(),
     }
+
+
+def _check_alignment(shard: Path, geometry: dict[str, Any], data: dict[str, Any],
+                     checkpoint: Path) -> None:
+    """The shards' alignment targets, scaled to the checkpoint's input, must be the model's."""
+    size = int(data["image_size"])
+    scale = size / geometry["image_size"]
+    for key in ("nose_target", "chin_target"):
+        if key in data and not np.allclose(np.asarray(geometry[key]) * scale, data[key], atol=0.5):
+            raise DataError(f"{shard}: aligned {key} {geometry[key]} (at "
+                            f"{geometry['image_size']} px) does not match {checkpoint}'s "
+                            f"{data[key]} (at {size} px); realign the frames as the model was "
+                            "trained")
 
 
 def mean_over_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:

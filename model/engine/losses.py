@@ -33,4 +33,14 @@ def branch_bce_loss(logits: torch.Tensor, targets: torch.Tensor, branch_groups: 
         if weights.shape != (k,):
             raise ValueError(f"au_weights has shape {tuple(weights.shape)}, expected ({k},)")
         per_entry = per_entry * weights
-    return sum(per_entry[:, list(group)].mean() for group in branch_groups)
+    return sum(_columns(per_entry, group).mean() for group in branch_groups)
+
+
+def _columns(values: torch.Tensor, group: Sequence[int]) -> torch.Tensor:
+    """``values[:, group]`` without building an index tensor: indexing with a Python list copies
+    the index to the device every call (a host-device synchronisation on CUDA). A run of
+    consecutive columns is a slice; others are stacked column by column."""
+    group = list(group)
+    if group == list(range(group[0], group[0] + len(group))):
+        return values[:, group[0]:group[0] + len(group)]
+    return torch.stack([values[:, i] for i in group], dim=1)

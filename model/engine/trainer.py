@@ -2,13 +2,15 @@
 
 Layout follows torchvision's reference ``train.py``: ``load_data``, ``train_one_epoch``,
 ``evaluate`` and ``main`` are kept apart. Under ``torchrun`` every process trains on its own
-sampler stream (seeded by rank) with ``batch_size / world_size`` frames a step, gradients are
+sampler stream (seeded by rank) with ``batch_size`` frames a step (``--batch-size`` is per GPU,
+as in torchvision and timm; the global batch is ``batch_size * world_size``), gradients are
 averaged by DDP, evaluation counts are summed over ranks, and only rank 0 writes files.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import platform
 import signal
@@ -30,10 +32,12 @@ from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, l
 from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distributed,
                           resolve_device)
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
-                   collate_frames, evaluation_indices, fold_spec, open_shards)
-from .config import TrainConfig, protocol_note
+                   collate_frames, default_workers, evaluation_indices, fold_spec, open_shards,
+                   single_threaded_opencv)
+from .config import TrainConfig, effective_lr, protocol_note
 from .early_stopping import EarlyStopping
 from .losses import branch_bce_loss
+from .precision import choose_precision
 from ..evaluation.metrics import AUMetrics, MetricAccumulator
 from ..evaluation.records import results_markdown, write_json, write_metrics
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
@@ -46,7 +50,7 @@ log = logging.getLogger("model.train")
 
 #: Options that may change when a run is resumed; every other one must match the stored run.
 RESUME_OVERRIDABLE = ("epochs", "device", "workers", "eval_batch_size", "resume", "out",
-                      "shards", "manifest", "threads", "quiet", "plot_every")
+                      "shards", "manifest", "threads", "quiet", "plot_every", "compile")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,19 +130,30 @@ def _loader_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
+def loader_workers(cfg: TrainConfig) -> int:
+    """``--workers``, or by default this process's share of the node's CPU cores."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def _loader(dataset, cfg: TrainConfig, device: torch.device, persistent: bool,
+            **kwargs) -> DataLoader:
+    workers = loader_workers(cfg)
+    single_threaded_opencv(workers)
+    return DataLoader(dataset, num_workers=workers, collate_fn=collate_frames,
+                      pin_memory=device.type == "cuda", generator=_loader_generator(),
+                      persistent_workers=persistent and workers > 0, **kwargs)
+
+
 def _eval_loader(dataset: ShardFrames, indices: np.ndarray, cfg: TrainConfig,
-                 info: DistInfo, pin: bool, persistent: bool) -> DataLoader:
+                 info: DistInfo, device: torch.device, persistent: bool) -> DataLoader:
     mine = indices[info.rank::info.world]  # disjoint slices: counts add up to the whole split
-    return DataLoader(Subset(dataset, mine.tolist()), batch_size=cfg.eval_batch_size,
-                      shuffle=False, num_workers=cfg.workers, collate_fn=collate_frames,
-                      pin_memory=pin, generator=_loader_generator(),
-                      persistent_workers=persistent and cfg.workers > 0)
+    return _loader(Subset(dataset, mine.tolist()), cfg, device, persistent,
+                   batch_size=cfg.eval_batch_size, shuffle=False)
 
 
-def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldData:
-    """Check the shards against the manifest and build the loaders. Fails before any training."""
-    spec = fold_spec(cfg.manifest, cfg.fold)
-    context = f"{spec.manifest} fold {spec.fold}"
+def _check_subjects(spec: FoldSpec, cfg: TrainConfig, context: str) -> None:
     if not spec.subjects["train"]:
         raise DataError(f"{context}: no training subjects")
     if not spec.subjects["test"]:
@@ -146,61 +161,78 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
     if cfg.select_on == "val" and not spec.subjects["val"]:
         raise DataError(f"{context}: no validation subjects to select the model on; rebuild the "
                         "folds with validation subjects or pass --select-on test (paper protocol)")
-    threshold = cfg.threshold if cfg.threshold is not None else spec.threshold
-    readers = {split: open_shards(cfg.shards, spec.subjects[split], cfg.cameras, context)
-               for split in ("train", "val", "test")}
+
+
+def _geometry(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list],
+              context: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(network input geometry, the shards' alignment record), checked across all shards."""
     geometry = check_consistent([r for rs in readers.values() for r in rs], spec)
     if cfg.flip:
         check_flip_symmetry(geometry, context)
     source_size = geometry["image_size"]
     size = cfg.image_size or source_size
     scale = size / source_size
-    geometry = {"image_size": size, "source_image_size": source_size,
-                "nose_target": [v * scale for v in geometry["nose_target"]],
-                "chin_target": [v * scale for v in geometry["chin_target"]]}
     first = readers["train"][0]
     alignment = {"config": first.attrs.get("config", {}),
                  "pipeline_version": str(first.attrs.get("pipeline_version", "")),
                  "source_image_size": source_size}
+    return ({"image_size": size, "source_image_size": source_size,
+             "nose_target": [v * scale for v in geometry["nose_target"]],
+             "chin_target": [v * scale for v in geometry["chin_target"]]}, alignment)
 
-    jitter = AlignmentJitter(cfg.jitter_scale, cfg.jitter_degrees, cfg.jitter_shift)
+
+def _datasets(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list], threshold: int,
+              size: int, jitter: AlignmentJitter, context: str) -> dict[str, ShardFrames | None]:
     datasets = {split: ShardFrames(rs, spec.au_ids, threshold, size,
                                    jitter=jitter if split == "train" else None) if rs else None
                 for split, rs in readers.items()}
-    train = datasets["train"]
     for split in ("train", "test") + (("val",) if cfg.select_on == "val" else ()):
         if datasets[split] is None or len(datasets[split]) == 0:
             raise DataError(f"{context}: the {split} subjects {spec.subjects[split]} have no frames")
+    return datasets
 
+
+def _au_weights(spec: FoldSpec, train: ShardFrames, threshold: int, context: str) -> np.ndarray:
     au_weights = au_weights_from_labels(train.labels)
     if spec.au_weights is not None and threshold == spec.threshold:
         if not np.allclose(spec.au_weights, au_weights, rtol=1e-3, atol=1e-4):
             log.warning("%s: au_weights %s differ from those of the training shards %s; using the "
                         "shards'", context, np.round(spec.au_weights, 4).tolist(),
                         np.round(au_weights, 4).tolist())
+    return au_weights
+
+
+def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldData:
+    """Check the shards against the manifest and build the loaders. Fails before any training.
+
+    ``--batch-size`` is per process (per GPU): every rank draws its own ``batch_size`` frames a
+    step from its own sampler stream, so the global batch is ``batch_size * world``."""
+    spec = fold_spec(cfg.manifest, cfg.fold)
+    context = f"{spec.manifest} fold {spec.fold}"
+    _check_subjects(spec, cfg, context)
+    threshold = cfg.threshold if cfg.threshold is not None else spec.threshold
+    readers = {split: open_shards(cfg.shards, spec.subjects[split], cfg.cameras, context)
+               for split in ("train", "val", "test")}
+    geometry, alignment = _geometry(cfg, spec, readers, context)
+    jitter = AlignmentJitter(cfg.jitter_scale, cfg.jitter_degrees, cfg.jitter_shift)
+    datasets = _datasets(cfg, spec, readers, threshold, geometry["image_size"], jitter, context)
+    train = datasets["train"]
+    au_weights = _au_weights(spec, train, threshold, context)
     weights = (frame_weights(train.labels, au_weights) if cfg.sampler == "weighted"
                else np.ones(len(train)))
-    if cfg.batch_size % info.world:
-        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world} "
-                         "processes")
-    per_rank = cfg.batch_size // info.world
     # Each rank draws its own stream; seeds are spaced so no two (seed, rank) pairs collide.
-    sampler = WeightedFrameSampler(weights, per_rank * cfg.batches_per_epoch,
+    sampler = WeightedFrameSampler(weights, cfg.batch_size * cfg.batches_per_epoch,
                                    seed=cfg.seed * 100_003 + info.rank + 1, flip=cfg.flip,
                                    jitter=jitter.enabled)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(train, batch_size=per_rank, sampler=sampler, drop_last=False,
-                              num_workers=cfg.workers, collate_fn=collate_frames, pin_memory=pin,
-                              generator=_loader_generator(), persistent_workers=cfg.workers > 0)
-    select = datasets[cfg.select_on]
+    select, test = datasets[cfg.select_on], datasets["test"]
     select_idx = evaluation_indices(
         len(select), cfg.eval_batches * cfg.eval_batch_size if cfg.eval_batches else None)
-    test = datasets["test"]
     return FoldData(
         spec=spec, threshold=threshold, geometry=geometry, alignment=alignment, train=train,
-        sampler=sampler, train_loader=train_loader,
-        select_loader=_eval_loader(select, select_idx, cfg, info, pin, persistent=True),
-        test_loader=_eval_loader(test, np.arange(len(test)), cfg, info, pin, persistent=False),
+        sampler=sampler, train_loader=_loader(train, cfg, device, True, sampler=sampler,
+                                              batch_size=cfg.batch_size, drop_last=False),
+        select_loader=_eval_loader(select, select_idx, cfg, info, device, persistent=True),
+        test_loader=_eval_loader(test, np.arange(len(test)), cfg, info, device, False),
         au_weights=au_weights, natural_rate=train.natural_positive_rate(),
         expected_rate=expected_positive_rate(train.labels, weights),
         select_frames=len(select_idx), test_frames=len(test),
@@ -225,14 +257,68 @@ class EpochAccumulator:
         return asdict(self)
 
 
+#: Training steps between the host's looks at the device: the losses of the steps since the last
+#: look are copied over at once, the non-finite check and (under DDP) the agreement to stop are
+#: made then, and the progress bar moves. Every step's own synchronisations would stall the GPU.
+SYNC_EVERY = 20
+
+
 def _prepare(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = to_model_input(images.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _autocast(device: torch.device, enabled: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+class StepLog:
+    """The epoch's per-step losses, kept on the device until a sync point copies them over.
+
+    Adding them on the host in step order at each sync keeps ``acc.loss_sum`` exactly what a
+    per-step ``float(loss)`` would give, so resumed and uninterrupted runs log the same loss.
+    """
+
+    def __init__(self, acc: EpochAccumulator, total: int, device: torch.device) -> None:
+        self.acc, self.flushed = acc, acc.batches
+        self.losses = torch.zeros(max(total, 1), device=device)
+        self.positives = torch.zeros(0, dtype=torch.float64)
+
+    def record(self, batch: int, loss: torch.Tensor, targets: torch.Tensor) -> None:
+        self.losses[batch - 1] = loss.detach()  # a device-side copy, no wait
+        self.positives = targets.sum(0, dtype=torch.float64) + (
+            self.positives if len(self.positives) else 0)
+        self.acc.batches = batch
+        self.acc.frames += len(targets)
+
+    def flush(self) -> tuple[int, int] | None:
+        """Move the new losses into ``acc``; the first non-finite one's batch range, if any."""
+        first, last = self.flushed, self.acc.batches
+        if last == first:
+            return None
+        values = self.losses[first:last].tolist()  # the one synchronisation
+        bad = next((first + 1 + i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        for v in values:
+            self.acc.loss_sum += v
+        if len(self.positives):
+            pos = self.positives.tolist()
+            self.acc.positives = ([a + b for a, b in zip(self.acc.positives, pos)]
+                                  if self.acc.positives else pos)
+            self.positives = torch.zeros(0, dtype=torch.float64)
+        self.flushed = last
+        return (bad, last) if bad is not None else None
+
+
+def train_step(model, criterion, optimizer, scaler, scheduler, images, targets, device, cfg,
+               precision) -> torch.Tensor:
+    """One optimiser step; returns the loss (on the device, not waited for)."""
+    x = _prepare(images, device, cfg.channels_last)
+    y = targets.to(device, non_blocking=True)
+    with precision.autocast():
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss
 
 
 def train_one_epoch(
@@ -253,65 +339,80 @@ def train_one_epoch(
     """Train until the epoch's batches are done (True) or a stop is requested (False).
 
     ``acc`` carries on from a resumed mid-epoch state; ``acc.batches`` is the batch to start at.
+    The host waits for the device only every ``SYNC_EVERY`` steps (and when ``on_batch_end``,
+    which gets each step's loss as a float, is given).
     """
     model.train()
-    total = cfg.batches_per_epoch
+    total, precision = cfg.batches_per_epoch, choose_precision(device, cfg.amp)
     bar = tqdm(total=total, initial=acc.batches, desc=f"epoch {epoch}", leave=False,
                disable=cfg.quiet or not info.is_main, dynamic_ncols=True)
+    steps = StepLog(acc, total, device)
     start = time.perf_counter()
-    batches = iter(loader)
     try:
-        while True:
-            try:
-                images, targets, _ = next(batches)
-            except StopIteration:
-                break
-            except Exception:
-                # A terminal Ctrl-C also reaches the DataLoader workers, which then exit; the
-                # loader reports that as an error. The stop request is what counts.
-                if stop.requested:
-                    return False
-                raise
+        for images, targets, _ in _batches(loader, stop):
             batch = acc.batches + 1
-            x = _prepare(images, device, cfg.channels_last)
-            y = targets.to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                logits = model(x)
-            loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"epoch {epoch}, batch {batch}: the loss is "
-                                         f"{loss.item()}; stopping (lower --lr, or check the "
-                                         "input frames)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-
-            value = float(loss.detach())
-            acc.loss_sum += value
-            acc.batches = batch
-            acc.frames += len(y)
-            pos = targets.sum(0).double().tolist()
-            acc.positives = [a + b for a, b in zip(acc.positives, pos)] if acc.positives else pos
-            bar.update(1)
-            bar.set_postfix(loss=f"{acc.loss_sum / acc.batches:.4f}")
+            loss = train_step(model, criterion, optimizer, scaler, scheduler, images, targets,
+                              device, cfg, precision)
+            steps.record(batch, loss, targets)
             if on_batch_end is not None:
-                on_batch_end(epoch, batch, value)
-            if _agree_stop(stop, info, device):
+                on_batch_end(epoch, batch, float(loss.detach()))
+            at_sync = batch % SYNC_EVERY == 0 or batch >= total
+            if (at_sync or (stop.requested and not info.enabled)) and \
+                    _sync_point(steps, bar, stop, info, device, epoch):
                 return acc.batches >= total
     finally:
+        steps.flush()
         acc.seconds += time.perf_counter() - start
         bar.close()
-    return True
+    return not stop.requested or acc.batches >= total
+
+
+def _batches(loader, stop: StopRequest):
+    """The loader's batches; a loader error after a stop request ends the epoch quietly."""
+    batches = iter(loader)
+    while True:
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+        except Exception:
+            # A terminal Ctrl-C also reaches the DataLoader workers, which then exit; the
+            # loader reports that as an error. The stop request is what counts.
+            if stop.requested:
+                return
+            raise
+
+
+def _sync_point(steps: StepLog, bar, stop: StopRequest, info: DistInfo, device: torch.device,
+                epoch: int) -> bool:
+    """Copy the losses over, check them, move the bar; True when every rank agrees to stop.
+
+    A non-finite loss on any rank stops every rank here (not at the collective timeout)."""
+    acc = steps.acc
+    shown = bar.n
+    bad = steps.flush()
+    stop_all, bad_any = _agree(stop.requested, bad is not None, info, device)
+    if bad_any:
+        where = (f"batch {bad[0]} (seen at batch {bad[1]})" if bad
+                 else f"batch <= {acc.batches} of another process")
+        raise NonFiniteLossError(f"epoch {epoch}, {where}: the loss is not finite; stopping "
+                                 "(lower --lr, or check the input frames)")
+    bar.update(acc.batches - shown)
+    bar.set_postfix(loss=f"{acc.loss_sum / max(acc.batches, 1):.4f}")
+    return stop_all
+
+
+def _agree(stop: bool, bad: bool, info: DistInfo, device: torch.device) -> tuple[bool, bool]:
+    """(any rank asks to stop, any rank saw a non-finite loss): one all-reduce under DDP."""
+    if not info.enabled:
+        return stop, bad
+    flags = all_reduce_sum(torch.tensor([float(stop), float(bad)]), info, device)
+    return bool(flags[0] > 0), bool(flags[1] > 0)
 
 
 def _agree_stop(stop: StopRequest, info: DistInfo, device: torch.device) -> bool:
     """Every rank must stop at the same batch, or DDP's next all-reduce would hang."""
-    if not info.enabled:
-        return stop.requested
-    flag = all_reduce_sum(torch.tensor([1.0 if stop.requested else 0.0]), info, device)
-    return bool(flag.item() > 0)
+    return _agree(stop.requested, False, info, device)[0]
 
 
 @torch.no_grad()
@@ -334,7 +435,7 @@ def evaluate(
     acc = MetricAccumulator(au_ids)
     for images, targets, _ in tqdm(loader, desc=desc, leave=False, disable=quiet):
         x = _prepare(images, device, channels_last)
-        with _autocast(device, amp):
+        with choose_precision(device, amp).autocast():
             logits = model(x).float()
         y = targets.to(device)
         acc.update(logits, y, float(criterion(logits, y)) if criterion else None)
@@ -347,6 +448,8 @@ def evaluate(
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and/or torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if hasattr(model, "module") else model
 
 
@@ -402,6 +505,7 @@ class TrainingRun:
     note: str
     history: list[dict[str, Any]] = field(default_factory=list)
     completed: int = 0
+    resumed_world: int | None = None
     acc: EpochAccumulator = field(default_factory=EpochAccumulator)
 
     @property
@@ -444,6 +548,8 @@ def train(
     if info.enabled:
         run.model = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        run.model = torch.compile(run.model)
     if info.is_main:
         record_run_start(run)
     status = run_epochs(run, stop or StopRequest(), on_batch_end)
@@ -463,6 +569,9 @@ def prepare_runtime(cfg: TrainConfig, explicit: set[str]
     if cfg.resume:
         cfg, resume_state = _resume_config(cfg, explicit)
     device = resolve_device(cfg.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # so that nothing (no context) lands on GPU 0 by default
+        torch.backends.cudnn.benchmark = True  # fixed-size input: pick the fastest kernels once
     if info.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
     return cfg, info, device, resume_state
@@ -479,9 +588,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     if resume_state is not None:
         check_compatible(resume_state, Path(cfg.resume) / "last.pt", variant=cfg.variant,
                          au_ids=au_ids, image_size=size)
-        if int(resume_state.get("world_size", 1)) != info.world:
-            raise CheckpointError(f"{cfg.resume}/last.pt: saved by {resume_state['world_size']} "
-                                  f"processes; resume with the same number (got {info.world})")
+        check_resume_world(resume_state, cfg, info)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(model_cfg)
     if cfg.pretrained and resume_state is None:
@@ -492,9 +599,9 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+    optimizer = torch.optim.SGD(params, lr=effective_lr(cfg, info.world), momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    scaler = choose_precision(device, cfg.amp).grad_scaler()
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * cfg.batches_per_epoch)
         if cfg.lr_schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
@@ -512,6 +619,26 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
                        note=protocol_note(cfg.select_on, data.threshold))
 
 
+def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) -> None:
+    """Resuming on another number of processes is allowed at an epoch boundary (labelled, not
+    bit-exact: ranks beyond the saved ones start fresh sampler streams); mid-epoch, or with
+    --lr-scaling linear (the learning rate would change), it is refused."""
+    saved = int(state.get("world_size", 1))
+    if saved == info.world:
+        return
+    path = f"{cfg.resume}/last.pt"
+    if int(state["progress"]["accumulator"].get("batches", 0)):
+        raise CheckpointError(f"{path}: stopped mid-epoch with {saved} processes; resume with "
+                              f"{saved} (got {info.world}) to continue that epoch exactly")
+    if cfg.lr_scaling == "linear":
+        raise CheckpointError(f"{path}: saved by {saved} processes under --lr-scaling linear; "
+                              f"resuming with {info.world} would change the learning rate")
+    if info.is_main:
+        log.warning("%s: saved by %d processes, resumed with %d: global batch %d -> %d; the "
+                    "continuation is not bit-identical to an uninterrupted run", path, saved,
+                    info.world, cfg.batch_size * saved, cfg.batch_size * info.world)
+
+
 def resume_run(run: TrainingRun, state: dict[str, Any]) -> None:
     """Put the weights, optimiser, schedule, sampler and RNG streams back where last.pt left them."""
     run.model.load_state_dict(state["model"])
@@ -521,10 +648,14 @@ def resume_run(run: TrainingRun, state: dict[str, Any]) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.stopper.load_state_dict(state["early_stopping"])
     run.history = list(state.get("history", []))
+    if int(state.get("world_size", 1)) != run.info.world:
+        run.resumed_world = int(state.get("world_size", 1))
     run.completed = int(state["progress"]["epoch"])
     run.acc = EpochAccumulator(**state["progress"]["accumulator"])
-    run.data.sampler.load_state_dict(state["sampler"][run.info.rank])
-    restore_rng_state(state["rng"][run.info.rank])
+    rank = run.info.rank
+    if rank < len(state["sampler"]):  # a rank the saved run did not have starts a fresh stream
+        run.data.sampler.load_state_dict(state["sampler"][rank])
+    restore_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
     log.info("resuming %s after epoch %d, batch %d (best mean F1 %.4f at epoch %d)",
              run.cfg.resume, run.completed, run.acc.batches, run.stopper.best_score,
              run.stopper.best_epoch)
@@ -537,6 +668,10 @@ def record_run_start(run: TrainingRun) -> None:
     write_json(run.run_dir / "config.json", {
         "train_config": asdict(cfg), "model_config": asdict(run.model_config),
         "data": run.payload()["data"], "protocol": run.note, "world_size": run.info.world,
+        "batch": batch_record(cfg, run.info.world),
+        "loader": {"workers": loader_workers(cfg), "pin_memory": run.device.type == "cuda"},
+        "precision": choose_precision(run.device, cfg.amp).name,
+        "resumed_from_world_size": run.resumed_world,
         "sampler": {"kind": cfg.sampler, "au_weights": data.au_weights.tolist(),
                     "frame_weight": "max(1, sum of the weights of the frame's positive AUs)",
                     "natural_positive_rate": data.natural_rate.tolist(),
@@ -550,8 +685,18 @@ def record_run_start(run: TrainingRun) -> None:
              cfg.fold, len(data.train), ", ".join(data.spec.subjects["train"]),
              cfg.select_on, data.select_frames, data.test_frames)
     log.info("%s", run.note)
+    batch = batch_record(cfg, run.info.world)
+    log.info("batch %d per process x %d processes = global batch %d; lr %g (--lr-scaling %s); "
+             "precision %s", batch["per_process"], run.info.world, batch["global"],
+             batch["lr"], cfg.lr_scaling, choose_precision(run.device, cfg.amp).name)
     log.info("per-AU positive rate: natural %s -> expected under the sampler %s",
              _fmt_rates(au_ids, data.natural_rate), _fmt_rates(au_ids, data.expected_rate))
+
+
+def batch_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
+    """How many frames a step sees and the learning rate that goes with it (config.json)."""
+    return {"per_process": cfg.batch_size, "processes": world, "global": cfg.batch_size * world,
+            "lr_rule": cfg.lr_scaling, "base_lr": cfg.lr, "lr": effective_lr(cfg, world)}
 
 
 def checkpoint_state(run: TrainingRun, progress_epoch: int, accumulator: EpochAccumulator,

@@ -6,6 +6,8 @@ Every caller (training, evaluation, prediction, demos) goes through :func:`to_mo
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -36,12 +38,18 @@ def to_model_input(images_uint8_rgb: torch.Tensor | np.ndarray) -> torch.Tensor:
     if images_uint8_rgb.dtype != torch.uint8:
         raise TypeError(f"expected uint8 RGB images (0-255), got dtype {images_uint8_rgb.dtype}")
     x = _as_nchw(images_uint8_rgb).flip(1).to(torch.float32)  # RGB -> BGR
-    mean = torch.tensor(VGGFACE2_MEAN_BGR, dtype=torch.float32, device=x.device)
-    return (x - mean[None, :, None, None]).contiguous()
+    return (x - _mean(x.device, torch.float32)).contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def _mean(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Made once per device: building it every call copies it host -> device each batch.
+    # A normal tensor even when first asked for under torch.inference_mode (it is cached).
+    with torch.inference_mode(False):
+        return torch.tensor(VGGFACE2_MEAN_BGR, dtype=dtype, device=device)[None, :, None, None]
 
 
 def from_model_input(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`to_model_input` (for visualisation): -> RGB uint8 ``[B,H,W,3]``."""
-    mean = torch.tensor(VGGFACE2_MEAN_BGR, dtype=x.dtype, device=x.device)
-    bgr = x + mean[None, :, None, None]
+    bgr = x + _mean(x.device, x.dtype)
     return bgr.flip(1).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
