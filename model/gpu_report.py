@@ -880,6 +880,8 @@ def resolve(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {name}: torch sees no CUDA device")
+        if device.index is None:  # set_device needs an index; "cuda" is the current GPU
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)  # so nothing lands on GPU 0 by default
     return device
 

@@ -64,6 +64,9 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
         device = torch.device("cuda", info.local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is None:
+        # torch.cuda.set_device and DDP's device_ids need an index: "cuda" is the current GPU.
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
