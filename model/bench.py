@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
     if device.type == "cuda":
+        if device.index is None:  # set_device needs an index; "cuda" is the current GPU
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed-size input, as in training
     gpu = device.type == "cuda"
