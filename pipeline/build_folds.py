@@ -29,6 +29,7 @@ import numpy as np
 
 from .disfa import standard_folds
 from .shards import ShardError, ShardReader
+from .cli import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ ZERO_POSITIVE_NOTE = ("an AU with no positive training frame gets r_i = 1/N (as 
                       "positive), which gives it the largest weight instead of an infinite one")
 
 
-class FoldError(ValueError):
+class FoldError(CommandError, ValueError):
     """The shards cannot make the requested folds (missing subjects, mixed settings)."""
 
 

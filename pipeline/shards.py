@@ -33,13 +33,14 @@ import h5py
 import numpy as np
 
 from .disfa import ALL_AUS, EVAL_AUS, N_LANDMARKS, au_columns
+from .cli import CommandError
 
 SCHEMA_VERSION = 1
 ENCODINGS = ("jpeg", "raw")
 DEFAULT_JPEG_QUALITY = 90
 
 
-class ShardError(RuntimeError):
+class ShardError(CommandError, RuntimeError):
     """A shard file is missing, incomplete or does not follow the schema."""
 
 
@@ -54,11 +55,31 @@ def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY, bgr: boo
 
 
 def decode_jpeg(data: np.ndarray) -> np.ndarray:
-    """Decode JPEG bytes into an RGB uint8 image."""
-    bgr = cv2.imdecode(np.asarray(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    """Decode JPEG bytes into an RGB uint8 image (truncated or corrupt data: ShardError)."""
+    buf = np.asarray(data, dtype=np.uint8)
+    if not jpeg_is_whole(buf.tobytes()):
+        raise ShardError("corrupt JPEG frame (truncated: no start or end marker)")
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ShardError("corrupt JPEG frame")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_is_whole(data: bytes) -> bool:
+    """Whether JPEG bytes start with SOI and hold the EOI marker near their end. OpenCV decodes a
+    truncated JPEG without an error, filling the missing part with grey; this catches that.
+    (Entropy-coded data never holds FF D9, so a cut file has no EOI in its tail.)"""
+    return data[:2] == b"\xff\xd8" and b"\xff\xd9" in data[-1024:]
+
+
+def verify_images(reader: "ShardReader") -> str | None:
+    """Decode every frame of a shard; the first failure's message, or None if all decode."""
+    for i in range(len(reader)):
+        try:
+            reader.image(i)
+        except ShardError as err:
+            return str(err)
+    return None
 
 
 def binarize(intensity: np.ndarray, au_ids: Sequence[int], threshold: int) -> np.ndarray:

@@ -572,7 +572,7 @@ def synthesize(out: Path, config: SynthConfig) -> dict:
         if jobs == 1:
             from tqdm import tqdm
             outcomes = [run(p) for p in tqdm(todo, desc="synth subjects", unit="subject",
-                                             disable=len(todo) < 2)]
+                                             disable=True if len(todo) < 2 else None)]
         else:
             outcomes = Parallel(n_jobs=jobs)(delayed(run)(p) for p in todo)
         for subject, summary, error in outcomes:

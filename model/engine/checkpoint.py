@@ -8,12 +8,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from pipeline.cli import CommandError
 
 CHECKPOINT_FORMAT = "tranet-au-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CommandError, RuntimeError):
     """A file is not a readable checkpoint of this toolkit, or does not fit the model asked for."""
 
 

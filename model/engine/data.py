@@ -29,13 +29,14 @@ from pipeline.disfa import ALL_AUS
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
 
 from .augment import AlignmentJitter
+from pipeline.cli import CommandError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(CommandError, ValueError):
     """The shards, the folds manifest or the requested fold cannot be used as asked."""
 
 

@@ -257,7 +257,8 @@ def train_one_epoch(
     model.train()
     total = cfg.batches_per_epoch
     bar = tqdm(total=total, initial=acc.batches, desc=f"epoch {epoch}", leave=False,
-               disable=cfg.quiet or not info.is_main, dynamic_ncols=True)
+               disable=True if cfg.quiet or not info.is_main else None,
+               dynamic_ncols=True)  # None: off when stderr is not a terminal
     start = time.perf_counter()
     batches = iter(loader)
     try:
@@ -332,7 +333,7 @@ def evaluate(
     info = info or DistInfo()
     model.eval()
     acc = MetricAccumulator(au_ids)
-    for images, targets, _ in tqdm(loader, desc=desc, leave=False, disable=quiet):
+    for images, targets, _ in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x = _prepare(images, device, channels_last)
         with _autocast(device, amp):
             logits = model(x).float()
