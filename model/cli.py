@@ -2,6 +2,7 @@
 (:func:`pipeline.cli.handle_errors`, one for every command) and the device check."""
 from __future__ import annotations
 
+import argparse
 import logging
 
 from pipeline.cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,  # noqa: F401
@@ -36,3 +37,11 @@ def check_device(name: str, option: str = "--device", allow_auto: bool = True) -
     elif device.type not in ("cpu", "cuda", "mps"):
         raise CommandError(f"{option} {name}: unsupported device type {device.type!r}")
     return name
+
+
+def device_arg(name: str) -> str:
+    """An argparse ``type`` for --device (exit 2 with the reason for an unknown device)."""
+    try:
+        return check_device(name)
+    except CommandError as err:
+        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None

@@ -29,7 +29,8 @@ import numpy as np
 
 from .disfa import standard_folds
 from .shards import ShardError, ShardReader
-from .cli import CommandError
+from .cli import (CommandError, check_out_dir, handle_errors, int_range,
+                  remove_stale_temp_files)
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disfa3: the standard three DISFA parts (fold k tests part k); "
                         "kfold: seeded subject-independent k folds of the shards found "
                         "(default: disfa3)")
-    p.add_argument("--k", type=int, default=3, help="kfold: number of folds (default: 3)")
+    p.add_argument("--k", type=int_range(2), default=3, help="kfold: number of folds (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="kfold: shuffling seed (default: 0)")
     p.add_argument("--val-subjects", type=int, default=1,
                    help="kfold: validation subjects held out of each fold's training subjects "
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@handle_errors("pipeline.build_folds")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -300,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          allow_missing=args.allow_missing)
     except ValueError as err:
         parser.error(str(err))
+    remove_stale_temp_files(check_out_dir(args.out))
     try:
         manifest = build_folds(args.shards, cfg)
     except FoldError as err:

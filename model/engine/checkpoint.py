@@ -100,6 +100,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_shapes(model: torch.nn.Module, weights: dict[str, Any], path: Path | str) -> None:
+    """A CheckpointError naming the first tensor whose shape differs from the model's (torch's
+    own error lists every mismatch in a traceback)."""
+    expected = model.state_dict()
+    for name, value in weights.items():
+        if name in expected and hasattr(value, "shape") and value.shape != expected[name].shape:
+            raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(value.shape)}, the "
+                                  f"model expects {tuple(expected[name].shape)}")
+
+
 def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
@@ -122,6 +132,7 @@ def load_for_inference(
     except TypeError as err:
         raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err
     model = build_model(config)
+    check_shapes(model, data["model"], path)
     missing, unexpected = model.load_state_dict(data["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit variant '{config.variant}' "

@@ -93,6 +93,18 @@ def fold_spec(manifest_path: Path | str, fold: int) -> FoldSpec:
     )
 
 
+def check_frame_counts(spec: FoldSpec, readers: Sequence[ShardReader], camera: str) -> None:
+    """A DataError if a shard holds a different number of frames than when the folds were built
+    (realigned since): the fold's statistics and AU weights would silently be wrong."""
+    expected = spec.raw.get("frames_per_subject") or {}
+    changed = [f"{r.path.name} ({expected[r.subject]} -> {len(r)} frames)" for r in readers
+               if r.camera == camera and r.subject in expected
+               and int(expected[r.subject]) != len(r)]
+    if changed:
+        raise DataError(f"{spec.manifest}: shards changed since the folds were built: "
+                        f"{', '.join(changed)}; rebuild the folds (pipeline.build_folds)")
+
+
 def fold_numbers(manifest_path: Path | str) -> list[int]:
     return [int(f["fold"]) for f in load_manifest(manifest_path)["folds"]]
 

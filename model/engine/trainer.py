@@ -25,12 +25,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .augment import AlignmentJitter
-from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint,
-                         restore_rng_state, save_checkpoint)
+from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, check_shapes,
+                         load_checkpoint, restore_rng_state, save_checkpoint)
 from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distributed,
                           resolve_device)
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
-                   collate_frames, evaluation_indices, fold_spec, open_shards)
+                   check_frame_counts, collate_frames, evaluation_indices, fold_spec,
+                   load_manifest, open_shards)
 from .config import TrainConfig, protocol_note
 from .early_stopping import EarlyStopping
 from .losses import branch_bce_loss
@@ -150,6 +151,8 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
     readers = {split: open_shards(cfg.shards, spec.subjects[split], cfg.cameras, context)
                for split in ("train", "val", "test")}
     geometry = check_consistent([r for rs in readers.values() for r in rs], spec)
+    check_frame_counts(spec, [r for rs in readers.values() for r in rs],
+                       load_manifest(cfg.manifest).get("camera", "left"))
     if cfg.flip:
         check_flip_symmetry(geometry, context)
     source_size = geometry["image_size"]
@@ -515,6 +518,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
 
 def resume_run(run: TrainingRun, state: dict[str, Any]) -> None:
     """Put the weights, optimiser, schedule, sampler and RNG streams back where last.pt left them."""
+    check_shapes(run.model, state["model"], Path(run.cfg.resume) / "last.pt")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
