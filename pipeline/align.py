@@ -517,7 +517,6 @@ def _align_opened(job: SubjectJob, video: _VideoReader, intensity: np.ndarray
                       landmarks_filled=plan.filled, video_header_frames=counts.header,
                       landmark_source="release" if plan.landmarks is not None else "dlib",
                       alignment=dataclasses.asdict(acfg))
-        check_still_owner(job)
         writer.commit(subject=job.subject, camera=job.camera, threshold=cfg.threshold,
                       au_ids=cfg.au_ids, nose_target=acfg.nose_target,
                       chin_target=acfg.chin_target, n_source_frames=counts.common,
@@ -556,11 +555,11 @@ class _FrameBlock:
             self.flush()
 
     def flush(self) -> None:
+        if self.job is not None:  # also on the last, maybe empty, flush just before the commit
+            check_still_owner(self.job)
         k = len(self.frames)
         if not k:
             return
-        if self.job is not None:
-            check_still_owner(self.job)
         # Frames are BGR as OpenCV decodes them; the writer stores RGB.
         self.writer.append_many(self.images[:k], self.frames, np.stack(self.intensity),
                                 np.stack(self.points), bgr=True)
