@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .cli import (FolderLock, check_out_dir, describe_os_error, fraction_pair, handle_errors, int_range,
+from .cli import (FolderLock, atomic_write_text, check_out_dir, describe_os_error, fraction_pair, handle_errors, int_range,
                   lock_holds, remove_stale_temp_files, threshold_arg)
 from .alignment import (BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION,
                         AlignmentConfig, alignment_matrices)
@@ -752,9 +752,7 @@ def _write_summary(cfg: AlignConfig, rows: list[dict[str, Any]], error_log: dict
         "warnings": summary_warnings([merged[k] for k in sorted(merged)], error_log),
         "subjects": dict(sorted(merged.items())),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str))
     return summary
 
 

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from .disfa import standard_folds
 from .shards import ShardError, ShardReader
-from .cli import (CommandError, check_out_dir, handle_errors, int_range,
+from .cli import (CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
 
 log = logging.getLogger(__name__)
@@ -220,10 +219,7 @@ def write_folds(manifest: dict[str, Any], out_dir: Path | str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FOLDS_NAME
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(manifest, indent=2))
 
 
 def load_folds(path: Path | str) -> dict[str, Any]:

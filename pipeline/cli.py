@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 log = logging.getLogger(__name__)
+#: The exit code of the last command run through handle_errors (for pipeline.shards' exit hook).
+LAST_EXIT_CODE = EXIT_OK
 
 
 class CommandError(Exception):
@@ -78,24 +80,39 @@ def handle_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def wrapper(argv: Sequence[str] | None = None) -> int:
-            try:
-                return main(argv)
-            except KeyboardInterrupt:
-                _say(prog, "interrupted (rerun the same command to continue where it stopped)")
-                return EXIT_INTERRUPTED
-            except CommandError as err:
-                _say(prog, str(err))
-                return err.exit_code
-            except OSError as err:
-                text = describe_os_error(err)
-                if text is None:
-                    raise
-                _say(prog, text)
-                return OS_ERRORS[os_error_code(err)][1]
+            global LAST_EXIT_CODE
+            code = _run(main, argv, prog)
+            LAST_EXIT_CODE = code if isinstance(code, int) else EXIT_OK
+            return code
 
         return wrapper
 
     return decorate
+
+
+def _run(main: Callable[..., int], argv: Sequence[str] | None, prog: str) -> int:
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        _say(prog, "interrupted (rerun the same command to continue where it stopped)")
+        return EXIT_INTERRUPTED
+    except CommandError as err:
+        _say(prog, _one_line(str(err)))
+        return err.exit_code
+    except OSError as err:
+        text = describe_os_error(err)
+        if text is None:
+            raise
+        _say(prog, text)
+        return OS_ERRORS[os_error_code(err)][1]
+
+
+def _one_line(message: str) -> str:
+    """A DataLoader worker re-raises an error with the worker's traceback in its message; the
+    error's own line is the last one."""
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def _say(prog: str, message: str) -> None:
@@ -171,6 +188,20 @@ def check_out_dir(path: Path | str, option: str = "--out") -> Path:
                            f"({describe_os_error(err) or err})") from err
     if not os.access(path, os.W_OK | os.X_OK):
         raise CommandError(f"{option} {path}: the folder is not writable")
+    return path
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """Write ``path`` through ``.NAME.tmp-PID`` and a rename; on failure (disk full) the
+    temporary file is removed and the OSError names ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     return path
 
 

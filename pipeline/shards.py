@@ -23,8 +23,12 @@ so a file under the final name is always whole.
 """
 from __future__ import annotations
 
+import atexit
+import errno
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -124,7 +128,13 @@ class ShardWriter:
         self.image_size = int(image_size)
         self.encoding = encoding
         self.jpeg_quality = int(jpeg_quality)
-        self._file = h5py.File(self.tmp_path, "w")
+        try:
+            self._file = h5py.File(self.tmp_path, "w")
+        except OSError as err:
+            self.tmp_path.unlink(missing_ok=True)
+            if is_disk_full(err):
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.path)) from err
+            raise
         s = self.image_size
         if encoding == "jpeg":
             self._images = self._file.create_dataset(
@@ -255,8 +265,41 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp_path.exists():
-            self.abort()
+        if not self.tmp_path.exists():
+            return
+        if exc is not None and is_disk_full(exc):
+            keep_unclosed(self)  # HDF5 crashes when it frees a handle whose flush failed
+            self.tmp_path.unlink(missing_ok=True)
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path)) from exc
+        self.abort()
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC, also when h5py reports it as a RuntimeError with the errno in its text."""
+    text = str(err)
+    return (getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in text
+            or "No space left on device" in text)
+
+
+#: Writers whose HDF5 file could not be flushed (a full disk). Freeing such a handle crashes the
+#: HDF5 library (segfault), also at interpreter exit, so they are kept, and a process holding
+#: any ends with os._exit (after flushing its output) instead of tearing the library down.
+_UNCLOSABLE: list["ShardWriter"] = []
+
+
+def keep_unclosed(writer: "ShardWriter") -> None:
+    if not _UNCLOSABLE:
+        atexit.register(_exit_without_freeing)
+    _UNCLOSABLE.append(writer)
+
+
+def _exit_without_freeing() -> None:
+    from . import cli
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(cli.LAST_EXIT_CODE)
 
 
 class ShardReader:

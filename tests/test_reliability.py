@@ -460,3 +460,33 @@ def test_training_progress_bars_stay_out_of_a_log(dataset, tmp_path, capsys):
                            "--out", str(tmp_path / "run"), *argv]) == 0
     err = capsys.readouterr().err
     assert "it/s" not in err and "s/it" not in err and "\r" not in err
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_fails_cleanly(tiny_disk, tmp_path):
+    """HDF5 reports ENOSPC at close as a RuntimeError and crashes (segfault) when the failed
+    handle is freed; the writer keeps it and says 'disk full' with the shard's name instead."""
+    rel = write_release(tmp_path / "disfa", {"SN001": 10, "SN002": 10}, width=320, height=240)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.align", "--disfa-root", str(rel.root), "--out",
+         str(tiny_disk / "shards"), "--size", "224", "--encoding", "raw"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"disk full: {tiny_disk / 'shards' / 'SN001_left.h5'}" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("pipeline.align: error: disk full: ")
+    assert not list((tiny_disk / "shards").glob(".*"))  # no temporary file, no lock left
