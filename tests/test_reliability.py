@@ -462,12 +462,10 @@ def test_training_progress_bars_stay_out_of_a_log(dataset, tmp_path, capsys):
     assert "it/s" not in err and "s/it" not in err and "\r" not in err
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs (root only; skipped where mounting is not allowed)."""
-    mount = tmp_path / "disk"
+def _tmpfs(mount: Path, options: str):
+    """Mount a tmpfs (root only; the test is skipped where mounting is not allowed)."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
                           capture_output=True)
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
@@ -475,6 +473,25 @@ def tiny_disk(tmp_path):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    yield from _tmpfs(tmp_path / "disk", "size=64k")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    yield from _tmpfs(tmp_path / "ro", "size=64k,ro")
+
+
+def test_read_only_out_is_one_line(read_only_disk, dataset, capsys):
+    shards, manifest = dataset
+    for out in (read_only_disk, read_only_disk / "run"):
+        assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold",
+                               "1", "--out", str(out), *TINY_TRAIN]) == 2
+        line = _error_line(capsys)
+        assert str(out) in line and ("not writable" in line or "read-only file system" in line)
 
 
 def test_a_really_full_disk_fails_cleanly(tiny_disk, tmp_path):
