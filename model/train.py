@@ -93,7 +93,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter-shift", type=float, default=d.jitter_shift,
                    help="alignment jitter: random shift +- this fraction of the size (default 0)")
     p.add_argument("--threshold", type=threshold_arg, default=None,
-                   help="positive label = intensity >= this (FACS letter or 0-5); default: the "
+                   help="positive label = intensity >= this (FACS letter A-E or 1-5); default: the "
                         "manifest's")
     p.add_argument("--cameras", nargs="+", default=d.cameras, choices=["left", "right"],
                    help="cameras whose shards are used")

@@ -801,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int_range(1), default=1,
                    help="subjects aligned in parallel (default: 1)")
     p.add_argument("--threshold", type=threshold_arg, default=str(DEFAULT_THRESHOLD),
-                   help="minimum intensity of a positive label: FACS letter A-E or 0-5 "
+                   help="minimum intensity of a positive label: FACS letter A-E or 1-5 "
                         "(default: C = 3; peers use 2 = B). Shards keep raw intensities too.")
     p.add_argument("--aus", type=int, nargs="+", default=list(EVAL_AUS), metavar="AU",
                    help=f"AUs binarised into the shard's labels (default: {list(EVAL_AUS)})")
