@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -38,8 +37,9 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .cli import (FolderLock, atomic_write_text, check_out_dir, describe_os_error, fraction_pair, handle_errors, int_range,
-                  lock_holds, remove_stale_temp_files, threshold_arg)
+from .cli import (FolderLock, atomic_write_text, check_out_dir, describe_os_error,
+                  fraction_pair, handle_errors, int_range, lock_holds, remove_stale_temp_files,
+                  threshold_arg)
 from .alignment import (BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION,
                         AlignmentConfig, alignment_matrices)
 from .disfa import (BAD_FRAMES_CSV, CHIN, DEFAULT_THRESHOLD, EVAL_AUS, NOSE_ROOT, NOSE_TIP,
@@ -517,6 +517,7 @@ def _align_opened(job: SubjectJob, video: _VideoReader, intensity: np.ndarray
                       landmarks_filled=plan.filled, video_header_frames=counts.header,
                       landmark_source="release" if plan.landmarks is not None else "dlib",
                       alignment=dataclasses.asdict(acfg))
+        check_still_owner(job)
         writer.commit(subject=job.subject, camera=job.camera, threshold=cfg.threshold,
                       au_ids=cfg.au_ids, nose_target=acfg.nose_target,
                       chin_target=acfg.chin_target, n_source_frames=counts.common,

@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int_range(1), default=300,
                    help="frames per synthetic subject (default: 300)")
-    p.add_argument("--jobs", type=int_range(1), default=2, help="parallel jobs to compare (default: 2)")
+    p.add_argument("--jobs", type=int_range(1), default=2,
+                   help="parallel jobs to compare (default: 2)")
     p.add_argument("--repeat", type=int_range(1), default=3,
                    help="measure each figure this many times and keep the best (default: 3)")
     p.add_argument("--workdir", type=Path,
