@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .cli import CommandError, check_device, handle_errors
 from .engine.losses import branch_bce_loss
 from .engine.precision import Precision, choose_precision
 from .nets.tranet import VARIANTS, TRANet, TRANetConfig, build_model
@@ -193,8 +194,12 @@ def flops_table(size: int, preset: str = "full") -> list[dict]:
     return rows
 
 
+@handle_errors("model.bench")
 def main(argv: list[str] | None = None) -> dict:
     cfg = _parse_args(argv)
+    check_device(cfg.device)
+    if cfg.out and Path(cfg.out).is_dir():
+        raise CommandError(f"--out {cfg.out}: is a folder; give a JSON file name")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

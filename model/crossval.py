@@ -21,7 +21,9 @@ import logging
 from typing import Sequence
 
 
-from .cli import setup_logging
+from pipeline.cli import check_out_dir
+
+from .cli import handle_errors, setup_logging
 from .engine.checkpoint import CheckpointError
 from .engine.cross_validation import crossval, run_fold, table1, table2  # noqa: F401  (re-exported)
 from .engine.data import DataError
@@ -48,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@handle_errors("model.crossval")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
+    check_out_dir(args.out)
     try:
         report = crossval(args)
     except (DataError, CheckpointError, ValueError) as err:

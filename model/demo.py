@@ -41,6 +41,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .cli import CommandError, handle_errors
+
 log = logging.getLogger("model.demo")
 
 
@@ -262,6 +264,7 @@ def demo_markdown(report: dict[str, Any]) -> str:
             f"Wall time ({report['threads']} torch threads): {times}\n\nPlots:\n{plots}\n")
 
 
+@handle_errors("model.demo")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -269,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .engine.checkpoint import CheckpointError
     from .engine.data import DataError
 
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out}: exists and is a file, not a folder")
     try:
         report = run_demo(args)
     except (KeyboardInterrupt, DemoInterrupted) as err:

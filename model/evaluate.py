@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 
+from pipeline.cli import CommandError, check_out_dir, int_range, remove_stale_temp_files
+
+from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
 from .engine.data import DataError
 from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
@@ -40,18 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse checkpoints of any other variant (e.g. tranet)")
     p.add_argument("--out", default=None,
                    help="folder for evaluation_<split>.{json,csv,md} (default: the first checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=128, help="frames per forward pass")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=int_range(1), default=128, help="frames per forward pass")
+    p.add_argument("--workers", type=int_range(0), default=None,
                    help="DataLoader worker processes (default: from the CPU count, at most 8)")
-    p.add_argument("--device", default="auto",
+    p.add_argument("--device", type=device_arg, default="auto",
                    help="auto (cuda when torch sees one, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
                    help="mixed precision (model.engine.precision); auto = as the run was trained")
+    p.add_argument("--allow-seen", action="store_true",
+                   help="evaluate even on subjects the checkpoint was trained or selected on "
+                        "(refused without it; the report then says so)")
     p.add_argument("--cameras", nargs="+", default=["left"], choices=["left", "right"],
                    help="cameras whose shards are evaluated")
     return p
 
 
+@handle_errors("model.evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -60,14 +67,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                   len(args.fold), len(args.checkpoint))
         return 1
     folds = args.fold or [None] * len(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent
+    if args.out:
+        check_out_dir(out)
     results = []
     try:
         for ckpt, fold in zip(args.checkpoint, folds):
             results.append(evaluate_checkpoint(
                 ckpt, args.shards, args.manifest, fold, split=args.split, variant=args.variant,
                 batch_size=args.batch_size, workers=args.workers, device=args.device,
-                cameras=args.cameras, amp=None if args.amp == "auto" else args.amp == "on"))
-    except (DataError, CheckpointError, ValueError) as err:
+                cameras=args.cameras, amp=None if args.amp == "auto" else args.amp == "on",
+                allow_seen=args.allow_seen))
+    except (DataError, CheckpointError) as err:
+        raise CommandError(str(err)) from err
+    except ValueError as err:
         log.error("%s", err)
         return 1
     variants = {r["variant"] for r in results}
@@ -79,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header, rows = results_rows(results)
     summary = {"split": args.split, "protocol": notes, "results": results,
                "mean_over_folds": mean_over_folds(results) if len(results) > 1 else None}
-    out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent
-    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(check_out_dir(out))
     stem = f"evaluation_{args.split}"
     write_json(out / f"{stem}.json", summary)
     write_csv(out / f"{stem}.csv", ["protocol", *header], [[" / ".join(notes), *r] for r in rows])

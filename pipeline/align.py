@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -38,6 +37,9 @@ import cv2
 import numpy as np
 
 from . import __version__
+from .cli import (FolderLock, atomic_write_text, check_out_dir, describe_os_error,
+                  fraction_pair, handle_errors, int_range, lock_holds, remove_stale_temp_files,
+                  threshold_arg)
 from .alignment import (BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION,
                         AlignmentConfig, alignment_matrices)
 from .disfa import (BAD_FRAMES_CSV, CHIN, DEFAULT_THRESHOLD, EVAL_AUS, NOSE_ROOT, NOSE_TIP,
@@ -45,9 +47,9 @@ from .disfa import (BAD_FRAMES_CSV, CHIN, DEFAULT_THRESHOLD, EVAL_AUS, NOSE_ROOT
 from .release import (ReleaseError, ReleaseLayout, SubjectFiles, discover, read_error_log,
                       read_labels, read_landmarks)
 from .shards import (DEFAULT_JPEG_QUALITY, ENCODINGS, ShardError, ShardReader, ShardWriter,
-                     is_complete_shard, shard_name)
+                     is_complete_shard, shard_name, verify_images)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline.align")  # one name whether run as a module or imported
 
 ALIGN_VERSION = 1
 PIPELINE_VERSION = f"pipeline-{__version__}/align-{ALIGN_VERSION}"
@@ -156,6 +158,15 @@ class SubjectJob:
     bad_ranges: list[FrameRange]
     shard_path: Path
     config: AlignConfig
+    lock: tuple[str, str] | None = None  # (lock file, token) of the run that owns the output
+
+
+def check_still_owner(job: SubjectJob) -> None:
+    """Raise unless the run that planned ``job`` still holds the output folder's lock: a worker
+    orphaned by a killed run must not overwrite what the next run writes."""
+    if job.lock is not None and not lock_holds(*job.lock):
+        raise ShardError(f"{job.shard_path}: the run that started this job is gone and another "
+                         "run owns the folder now; not written")
 
 
 # --------------------------------------------------------------------------- drop rules
@@ -329,7 +340,11 @@ def shard_is_current(path: Path, job: SubjectJob) -> bool:
     try:
         with ShardReader(path) as reader:
             stored = reader.attrs.get("config", {})
+            broken = verify_images(reader)
     except ShardError:
+        return False
+    if broken:
+        log.warning("%s: %s; redoing the shard", path.name, broken)
         return False
     return (stored.get("content_key") == job.config.content_key(job.camera)
             and stored.get("bad_ranges") == _ranges_json(job.bad_ranges))
@@ -372,8 +387,9 @@ def align_subject(job: SubjectJob) -> dict[str, Any]:
         row["seconds"] = round(time.perf_counter() - start, 2)
         return row
     except (ReleaseError, ShardError, ValueError, OSError, cv2.error) as err:
-        log.error("%s %s failed: %s", job.subject, job.camera, err)
-        return _summary_row(job, "failed", error=str(err),
+        message = (describe_os_error(err) if isinstance(err, OSError) else None) or str(err)
+        log.error("%s %s failed: %s", job.subject, job.camera, message)
+        return _summary_row(job, "failed", error=message,
                             seconds=round(time.perf_counter() - start, 2))
     except Exception as err:  # an unexpected bug must not stop the other subjects either
         log.error("%s %s failed unexpectedly:\n%s", job.subject, job.camera,
@@ -479,7 +495,7 @@ def _align_opened(job: SubjectJob, video: _VideoReader, intensity: np.ndarray
     plan = _plan_frames(job, video, len(intensity))
     with ShardWriter(job.shard_path, cfg.size, encoding=cfg.encoding,
                      jpeg_quality=cfg.jpeg_quality) as writer:
-        block = _FrameBlock(writer, acfg.size)
+        block = _FrameBlock(writer, acfg.size, job)
         decoded = _align_frames(job, video, intensity, plan, block)
         block.flush()
         counts = FrameCounts(video=decoded, labels=len(intensity), header=video.header_frames)
@@ -501,6 +517,7 @@ def _align_opened(job: SubjectJob, video: _VideoReader, intensity: np.ndarray
                       landmarks_filled=plan.filled, video_header_frames=counts.header,
                       landmark_source="release" if plan.landmarks is not None else "dlib",
                       alignment=dataclasses.asdict(acfg))
+        check_still_owner(job)
         writer.commit(subject=job.subject, camera=job.camera, threshold=cfg.threshold,
                       au_ids=cfg.au_ids, nose_target=acfg.nose_target,
                       chin_target=acfg.chin_target, n_source_frames=counts.common,
@@ -519,8 +536,9 @@ class _FrameBlock:
 
     SIZE = 64
 
-    def __init__(self, writer: ShardWriter, size: int) -> None:
+    def __init__(self, writer: ShardWriter, size: int, job: SubjectJob | None = None) -> None:
         self.writer = writer
+        self.job = job
         self.images = np.empty((self.SIZE, size, size, 3), dtype=np.uint8)
         self.frames: list[int] = []
         self.intensity: list[np.ndarray] = []
@@ -538,6 +556,8 @@ class _FrameBlock:
             self.flush()
 
     def flush(self) -> None:
+        if self.job is not None:  # also on the last, maybe empty, flush just before the commit
+            check_still_owner(self.job)
         k = len(self.frames)
         if not k:
             return
@@ -566,7 +586,8 @@ def load_bad_ranges(cfg: AlignConfig) -> dict[str, list[FrameRange]]:
 
 
 def plan_jobs(cfg: AlignConfig, layout: ReleaseLayout,
-              ranges: dict[str, list[FrameRange]] | None = None) -> list[SubjectJob]:
+              ranges: dict[str, list[FrameRange]] | None = None,
+              lock: FolderLock | None = None) -> list[SubjectJob]:
     """One job per requested subject and camera, with that subject's bad-frame ranges."""
     ranges = load_bad_ranges(cfg) if ranges is None else ranges
     subjects = cfg.subjects if cfg.subjects is not None else list(layout.subjects)
@@ -574,7 +595,8 @@ def plan_jobs(cfg: AlignConfig, layout: ReleaseLayout,
     # The error log describes the left camera's landmarks only.
     return [SubjectJob(subject=s, camera=camera, files=layout.subjects.get(s),
                        bad_ranges=ranges.get(s, []) if camera == "left" else [],
-                       shard_path=out / shard_name(s, camera), config=cfg)
+                       shard_path=out / shard_name(s, camera), config=cfg,
+                       lock=(str(lock.path), lock.token) if lock is not None else None)
             for s in subjects for camera in cfg.cameras()]
 
 
@@ -669,20 +691,27 @@ def _run_dask(jobs: list[SubjectJob], cfg: AlignConfig) -> Iterator[dict[str, An
 def run_align(cfg: AlignConfig) -> dict[str, Any]:
     """Run the whole alignment; returns (and writes) the summary. Raises ReleaseError only for
     problems that stop every subject (no release root, an unreadable error log)."""
-    from tqdm import tqdm
-
     layout = discover(cfg.disfa_root)
     ranges = load_bad_ranges(cfg)
-    jobs = plan_jobs(cfg, layout, ranges)
-    if not jobs:
-        raise ReleaseError(f"{cfg.disfa_root}: no subjects found")
-    error_log = {"in_use": cfg.error_log or str(BAD_FRAMES_CSV),
-                 "root_sheets": root_error_logs_differing(
-                     cfg, layout.root, ranges,
-                     sorted({j.subject for j in jobs if j.camera == "left"}))}
-    for line in summary_warnings([], error_log):
-        log.warning("%s", line)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(cfg.out)
+    with FolderLock(out) as lock:  # one writer per folder; a killed run's lock is taken over
+        jobs = plan_jobs(cfg, layout, ranges, lock)
+        if not jobs:
+            raise ReleaseError(f"{cfg.disfa_root}: no subjects found")
+        remove_stale_temp_files(out)
+        error_log = {"in_use": cfg.error_log or str(BAD_FRAMES_CSV),
+                     "root_sheets": root_error_logs_differing(
+                         cfg, layout.root, ranges,
+                         sorted({j.subject for j in jobs if j.camera == "left"}))}
+        for line in summary_warnings([], error_log):
+            log.warning("%s", line)
+        return _run_locked(cfg, jobs, error_log)
+
+
+def _run_locked(cfg: AlignConfig, jobs: list[SubjectJob], error_log: dict[str, Any]
+                ) -> dict[str, Any]:
+    from tqdm import tqdm
+
     results = _run_dask(jobs, cfg) if cfg.backend == "dask" else _run_joblib(jobs, cfg.jobs)
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(jobs), desc="align", unit="subject", disable=None) as bar:
@@ -724,9 +753,7 @@ def _write_summary(cfg: AlignConfig, rows: list[dict[str, Any]], error_log: dict
         "warnings": summary_warnings([merged[k] for k in sorted(merged)], error_log),
         "subjects": dict(sorted(merged.items())),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -756,14 +783,6 @@ def format_summary(rows: Sequence[dict[str, Any]], au_ids: Sequence[int]) -> str
 # --------------------------------------------------------------------------- CLI
 
 
-def _fractions(text: str) -> tuple[float, float]:
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'x,y' fractions, got {text!r}") from None
-    return x, y
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.align",
@@ -780,18 +799,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "a face are dropped (default: left)")
     p.add_argument("--subjects", nargs="+", metavar="SN0xx",
                    help="only these subjects (default: every subject found)")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=int_range(1), default=1,
                    help="subjects aligned in parallel (default: 1)")
-    p.add_argument("--threshold", default=str(DEFAULT_THRESHOLD),
-                   help="minimum intensity of a positive label: FACS letter A-E or 0-5 "
+    p.add_argument("--threshold", type=threshold_arg, default=str(DEFAULT_THRESHOLD),
+                   help="minimum intensity of a positive label: FACS letter A-E or 1-5 "
                         "(default: C = 3; peers use 2 = B). Shards keep raw intensities too.")
     p.add_argument("--aus", type=int, nargs="+", default=list(EVAL_AUS), metavar="AU",
                    help=f"AUs binarised into the shard's labels (default: {list(EVAL_AUS)})")
-    p.add_argument("--size", type=int, default=224, help="aligned frame size in pixels (224)")
-    p.add_argument("--nose-target", type=_fractions, default=DEFAULT_NOSE_FRACTION,
+    p.add_argument("--size", type=int_range(32, 1024), default=224,
+                   help="aligned frame size in pixels, 32..1024 (default: 224)")
+    p.add_argument("--nose-target", type=fraction_pair, default=DEFAULT_NOSE_FRACTION,
                    metavar="X,Y", help="where the nose midpoint lands, as fractions of the size "
                    f"(default: {DEFAULT_NOSE_FRACTION[0]},{DEFAULT_NOSE_FRACTION[1]})")
-    p.add_argument("--chin-target", type=_fractions, default=DEFAULT_CHIN_FRACTION,
+    p.add_argument("--chin-target", type=fraction_pair, default=DEFAULT_CHIN_FRACTION,
                    metavar="X,Y", help="where the chin lands, as fractions of the size "
                    f"(default: {DEFAULT_CHIN_FRACTION[0]},{DEFAULT_CHIN_FRACTION[1]})")
     p.add_argument("--border", choices=sorted(BORDER_MODES), default="replicate",
@@ -805,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redo shards that are already complete with the same settings")
     p.add_argument("--encoding", choices=ENCODINGS, default="jpeg",
                    help="how frames are stored in the shard (default: jpeg)")
-    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
+    p.add_argument("--jpeg-quality", type=int_range(1, 100), default=DEFAULT_JPEG_QUALITY,
                    help=f"JPEG quality 1-100 (default: {DEFAULT_JPEG_QUALITY})")
     p.add_argument("--backend", choices=("joblib", "dask"), default="joblib",
                    help="run subjects with joblib processes (default) or on a Dask cluster")
@@ -818,10 +838,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outside-margin", type=float, default=0.1,
                    help="drop frames with a landmark further outside the frame than this "
                         "fraction of its larger side (default: 0.1)")
-    p.add_argument("--detect-every", type=int, default=5,
+    p.add_argument("--detect-every", type=int_range(1), default=5,
                    help="right camera: full dlib face detection every N frames, local "
                         "tracking between (default: 5)")
-    p.add_argument("--max-detect-width", type=int, default=640,
+    p.add_argument("--max-detect-width", type=int_range(32), default=640,
                    help="right camera: the detector scans a copy at most this wide (640)")
     p.add_argument("--predictor", type=Path,
                    help="right camera: dlib shape_predictor_68_face_landmarks.dat "
@@ -853,6 +873,7 @@ def config_from_args(args: argparse.Namespace) -> AlignConfig:
         trim_to_shorter=args.trim_to_shorter, length_tolerance=args.length_tolerance)
 
 
+@handle_errors("pipeline.align")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -865,8 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_align(cfg)
     except ReleaseError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)  # once: not also through the log
         return 2
     rows = [summary["subjects"][key] for key in summary["this_run"]]
     print(format_summary(rows, cfg.au_ids))

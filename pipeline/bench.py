@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from .align import AlignConfig, align_subject, open_video, plan_jobs
+from .cli import CommandError, check_out_dir, handle_errors, int_range
 from .alignment import AlignmentConfig, align_face
 from .disfa import SUBJECTS, n_frames
 from .release import discover
@@ -254,19 +255,25 @@ def format_results(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@handle_errors("pipeline.bench")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.bench",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=300,
+    p.add_argument("--frames", type=int_range(1), default=300,
                    help="frames per synthetic subject (default: 300)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel jobs to compare (default: 2)")
-    p.add_argument("--repeat", type=int, default=3,
+    p.add_argument("--jobs", type=int_range(1), default=2,
+                   help="parallel jobs to compare (default: 2)")
+    p.add_argument("--repeat", type=int_range(1), default=3,
                    help="measure each figure this many times and keep the best (default: 3)")
     p.add_argument("--workdir", type=Path,
                    help="where the twin and shards go (default: a temporary folder, removed)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.workdir:
+        check_out_dir(args.workdir, "--workdir")
+    if args.json and args.json.is_dir():
+        raise CommandError(f"--json {args.json}: is a folder, not a file")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="align_bench_"))
     try:
         results = run_bench(args.frames, workdir, args.jobs, args.repeat)

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 
 from .disfa import standard_folds
 from .shards import ShardError, ShardReader
+from .cli import (CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
+                  remove_stale_temp_files)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ ZERO_POSITIVE_NOTE = ("an AU with no positive training frame gets r_i = 1/N (as 
                       "positive), which gives it the largest weight instead of an infinite one")
 
 
-class FoldError(ValueError):
+class FoldError(CommandError, ValueError):
     """The shards cannot make the requested folds (missing subjects, mixed settings)."""
 
 
@@ -218,10 +219,7 @@ def write_folds(manifest: dict[str, Any], out_dir: Path | str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FOLDS_NAME
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(manifest, indent=2))
 
 
 def load_folds(path: Path | str) -> dict[str, Any]:
@@ -273,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disfa3: the standard three DISFA parts (fold k tests part k); "
                         "kfold: seeded subject-independent k folds of the shards found "
                         "(default: disfa3)")
-    p.add_argument("--k", type=int, default=3, help="kfold: number of folds (default: 3)")
+    p.add_argument("--k", type=int_range(2), default=3, help="kfold: number of folds (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="kfold: shuffling seed (default: 0)")
     p.add_argument("--val-subjects", type=int, default=1,
                    help="kfold: validation subjects held out of each fold's training subjects "
@@ -288,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@handle_errors("pipeline.build_folds")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -299,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          allow_missing=args.allow_missing)
     except ValueError as err:
         parser.error(str(err))
+    remove_stale_temp_files(check_out_dir(args.out))
     try:
         manifest = build_folds(args.shards, cfg)
     except FoldError as err:

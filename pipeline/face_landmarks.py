@@ -22,6 +22,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from .cli import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ DEFAULT_MIN_SCORE = 0.05
 DOUBTFUL_SCORE = 0.3
 
 
-class PredictorNotFoundError(FileNotFoundError):
+class PredictorNotFoundError(CommandError, FileNotFoundError):
     """dlib's 68-point shape predictor file could not be located."""
 
 

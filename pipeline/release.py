@@ -26,6 +26,7 @@ from typing import Iterable
 import numpy as np
 
 from .disfa import ALL_AUS, N_LANDMARKS, FrameRange, read_bad_frame_csv
+from .cli import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _LM_ZERO_BASED_RE = re.compile(r"^sn\d{3}_(\d+)_lm\.mat$", re.IGNORECASE)
 _LM_ONE_BASED_RE = re.compile(r"^l(\d+)_lm\.mat$", re.IGNORECASE)
 
 
-class ReleaseError(ValueError):
+class ReleaseError(CommandError, ValueError):
     """A file of the release is missing or does not parse; the message names file and line."""
 
 
@@ -155,8 +156,8 @@ def read_label_file(path: Path, rel: str | None = None) -> np.ndarray:
     """
     rel = rel or str(path)
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:
+        text = read_bounded(path, rel).decode()
+    except UnicodeDecodeError as err:
         raise ReleaseError(f"{rel}: cannot read ({err})") from err
     fast = _fast_label_values(text)
     if fast is not None:
@@ -261,6 +262,36 @@ _MI_DTYPES = {
 }
 
 
+#: Largest file read from a release, and the most a landmark .mat may inflate to. A DISFA label
+#: file is ~40 KB and a landmark .mat ~1 KB (66x2 doubles); anything far larger is not DISFA and
+#: must not be able to exhaust memory (a 300 KB .mat can inflate to gigabytes).
+MAX_RELEASE_FILE_BYTES = 64 * 2**20
+MAX_MAT_BYTES = 1 * 2**20
+
+
+def read_bounded(path: Path | str, rel: str, limit: int = MAX_RELEASE_FILE_BYTES) -> bytes:
+    """The bytes of a release file, refusing one larger than ``limit`` before reading it."""
+    try:
+        size = os.stat(path).st_size
+        if size > limit:
+            raise ReleaseError(f"{rel}: {size} bytes, more than the {limit} a DISFA file of this "
+                               "kind can hold; refused")
+        with open(path, "rb") as handle:
+            return handle.read(limit + 1)
+    except OSError as err:
+        raise ReleaseError(f"{rel}: cannot read ({err})") from err
+
+
+def _inflate(payload: bytes, rel: str) -> bytes:
+    """A compressed MAT element, refused (ReleaseError) if it inflates beyond MAX_MAT_BYTES."""
+    inflater = zlib.decompressobj()
+    data = inflater.decompress(payload, MAX_MAT_BYTES + 1)
+    if len(data) > MAX_MAT_BYTES:
+        raise ReleaseError(f"{rel}: a compressed variable inflates beyond {MAX_MAT_BYTES} bytes "
+                           "(a landmark file holds ~1 KB); refused")
+    return data
+
+
 class _NotSimple(Exception):
     """The fast MAT reader does not handle this file; fall back to scipy."""
 
@@ -281,7 +312,7 @@ def _elements(buf: bytes, endian: str):
             pos += (-nbytes) % 8  # elements are padded to 8 bytes (compressed ones are not)
 
 
-def _fast_mat_variable(data: bytes, name: str) -> np.ndarray:
+def _fast_mat_variable(data: bytes, name: str, rel: str = "") -> np.ndarray:
     """Read one real numeric matrix from a MAT-5 file (v6 or v7) without scipy's overhead.
 
     A DISFA landmark file is one small 66x2 matrix; scipy.io.loadmat spends far longer on
@@ -296,7 +327,7 @@ def _fast_mat_variable(data: bytes, name: str) -> np.ndarray:
     while pending:
         for mtype, payload in _elements(pending.pop(), endian):
             if mtype == _MI_COMPRESSED:
-                pending.append(zlib.decompress(payload))
+                pending.append(_inflate(payload, rel))
                 continue
             if mtype != _MI_MATRIX:
                 continue
@@ -308,6 +339,9 @@ def _fast_mat_variable(data: bytes, name: str) -> np.ndarray:
                 raise _NotSimple
             dims = np.frombuffer(sub[1][1], dtype=endian + "i4")
             var_name = bytes(sub[2][1]).decode("ascii", "replace")
+            if int(np.prod(dims.astype(np.int64))) * 8 > MAX_MAT_BYTES:
+                raise ReleaseError(f"{rel}: variable '{var_name}' declares shape "
+                                   f"{tuple(int(d) for d in dims)}; too large, refused")
             if var_name != name:
                 continue
             real_type, real = sub[3]
@@ -323,15 +357,13 @@ def _fast_mat_variable(data: bytes, name: str) -> np.ndarray:
 def read_landmark_mat(path: Path | str, rel: str | None = None) -> np.ndarray:
     """The ``pts`` matrix of one landmark file as float64 ``[66, 2]`` (MATLAB 1-based pixels)."""
     rel = rel or str(path)
+    data = read_bounded(path, rel, MAX_MAT_BYTES)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as err:
-        raise ReleaseError(f"{rel}: cannot read ({err})") from err
-    try:
-        pts = _fast_mat_variable(data, "pts")
+        pts = _fast_mat_variable(data, "pts", rel)
     except KeyError:
         raise ReleaseError(f"{rel}: no variable 'pts'") from None
+    except ReleaseError:
+        raise
     except (_NotSimple, struct.error, zlib.error, ValueError):
         pts = _slow_mat_variable(path, rel)
     if pts.shape != (N_LANDMARKS, 2):
@@ -351,6 +383,8 @@ def _slow_mat_variable(path: Path, rel: str) -> np.ndarray:
             with h5py.File(path, "r") as f:
                 if "pts" not in f:
                     raise ReleaseError(f"{rel}: no variable 'pts'") from None
+                if f["pts"].size * 8 > MAX_MAT_BYTES:  # checked before reading the array
+                    raise ReleaseError(f"{rel}: 'pts' has shape {f['pts'].shape}; refused")
                 return np.asarray(f["pts"][()], dtype=np.float64).T  # HDF5 stores transposed
         except OSError as err:
             raise ReleaseError(f"{rel}: not a readable .mat file ({err})") from err

@@ -23,8 +23,12 @@ so a file under the final name is always whole.
 """
 from __future__ import annotations
 
+import atexit
+import errno
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,13 +37,14 @@ import h5py
 import numpy as np
 
 from .disfa import ALL_AUS, EVAL_AUS, N_LANDMARKS, au_columns
+from .cli import CommandError
 
 SCHEMA_VERSION = 1
 ENCODINGS = ("jpeg", "raw")
 DEFAULT_JPEG_QUALITY = 90
 
 
-class ShardError(RuntimeError):
+class ShardError(CommandError, RuntimeError):
     """A shard file is missing, incomplete or does not follow the schema."""
 
 
@@ -54,11 +59,31 @@ def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY, bgr: boo
 
 
 def decode_jpeg(data: np.ndarray) -> np.ndarray:
-    """Decode JPEG bytes into an RGB uint8 image."""
-    bgr = cv2.imdecode(np.asarray(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    """Decode JPEG bytes into an RGB uint8 image (truncated or corrupt data: ShardError)."""
+    buf = np.asarray(data, dtype=np.uint8)
+    if not jpeg_is_whole(buf.tobytes()):
+        raise ShardError("corrupt JPEG frame (truncated: no start or end marker)")
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ShardError("corrupt JPEG frame")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_is_whole(data: bytes) -> bool:
+    """Whether JPEG bytes start with SOI and hold the EOI marker near their end. OpenCV decodes a
+    truncated JPEG without an error, filling the missing part with grey; this catches that.
+    (Entropy-coded data never holds FF D9, so a cut file has no EOI in its tail.)"""
+    return data[:2] == b"\xff\xd8" and b"\xff\xd9" in data[-1024:]
+
+
+def verify_images(reader: "ShardReader") -> str | None:
+    """Decode every frame of a shard; the first failure's message, or None if all decode."""
+    for i in range(len(reader)):
+        try:
+            reader.image(i)
+        except ShardError as err:
+            return str(err)
+    return None
 
 
 def binarize(intensity: np.ndarray, au_ids: Sequence[int], threshold: int) -> np.ndarray:
@@ -103,7 +128,13 @@ class ShardWriter:
         self.image_size = int(image_size)
         self.encoding = encoding
         self.jpeg_quality = int(jpeg_quality)
-        self._file = h5py.File(self.tmp_path, "w")
+        try:
+            self._file = h5py.File(self.tmp_path, "w")
+        except OSError as err:
+            self.tmp_path.unlink(missing_ok=True)
+            if is_disk_full(err):
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.path)) from err
+            raise
         s = self.image_size
         if encoding == "jpeg":
             self._images = self._file.create_dataset(
@@ -234,8 +265,41 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp_path.exists():
-            self.abort()
+        if not self.tmp_path.exists():
+            return
+        if exc is not None and is_disk_full(exc):
+            keep_unclosed(self)  # HDF5 crashes when it frees a handle whose flush failed
+            self.tmp_path.unlink(missing_ok=True)
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path)) from exc
+        self.abort()
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC, also when h5py reports it as a RuntimeError with the errno in its text."""
+    text = str(err)
+    return (getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in text
+            or "No space left on device" in text)
+
+
+#: Writers whose HDF5 file could not be flushed (a full disk). Freeing such a handle crashes the
+#: HDF5 library (segfault), also at interpreter exit, so they are kept, and a process holding
+#: any ends with os._exit (after flushing its output) instead of tearing the library down.
+_UNCLOSABLE: list["ShardWriter"] = []
+
+
+def keep_unclosed(writer: "ShardWriter") -> None:
+    if not _UNCLOSABLE:
+        atexit.register(_exit_without_freeing)
+    _UNCLOSABLE.append(writer)
+
+
+def _exit_without_freeing() -> None:
+    from . import cli
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(cli.LAST_EXIT_CODE)
 
 
 class ShardReader:

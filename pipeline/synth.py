@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -36,6 +37,8 @@ import numpy as np
 import scipy.io
 
 from . import disfa
+from .cli import (check_out_dir, handle_errors, int_range, positive_float,
+                  remove_stale_temp_files)
 from .disfa import ALL_AUS, SUBJECTS, FrameRange
 from .synth_face import (Identity, Pose, background_image, face_shape, noise_bank,
                          render_face, render_frame, sample_identity)
@@ -82,6 +85,12 @@ class SynthConfig:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.width < 32 or self.height < 24:
             raise ValueError(f"frame size {self.width}x{self.height} is too small (min 32x24)")
+        if not (self.fps > 0 and math.isfinite(self.fps)):  # fps 0 would never finish a video
+            raise ValueError(f"fps must be a finite number > 0, got {self.fps}")
+        if self.width > 4096 or self.height > 4096:
+            raise ValueError(f"frame size {self.width}x{self.height} is too large (max 4096)")
+        if self.jobs < 1 or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("jobs must be >= 1 and jpeg_quality 1..100")
         if not 1 <= self.n_subjects <= len(SUBJECTS):
             raise ValueError(f"n_subjects must be 1..{len(SUBJECTS)}, got {self.n_subjects}")
 
@@ -572,7 +581,7 @@ def synthesize(out: Path, config: SynthConfig) -> dict:
         if jobs == 1:
             from tqdm import tqdm
             outcomes = [run(p) for p in tqdm(todo, desc="synth subjects", unit="subject",
-                                             disable=len(todo) < 2)]
+                                             disable=True if len(todo) < 2 else None)]
         else:
             outcomes = Parallel(n_jobs=jobs)(delayed(run)(p) for p in todo)
         for subject, summary, error in outcomes:
@@ -730,13 +739,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per subject; 'real' or >= 4845 gives the release's counts "
                         "(4845, SN010 4844) and its exact Error_LOG ranges")
     p.add_argument("--seed", type=int, default=0, help="base seed (each subject derives its own)")
-    p.add_argument("--width", type=int, default=disfa.FRAME_SIZE[0], help="frame width")
-    p.add_argument("--height", type=int, default=disfa.FRAME_SIZE[1], help="frame height")
-    p.add_argument("--fps", type=float, default=disfa.FPS, help="video frame rate")
-    p.add_argument("--jobs", type=int, default=1, help="subjects rendered in parallel")
+    p.add_argument("--width", type=int_range(32, 4096), default=disfa.FRAME_SIZE[0],
+                   help="frame width, 32..4096")
+    p.add_argument("--height", type=int_range(24, 4096), default=disfa.FRAME_SIZE[1],
+                   help="frame height, 24..4096")
+    p.add_argument("--fps", type=positive_float, default=disfa.FPS,
+                   help="video frame rate (> 0)")
+    p.add_argument("--jobs", type=int_range(1), default=1, help="subjects rendered in parallel")
     p.add_argument("--no-right-camera", action="store_true",
                    help="skip the right-camera videos (faster; the pipeline uses the left)")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="MJPG quality 1-100")
+    p.add_argument("--jpeg-quality", type=int_range(1, 100), default=90, help="MJPG quality 1-100")
     p.add_argument("--preview", action="store_true",
                    help="also save OUT/preview.png: frames with landmarks, AUs, an AU gallery")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -751,6 +763,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         jpeg_quality=args.jpeg_quality, preview=args.preview)
 
 
+@handle_errors("pipeline.synth")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -760,6 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    remove_stale_temp_files(check_out_dir(args.out))
     summary = synthesize(args.out, cfg)
     print(f"{'subject':8} {'frames':>6} {'bad':>5} {'fps':>7}  left video")
     for subject, info in summary["subjects"].items():

@@ -91,7 +91,7 @@ def test_drop_rules_and_counts(tmp_path):
     log = tmp_path / "errors.csv"
     log.write_text("subject,first_frame,last_frame\nSN001,30,32\nSN009,1,5\n")
     out = tmp_path / "shards"
-    assert _run(rel.root, out, "--size", 24, "--error-log", log, "--encoding", "raw") == 0
+    assert _run(rel.root, out, "--size", 32, "--error-log", log, "--encoding", "raw") == 0
     r = ShardReader(out / "SN001_left.h5")
     assert r.attrs["dropped"] == {"error_log": 3, "landmarks_missing": 2, "landmarks_nan": 1,
                                   "landmarks_degenerate": 1, "landmarks_outside_frame": 1}
@@ -105,7 +105,7 @@ def test_drop_rules_and_counts(tmp_path):
 def test_rerun_skips_current_shards_and_redoes_changed_ones(tmp_path):
     rel = write_release(tmp_path / "disfa", {"SN001": 20, "SN002": 20})
     out = tmp_path / "shards"
-    base = ("--size", 16, "--encoding", "raw")
+    base = ("--size", 32, "--encoding", "raw")
     assert _run(rel.root, out, *base) == 0
     stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.h5")}
     assert _run(rel.root, out, *base) == 0
@@ -114,9 +114,9 @@ def test_rerun_skips_current_shards_and_redoes_changed_ones(tmp_path):
     assert _run(rel.root, out, *base, "--subjects", "SN002", "--force") == 0
     rows = _summary(out)["subjects"]
     assert rows["SN002_left"]["status"] == "ok" and rows["SN001_left"]["status"] == "skipped"
-    assert _run(rel.root, out, "--size", 20, "--encoding", "raw") == 0  # settings changed
+    assert _run(rel.root, out, "--size", 40, "--encoding", "raw") == 0  # settings changed
     assert {r["status"] for r in _summary(out)["subjects"].values()} == {"ok"}
-    assert ShardReader(out / "SN001_left.h5").image_size == 20
+    assert ShardReader(out / "SN001_left.h5").image_size == 40
 
 
 def test_bad_input_is_reported_per_subject(tmp_path, capsys, caplog):
@@ -150,7 +150,7 @@ def test_bad_input_is_reported_per_subject(tmp_path, capsys, caplog):
     write_labels(root, "SN008", rel.intensity["SN008"][:25])
 
     out = tmp_path / "shards"
-    assert _run(root, out, "--size", 16, "--jobs", 2) == 1
+    assert _run(root, out, "--size", 32, "--jobs", 2) == 1
     rows = _summary(out)["subjects"]
     assert rows["SN001_left"]["status"] == "ok"
     errors = {key[:5]: row.get("error", "") for key, row in rows.items()}
@@ -178,7 +178,7 @@ def test_truncated_video_with_intact_header_names_the_frame(tmp_path):
     frames = [cap.read()[1] for _ in range(30)]
     video.unlink()
     write_video(video, frames[:20], 64, 48)  # a whole, shorter file: header says 20
-    assert _run(rel.root, out, "--size", 16) == 1
+    assert _run(rel.root, out, "--size", 32) == 1
     assert (f"{video.name}: the video decodes 20 frames (header says 20), the label files have "
             "30: 10 frames apart, more than --length-tolerance 2 (the video ends early") in (
         _summary(out)["subjects"]["SN001_left"]["error"])
@@ -187,7 +187,7 @@ def test_truncated_video_with_intact_header_names_the_frame(tmp_path):
     write_video(whole, frames, 64, 48)
     video.unlink()
     video.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    assert _run(rel.root, out, "--size", 16) == 1
+    assert _run(rel.root, out, "--size", 32) == 1
     error = _summary(out)["subjects"]["SN001_left"]["error"]
     assert re.fullmatch(rf"Videos_LeftCamera/{video.name}: the video decodes (\d+) frames "
                         r"\(header says 30\), the label files have 30: \d+ frames apart, more "
@@ -196,7 +196,7 @@ def test_truncated_video_with_intact_header_names_the_frame(tmp_path):
                         error), error
     assert not list(out.glob("*.h5")) and not list(out.glob(".*tmp*"))
     decoded = int(re.match(r".* decodes (\d+) frames", error).group(1))
-    assert _run(rel.root, out, "--size", 16, "--trim-to-shorter") == 0  # the good frames stay
+    assert _run(rel.root, out, "--size", 32, "--trim-to-shorter") == 0  # the good frames stay
     assert ShardReader(out / "SN001_left.h5").frame_index.tolist() == list(range(decoded))
 
 
@@ -359,10 +359,10 @@ def test_trim_to_shorter_aligns_the_common_frames(tmp_path):
     shutil.rmtree(rel.root / "ActionUnit_Labels" / "SN001")
     write_labels(rel.root, "SN001", rel.intensity["SN001"][:25])
     out = tmp_path / "shards"
-    assert _run(rel.root, out, "--size", 16) == 1
-    assert _run(rel.root, out, "--size", 16, "--length-tolerance", 4) == 1
-    assert _run(rel.root, out, "--size", 16, "--length-tolerance", 5) == 0
-    assert _run(rel.root, out, "--size", 16, "--trim-to-shorter", "--force") == 0
+    assert _run(rel.root, out, "--size", 32) == 1
+    assert _run(rel.root, out, "--size", 32, "--length-tolerance", 4) == 1
+    assert _run(rel.root, out, "--size", 32, "--length-tolerance", 5) == 0
+    assert _run(rel.root, out, "--size", 32, "--trim-to-shorter", "--force") == 0
     r = ShardReader(out / "SN001_left.h5")
     assert r.frame_index.tolist() == list(range(25))
     assert (r.attrs["n_video_frames"], r.attrs["n_label_frames"]) == (30, 25)
@@ -453,7 +453,7 @@ def test_error_log_ranges_that_miss_the_video_are_warned(tmp_path, capsys):
                    "SN002,3,4\n")
     out = tmp_path / "shards"
     for _ in range(2):  # the rerun (shards skipped) still says so
-        assert _run(rel.root, out, "--size", 16, "--error-log", log) == 0
+        assert _run(rel.root, out, "--size", 32, "--error-log", log) == 0
         summary = _summary(out)
         row = summary["subjects"]["SN001_left"]
         assert row["error_log_outside"] == [[25, 40], [100, 120]]
@@ -465,7 +465,7 @@ def test_error_log_ranges_that_miss_the_video_are_warned(tmp_path, capsys):
         printed = capsys.readouterr().out
         assert "WARNINGS" in printed and expected in printed
     # The release's own ranges on a 30-frame copy: every SN001 range misses it.
-    assert _run(rel.root, tmp_path / "manifest", "--size", 16) == 0
+    assert _run(rel.root, tmp_path / "manifest", "--size", 32) == 0
     row = _summary(tmp_path / "manifest")["subjects"]["SN001_left"]
     assert row["error_log_outside"] == [[398, 420], [3190, 3243]] and row["kept"] == 30
 
@@ -477,16 +477,16 @@ def test_root_error_log_that_differs_from_the_one_in_use_is_warned(tmp_path):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("subject,first_frame,last_frame\nSN001,5,6\nSN002,1,2\n")
     out = tmp_path / "shards"
-    assert _run(rel.root, out, "--size", 16, "--error-log", manifest) == 0
+    assert _run(rel.root, out, "--size", 32, "--error-log", manifest) == 0
     summary = _summary(out)
     assert summary["error_log"] == {"in_use": str(manifest), "root_sheets": [
         {"sheet": str(sheet), "subjects_differing": ["SN002"]}]}
     assert any(str(sheet) in w and "differs from the ranges in use" in w and "SN002" in w
                for w in summary["warnings"])
     # Only the subjects aligned count, and the sheet in use is not compared with itself.
-    assert _run(rel.root, out, "--size", 16, "--error-log", manifest, "--subjects", "SN001") == 0
+    assert _run(rel.root, out, "--size", 32, "--error-log", manifest, "--subjects", "SN001") == 0
     assert _summary(out)["error_log"]["root_sheets"] == []
-    assert _run(rel.root, tmp_path / "own", "--size", 16, "--error-log", sheet) == 0
+    assert _run(rel.root, tmp_path / "own", "--size", 32, "--error-log", sheet) == 0
     assert _summary(tmp_path / "own")["error_log"]["root_sheets"] == []
 
 

@@ -76,7 +76,7 @@ def test_cli_averages_folds_and_labels_the_protocol(runs, tmp_path, capsys):
     assert "| mean | F1 |" in capsys.readouterr().out
 
 
-def test_evaluate_refuses_mismatches(runs, tmp_path, caplog):
+def test_evaluate_refuses_mismatches(runs, tmp_path, capsys):
     root, shards, manifest, ckpts = runs
     with pytest.raises(CheckpointError, match="variant 'tranet', not 'senet50'"):
         evaluate_checkpoint(ckpts[0], shards, manifest, 1, variant="senet50")
@@ -89,8 +89,8 @@ def test_evaluate_refuses_mismatches(runs, tmp_path, caplog):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(ckpts[0].read_bytes()[:1000])
     assert evaluate_main(["--checkpoint", str(broken), "--shards", str(shards), "--manifest",
-                          str(manifest), "--fold", "1", "--out", str(tmp_path)]) == 1
-    assert "broken.pt: not a readable checkpoint" in caplog.text
+                          str(manifest), "--fold", "1", "--out", str(tmp_path)]) == 2
+    assert "broken.pt: not a readable checkpoint" in capsys.readouterr().err
 
 
 def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, capsys):

@@ -165,7 +165,7 @@ def test_nan_loss_stops_with_epoch_and_batch(data, tmp_path):
 
 # -- bad input ---------------------------------------------------------------------------------
 
-def test_resume_refuses_another_variant_and_corrupt_checkpoints(data, tmp_path, caplog):
+def test_resume_refuses_another_variant_and_corrupt_checkpoints(data, tmp_path, capsys):
     train(config(data, tmp_path / "run", epochs=1, batches_per_epoch=1))
     with pytest.raises(CheckpointError, match="variant 'tranet', not 'senet50'"):
         train(config(data, tmp_path / "x", resume=str(tmp_path / "run"), variant="senet50"),
@@ -174,11 +174,11 @@ def test_resume_refuses_another_variant_and_corrupt_checkpoints(data, tmp_path, 
         train(config(data, tmp_path / "x", resume=str(tmp_path / "run"), lr=0.5),
               explicit={"resume", "lr"})
     (tmp_path / "run" / "last.pt").write_bytes(b"not a checkpoint")
-    assert main(["--resume", str(tmp_path / "run"), "--quiet", "--workers", "0"]) == 1
-    assert "last.pt: not a readable checkpoint" in caplog.text
+    assert main(["--resume", str(tmp_path / "run"), "--quiet", "--workers", "0"]) == 2  # bad input
+    assert "last.pt: not a readable checkpoint" in capsys.readouterr().err
 
 
-def test_bad_shards_and_manifests_fail_before_training(data, tmp_path, caplog):
+def test_bad_shards_and_manifests_fail_before_training(data, tmp_path, capsys):
     shards, manifest = data
     spec = json.loads(manifest.read_text())
 
@@ -215,8 +215,9 @@ def test_bad_shards_and_manifests_fail_before_training(data, tmp_path, caplog):
     (corrupt / "SN001_left.h5").write_bytes(b"\x89HDF garbage")
     bad = write_manifest(tmp_path / "bad.json", corrupt, [(["SN001"], ["SN001"], ["SN001"])], 32)
     assert main(["--shards", str(corrupt), "--manifest", str(bad), "--fold", "1", "--out",
-                 str(tmp_path / "run"), "--workers", "0", "--quiet"]) == 1
-    assert "SN001_left.h5" in caplog.text and "corrupt shard" in caplog.text
+                 str(tmp_path / "run"), "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "SN001_left.h5" in err and "corrupt shard" in err
     assert not (tmp_path / "run" / "last.pt").exists()
     assert spec["image_size"] == 32
 

@@ -8,12 +8,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from pipeline.cli import CommandError
 
 CHECKPOINT_FORMAT = "tranet-au-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CommandError, RuntimeError):
     """A file is not a readable checkpoint of this toolkit, or does not fit the model asked for."""
 
 
@@ -106,6 +107,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(cuda)
 
 
+def check_shapes(model: torch.nn.Module, weights: dict[str, Any], path: Path | str) -> None:
+    """A CheckpointError naming the first tensor whose shape differs from the model's (torch's
+    own error lists every mismatch in a traceback)."""
+    expected = model.state_dict()
+    for name, value in weights.items():
+        if name in expected and hasattr(value, "shape") and value.shape != expected[name].shape:
+            raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(value.shape)}, the "
+                                  f"model expects {tuple(expected[name].shape)}")
+
+
 def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
@@ -128,6 +139,7 @@ def load_for_inference(
     except TypeError as err:
         raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err
     model = build_model(config)
+    check_shapes(model, data["model"], path)
     missing, unexpected = model.load_state_dict(data["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit variant '{config.variant}' "

@@ -30,13 +30,14 @@ from pipeline.disfa import ALL_AUS
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
 
 from .augment import AlignmentJitter
+from pipeline.cli import CommandError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(CommandError, ValueError):
     """The shards, the folds manifest or the requested fold cannot be used as asked."""
 
 
@@ -91,6 +92,18 @@ def fold_spec(manifest_path: Path | str, fold: int) -> FoldSpec:
         image_size=int(manifest["image_size"]),
         au_weights=tuple(float(w) for w in weights) if weights else None, raw=entry,
     )
+
+
+def check_frame_counts(spec: FoldSpec, readers: Sequence[ShardReader], camera: str) -> None:
+    """A DataError if a shard holds a different number of frames than when the folds were built
+    (realigned since): the fold's statistics and AU weights would silently be wrong."""
+    expected = spec.raw.get("frames_per_subject") or {}
+    changed = [f"{r.path.name} ({expected[r.subject]} -> {len(r)} frames)" for r in readers
+               if r.camera == camera and r.subject in expected
+               and int(expected[r.subject]) != len(r)]
+    if changed:
+        raise DataError(f"{spec.manifest}: shards changed since the folds were built: "
+                        f"{', '.join(changed)}; rebuild the folds (pipeline.build_folds)")
 
 
 def fold_numbers(manifest_path: Path | str) -> list[int]:

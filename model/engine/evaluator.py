@@ -32,6 +32,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     cameras: Sequence[str] = ("left",),
     amp: bool | None = None,
+    allow_seen: bool = True,
 ) -> dict[str, Any]:
     """Metrics of one checkpoint on one fold's ``split`` subjects, with the protocol it used.
 
@@ -50,6 +51,11 @@ def evaluate_checkpoint(
     subjects = spec.subjects[split]
     if not subjects:
         raise DataError(f"{spec.manifest} fold {fold}: no {split} subjects")
+    seen = seen_subjects(state, subjects)
+    if seen and not allow_seen:
+        raise DataError(f"{checkpoint} was trained or selected on {', '.join(seen)}, which the "
+                        f"{split} split of fold {fold} evaluates; pass --allow-seen to evaluate "
+                        "anyway (the numbers are then optimistic and labelled so)")
     readers = open_shards(shards, subjects, cameras, f"{spec.manifest} fold {fold}")
     geometry = check_consistent(readers, spec)
     data = state["data"]
@@ -74,11 +80,16 @@ def evaluate_checkpoint(
                        channels_last=False, desc=f"fold {fold} {split}",
                        quiet=not sys.stderr.isatty())
     select_on = train_cfg.get("select_on", "val")
+    note = protocol_note(select_on, threshold)
+    if seen:
+        log.warning("%s: evaluated on subjects it was trained or selected on: %s",
+                    checkpoint, ", ".join(seen))
+        note += f"; EVALUATED ON SUBJECTS THE MODEL SAW ({', '.join(seen)}): optimistic"
     return {
         "checkpoint": str(checkpoint), "fold": fold, "split": split, "subjects": subjects,
         "variant": meta["model_config"].get("variant"), "epoch": meta.get("epoch"),
         "threshold": threshold, "select_on": select_on,
-        "protocol": protocol_note(select_on, threshold), "metrics": metrics.as_dict(),
+        "protocol": note, "seen_subjects": seen, "metrics": metrics.as_dict(),
     }
 
 
@@ -93,6 +104,12 @@ def _check_alignment(shard: Path, geometry: dict[str, Any], data: dict[str, Any]
                             f"{geometry['image_size']} px) does not match {checkpoint}'s "
                             f"{data[key]} (at {size} px); realign the frames as the model was "
                             "trained")
+def seen_subjects(state: dict[str, Any], subjects: Sequence[str]) -> list[str]:
+    """Which of ``subjects`` the checkpoint trained on or was selected on (recorded in it)."""
+    recorded = state.get("data", {}).get("subjects") or {}
+    select_on = state.get("train_config", {}).get("select_on", "val")
+    used = set(recorded.get("train", [])) | set(recorded.get(select_on, []))
+    return sorted(set(subjects) & used)
 
 
 def mean_over_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .augment import AlignmentJitter
-from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint,
-                         restore_rng_state, save_checkpoint)
+from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, check_shapes,
+                         load_checkpoint, restore_rng_state, save_checkpoint)
 from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distributed,
                           resolve_device)
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
-                   collate_frames, default_workers, evaluation_indices, fold_spec, open_shards,
-                   single_threaded_opencv)
+                   check_frame_counts, collate_frames, default_workers, evaluation_indices,
+                   fold_spec, load_manifest, open_shards, single_threaded_opencv)
 from .config import TrainConfig, effective_lr, protocol_note
 from .early_stopping import EarlyStopping
 from .losses import branch_bce_loss
@@ -167,6 +167,8 @@ def _geometry(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list],
               context: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(network input geometry, the shards' alignment record), checked across all shards."""
     geometry = check_consistent([r for rs in readers.values() for r in rs], spec)
+    check_frame_counts(spec, [r for rs in readers.values() for r in rs],
+                       load_manifest(cfg.manifest).get("camera", "left"))
     if cfg.flip:
         check_flip_symmetry(geometry, context)
     source_size = geometry["image_size"]
@@ -345,7 +347,8 @@ def train_one_epoch(
     model.train()
     total, precision = cfg.batches_per_epoch, choose_precision(device, cfg.amp)
     bar = tqdm(total=total, initial=acc.batches, desc=f"epoch {epoch}", leave=False,
-               disable=cfg.quiet or not info.is_main, dynamic_ncols=True)
+               disable=True if cfg.quiet or not info.is_main else None,
+               dynamic_ncols=True)  # None: off when stderr is not a terminal
     steps = StepLog(acc, total, device)
     start = time.perf_counter()
     try:
@@ -433,7 +436,7 @@ def evaluate(
     info = info or DistInfo()
     model.eval()
     acc = MetricAccumulator(au_ids)
-    for images, targets, _ in tqdm(loader, desc=desc, leave=False, disable=quiet):
+    for images, targets, _ in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x = _prepare(images, device, channels_last)
         with choose_precision(device, amp).autocast():
             logits = model(x).float()
@@ -641,6 +644,7 @@ def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) 
 
 def resume_run(run: TrainingRun, state: dict[str, Any]) -> None:
     """Put the weights, optimiser, schedule, sampler and RNG streams back where last.pt left them."""
+    check_shapes(run.model, state["model"], Path(run.cfg.resume) / "last.pt")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

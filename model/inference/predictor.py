@@ -242,7 +242,7 @@ class AUPredictor:
         times = StageTimes()
         rows: list[FaceRow] = []
         batch = _Batcher(self, times, rows, on_frame)
-        bar = tqdm(total=total, desc=label, unit="frame", disable=not self.cfg.progress,
+        bar = tqdm(total=total, desc=label, unit="frame", disable=None if self.cfg.progress else True,
                    leave=False, dynamic_ncols=True)
         start, cpu_start = time.perf_counter(), time.process_time()
         try:

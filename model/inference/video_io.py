@@ -14,6 +14,8 @@ from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
+from pipeline.cli import CommandError
+from pipeline.shards import jpeg_is_whole
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
-class InputError(RuntimeError):
+class InputError(CommandError, RuntimeError):
     """An input file is missing, unreadable, or holds no frames."""
 
 
@@ -110,7 +112,10 @@ def read_image_rgb(path: Path) -> np.ndarray:
     """Read one image file as RGB uint8; :class:`InputError` naming the file if it cannot."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = path.read_bytes()
+    if data[:2] == b"\xff\xd8" and not jpeg_is_whole(data):
+        raise InputError(f"{path}: truncated JPEG (no end marker); not scored")
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError(f"{path}: not a readable image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from ..nets.senet import SENet
+from pipeline.cli import CommandError
 
 log = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CommandError, RuntimeError):
     """A weight file cannot be read safely, or its arrays do not fit the module."""
 
 

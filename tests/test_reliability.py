@@ -1,0 +1,509 @@
+"""Every command fails cleanly (issue 11): one line and an exit code for the user's mistakes and
+the machine's state, no lost run, no ghost writer, bounded input, honest evaluation."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from _disfa_fixtures import write_release
+from trainer_fixtures import make_dataset, write_subject
+from model import (bench as model_bench, crossval, demo, evaluate, predict, predict_bench,
+                   train as train_cmd)
+from model.engine.checkpoint import load_checkpoint, save_checkpoint
+from model.inference.video_io import InputError, read_image_rgb
+from pipeline import align, bench as pipeline_bench, build_folds, synth
+from pipeline.cli import EXIT_INTERRUPTED, FolderLock, handle_errors
+from pipeline.release import ReleaseError, read_landmark_mat
+from pipeline.shards import ShardReader, shard_name
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = ["--preset", "small", "--epochs", "1", "--batches-per-epoch", "2", "--batch-size",
+              "8", "--workers", "0", "--device", "cpu", "--quiet", "--eval-batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory, one_torch_thread):
+    shards, manifest = dataset
+    run = tmp_path_factory.mktemp("run") / "fold1"
+    assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+                           "--out", str(run), *TINY_TRAIN]) == 0
+    return run
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no message"
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+# --------------------------------------------------------------------------- the handler
+
+
+def test_handler_maps_known_errors_and_keeps_tracebacks_for_bugs(capsys):
+    @handle_errors("demo.cmd")
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    @handle_errors("demo.cmd")
+    def disk_full(argv=None):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/x.h5")
+
+    @handle_errors("demo.cmd")
+    def bug(argv=None):
+        raise OSError(errno.EIO, "I/O error")  # not a user's or machine's known state
+
+    assert interrupted() == EXIT_INTERRUPTED
+    assert _error_line(capsys).startswith("demo.cmd: error: interrupted")
+    assert disk_full() == 1
+    assert _error_line(capsys) == "demo.cmd: error: disk full: /data/out/x.h5"
+    with pytest.raises(OSError):
+        bug()
+
+
+# --------------------------------------------------------------------------- 1. no lost run
+
+
+def test_train_refuses_an_out_that_holds_a_run(trained, dataset, capsys):
+    shards, manifest = dataset
+    stamp = (trained / "last.pt").stat().st_mtime_ns
+    argv = ["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+            "--out", str(trained), *TINY_TRAIN]
+    assert train_cmd.main(argv) == 2
+    line = _error_line(capsys)
+    assert f"--resume {trained}" in line and "--fresh" in line
+    assert (trained / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_train_fresh_replaces_the_run(dataset, tmp_path, capsys):
+    shards, manifest = dataset
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("old run\n")
+    argv = ["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+            "--out", str(out), *TINY_TRAIN]
+    assert train_cmd.main(argv) == 2
+    assert train_cmd.main([*argv, "--fresh"]) == 0
+    assert "old run" not in (out / "metrics.csv").read_text()
+
+
+# --------------------------------------------------------------------------- 2. no ghost writer
+
+
+SLOW_WORKERS = """
+import time, cv2
+_warp = cv2.warpAffine
+def _slow(*args, **kwargs):
+    time.sleep(0.1)
+    return _warp(*args, **kwargs)
+cv2.warpAffine = _slow
+"""
+
+
+def test_killed_align_leaves_no_ghost_writer(tmp_path):
+    rel = write_release(tmp_path / "disfa", {"SN001": 40, "SN002": 40})
+    out = tmp_path / "shards"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_WORKERS)  # every frame 0.1 s, workers too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.align", "--disfa-root", str(rel.root), "--out", str(out),
+         "--size", "32", "--jobs", "2"], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".*.tmp-*")):  # the workers are writing
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # The rerun (other settings) takes over the dead run's lock and finishes first.
+        assert align.main(["--disfa-root", str(rel.root), "--out", str(out), "--size", "48",
+                           "--encoding", "raw"]) == 0
+        deadline = time.monotonic() + 60
+        while list(out.glob(".*.tmp-*")):  # the orphaned workers finish (or give up) their jobs
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for subject in ("SN001", "SN002"):
+        with ShardReader(out / shard_name(subject, "left")) as reader:
+            assert reader.image_size == 48, "an orphaned worker overwrote the rerun's shard"
+
+
+def test_align_refuses_a_folder_another_live_run_writes(tmp_path, capsys):
+    rel = write_release(tmp_path / "disfa", {"SN001": 10})
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / FolderLock.NAME).write_text(f"{os.getppid()} 1.0")  # a live process
+    assert align.main(["--disfa-root", str(rel.root), "--out", str(out), "--size", "32"]) == 1
+    assert f"pid {os.getppid()}" in _error_line(capsys)
+    (out / FolderLock.NAME).write_text("999999999 1.0")  # a killed run: taken over
+    assert align.main(["--disfa-root", str(rel.root), "--out", str(out), "--size", "32"]) == 0
+    assert not (out / FolderLock.NAME).exists()
+
+
+# --------------------------------------------------------------------------- 3. bounded input
+
+
+def _mat_bomb(path: Path) -> Path:
+    """A landmark file whose compressed variable inflates to ~300 MB (a few hundred KB)."""
+    scipy.io.savemat(str(path), {"pts": np.ones((66, 2)), "junk": np.zeros((6000, 6000))},
+                     do_compression=True)
+    return path
+
+
+def test_mat_bomb_is_refused_before_inflating(tmp_path):
+    bomb = _mat_bomb(tmp_path / "SN001_0001_lm.mat")
+    assert bomb.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ReleaseError, match="SN001_0001_lm.mat.*inflates beyond"):
+            read_landmark_mat(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+    huge = tmp_path / "huge.mat"
+    huge.write_bytes(b"\0" * (2 * 2**20))  # larger than any landmark file: not even read
+    with pytest.raises(ReleaseError, match="refused"):
+        read_landmark_mat(huge)
+
+
+def test_mat_bomb_in_a_release_fails_only_its_subject(tmp_path, capsys):
+    rel = write_release(tmp_path / "disfa", {"SN001": 10, "SN002": 10})
+    target = next((rel.root / "Landmark_Points" / "SN001").rglob("*_0003_lm.mat"))
+    target.unlink()
+    _mat_bomb(target)
+    out = tmp_path / "shards"
+    assert align.main(["--disfa-root", str(rel.root), "--out", str(out), "--size", "32"]) == 1
+    summary = json.loads((out / "align_summary.json").read_text())["subjects"]
+    assert summary["SN002_left"]["status"] == "ok"
+    assert "inflates beyond" in summary["SN001_left"]["error"]
+    assert target.name in summary["SN001_left"]["error"]
+
+
+@pytest.mark.parametrize("command, argv, words", [
+    (synth, ["--fps", "0"], "--fps: must be a finite number > 0"),
+    (align, ["--disfa-root", ".", "--size", "2000000"], "--size: must be 32..1024"),
+    (align, ["--disfa-root", ".", "--threshold", "0"], "--threshold: must be a FACS letter"),
+    (align, ["--disfa-root", ".", "--nose-target", "1.5,0.4"], "--nose-target: must lie inside"),
+    (align, ["--disfa-root", ".", "--chin-target", "0.5,-1"], "--chin-target: must lie inside"),
+    (train_cmd, ["--shards", "s", "--manifest", "m", "--fold", "1", "--device", "gpu0"],
+     "--device: not a device torch knows"),
+    (train_cmd, ["--shards", "s", "--manifest", "m", "--fold", "1", "--threshold", "F"],
+     "--threshold"),
+    (evaluate, ["--checkpoint", "c", "--shards", "s", "--manifest", "m", "--device", "cuda:99"],
+     "--device"),
+    (predict, ["--checkpoint", "c", "--upsample", "-1"], "--upsample: must be 0..4"),
+    (predict, ["--checkpoint", "c", "--fps", "0"], "--fps: must be a finite number > 0"),
+    (predict, ["--checkpoint", "c", "--device", "tpu"], "--device"),
+])
+def test_option_ranges_are_usage_errors(command, argv, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        command.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- 4. no traceback
+
+
+def _out_file_cases(tmp_path, dataset, trained):
+    shards, manifest = dataset
+    f = tmp_path / "a_file"
+    f.write_text("not a folder")
+    release = tmp_path / "disfa"
+    return {
+        "pipeline.align": (align, ["--disfa-root", str(write_release(release, {"SN001": 5}).root),
+                                   "--out", str(f)]),
+        "pipeline.build_folds": (build_folds, ["--shards", str(shards), "--out", str(f)]),
+        "pipeline.synth": (synth, ["--out", str(f), "--n-subjects", "1", "--frames", "2"]),
+        "pipeline.bench": (pipeline_bench, ["--workdir", str(f), "--frames", "2"]),
+        "model.train": (train_cmd, ["--shards", str(shards), "--manifest", str(manifest),
+                                    "--fold", "1", "--out", str(f), *TINY_TRAIN]),
+        "model.evaluate": (evaluate, ["--checkpoint", str(trained / "best.pt"), "--shards",
+                                      str(shards), "--manifest", str(manifest), "--out", str(f)]),
+        "model.crossval": (crossval, ["--shards", str(shards), "--manifest", str(manifest),
+                                      "--out", str(f)]),
+        "model.predict": (predict, ["--checkpoint", str(trained / "best.pt"), "--images",
+                                    str(tmp_path), "--out", str(f)]),
+        "model.demo": (demo, ["--out", str(f)]),
+        "model.bench": (model_bench, ["--out", str(tmp_path), "--device", "cpu"]),
+        "model.predict_bench": (predict_bench, ["--json", str(tmp_path)]),
+    }
+
+
+@pytest.mark.parametrize("name", ["pipeline.align", "pipeline.build_folds", "pipeline.synth",
+                                  "pipeline.bench", "model.train", "model.evaluate",
+                                  "model.crossval", "model.predict", "model.demo", "model.bench",
+                                  "model.predict_bench"])
+def test_out_that_is_a_file_is_one_line(name, tmp_path, dataset, trained, capsys):
+    command, argv = _out_file_cases(tmp_path, dataset, trained)[name]
+    capsys.readouterr()
+    assert command.main(argv) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"{name}: error: --")
+    assert str(tmp_path) in line and ("file" in line or "folder" in line)
+
+
+def test_out_below_a_file_cannot_be_created(tmp_path, dataset, capsys):
+    shards, manifest = dataset
+    (tmp_path / "f").write_text("")
+    assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+                           "--out", str(tmp_path / "f" / "run"), *TINY_TRAIN]) == 2
+    assert "cannot create the folder" in _error_line(capsys)
+
+
+def test_disk_full_names_the_file(dataset, tmp_path, monkeypatch, capsys):
+    shards, manifest = dataset
+
+    def full(obj, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", full)
+    assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+                           "--out", str(tmp_path / "run"), *TINY_TRAIN]) == 1
+    line = _error_line(capsys)
+    assert line.startswith("model.train: error: disk full: ") and str(tmp_path / "run") in line
+
+
+def test_disk_full_in_align_fails_the_subject_with_disk_full(tmp_path, monkeypatch):
+    rel = write_release(tmp_path / "disfa", {"SN001": 10})
+    out = tmp_path / "shards"
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp_path))
+
+    monkeypatch.setattr(align.ShardWriter, "append_many", full)
+    assert align.main(["--disfa-root", str(rel.root), "--out", str(out), "--size", "32"]) == 1
+    row = json.loads((out / "align_summary.json").read_text())["subjects"]["SN001_left"]
+    assert row["error"].startswith("disk full: ") and "SN001_left.h5" in row["error"]
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def test_missing_and_refused_pretrained_are_one_line(dataset, tmp_path, capsys):
+    shards, manifest = dataset
+    base = ["--shards", str(shards), "--manifest", str(manifest), "--fold", "1", *TINY_TRAIN]
+    assert train_cmd.main([*base, "--out", str(tmp_path / "a"), "--pretrained",
+                           str(tmp_path / "nope.pkl")]) == 2
+    assert "nope.pkl" in _error_line(capsys)
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle that would import os.system
+    assert train_cmd.main([*base, "--out", str(tmp_path / "b"), "--pretrained", str(bad)]) == 2
+    assert "evil.pkl" in _error_line(capsys)
+
+
+def test_checkpoint_with_a_misshaped_tensor_names_it(trained, dataset, tmp_path, capsys):
+    shards, manifest = dataset
+    state = load_checkpoint(trained / "best.pt")
+    name = next(k for k, v in state["model"].items() if v.ndim == 4)
+    state["model"][name] = torch.zeros(3, 3, 3, 3)
+    bad = save_checkpoint(tmp_path / "bad.pt", state)
+    assert evaluate.main(["--checkpoint", str(bad), "--shards", str(shards), "--manifest",
+                          str(manifest), "--out", str(tmp_path / "ev")]) == 2
+    line = _error_line(capsys)
+    assert f"tensor '{name}' has shape (3, 3, 3, 3)" in line and "bad.pt" in line
+
+
+def _corrupt_frame(shard: Path, frame: int) -> None:
+    with h5py.File(shard, "r+") as f:
+        data = f["images"][frame]
+        f["images"][frame] = data[: len(data) // 2]  # cut in half
+
+
+def test_corrupt_jpeg_in_a_shard_is_named_and_redone_by_align(tmp_path, capsys):
+    rel = write_release(tmp_path / "disfa", {"SN001": 12, "SN002": 12})
+    out = tmp_path / "shards"
+    argv = ["--disfa-root", str(rel.root), "--out", str(out), "--size", "32"]
+    assert align.main(argv) == 0
+    shard = out / shard_name("SN001", "left")
+    _corrupt_frame(shard, 5)
+    with ShardReader(shard) as reader, pytest.raises(Exception, match=r"SN001_left.h5, frame 5"):
+        reader.image(5)
+    assert align.main(argv) == 0
+    rows = json.loads((out / "align_summary.json").read_text())["subjects"]
+    assert rows["SN001_left"]["status"] == "ok" and rows["SN002_left"]["status"] == "skipped"
+    with ShardReader(shard) as reader:
+        assert reader.image(5).shape == (32, 32, 3)
+
+
+def test_corrupt_jpeg_stops_training_with_one_line(tmp_path, capsys):
+    shards, manifest = make_dataset(tmp_path, frames=24)
+    for path in shards.glob("*.h5"):  # re-encode as JPEG, then cut frame 7 of SN001
+        write_subject(path, path.stem.split("_")[0], 24, 32, 0, encoding="jpeg")
+    _corrupt_frame(shards / "SN001_left.h5", 7)
+    assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+                           "--out", str(tmp_path / "run"), *TINY_TRAIN,
+                           "--no-flip"]) == 2
+    line = _error_line(capsys)
+    assert "SN001_left.h5, frame 7" in line
+
+
+# --------------------------------------------------------------------------- 5. honest evaluation
+
+
+def test_evaluate_refuses_subjects_the_checkpoint_saw(trained, dataset, tmp_path, capsys):
+    shards, manifest = dataset
+    argv = ["--checkpoint", str(trained / "best.pt"), "--shards", str(shards), "--manifest",
+            str(manifest), "--out", str(tmp_path / "ev")]
+    assert evaluate.main([*argv, "--split", "train"]) == 2
+    line = _error_line(capsys)
+    assert "trained or selected on" in line and "--allow-seen" in line
+    assert evaluate.main([*argv, "--split", "val", "--allow-seen"]) == 0
+    report = json.loads((tmp_path / "ev" / "evaluation_val.json").read_text())
+    assert report["results"][0]["seen_subjects"] == ["SN003"]
+    assert "SAW" in (tmp_path / "ev" / "evaluation_val.md").read_text()
+    assert evaluate.main([*argv, "--split", "test"]) == 0  # unseen: no flag needed
+
+
+def test_train_notices_shards_changed_since_the_folds(tmp_path, capsys):
+    shards, _ = make_dataset(tmp_path, frames=24)
+    assert build_folds.main(["--shards", str(shards), "--out", str(tmp_path), "--scheme", "kfold",
+                             "--k", "2"]) == 0
+    manifest = tmp_path / "folds.json"
+    write_subject(shards / "SN002_left.h5", "SN002", 20, 32, 5)  # realigned: 20 frames now
+    assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+                           "--out", str(tmp_path / "run"), *TINY_TRAIN]) == 2
+    line = _error_line(capsys)
+    assert "changed since the folds were built" in line and "SN002_left.h5 (24 -> 20" in line
+
+
+# --------------------------------------------------------------------------- 6. small ones
+
+
+def test_half_truncated_jpeg_is_a_bad_file(tmp_path):
+    import cv2
+
+    path = tmp_path / "face.jpg"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="face.jpg: truncated JPEG"):
+        read_image_rgb(path)
+
+
+def test_ctrl_c_in_align_is_one_line_and_130(tmp_path, monkeypatch, capsys):
+    rel = write_release(tmp_path / "disfa", {"SN001": 5})
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(align, "align_subject", interrupted)
+    assert align.main(["--disfa-root", str(rel.root), "--out", str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+    assert not (tmp_path / "o" / FolderLock.NAME).exists()  # the lock went with the run
+
+
+def test_ctrl_c_in_predict_is_one_line_and_130(trained, tmp_path, monkeypatch, capsys):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "run_predict", interrupted)
+    assert predict.main(["--checkpoint", str(trained / "best.pt"), "--images", str(tmp_path),
+                         "--out", str(tmp_path / "o")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+
+
+def test_stale_temp_files_of_killed_runs_are_removed(tmp_path):
+    rel = write_release(tmp_path / "disfa", {"SN001": 5})
+    out = tmp_path / "shards"
+    out.mkdir()
+    stale = out / ".SN001_left.h5.tmp-999999999"  # no such process
+    live = out / f".SN002_left.h5.tmp-{os.getppid()}"  # someone alive: left alone
+    stale.write_bytes(b"x" * 100)
+    live.write_bytes(b"x")
+    assert align.main(["--disfa-root", str(rel.root), "--out", str(out), "--size", "32"]) == 0
+    assert not stale.exists() and live.exists()
+
+
+def test_align_warnings_are_printed_once_and_no_progress_bar_in_a_log(tmp_path):
+    rel = write_release(tmp_path / "disfa", {"SN001": 20, "SN002": 20},
+                        missing_landmarks={"SN001": [7]})
+    for jobs in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.align", "--disfa-root", str(rel.root), "--out",
+             str(tmp_path / f"o{jobs}"), "--size", "32", "--jobs", jobs],
+            cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count("filled from the neighbouring frame") == 1, done.stderr
+        assert "\r" not in done.stderr and "subject/s" not in done.stderr
+
+
+def test_training_progress_bars_stay_out_of_a_log(dataset, tmp_path, capsys):
+    shards, manifest = dataset
+    argv = [a for a in TINY_TRAIN if a != "--quiet"]
+    assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+                           "--out", str(tmp_path / "run"), *argv]) == 0
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "s/it" not in err and "\r" not in err
+
+
+def _tmpfs(mount: Path, options: str):
+    """Mount a tmpfs (root only; the test is skipped where mounting is not allowed)."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    yield from _tmpfs(tmp_path / "disk", "size=64k")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    yield from _tmpfs(tmp_path / "ro", "size=64k,ro")
+
+
+def test_read_only_out_is_one_line(read_only_disk, dataset, capsys):
+    shards, manifest = dataset
+    for out in (read_only_disk, read_only_disk / "run"):
+        assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold",
+                               "1", "--out", str(out), *TINY_TRAIN]) == 2
+        line = _error_line(capsys)
+        assert str(out) in line and ("not writable" in line or "read-only file system" in line)
+
+
+def test_a_really_full_disk_fails_cleanly(tiny_disk, tmp_path):
+    """HDF5 reports ENOSPC at close as a RuntimeError and crashes (segfault) when the failed
+    handle is freed; the writer keeps it and says 'disk full' with the shard's name instead."""
+    rel = write_release(tmp_path / "disfa", {"SN001": 10, "SN002": 10}, width=320, height=240)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.align", "--disfa-root", str(rel.root), "--out",
+         str(tiny_disk / "shards"), "--size", "224", "--encoding", "raw"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"disk full: {tiny_disk / 'shards' / 'SN001_left.h5'}" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("pipeline.align: error: disk full: ")
+    assert not list((tiny_disk / "shards").glob(".*"))  # no temporary file, no lock left
