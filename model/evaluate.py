@@ -86,15 +86,16 @@ def report_lines(results: Sequence[dict], resamples: int, seed: int) -> list[str
 def write_subject_heatmap(results: Sequence[dict], path: Path, title: str,
                           notes: Sequence[str]) -> Path | None:
     """Every evaluated subject's F1 per AU, all folds stacked (subjects x AUs)."""
-    subjects, f1 = [], []
+    subjects, f1, positives = [], [], []
     for r in results:
         per = r["metrics"].get("per_subject") or {}
         subjects += [f"{s} (fold {r['fold']})" for s in per.get("subjects", [])]
         f1 += per.get("f1", [])
+        positives += per.get("positives", [])
     if not subjects:
         return None
     return plot_subject_heatmap(subjects, results[0]["metrics"]["au_ids"], f1, path,
-                                title=title, notes=notes)
+                                title=title, notes=notes, positives=positives)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

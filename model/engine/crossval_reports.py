@@ -164,8 +164,11 @@ def per_subject(results: Sequence[dict[str, Any]], key: str = "test") -> list[di
     out = []
     for r in results:
         per = (r.get(key) or {}).get("per_subject") or {}
-        for s, f1, n in zip(per.get("subjects", []), per.get("f1", []), per.get("n_frames", [])):
-            out.append({"subject": s, "fold": r["fold"], "n_frames": n, "f1": f1})
+        positives = per.get("positives") or [None] * len(per.get("subjects", []))
+        for s, f1, n, pos in zip(per.get("subjects", []), per.get("f1", []),
+                                 per.get("n_frames", []), positives):
+            out.append({"subject": s, "fold": r["fold"], "n_frames": n, "f1": f1,
+                        "positives": pos})
     return out
 
 
@@ -176,10 +179,16 @@ def write_heatmap(entries: Sequence[dict[str, Any]], au_ids: Sequence[int], path
     try:
         return plot_subject_heatmap([f"{e['subject']} (fold {e['fold']})" for e in entries],
                                     au_ids, [e["f1"] for e in entries], path, title=title,
-                                    notes=[n for n in lines if not n.startswith("Paper")])
+                                    notes=[n for n in lines if not n.startswith("Paper")],
+                                    positives=_positives(entries))
     except Exception as err:  # a plotting problem must never cost the tables
         log.warning("could not draw %s: %s", path, err)
         return None
+
+
+def _positives(entries: Sequence[dict[str, Any]]) -> list | None:
+    return ([e["positives"] for e in entries] if all(e.get("positives") is not None
+                                                      for e in entries) else None)
 
 
 def load_run_folder(folder: Path | str) -> tuple[str, list[dict[str, Any]]]:

@@ -96,7 +96,8 @@ class AUMetrics:
             out["per_subject"] = {
                 "subjects": self.subjects, "counts": counts.tolist(),
                 "f1": [f1_from_counts(c).tolist() for c in counts],
-                "n_frames": [int(c[0].sum()) if len(c) else 0 for c in counts]}
+                "n_frames": [int(c[0].sum()) if len(c) else 0 for c in counts],
+                "positives": (counts[:, :, 0] + counts[:, :, 3]).tolist()}
         if self.auc is not None:
             out["auc"], out["average_precision"] = _nan_to_none(self.auc), \
                 _nan_to_none(self.average_precision)
