@@ -181,6 +181,7 @@ def test_cross_camera_on_a_tiny_twin_with_both_cameras(tmp_path):
     table = (tmp_path / "cv" / "cameras_tranet.md").read_text()
     assert "F1 right [95% CI]" in table and "F1 left [95% CI]" in table
     assert "right - left [95% CI]" in table and "trained on the left camera" in table
+    assert (tmp_path / "cv" / "per_subject_tranet_right.png").is_file()
     report = json.loads((tmp_path / "cv" / "crossval.json").read_text())
     for r in report["results"]["tranet"]:
         left, right = r["test"]["per_subject"], r["test_camera"]["per_subject"]

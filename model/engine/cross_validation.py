@@ -202,8 +202,11 @@ def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: 
     header, rows, detail = reports.compare_rows(camera, tested, "left", tested, resamples, seed,
                                                 key_a="test_camera", key_b="test")
     report.setdefault("cameras", {})[variant] = detail
-    report.setdefault("per_subject_camera", {})[variant] = reports.per_subject(tested,
-                                                                                "test_camera")
+    entries = reports.per_subject(tested, "test_camera")
+    report.setdefault("per_subject_camera", {})[variant] = entries
+    reports.write_heatmap(entries, tested[0]["test"]["au_ids"],
+                          out / f"per_subject_{variant}_{camera}.png",
+                          f"{variant}, {camera} camera: F1 (%) per held-out subject", lines)
     title = (f"Cross-camera ({variant}): trained on the left camera, the same held-out subjects "
              f"tested on the left and the {camera} camera, mean of folds {detail['folds']}")
     lines = [n for n in lines if not n.startswith("Paper")]

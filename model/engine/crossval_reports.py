@@ -123,7 +123,8 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
                          pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None), cell])
         paper = [f"{paper_f1[PAPER_AUS.index(a)]:.1f}" if a in PAPER_AUS else "" for a in aus]
         rows.append([name, "paper", *paper, f"{paper_avg:.1f}",
-                     signed((paper_avg - TABLE1_TRA["f1_avg"]) / 100)])
+                     "0 (reference)" if variant == "tranet"
+                     else signed((paper_avg - TABLE1_TRA["f1_avg"]) / 100)])
     return header, rows, differences
 
 
