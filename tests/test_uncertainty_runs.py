@@ -188,3 +188,15 @@ def test_cross_camera_on_a_tiny_twin_with_both_cameras(tmp_path):
         assert left["subjects"] == right["subjects"]               # the same held-out people
         assert r["test_camera"]["camera"] == "right"
     assert crossval_main([*args, "--cameras", "left", "right"]) == 1   # trains on right too
+
+
+def test_predict_decides_each_au_at_its_own_tuned_threshold():
+    import pandas as pd
+
+    from model.inference.postprocess import postprocess
+
+    table = pd.DataFrame({"face_found": [1, 1, 0], "face_id": [0, 0, -1],
+                          "AU01_p": [0.2, 0.5, np.nan], "AU02_p": [0.7, 0.5, np.nan]})
+    decided = postprocess(table, [1, 2], np.array([0.3, 0.6]))
+    assert decided["AU01_c"].tolist()[:2] == [0, 1] and decided["AU02_c"].tolist()[:2] == [1, 0]
+    assert decided["AU01_c"].isna().tolist() == [False, False, True]

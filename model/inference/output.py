@@ -80,7 +80,8 @@ def is_complete(csv_path: Path) -> bool:
     return bool(meta.get("complete")) and meta.get("csv_bytes") == Path(csv_path).stat().st_size
 
 
-def save_bar_plot(path: Path, probabilities: np.ndarray, au_ids: Sequence[int], threshold: float,
+def save_bar_plot(path: Path, probabilities: np.ndarray, au_ids: Sequence[int],
+                  threshold: float | Sequence[float],
                   title: str) -> Path:
     """One bar per AU (a single image): the probability and the decision threshold."""
     import matplotlib
@@ -90,12 +91,14 @@ def save_bar_plot(path: Path, probabilities: np.ndarray, au_ids: Sequence[int], 
 
     fig, ax = plt.subplots(figsize=(0.6 * len(au_ids) + 2, 3))
     values = np.nan_to_num(np.asarray(probabilities, dtype=float), nan=0.0)
-    colours = ["tab:green" if v >= threshold else "0.6" for v in values]
-    ax.bar([au_name(a) for a in au_ids], values, color=colours)
-    ax.axhline(threshold, color="tab:red", lw=0.8, ls="--")
+    per_au = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(au_ids),))
+    colours = ["tab:green" if v >= c else "0.6" for v, c in zip(values, per_au)]
+    names = [au_name(a) for a in au_ids]
+    ax.bar(names, values, color=colours)
+    ax.scatter(names, per_au, marker="_", s=300, color="tab:red", zorder=3)
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
-    ax.set_title(f"{title}  (dashed: decision threshold {threshold:g})", fontsize=9)
+    ax.set_title(f"{title}  (red: decision threshold {_fmt_threshold(per_au)})", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, path)
 

@@ -190,7 +190,7 @@ class AUPredictor:
                 "label_threshold": self.meta.get("threshold"),
                 "label_meaning": f"AUxx_c = 1: FACS intensity >= {self.meta.get('threshold')} "
                                  f"predicted (probability AUxx_p >= decision threshold)",
-                "decision_threshold": self.threshold,
+                "decision_threshold": np.asarray(self.threshold).tolist(),
                 "epoch": self.meta.get("epoch"), "selected": self.meta.get("selected"),
                 "faces": self.cfg.faces, "min_score": self.cfg.min_score,
                 "min_confidence": self.cfg.min_confidence, "calibrate": self.cfg.calibrate,
