@@ -9,9 +9,16 @@ A finished run is reused and an interrupted one resumed, so rerunning the comman
 where it stopped. A fold that fails is reported and the others still run.
 
 Writes ``OUT/table1.{csv,md}`` (TRA-Net: per-AU F1 and accuracy, mean of folds, beside the
-paper's TRA column), ``OUT/table2.{csv,md}`` (F1 of each variant beside the paper's rows, with
---ablations) and ``OUT/crossval.json``. Every table states the label threshold and selection
-protocol of our numbers and of the paper's.
+paper's TRA column), ``OUT/table2.{csv,md}`` (F1 of each variant beside the paper's rows and its
+paired difference to TRA-Net, with --ablations), ``OUT/per_subject_<variant>.png`` (F1 per
+held-out subject and AU) and ``OUT/crossval.json`` (per-subject results included). Each F1 and
+accuracy has a 95% interval from a subject-level bootstrap (``--bootstrap N``). Every table
+states the label threshold and selection protocol of our numbers and of the paper's, and the
+recipe (variant, preset, backbone and weights, image size, selection, folds) of ours.
+
+    python -m model.crossval ... --compare senet50 tranet    # paired test of two variants
+    python -m model.crossval --out runs/cmp --compare runs/cvA runs/cvB   # of two run folders
+    python -m model.crossval ... --test-camera right         # train left, test left and right
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from .engine.checkpoint import CheckpointError
 from .engine.cross_validation import crossval, run_fold, table1, table2  # noqa: F401  (re-exported)
 from .engine.data import DataError
 from .evaluation.paper_tables import TABLE2_ORDER
+from .evaluate import add_bootstrap_options
 from .train import add_training_options
 
 log = logging.getLogger("model.crossval")
@@ -37,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.crossval",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shards", required=True, help="folder of aligned shards")
-    p.add_argument("--manifest", required=True, help="folds.json (pipeline.build_folds)")
+    p.add_argument("--shards", help="folder of aligned shards (required unless --compare "
+                                     "names two run folders)")
+    p.add_argument("--manifest", help="folds.json (pipeline.build_folds); required like --shards")
     p.add_argument("--out", required=True, help="folder for the runs and the tables")
     p.add_argument("--folds", type=int, nargs="+", default=None,
                    help="folds to run (default: every fold of the manifest)")
@@ -46,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train every Table 2 variant and write table2")
     p.add_argument("--variants", nargs="+", default=None, choices=list(TABLE2_ORDER),
                    help="variants to run (default: tranet; with --ablations: all of Table 2)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                   help="paired subject-level bootstrap of F1(A) - F1(B), per AU and mean, with "
+                        "95%% CI and p-value; A and B are variants (trained here if needed) or "
+                        "model.crossval output folders (then nothing is trained); writes "
+                        "OUT/compare.{md,csv,json} (default: no comparison)")
+    p.add_argument("--test-camera", choices=["right"], default=None,
+                   help="also test each fold's best.pt on the same held-out subjects filmed by "
+                        "this camera (shards from pipeline.align --camera right) while training "
+                        "on the left; writes OUT/cameras_<variant>.{md,csv} (default: off)")
+    add_bootstrap_options(p)
     add_training_options(p)
     return p
 

@@ -244,6 +244,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
 def demo_markdown(report: dict[str, Any]) -> str:
     from .evaluate import results_rows
     from .evaluation.records import markdown_table
+    from .evaluation.statistics import DEFAULT_RESAMPLES, method_line
 
     header, rows = results_rows(report["results"])
     times = " | ".join(f"{k} {v:.0f} s" for k, v in report["wall_seconds"].items())
@@ -259,8 +260,10 @@ def demo_markdown(report: dict[str, Any]) -> str:
                   f"{100 * p['metrics']['mean_f1']:.1f}"] for p in report["predict"]]
         predict = ("\n\n`model.predict` on the raw test videos (dlib landmarks, no AAM), F1 per "
                    f"AU against the twin's labels:\n\n{markdown_table(head, lines)}")
+    notes = "".join(f"Recipe: {r}\n\n" for r in dict.fromkeys(
+        x.get("recipe") for x in report["results"]) if r) + method_line(DEFAULT_RESAMPLES, 0)
     return (f"# Demo on the synthetic DISFA twin\n\nHeld-out test subjects of each fold; "
-            f"{report['protocol']}\n\n{markdown_table(header, rows)}{predict}\n\n"
+            f"{report['protocol']}\n\n{notes}\n\n{markdown_table(header, rows)}{predict}\n\n"
             f"Wall time ({report['threads']} torch threads): {times}\n\nPlots:\n{plots}\n")
 
 

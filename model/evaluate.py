@@ -7,7 +7,13 @@ Per AU: sigmoid >= 0.5, TP/FP/TN/FN pooled over every frame of every test subjec
 F1 and accuracy, and their unweighted means. With one checkpoint per fold, the table also gives
 the mean over folds (how the papers report DISFA). Labels use the threshold the checkpoint was
 trained with, re-derived from the shards' raw intensities; every report names that threshold
-and how the model was selected.
+and how the model was selected, and the recipe (variant, preset, backbone and weights, image
+size, selection split, folds).
+
+Beside each F1 and accuracy: a 95% interval from a subject-level bootstrap (``--bootstrap N``
+resamples of the held-out subjects; see model/evaluation/statistics.py); per AU also ROC-AUC and
+average precision, and F1 at the checkpoint's tuned thresholds if it has them. Writes
+``evaluation_<split>.{json,csv,md}`` and ``evaluation_<split>_subjects.png`` (F1 per subject).
 """
 from __future__ import annotations
 
@@ -23,7 +29,11 @@ from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
 from .engine.data import DataError
 from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
+from .evaluation.plots import plot_subject_heatmap
+from .evaluation.provenance import note_rows
 from .evaluation.records import markdown_table, write_csv, write_json
+from .evaluation.statistics import DEFAULT_RESAMPLES, method_line
+from .evaluation.tables import summary as summarise
 
 log = logging.getLogger("model.evaluate")
 
@@ -55,7 +65,43 @@ def build_parser() -> argparse.ArgumentParser:
                         "(refused without it; the report then says so)")
     p.add_argument("--cameras", nargs="+", default=["left"], choices=["left", "right"],
                    help="cameras whose shards are evaluated")
+    add_bootstrap_options(p)
     return p
+
+
+def add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    """--bootstrap/--bootstrap-seed (shared with model.crossval)."""
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+                   help="subject-level bootstrap resamples for the 95%% confidence intervals "
+                        "(0: no intervals)")
+    p.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="seed of the bootstrap draws (same seed, same intervals)")
+
+
+def report_lines(results: Sequence[dict], resamples: int, seed: int) -> list[str]:
+    """Protocol, recipe and interval-method lines of a table (Markdown and CSV alike)."""
+    lines = [f"Protocol: {n}" for n in sorted({r["protocol"] for r in results})]
+    lines += [f"Recipe: {n}" for n in dict.fromkeys(r["recipe"] for r in results)]
+    if resamples:
+        lines.append(method_line(resamples, seed))
+    tuned = {r["decision_thresholds"]["note"] for r in results if r.get("decision_thresholds")}
+    lines += [f"Tuned rows: {n}" for n in sorted(tuned)]
+    return lines
+
+
+def write_subject_heatmap(results: Sequence[dict], path: Path, title: str,
+                          notes: Sequence[str]) -> Path | None:
+    """Every evaluated subject's F1 per AU, all folds stacked (subjects x AUs)."""
+    subjects, f1, positives = [], [], []
+    for r in results:
+        per = r["metrics"].get("per_subject") or {}
+        subjects += [f"{s} (fold {r['fold']})" for s in per.get("subjects", [])]
+        f1 += per.get("f1", [])
+        positives += per.get("positives", [])
+    if not subjects:
+        return None
+    return plot_subject_heatmap(subjects, results[0]["metrics"]["au_ids"], f1, path,
+                                title=title, notes=notes, positives=positives)
 
 
 @handle_errors("model.evaluate")
@@ -88,20 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("checkpoints of different variants %s cannot be averaged; pass --variant",
                   sorted(variants))
         return 1
-    notes = sorted({r["protocol"] for r in results})
-    header, rows = results_rows(results)
-    summary = {"split": args.split, "protocol": notes, "results": results,
-               "mean_over_folds": mean_over_folds(results) if len(results) > 1 else None}
+    lines = report_lines(results, args.bootstrap, args.bootstrap_seed)
+    header, rows = results_rows(results, args.bootstrap, args.bootstrap_seed)
+    summary = {"split": args.split, "protocol": sorted({r["protocol"] for r in results}),
+               "recipe": list(dict.fromkeys(r["recipe"] for r in results)), "notes": lines,
+               "results": results,
+               "mean_over_folds": mean_over_folds(results) if len(results) > 1 else None,
+               "intervals": summarise([r["metrics"] for r in results], args.bootstrap,
+                                        args.bootstrap_seed)}
     remove_stale_temp_files(check_out_dir(out))
     stem = f"evaluation_{args.split}"
     write_json(out / f"{stem}.json", summary)
-    write_csv(out / f"{stem}.csv", ["protocol", *header], [[" / ".join(notes), *r] for r in rows])
-    text = (f"# Evaluation on the {args.split} subjects ({results[0]['variant']})\n\n"
-            + "\n".join(f"Protocol: {n}" for n in notes) + "\n\n" + markdown_table(header, rows)
-            + "\n")
+    write_csv(out / f"{stem}.csv", header, [*note_rows(lines, len(header)), *rows])
+    title = f"Evaluation on the {args.split} subjects ({results[0]['variant']})"
+    text = f"# {title}\n\n" + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n"
     (out / f"{stem}.md").write_text(text)
+    write_subject_heatmap(results, out / f"{stem}_subjects.png", f"{title}: F1 per subject",
+                          [n for n in lines if n.startswith(("Protocol", "Recipe"))])
     print(text)
-    print(f"saved {out / stem}.{{json,csv,md}}")
+    print(f"saved {out / stem}.{{json,csv,md}} and {stem}_subjects.png")
     return 0
 
 

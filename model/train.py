@@ -96,6 +96,11 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="alignment jitter: random rotation +- this many degrees (default 0)")
     p.add_argument("--jitter-shift", type=float, default=d.jitter_shift,
                    help="alignment jitter: random shift +- this fraction of the size (default 0)")
+    p.add_argument("--tune-threshold", default=None, choices=["val", "test"],
+                   help="after selection, tune a per-AU decision threshold (F1-optimal) on the "
+                        "validation subjects, store it in best.pt for model.predict and report "
+                        "the test F1 at it beside 0.5; 'test' only with --select-on test, "
+                        "labelled as leakage (default: off, sigmoid >= 0.5)")
     p.add_argument("--threshold", type=threshold_arg, default=None,
                    help="positive label = intensity >= this (FACS letter A-E or 1-5); default: the "
                         "manifest's")

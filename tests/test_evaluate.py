@@ -71,9 +71,9 @@ def test_cli_averages_folds_and_labels_the_protocol(runs, tmp_path, capsys):
     assert [r["fold"] for r in summary["results"]] == [1, 2]
     assert summary["mean_over_folds"]["mean_f1"] == pytest.approx(np.mean(f1s))
     text = (tmp_path / "evaluation_test.md").read_text()
-    assert "intensity >= 3" in text and "sigmoid >= 0.5" in text and "| mean | F1 |" in text
+    assert "intensity >= 3" in text and "sigmoid >= 0.5" in text and "| mean | F1 [95% CI] |" in text
     assert "validation subjects" in (tmp_path / "evaluation_test.csv").read_text()
-    assert "| mean | F1 |" in capsys.readouterr().out
+    assert "| mean | F1 [95% CI] |" in capsys.readouterr().out
 
 
 def test_evaluate_refuses_mismatches(runs, tmp_path, capsys):

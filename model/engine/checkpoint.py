@@ -145,5 +145,6 @@ def load_for_inference(
         raise CheckpointError(f"{path}: weights do not fit variant '{config.variant}' "
                               f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
     meta = {**data["data"], "model_config": data["model_config"],
-            "train_config": data.get("train_config", {}), "epoch": data.get("epoch")}
+            "train_config": data.get("train_config", {}), "epoch": data.get("epoch"),
+            "decision_thresholds": data.get("decision_thresholds")}
     return model.to(device).eval(), meta

@@ -30,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.001
     patience: int = 10
     select_on: str = "val"
+    tune_threshold: str | None = None
     au_weights: bool = False
     sampler: str = "weighted"
     flip: bool = True
@@ -60,6 +61,12 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
         if self.select_on not in ("val", "test"):
             raise ValueError("select_on must be 'val' or 'test'")
+        if self.tune_threshold not in (None, "val", "test"):
+            raise ValueError("tune_threshold must be 'val', 'test' or None")
+        if self.tune_threshold == "test" and self.select_on != "test":
+            raise ValueError("--tune-threshold test tunes on the test subjects; it is only allowed "
+                             "with --select-on test (the paper's leaky protocol), where it is "
+                             "labelled as such; use --tune-threshold val")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be 'constant' or 'cosine'")
         if self.lr_scaling not in ("none", "linear"):
@@ -86,6 +93,13 @@ def protocol_note(select_on: str, threshold: int) -> str:
                  "model selected on the held-out validation subjects (test subjects unseen)")
     return (f"labels: FACS intensity >= {threshold}; decision: sigmoid >= {PROBABILITY_THRESHOLD}; "
             f"{selection}; F1/accuracy pooled over all frames of the split")
+
+
+def threshold_note(tuned_on: str) -> str:
+    """How tuned decision thresholds were chosen, said as plainly as the protocol line."""
+    where = ("the TEST subjects (leakage: optimistic, as the paper's selection)" if tuned_on == "test"
+             else "the held-out validation subjects (test subjects unseen)")
+    return f"decision: per-AU F1-optimal sigmoid thresholds tuned on {where}"
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:

@@ -7,14 +7,19 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..evaluation.paper_tables import PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1, TABLE2_ORDER
+from ..evaluation.paper_tables import PAPER_PROTOCOL, TABLE2_ORDER
+from ..evaluation.provenance import note_rows
 from ..evaluation.records import markdown_table, write_csv, write_json
+from ..nets.tranet import VARIANTS
+from ..evaluation.statistics import DEFAULT_RESAMPLES
 from .checkpoint import CheckpointError
 from .config import TrainConfig, config_from_args
 from .data import DataError, fold_numbers
 from .distributed import DistInfo
-from .evaluator import mean_over_folds
+from .evaluator import evaluate_checkpoint, mean_over_folds
 from .trainer import load_data, train
+from .crossval_reports import table1_rows, table2_rows
+from . import crossval_reports as reports
 
 log = logging.getLogger("model.crossval")
 
@@ -36,60 +41,70 @@ def run_fold(cfg: TrainConfig) -> dict[str, Any]:
     return train(cfg)
 
 
-def table1(results: Sequence[dict[str, Any]], protocol: str) -> tuple[list[str], list[list[Any]], str]:
-    """Ours (mean of folds) beside the paper's TRA column."""
-    mean = mean_over_folds([{"fold": r["fold"], "metrics": r["test"]} for r in results])
-    aus = mean["au_ids"]
-    header = ["AU", "F1 ours", "F1 paper", "Accuracy ours", "Accuracy paper"]
-    rows = []
-    for k, au in enumerate(aus):
-        j = PAPER_AUS.index(au) if au in PAPER_AUS else None
-        rows.append([au, f"{100 * mean['f1'][k]:.1f}",
-                     f"{TABLE1_TRA['f1'][j]:.1f}" if j is not None else "",
-                     f"{100 * mean['accuracy'][k]:.1f}",
-                     f"{TABLE1_TRA['accuracy'][j]:.1f}" if j is not None else ""])
-    rows.append(["Avg", f"{100 * mean['mean_f1']:.1f}", f"{TABLE1_TRA['f1_avg']:.1f}",
-                 f"{100 * mean['mean_accuracy']:.1f}", f"{TABLE1_TRA['accuracy_avg']:.1f}"])
+def table1(results: Sequence[dict[str, Any]], protocol: str, *, lines: Sequence[str] | None = None,
+           resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+           ) -> tuple[list[str], list[list[Any]], str]:
+    """Ours (mean of folds, with subject-bootstrap intervals) beside the paper's TRA column."""
+    header, rows, s = table1_rows(results, resamples, seed)
+    lines = list(lines) if lines is not None else [f"Ours: {protocol}", f"Paper: {PAPER_PROTOCOL}"]
+    folds = [r["fold"] for r in results]
     text = (f"# Table 1: TRA-Net, F1-frame and accuracy (%) on the test subjects, mean of folds "
-            f"{mean['folds']}\n\nOurs: {protocol}\n\nPaper: {PAPER_PROTOCOL}\n\n"
-            + markdown_table(header, rows) + "\n")
+            f"{folds}\n\n" + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n")
     return header, rows, text
 
 
-def table2(per_variant: dict[str, list[dict[str, Any]]], protocol: str
+def table2(per_variant: dict[str, list[dict[str, Any]]], protocol: str, *,
+           lines: Sequence[str] | None = None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
            ) -> tuple[list[str], list[list[Any]], str]:
-    """F1 per AU of each variant (ours, mean of folds) and the paper's row below it."""
-    aus = next(iter(per_variant.values()))[0]["test"]["au_ids"]
-    header = ["Method", "source", *[f"AU{a}" for a in aus], "Avg"]
-    rows = []
-    for variant in TABLE2_ORDER:
-        name, paper_f1, paper_avg = TABLE2_F1[variant]
-        if variant in per_variant and per_variant[variant]:
-            mean = mean_over_folds([{"fold": r["fold"], "metrics": r["test"]}
-                                    for r in per_variant[variant]])
-            rows.append([name, "ours", *[f"{100 * v:.1f}" for v in mean["f1"]],
-                         f"{100 * mean['mean_f1']:.1f}"])
-        paper = [f"{paper_f1[PAPER_AUS.index(a)]:.1f}" if a in PAPER_AUS else "" for a in aus]
-        rows.append([name, "paper", *paper, f"{paper_avg:.1f}"])
+    """F1 per AU of each variant (ours, mean of folds, [CI], paired difference to TRA-Net) and
+    the paper's row below it."""
+    header, rows, _ = table2_rows(per_variant, resamples, seed)
+    lines = list(lines) if lines is not None else [f"Ours: {protocol}", f"Paper: {PAPER_PROTOCOL}"]
     text = ("# Table 2: F1-frame (%) of the TRA-Net variants, mean of folds\n\n"
-            f"Ours: {protocol}\n\nPaper: {PAPER_PROTOCOL}\n\n" + markdown_table(header, rows) + "\n")
+            + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n")
     return header, rows, text
 
 
 def crossval(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and test every (variant, fold), then write the tables (see model.crossval)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    resamples = int(getattr(args, "bootstrap", DEFAULT_RESAMPLES))
+    seed = int(getattr(args, "bootstrap_seed", 0))
+    compare = list(getattr(args, "compare", None) or [])
+    if compare and not any(c in VARIANTS for c in compare):
+        return write_comparison(out, compare, {}, resamples, seed)   # two run folders
+    if not args.shards or not args.manifest:
+        raise ValueError("--shards and --manifest are needed (all but --compare FOLDER FOLDER)")
     folds = args.folds or fold_numbers(args.manifest)
-    variants = args.variants or (list(TABLE2_ORDER) if args.ablations else ["tranet"])
-
-    # Every fold's data is checked before any training starts.
+    variants = list(args.variants or (list(TABLE2_ORDER) if args.ablations else ["tranet"]))
+    variants += [c for c in compare if c in VARIANTS and c not in variants]
     base = config_from_args(args, fold=folds[0], out=str(out), variant=variants[0])
+    test_camera = getattr(args, "test_camera", None)
+    if test_camera and test_camera in base.cameras:
+        raise ValueError(f"--test-camera {test_camera}: the models also train on that camera "
+                         f"(--cameras {' '.join(base.cameras)}); train on the other one")
+    # Every fold's data is checked before any training starts.
     for fold in folds:
         load_data(TrainConfig(**{**base.__dict__, "fold": fold, "workers": 0}), DistInfo(),
                   _cpu())
+    per_variant, failures = train_all(base, out, variants, folds)
+    if failures and failures[-1].get("error") == "interrupted":
+        return {"status": "interrupted", "failures": failures}
+    if test_camera:
+        failures += test_on_camera(per_variant, base, test_camera)
+    report = write_reports(out, per_variant, failures, base, args, resamples, seed)
+    if compare:
+        report["comparison"] = write_comparison(out, compare, per_variant, resamples, seed)
+        report["texts"].append(report["comparison"].pop("text"))
+    return report
 
+
+def train_all(base: TrainConfig, out: Path, variants: Sequence[str], folds: Sequence[int]
+              ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Every (variant, fold); a failed fold is recorded and the others still run."""
     per_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    failures = []
+    failures: list[dict[str, Any]] = []
     for variant in variants:
         for fold in folds:
             cfg = TrainConfig(**{**base.__dict__, "variant": variant, "fold": fold,
@@ -102,38 +117,130 @@ def crossval(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             if summary.get("status") != "finished":
                 log.warning("%s fold %d stopped before finishing; rerun to resume", variant, fold)
-                failures.append({"variant": variant, "fold": fold, "error": summary.get("status")})
-                return {"status": "interrupted", "failures": failures}
+                failures.append({"variant": variant, "fold": fold, "error": "interrupted"})
+                return per_variant, failures
             per_variant[variant].append(summary)
+    return per_variant, failures
 
-    threshold = base.threshold
-    protocols = sorted({r["protocol"] for rs in per_variant.values() for r in rs})
-    protocol = " / ".join(protocols) if protocols else f"label threshold {threshold}"
-    report: dict[str, Any] = {"status": "finished", "folds": folds, "variants": variants,
-                              "protocol": protocol, "paper_protocol": PAPER_PROTOCOL,
-                              "failures": failures,
+
+def test_on_camera(per_variant: dict[str, list[dict[str, Any]]], base: TrainConfig,
+                   camera: str) -> list[dict[str, Any]]:
+    """Each fold's best.pt on the same held-out subjects filmed by ``camera``
+    (``summary["test_camera"]``)."""
+    import torch
+
+    device = base.device if base.device != "auto" else ("cuda" if torch.cuda.is_available()
+                                                        else "cpu")
+    failures = []
+    for variant, results in per_variant.items():
+        for r in results:
+            try:
+                evaluated = evaluate_checkpoint(
+                    Path(r["run_dir"]) / "best.pt", base.shards, base.manifest, r["fold"],
+                    variant=variant, batch_size=base.eval_batch_size, device=device,
+                    cameras=[camera])
+            except (DataError, CheckpointError, ValueError) as err:
+                log.error("%s fold %d on the %s camera failed: %s", variant, r["fold"], camera, err)
+                failures.append({"variant": variant, "fold": r["fold"], "camera": camera,
+                                 "error": str(err)})
+                continue
+            r["test_camera"] = {**evaluated["metrics"], "camera": camera}
+    return failures
+
+
+def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
+                  failures: list[dict[str, Any]], base: TrainConfig, args: argparse.Namespace,
+                  resamples: int, seed: int) -> dict[str, Any]:
+    """table1, table2, the camera tables, per-subject results and crossval.json."""
+    done = {v: rs for v, rs in per_variant.items() if rs}
+    protocols = sorted({r["protocol"] for rs in done.values() for r in rs})
+    protocol = " / ".join(protocols) if protocols else f"label threshold {base.threshold}"
+    report: dict[str, Any] = {"status": "finished", "folds": sorted({r["fold"] for rs in
+                                                                      done.values() for r in rs}),
+                              "variants": list(per_variant), "protocol": protocol,
+                              "paper_protocol": PAPER_PROTOCOL, "failures": failures,
+                              "bootstrap": {"resamples": resamples, "seed": seed},
                               "results": {v: rs for v, rs in per_variant.items()}}
     texts = []
-    if per_variant.get("tranet"):
-        header, rows, text = table1(per_variant["tranet"], protocol)
-        write_csv(out / "table1.csv", header, rows)
+    lines = reports.header_lines(done, protocol, base.manifest, resamples, seed)
+    if done.get("tranet"):
+        tranet_lines = [n for n in lines if not n.startswith("Recipe (") or
+                        n.startswith("Recipe (tranet)")]
+        header, rows, text = table1(done["tranet"], protocol, lines=tranet_lines,
+                                    resamples=resamples, seed=seed)
+        write_csv(out / "table1.csv", header, [*note_rows(tranet_lines, len(header)), *rows])
         (out / "table1.md").write_text(text)
-        report["table1"] = {"header": header, "rows": rows}
+        report["table1"] = {"header": header, "rows": rows, "notes": tranet_lines}
         texts.append(text)
-    done = {v: rs for v, rs in per_variant.items() if rs}
-    if args.ablations or len(done) > 1:
-        if done:
-            header, rows, text = table2(done, protocol)
-            write_csv(out / "table2.csv", header, rows)
-            (out / "table2.md").write_text(text)
-            report["table2"] = {"header": header, "rows": rows}
-            texts.append(text)
+    if done and (args.ablations or len(done) > 1):
+        header, rows, text = table2(done, protocol, lines=lines, resamples=resamples, seed=seed)
+        write_csv(out / "table2.csv", header, [*note_rows(lines, len(header)), *rows])
+        (out / "table2.md").write_text(text)
+        report["table2"] = {"header": header, "rows": rows, "notes": lines,
+                            "differences_to_tranet": table2_rows(done, resamples, seed)[2]}
+        texts.append(text)
     for variant, rs in done.items():
-        mean = mean_over_folds([{"fold": r["fold"], "metrics": r["test"]} for r in rs])
-        report.setdefault("mean_over_folds", {})[variant] = mean
+        report.setdefault("mean_over_folds", {})[variant] = mean_over_folds(
+            [{"fold": r["fold"], "metrics": r["test"]} for r in rs])
+        report.setdefault("per_subject", {})[variant] = entries = reports.per_subject(rs)
+        mine = [n for n in lines if not n.startswith("Recipe (") or
+                n.startswith(f"Recipe ({variant})")]
+        reports.write_heatmap(entries, rs[0]["test"]["au_ids"], out / f"per_subject_{variant}.png",
+                              f"{variant}: F1 (%) per held-out subject", mine)
+        if any("test_camera" in r for r in rs):
+            texts.append(camera_table(out, variant, rs, mine, resamples, seed, report))
     write_json(out / "crossval.json", report)
     report["texts"] = texts
     return report
+
+
+def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: list[str],
+                 resamples: int, seed: int, report: dict[str, Any]) -> str:
+    """Left (trained-on) and the other camera side by side, with the paired difference."""
+    tested = [r for r in results if "test_camera" in r]
+    camera = tested[0]["test_camera"]["camera"]
+    header, rows, detail = reports.compare_rows(camera, tested, "left", tested, resamples, seed,
+                                                key_a="test_camera", key_b="test")
+    report.setdefault("cameras", {})[variant] = detail
+    entries = reports.per_subject(tested, "test_camera")
+    report.setdefault("per_subject_camera", {})[variant] = entries
+    reports.write_heatmap(entries, tested[0]["test"]["au_ids"],
+                          out / f"per_subject_{variant}_{camera}.png",
+                          f"{variant}, {camera} camera: F1 (%) per held-out subject", lines)
+    title = (f"Cross-camera ({variant}): trained on the left camera, the same held-out subjects "
+             f"tested on the left and the {camera} camera, mean of folds {detail['folds']}")
+    lines = [n for n in lines if not n.startswith("Paper")]
+    return reports.write_table(out, f"cameras_{variant}", title, lines, header, rows)
+
+
+def write_comparison(out: Path, names: Sequence[str], per_variant: dict[str, list[dict[str, Any]]],
+                     resamples: int, seed: int) -> dict[str, Any]:
+    """``--compare A B``: each a variant of this run or a model.crossval output folder."""
+    if len(names) != 2:
+        raise ValueError("--compare takes two names: variants of this run or run folders")
+    sides = []
+    for name in names:
+        if name in VARIANTS:
+            if not per_variant.get(name):
+                raise DataError(f"--compare {name}: no finished fold of that variant")
+            sides.append((name, per_variant[name], {name: per_variant[name]}))
+        else:
+            variant, results = reports.load_run_folder(name)
+            label = f"{Path(name).name}:{variant}"
+            sides.append((label, results, {label: results}))
+    (na, ra, pa), (nb, rb, pb) = sides
+    header, rows, detail = reports.compare_rows(na, ra, nb, rb, resamples, seed)
+    protocols = sorted({r["protocol"] for r in [*ra, *rb] if r.get("protocol")})
+    lines = reports.header_lines({**pa, **pb}, " / ".join(protocols), None, resamples, seed,
+                                 paper=False)
+    lines.append("difference: paired, both models' counts pooled with the same subject draws; "
+                 "p: two-sided bootstrap p-value of no difference")
+    text = reports.write_table(out, "compare", f"Paired comparison: {na} vs {nb}", lines,
+                               header, rows)
+    payload = {"status": "finished", "a": na, "b": nb, "notes": lines, "header": header,
+               "rows": rows, **detail}
+    write_json(out / "compare.json", payload)
+    return {**payload, "text": text, "texts": [text]}
 
 
 def _cpu():

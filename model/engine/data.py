@@ -250,6 +250,14 @@ class ShardFrames(Dataset):
         image = torch.from_numpy(self.image(index, bool(flip), uniforms))
         return image, torch.from_numpy(self.labels[index].astype(np.float32)), index
 
+    def subject_groups(self) -> tuple[list[str], np.ndarray]:
+        """Distinct subject names and the ``[len(self)]`` index of each frame's subject (a
+        subject's cameras share one index)."""
+        names = list(dict.fromkeys(self.subjects))
+        lengths = np.diff(self.offsets)
+        groups = np.repeat([names.index(s) for s in self.subjects], lengths).astype(np.int64)
+        return names, groups
+
     def natural_positive_rate(self) -> np.ndarray:
         return self.labels.mean(axis=0) if len(self) else np.zeros(len(self.au_ids))
 

@@ -12,9 +12,12 @@ from torch.utils.data import DataLoader
 from .checkpoint import check_compatible, load_checkpoint, load_for_inference
 from .config import protocol_note
 from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
-                   fold_spec, open_shards, single_threaded_opencv)
+                   fold_spec, load_manifest, open_shards, single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
-from .trainer import evaluate
+from .trainer import run_evaluation
+from ..evaluation.provenance import recipe_line
+from ..evaluation.statistics import DEFAULT_RESAMPLES
+from ..evaluation.tables import metric_rows, summary
 
 log = logging.getLogger("model.evaluate")
 
@@ -76,21 +79,27 @@ def evaluate_checkpoint(
                         collate_fn=collate_frames, pin_memory=target.type == "cuda")
     train_cfg = meta.get("train_config", {})
     amp = bool(train_cfg.get("amp", False)) if amp is None else amp
-    metrics = evaluate(model, loader, target, list(spec.au_ids), amp=amp,
-                       channels_last=False, desc=f"fold {fold} {split}",
-                       quiet=not sys.stderr.isatty())
+    acc = run_evaluation(model, loader, target, list(spec.au_ids), amp=amp,
+                         desc=f"fold {fold} {split}", quiet=not sys.stderr.isatty(),
+                         by_subject=True, scores=True)
     select_on = train_cfg.get("select_on", "val")
     note = protocol_note(select_on, threshold)
     if seen:
         log.warning("%s: evaluated on subjects it was trained or selected on: %s",
                     checkpoint, ", ".join(seen))
         note += f"; EVALUATED ON SUBJECTS THE MODEL SAW ({', '.join(seen)}): optimistic"
-    return {
+    result = {
         "checkpoint": str(checkpoint), "fold": fold, "split": split, "subjects": subjects,
-        "variant": meta["model_config"].get("variant"), "epoch": meta.get("epoch"),
-        "threshold": threshold, "select_on": select_on,
-        "protocol": note, "seen_subjects": seen, "metrics": metrics.as_dict(),
-    }
+        "cameras": list(cameras), "variant": meta["model_config"].get("variant"),
+        "epoch": meta.get("epoch"), "threshold": threshold, "select_on": select_on,
+        "protocol": note, "seen_subjects": seen,
+        "recipe": recipe_line(state, load_manifest(manifest)),
+        "metrics": acc.compute().as_dict()}
+    tuned = state.get("decision_thresholds")
+    if tuned:
+        result["decision_thresholds"] = tuned
+        result["metrics_tuned"] = acc.at_thresholds(tuned["values"]).compute().as_dict()
+    return result
 
 
 def _check_alignment(shard: Path, geometry: dict[str, Any], data: dict[str, Any],
@@ -121,22 +130,26 @@ def mean_over_folds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "folds": [r["fold"] for r in results]}
 
 
-def _pct(values: Sequence[float]) -> list[str]:
-    return [f"{100 * v:.1f}" for v in values]
-
-
-def results_rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """One F1 row and one accuracy row per fold, plus the mean over folds."""
+def results_rows(results: Sequence[dict[str, Any]], resamples: int = DEFAULT_RESAMPLES,
+                 seed: int = 0) -> tuple[list[str], list[list[Any]]]:
+    """Per fold: F1 and accuracy with subject-bootstrap intervals, ROC-AUC and AP (and F1 at
+    tuned thresholds when the checkpoint has them); then the mean over folds, whose interval
+    resamples every fold's subjects."""
     aus = results[0]["metrics"]["au_ids"]
     header = ["fold", "metric", *[f"AU{a}" for a in aus], "Avg"]
     rows = []
     for r in results:
-        m = r["metrics"]
-        rows.append([r["fold"], "F1", *_pct(m["f1"]), f"{100 * m['mean_f1']:.1f}"])
-        rows.append([r["fold"], "accuracy", *_pct(m["accuracy"]), f"{100 * m['mean_accuracy']:.1f}"])
+        rows += metric_rows(r["fold"], summary([r["metrics"]], resamples, seed))
+        if "metrics_tuned" in r:
+            rows += tuned_rows(r["fold"], [r["metrics_tuned"]], resamples, seed)
     if len(results) > 1:
-        mean = mean_over_folds(results)
-        rows.append(["mean", "F1", *_pct(mean["f1"]), f"{100 * mean['mean_f1']:.1f}"])
-        rows.append(["mean", "accuracy", *_pct(mean["accuracy"]),
-                     f"{100 * mean['mean_accuracy']:.1f}"])
+        rows += metric_rows("mean", summary([r["metrics"] for r in results], resamples, seed))
+        if all("metrics_tuned" in r for r in results):
+            rows += tuned_rows("mean", [r["metrics_tuned"] for r in results], resamples, seed)
     return header, rows
+
+
+def tuned_rows(label: Any, metrics: Sequence[dict[str, Any]], resamples: int, seed: int
+               ) -> list[list[Any]]:
+    row = metric_rows(label, summary(metrics, resamples, seed))[0]
+    return [[label, "F1 at tuned thresholds [95% CI]", *row[2:]]]

@@ -34,11 +34,12 @@ from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distrib
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
                    check_frame_counts, collate_frames, default_workers, evaluation_indices,
                    fold_spec, load_manifest, open_shards, single_threaded_opencv)
-from .config import TrainConfig, effective_lr, protocol_note
+from .config import TrainConfig, effective_lr, protocol_note, threshold_note
 from .early_stopping import EarlyStopping
 from .losses import branch_bce_loss
 from .precision import choose_precision
-from ..evaluation.metrics import AUMetrics, MetricAccumulator
+from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
+from ..evaluation.ranking import tune_thresholds
 from ..evaluation.records import results_markdown, write_json, write_metrics
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       frame_weights)
@@ -117,6 +118,7 @@ class FoldData:
     train_loader: DataLoader
     select_loader: DataLoader
     test_loader: DataLoader
+    tune_loader: DataLoader | None    # every frame of the --tune-threshold split (None: off)
     au_weights: np.ndarray            # per-AU weights on the training frames (sum K)
     natural_rate: np.ndarray
     expected_rate: np.ndarray
@@ -158,6 +160,8 @@ def _check_subjects(spec: FoldSpec, cfg: TrainConfig, context: str) -> None:
         raise DataError(f"{context}: no training subjects")
     if not spec.subjects["test"]:
         raise DataError(f"{context}: no test subjects")
+    if cfg.tune_threshold == "val" and not spec.subjects["val"]:
+        raise DataError(f"{context}: no validation subjects to tune the decision thresholds on")
     if cfg.select_on == "val" and not spec.subjects["val"]:
         raise DataError(f"{context}: no validation subjects to select the model on; rebuild the "
                         "folds with validation subjects or pass --select-on test (paper protocol)")
@@ -229,12 +233,15 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
     select, test = datasets[cfg.select_on], datasets["test"]
     select_idx = evaluation_indices(
         len(select), cfg.eval_batches * cfg.eval_batch_size if cfg.eval_batches else None)
+    tune = datasets[cfg.tune_threshold] if cfg.tune_threshold else None
     return FoldData(
         spec=spec, threshold=threshold, geometry=geometry, alignment=alignment, train=train,
         sampler=sampler, train_loader=_loader(train, cfg, device, True, sampler=sampler,
                                               batch_size=cfg.batch_size, drop_last=False),
         select_loader=_eval_loader(select, select_idx, cfg, info, device, persistent=True),
         test_loader=_eval_loader(test, np.arange(len(test)), cfg, info, device, False),
+        tune_loader=(_eval_loader(tune, np.arange(len(tune)), cfg, info, device, False)
+                     if tune is not None else None),
         au_weights=au_weights, natural_rate=train.natural_positive_rate(),
         expected_rate=expected_positive_rate(train.labels, weights),
         select_frames=len(select_idx), test_frames=len(test),
@@ -431,19 +438,47 @@ def evaluate(
     info: DistInfo | None = None,
     desc: str = "eval",
     quiet: bool = True,
+    by_subject: bool = False,
+    scores: bool = False,
+    thresholds: float | Sequence[float] | None = None,
 ) -> AUMetrics:
-    """Pooled per-AU F1/accuracy at 0.5 over every frame the loader yields (all ranks summed)."""
+    """Pooled per-AU F1/accuracy at 0.5 (or per-AU ``thresholds``) over every frame the loader
+    yields (all ranks summed); ``by_subject`` keeps the counts per subject, ``scores`` adds
+    ROC-AUC and average precision."""
+    return run_evaluation(model, loader, device, au_ids, criterion, amp=amp,
+                          channels_last=channels_last, info=info, desc=desc, quiet=quiet,
+                          by_subject=by_subject, scores=scores, thresholds=thresholds).compute()
+
+
+def _shard_frames(loader: DataLoader) -> ShardFrames | None:
+    dataset = loader.dataset
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset if isinstance(dataset, ShardFrames) else None
+
+
+@torch.no_grad()
+def run_evaluation(model, loader, device, au_ids, criterion=None, *, amp=False,
+                   channels_last=False, info=None, desc="eval", quiet=True, by_subject=False,
+                   scores=False, thresholds=None) -> MetricAccumulator:
+    """The filled accumulator of one pass over ``loader`` (see ``evaluate``)."""
     info = info or DistInfo()
     model.eval()
-    acc = MetricAccumulator(au_ids)
-    for images, targets, _ in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
+    frames = _shard_frames(loader) if by_subject else None
+    names, groups = frames.subject_groups() if frames is not None else (None, None)
+    acc = MetricAccumulator(au_ids, names, keep_scores=scores,
+                            thresholds=PROBABILITY_THRESHOLD if thresholds is None else thresholds)
+    for images, targets, index in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x = _prepare(images, device, channels_last)
         with choose_precision(device, amp).autocast():
             logits = model(x).float()
         y = targets.to(device)
-        acc.update(logits, y, float(criterion(logits, y)) if criterion else None)
+        acc.update(logits, y, float(criterion(logits, y)) if criterion else None,
+                   groups=groups[index.numpy()] if groups is not None else None)
     acc.load_counts_tensor(all_reduce_sum(acc.counts_tensor(), info, device))
-    return acc.compute()
+    if scores and info.enabled:
+        acc.extend_scores(gather_objects(acc.score_arrays(), info))
+    return acc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -815,8 +850,11 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
                                "best_select_mean_f1": stopper.best_score,
                                "epochs_run": len(run.history)}
     if status == "finished" and run.history:
-        summary["test"] = final_test(run.model, run.run_dir, run.data, run.device, cfg,
-                                     run.au_ids, run.criterion, info).as_dict()
+        tested = final_test(run.model, run.run_dir, run.data, run.device, cfg, run.au_ids,
+                            run.criterion, info)
+        summary["test"] = tested.compute().as_dict()
+        if cfg.tune_threshold:
+            summary.update(tune_decision_thresholds(run, tested))
         if info.is_main:
             write_json(run.run_dir / "results.json", summary)
             (run.run_dir / "results.md").write_text(results_markdown(
@@ -831,15 +869,36 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
 
 
 def final_test(model, run_dir: Path, data: FoldData, device, cfg: TrainConfig, au_ids,
-               criterion, info: DistInfo) -> AUMetrics:
-    """best.pt's weights on every test frame."""
+               criterion, info: DistInfo) -> MetricAccumulator:
+    """best.pt's weights on every test frame: counts per subject, scores kept for ROC-AUC/AP."""
     if info.enabled:
         dist.barrier()  # rank 0 may still be writing best.pt
     best = load_checkpoint(run_dir / "best.pt", map_location="cpu")
     _unwrap(model).load_state_dict(best["model"])
-    return evaluate(_unwrap(model), data.test_loader, device, au_ids, criterion, amp=cfg.amp,
-                    channels_last=cfg.channels_last, info=info, desc="test",
-                    quiet=cfg.quiet or not info.is_main)
+    return run_evaluation(_unwrap(model), data.test_loader, device, au_ids, criterion, amp=cfg.amp,
+                          channels_last=cfg.channels_last, info=info, desc="test",
+                          quiet=cfg.quiet or not info.is_main, by_subject=True, scores=True)
+
+
+def tune_decision_thresholds(run: TrainingRun, tested: MetricAccumulator) -> dict[str, Any]:
+    """Per-AU F1-optimal thresholds from the best model's scores on the ``--tune-threshold``
+    split only (never the test labels unless that split is the test split), written into
+    best.pt; and the test metrics at those thresholds, from the test scores already computed."""
+    cfg = run.cfg
+    tuned = run_evaluation(_unwrap(run.model), run.data.tune_loader, run.device, run.au_ids,
+                           amp=cfg.amp, channels_last=cfg.channels_last, info=run.info,
+                           desc=f"tune {cfg.tune_threshold}", quiet=True, scores=True)
+    scores, labels, _ = tuned.score_arrays()
+    values = tune_thresholds(scores, labels)
+    record = {"au_ids": run.au_ids, "values": values, "tuned_on": cfg.tune_threshold,
+              "note": threshold_note(cfg.tune_threshold)}
+    if run.info.is_main:
+        best = load_checkpoint(run.run_dir / "best.pt", map_location="cpu")
+        save_checkpoint(run.run_dir / "best.pt", {**best, "decision_thresholds": record})
+        log.info("decision thresholds tuned on %s: %s", cfg.tune_threshold,
+                 _fmt_rates(run.au_ids, values))
+    return {"decision_thresholds": record,
+            "test_tuned": tested.at_thresholds(values).compute().as_dict()}
 
 
 def _plot(run_dir: Path, history, au_ids, cfg: TrainConfig) -> None:

@@ -74,15 +74,60 @@ class AUMetrics:
     predicted_rate: list[float]
     loss: float | None = None
     counts: list[list[int]] = field(default_factory=list)
+    #: Per held-out subject: names and ``[S][K][4]`` counts (the bootstrap's resampling unit).
+    subjects: list[str] = field(default_factory=list)
+    subject_counts: list = field(default_factory=list)
+    #: Threshold-free metrics per AU (NaN where an AU's frames are all one class).
+    auc: list[float] | None = None
+    average_precision: list[float] | None = None
+    decision_thresholds: list[float] | None = None
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "au_ids": self.au_ids, "f1": self.f1, "accuracy": self.accuracy,
             "mean_f1": self.mean_f1, "mean_accuracy": self.mean_accuracy,
             "n_frames": self.n_frames, "positive_rate": self.positive_rate,
             "predicted_rate": self.predicted_rate, "loss": self.loss, "counts": self.counts,
-            "probability_threshold": PROBABILITY_THRESHOLD,
+            "probability_threshold": (self.decision_thresholds if self.decision_thresholds
+                                      is not None else PROBABILITY_THRESHOLD),
         }
+        if self.subjects:
+            counts = np.asarray(self.subject_counts, dtype=np.int64)
+            out["per_subject"] = {
+                "subjects": self.subjects, "counts": counts.tolist(),
+                "f1": [f1_from_counts(c).tolist() for c in counts],
+                "n_frames": [int(c[0].sum()) if len(c) else 0 for c in counts],
+                "positives": (counts[:, :, 0] + counts[:, :, 3]).tolist()}
+        if self.auc is not None:
+            out["auc"], out["average_precision"] = _nan_to_none(self.auc), \
+                _nan_to_none(self.average_precision)
+            out["mean_auc"], out["mean_average_precision"] = _nanmean(self.auc), \
+                _nanmean(self.average_precision)
+        return out
+
+
+def _nan_to_none(values) -> list[float | None]:
+    return [None if v is None or not np.isfinite(v) else float(v) for v in values]
+
+
+def _nanmean(values) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def grouped_counts(
+    probabilities: np.ndarray, targets: np.ndarray, groups: np.ndarray, n_groups: int,
+    thresholds: float | Sequence[float] = PROBABILITY_THRESHOLD,
+) -> np.ndarray:
+    """``[G, K, 4]`` counts (TP, FP, TN, FN) per group (subject) of ``[N, K]`` probabilities."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    n, k = probabilities.shape
+    pred = probabilities >= np.asarray(thresholds, dtype=np.float64)
+    truth = np.asarray(targets) > 0
+    # column of (TP, FP, TN, FN) for each (pred, truth) pair
+    code = np.where(pred, np.where(truth, 0, 1), np.where(truth, 3, 2))
+    flat = (np.asarray(groups, dtype=np.int64)[:, None] * k + np.arange(k)) * 4 + code
+    return np.bincount(flat.ravel(), minlength=n_groups * k * 4).reshape(n_groups, k, 4)
 
 
 def metrics_from_counts(
@@ -112,19 +157,46 @@ def metrics_from_counts(
 class MetricAccumulator:
     """Sums confusion counts (and an optional loss) over batches; ``compute`` gives AUMetrics.
 
-    ``counts_tensor``/``load_counts_tensor`` let DDP ranks all-reduce the totals.
+    With ``subjects`` (names) each ``update`` also gets the subject index of every frame, and
+    the counts are kept per subject (their sum is the pooled counts). ``keep_scores`` keeps the
+    probabilities and labels for ROC-AUC/AP. ``counts_tensor``/``load_counts_tensor`` let DDP
+    ranks all-reduce the totals; kept scores are gathered separately (``extend_scores``).
     """
 
-    def __init__(self, au_ids: Sequence[int]) -> None:
+    def __init__(self, au_ids: Sequence[int], subjects: Sequence[str] | None = None,
+                 keep_scores: bool = False,
+                 thresholds: float | Sequence[float] = PROBABILITY_THRESHOLD) -> None:
         self.au_ids = [int(a) for a in au_ids]
-        self.counts = np.zeros((len(self.au_ids), 4), dtype=np.int64)
+        self.subjects = [str(s) for s in subjects] if subjects else []
+        self.thresholds = thresholds
+        self.subject_counts = np.zeros((max(len(self.subjects), 1), len(self.au_ids), 4),
+                                       dtype=np.int64)
+        self.keep_scores = keep_scores
+        self.scores: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.groups: list[np.ndarray] = []
         self.loss_sum = 0.0
         self.loss_frames = 0
 
+    @property
+    def counts(self) -> np.ndarray:
+        return self.subject_counts.sum(axis=0)
+
     def update(
-        self, logits: torch.Tensor, targets: torch.Tensor, loss: float | None = None
+        self, logits: torch.Tensor, targets: torch.Tensor, loss: float | None = None,
+        groups: np.ndarray | None = None,
     ) -> None:
-        self.counts += confusion_counts(logits, targets)
+        probs = torch.sigmoid(torch.as_tensor(logits).detach().float().cpu()).numpy()
+        truth = torch.as_tensor(targets).detach().cpu().numpy() > 0
+        if probs.shape != truth.shape or probs.ndim != 2:
+            raise ValueError(f"scores {probs.shape} and targets {truth.shape} must both be [N, K]")
+        groups = np.zeros(len(probs), np.int64) if groups is None else np.asarray(groups)
+        self.subject_counts += grouped_counts(probs, truth, groups, len(self.subject_counts),
+                                              self.thresholds)
+        if self.keep_scores:
+            self.scores.append(probs.astype(np.float32))
+            self.targets.append(truth.astype(np.uint8))
+            self.groups.append(groups.astype(np.int64))
         if loss is not None:
             self.loss_sum += float(loss) * len(targets)
             self.loss_frames += len(targets)
@@ -132,17 +204,50 @@ class MetricAccumulator:
     def counts_tensor(self) -> torch.Tensor:
         """Counts and loss sums as one float64 vector (exact for integers below 2**53)."""
         return torch.tensor(
-            [*self.counts.reshape(-1).tolist(), self.loss_sum, self.loss_frames],
+            [*self.subject_counts.reshape(-1).tolist(), self.loss_sum, self.loss_frames],
             dtype=torch.float64,
         )
 
     def load_counts_tensor(self, values: torch.Tensor) -> None:
         values = values.cpu().double()
+        n = self.subject_counts.size
+        self.subject_counts = values[:n].round().long().numpy().reshape(self.subject_counts.shape)
+        self.loss_sum = float(values[n])
+        self.loss_frames = int(round(float(values[n + 1])))
+
+    def score_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Kept ``[N, K]`` probabilities, ``[N, K]`` labels and ``[N]`` subject indices."""
         k = len(self.au_ids)
-        self.counts = values[: 4 * k].round().long().numpy().reshape(k, 4)
-        self.loss_sum = float(values[4 * k])
-        self.loss_frames = int(round(float(values[4 * k + 1])))
+        if not self.scores:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.uint8), np.zeros(0, np.int64)
+        return (np.concatenate(self.scores), np.concatenate(self.targets),
+                np.concatenate(self.groups))
+
+    def extend_scores(self, parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Replace the kept scores by ``parts`` (every rank's ``score_arrays``)."""
+        self.scores, self.targets, self.groups = (list(x) for x in zip(*parts)) if parts \
+            else ([], [], [])
+
+    def at_thresholds(self, thresholds: Sequence[float]) -> "MetricAccumulator":
+        """The kept scores decided again at per-AU ``thresholds`` (counts per subject)."""
+        again = MetricAccumulator(self.au_ids, self.subjects, thresholds=list(thresholds))
+        scores, labels, groups = self.score_arrays()
+        again.subject_counts = grouped_counts(scores, labels, groups, len(again.subject_counts),
+                                              list(thresholds))
+        return again
 
     def compute(self) -> AUMetrics:
+        from .ranking import average_precision, per_au, roc_auc
+
         loss = self.loss_sum / self.loss_frames if self.loss_frames else None
-        return metrics_from_counts(self.counts, self.au_ids, loss)
+        metrics = metrics_from_counts(self.counts, self.au_ids, loss)
+        if self.subjects:
+            metrics.subjects = list(self.subjects)
+            metrics.subject_counts = self.subject_counts.tolist()
+        if self.keep_scores:
+            scores, labels, _ = self.score_arrays()
+            metrics.auc = per_au(roc_auc, scores, labels)
+            metrics.average_precision = per_au(average_precision, scores, labels)
+        if not np.isscalar(self.thresholds):
+            metrics.decision_thresholds = [float(t) for t in self.thresholds]
+        return metrics

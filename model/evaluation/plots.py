@@ -75,3 +75,38 @@ def plot_history(
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out_dir / "per_au_f1.png"))
     return paths
+
+
+def plot_subject_heatmap(
+    subjects: Sequence[str], au_ids: Sequence[int], f1: Any, path: Path | str,
+    *, title: str = "", notes: Sequence[str] = (), positives: Any = None,
+) -> Path:
+    """F1 (percent) of each held-out subject (rows) and AU (columns), with the values written
+    in the cells; ``notes`` (protocol, recipe) go under the title. Cells of a subject without
+    a positive frame of the AU (``positives`` 0: F1 is 0 by convention, not a miss) are grey
+    and marked with a dash."""
+    import numpy as np
+
+    values = 100 * np.asarray(f1, dtype=np.float64).reshape(len(subjects), len(au_ids))
+    empty = (np.asarray(positives).reshape(values.shape) == 0) if positives is not None \
+        else np.zeros(values.shape, bool)
+    values = np.where(empty, np.nan, values)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(au_ids), 1.6 + 0.32 * len(subjects)))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(au_ids)), [f"AU{a}" for a in au_ids], fontsize=8)
+    ax.set_yticks(range(len(subjects)), list(subjects), fontsize=8)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            text = "–" if empty[i, j] else f"{values[i, j]:.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if empty[i, j] or values[i, j] >= 55 else "white")
+    fig.colorbar(image, ax=ax, label="F1 (%)", fraction=0.04)
+    import textwrap
+
+    width = max(60, int(14 * len(au_ids)))
+    lines = [line for note in notes for line in textwrap.wrap(note, width)]
+    if empty.any():
+        lines.append("–: the subject has no positive frame of that AU (F1 0 by convention)")
+    ax.set_title("\n".join([title or "F1 per held-out subject", *lines]), fontsize=7, loc="left")
+    return _save(fig, Path(path))

@@ -266,7 +266,7 @@ def _write_summary(cfg: PredictConfig, predictor: AUPredictor, results: list[dic
         "config": cfg.to_json(),
         "checkpoint": {k: v for k, v in predictor.meta.items() if k != "train_config"},
         "meaning": predictor.describe(),
-        "decision_threshold": predictor.threshold,
+        "decision_threshold": np.asarray(predictor.threshold).tolist(),
         "preprocess": predictor.preprocess.describe(),
         "au_columns": [au_name(a) for a in predictor.au_ids],
         "inputs": results,

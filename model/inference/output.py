@@ -80,7 +80,8 @@ def is_complete(csv_path: Path) -> bool:
     return bool(meta.get("complete")) and meta.get("csv_bytes") == Path(csv_path).stat().st_size
 
 
-def save_bar_plot(path: Path, probabilities: np.ndarray, au_ids: Sequence[int], threshold: float,
+def save_bar_plot(path: Path, probabilities: np.ndarray, au_ids: Sequence[int],
+                  threshold: float | Sequence[float],
                   title: str) -> Path:
     """One bar per AU (a single image): the probability and the decision threshold."""
     import matplotlib
@@ -90,12 +91,14 @@ def save_bar_plot(path: Path, probabilities: np.ndarray, au_ids: Sequence[int], 
 
     fig, ax = plt.subplots(figsize=(0.6 * len(au_ids) + 2, 3))
     values = np.nan_to_num(np.asarray(probabilities, dtype=float), nan=0.0)
-    colours = ["tab:green" if v >= threshold else "0.6" for v in values]
-    ax.bar([au_name(a) for a in au_ids], values, color=colours)
-    ax.axhline(threshold, color="tab:red", lw=0.8, ls="--")
+    per_au = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(au_ids),))
+    colours = ["tab:green" if v >= c else "0.6" for v, c in zip(values, per_au)]
+    names = [au_name(a) for a in au_ids]
+    ax.bar(names, values, color=colours)
+    ax.scatter(names, per_au, marker="_", s=300, color="tab:red", zorder=3)
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
-    ax.set_title(f"{title}  (dashed: decision threshold {threshold:g})", fontsize=9)
+    ax.set_title(f"{title}  (red: decision threshold {_fmt_threshold(per_au)})", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, path)
 
@@ -114,9 +117,14 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+def _fmt_threshold(values: np.ndarray) -> str:
+    return f"{values[0]:g}" if np.all(values == values[0]) else "per AU, tuned"
+
+
 def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_ids: Sequence[int],
-                       threshold: float, x_label: str, title: str) -> Path:
-    """One strip per AU: the probability over time, the decision threshold, no-face gaps shaded.
+                       threshold: float | Sequence[float], x_label: str, title: str) -> Path:
+    """One strip per AU: the probability over time, the decision threshold (one, or one per AU
+    when tuned), no-face gaps shaded.
 
     ``probabilities`` is ``[N, K]`` with NaN rows for frames without a face.
     """
@@ -128,16 +136,17 @@ def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_
     k = len(au_ids)
     fig, axes = plt.subplots(k, 1, figsize=(10, 0.9 * k + 1.2), sharex=True, squeeze=False)
     no_face = np.isnan(probabilities).all(axis=1) if len(probabilities) else np.zeros(0, bool)
+    per_au = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (k,))
     for row, (ax, au) in enumerate(zip(axes[:, 0], au_ids)):
         ax.plot(x, probabilities[:, row], lw=0.9, color="tab:blue")
-        ax.axhline(threshold, color="tab:red", lw=0.6, ls="--")
+        ax.axhline(per_au[row], color="tab:red", lw=0.6, ls="--")
         if no_face.any():
             ax.fill_between(x, 0, 1, where=no_face, color="0.85", step="mid", lw=0)
         ax.set_ylim(-0.02, 1.02)
         ax.set_yticks([0, 1])
         ax.set_ylabel(au_name(au), rotation=0, ha="right", va="center")
     axes[-1, 0].set_xlabel(x_label)
-    axes[0, 0].set_title(f"{title}  (dashed: decision threshold {threshold:g}; grey: no face)",
+    axes[0, 0].set_title(f"{title}  (dashed: decision threshold {_fmt_threshold(per_au)}; grey: no face)",
                          fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, path)

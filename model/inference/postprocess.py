@@ -48,7 +48,8 @@ def smooth_series(values: np.ndarray, window: int) -> np.ndarray:
     return median_filter(values, size=(window, 1), mode="nearest")
 
 
-def postprocess(table: pd.DataFrame, au_ids: Sequence[int], decision_threshold: float,
+def postprocess(table: pd.DataFrame, au_ids: Sequence[int],
+                decision_threshold: float | Sequence[float],
                 calibrate: bool = False, smooth: int = 0) -> pd.DataFrame:
     """Calibrate and/or smooth per face, then recompute ``AUxx_c``; returns a new table."""
     table = table.copy()
@@ -65,8 +66,10 @@ def postprocess(table: pd.DataFrame, au_ids: Sequence[int], decision_threshold: 
                                                         smooth)
         table.loc[rows, p_cols] = probs
     found = table["face_found"] == 1
-    for a, p in zip(au_ids, p_cols):
-        decided = pd.array((table[p] >= decision_threshold).astype("int8"), dtype="Int8")
+    # one threshold, or one per AU (tuned at training with --tune-threshold)
+    thresholds = np.broadcast_to(np.asarray(decision_threshold, dtype=np.float64), (len(au_ids),))
+    for a, p, threshold in zip(au_ids, p_cols, thresholds):
+        decided = pd.array((table[p] >= threshold).astype("int8"), dtype="Int8")
         decided[~found.to_numpy()] = pd.NA
         table[f"{au_name(a)}_c"] = decided
     return table

@@ -151,6 +151,21 @@ def checkpoint_warnings(meta: dict[str, Any], source: Path) -> list[str]:
     return problems
 
 
+def decision_thresholds(explicit: float | None, meta: dict[str, Any],
+                        checkpoint: Path | str) -> float | np.ndarray:
+    """``--decision-threshold`` if given, else the per-AU thresholds tuned at training
+    (``--tune-threshold``, stored in the checkpoint), else 0.5."""
+    if explicit is not None:
+        return float(explicit)
+    tuned = meta.get("decision_thresholds")
+    if tuned:
+        if [int(a) for a in tuned["au_ids"]] != [int(a) for a in meta["au_ids"]]:
+            raise CheckpointError(f"{checkpoint}: tuned thresholds are for AUs {tuned['au_ids']}, the "
+                             f"model predicts {meta['au_ids']}")
+        return np.asarray(tuned["values"], dtype=np.float32)
+    return float(meta.get("decision_threshold", DEFAULT_DECISION_THRESHOLD))
+
+
 class AUPredictor:
     """A loaded network plus the face finder, ready to turn frame sequences into tables."""
 
@@ -161,8 +176,7 @@ class AUPredictor:
         for problem in checkpoint_warnings(self.meta, cfg.checkpoint):
             log.warning("%s; its outputs mean little", problem)
         self.au_ids: list[int] = [int(a) for a in self.meta["au_ids"]]
-        self.threshold = float(cfg.decision_threshold if cfg.decision_threshold is not None
-                               else self.meta.get("decision_threshold", DEFAULT_DECISION_THRESHOLD))
+        self.threshold = decision_thresholds(cfg.decision_threshold, self.meta, cfg.checkpoint)
         self.preprocess = TrainingPreprocess.from_meta(self.meta, cfg.checkpoint)
         self.landmarker = FaceLandmarker(predictor_path=cfg.predictor, upsample=cfg.upsample,
                                          max_detect_width=cfg.detect_width, min_score=cfg.min_score)
@@ -176,7 +190,7 @@ class AUPredictor:
                 "label_threshold": self.meta.get("threshold"),
                 "label_meaning": f"AUxx_c = 1: FACS intensity >= {self.meta.get('threshold')} "
                                  f"predicted (probability AUxx_p >= decision threshold)",
-                "decision_threshold": self.threshold,
+                "decision_threshold": np.asarray(self.threshold).tolist(),
                 "epoch": self.meta.get("epoch"), "selected": self.meta.get("selected"),
                 "faces": self.cfg.faces, "min_score": self.cfg.min_score,
                 "min_confidence": self.cfg.min_confidence, "calibrate": self.cfg.calibrate,

@@ -1,0 +1,62 @@
+"""The recipe line every table, CSV and plot carries beside the protocol line.
+
+A number means little without how the model was made: a 4-epoch from-scratch run on the
+reduced preset must not sit beside the paper's 59.0 unlabelled. The line is built from what
+the run recorded (its checkpoint or ``config.json``: ``train_config``, ``model_config``,
+``data``) and from the folds manifest, read defensively: keys a run does not record (older
+runs, other options) are left out or said to be unknown rather than guessed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+#: The full preset's backbone when a run does not name one.
+DEFAULT_BACKBONES = {"full": "SENet-50", "small": "reduced SENet (small preset)"}
+
+
+def _weights(train_config: dict[str, Any]) -> str:
+    source = train_config.get("pretrained") or train_config.get("weights")
+    return f"weights {Path(str(source)).name}" if source else "from scratch"
+
+
+def folds_phrase(manifest: dict[str, Any] | None) -> str:
+    if not manifest:
+        return "folds unknown"
+    scheme = str(manifest.get("scheme", "?"))
+    name = {"disfa3": "standard 3-fold (disfa3)", "kfold": "k-fold"}.get(scheme, scheme)
+    missing = list(manifest.get("missing_subjects") or [])
+    return f"folds {name}, " + (f"missing subjects {', '.join(map(str, missing))}" if missing
+                                 else "no missing subjects")
+
+
+def recipe_line(record: dict[str, Any], manifest: dict[str, Any] | None = None) -> str:
+    """``record`` holds ``train_config``, ``model_config`` and ``data`` (any may be missing)."""
+    tc = record.get("train_config") or {}
+    mc = record.get("model_config") or {}
+    data = record.get("data") or {}
+    preset = mc.get("preset") or tc.get("preset") or "?"
+    backbone = (tc.get("backbone") or mc.get("backbone")
+                or DEFAULT_BACKBONES.get(preset, f"{preset} preset"))
+    epochs = ""
+    if record.get("epochs_run") is not None:
+        epochs = f"; epochs run {record['epochs_run']} of {tc.get('epochs', '?')} max"
+    elif record.get("epoch") is not None:
+        epochs = f"; best epoch {record['epoch']} of {tc.get('epochs', '?')} max"
+    size = data.get("image_size", tc.get("image_size") or "?")
+    threshold = data.get("threshold", tc.get("threshold"))
+    return (f"variant {mc.get('variant') or tc.get('variant') or '?'}; preset {preset}; "
+            f"backbone {backbone}, {_weights(tc)}; image {size} px; label threshold "
+            f"{threshold if threshold is not None else '?'}; selection on "
+            f"{tc.get('select_on', '?')}{epochs}; {folds_phrase(manifest)}")
+
+
+def recipe_lines(records: Iterable[dict[str, Any]], manifest: dict[str, Any] | None = None
+                 ) -> list[str]:
+    """Distinct recipe lines of several runs, in first-seen order."""
+    return list(dict.fromkeys(recipe_line(r, manifest) for r in records))
+
+
+def note_rows(lines: Sequence[str], width: int) -> list[list[str]]:
+    """The Markdown header lines as leading CSV rows (``# line`` in the first cell)."""
+    return [[f"# {line}", *[""] * (width - 1)] for line in lines]

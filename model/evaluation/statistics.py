@@ -1,0 +1,161 @@
+"""Subject-level bootstrap: confidence intervals of pooled frame metrics and paired differences.
+
+DISFA's frames are not independent: a fold's test set is a handful of people, and the frames of
+one person move together. The unit of resampling is therefore the *subject*. One bootstrap
+replicate draws the fold's test subjects with replacement, pools the frames of the drawn
+subjects (a subject drawn twice counts twice), and recomputes the metric exactly as the point
+estimate is computed. Because F1 and accuracy depend on the frames only through the confusion
+counts, a replicate is a weighted sum of per-subject count vectors: ``weights [B, S] @ counts
+[S, K*4]``, so thousands of replicates cost one matrix product.
+
+With several folds (the mean-of-folds convention), each fold's subjects are resampled within
+that fold and the replicate's value is the mean of the per-fold values, like the point estimate.
+Intervals are percentile intervals. A paired comparison of two models on the same subjects uses
+the same draws for both models, so what they share (the difficulty of the drawn people) cancels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .metrics import accuracy_from_counts, f1_from_counts
+
+DEFAULT_RESAMPLES = 1000
+DEFAULT_LEVEL = 0.95
+
+
+def method_line(resamples: int, seed: int, level: float = DEFAULT_LEVEL) -> str:
+    """The one line every table with intervals carries."""
+    return (f"[{100 * level:.0f}% CI]: subject-level bootstrap, {resamples} resamples of each "
+            f"fold's test subjects with replacement (seed {seed}); frames of the drawn subjects "
+            "pooled and the metric recomputed (mean over folds per resample); percentile interval")
+
+
+@dataclass
+class BootstrapSamples:
+    """Per-replicate metrics ``[B, K]`` (per AU) and ``[B]`` (means over AUs)."""
+
+    f1: np.ndarray
+    accuracy: np.ndarray
+
+    @property
+    def mean_f1(self) -> np.ndarray:
+        return self.f1.mean(axis=1)
+
+    @property
+    def mean_accuracy(self) -> np.ndarray:
+        return self.accuracy.mean(axis=1)
+
+
+def _check_counts(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 3 or counts.shape[2] != 4 or counts.shape[0] < 1:
+        raise ValueError(f"per-subject counts must be [subjects, AUs, 4], got {counts.shape}")
+    return counts
+
+
+def subject_weights(n_subjects: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """``[B, S]`` multiplicities of each subject in each replicate (each row sums to S)."""
+    return rng.multinomial(n_subjects, np.full(n_subjects, 1.0 / n_subjects), size=resamples)
+
+
+def _metrics_of_replicates(weights: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s, k, _ = counts.shape
+    pooled = (weights @ counts.reshape(s, k * 4)).reshape(-1, k, 4)   # [B, K, 4]
+    flat = pooled.reshape(-1, 4)
+    f1 = f1_from_counts(flat).reshape(-1, k)
+    acc = accuracy_from_counts(flat).reshape(-1, k)
+    return f1, acc
+
+
+def fold_rngs(seed: int, n_folds: int) -> list[np.random.Generator]:
+    """One stream per fold, fixed by (seed, fold position): variants share their draws."""
+    return [np.random.default_rng([int(seed), i]) for i in range(n_folds)]
+
+
+def bootstrap_folds(
+    fold_counts: Sequence[np.ndarray], resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> BootstrapSamples:
+    """Replicates of the mean-over-folds metrics; ``fold_counts[f]`` is ``[S_f, K, 4]``."""
+    if resamples < 1:
+        raise ValueError("resamples must be >= 1")
+    f1 = acc = None
+    for counts, rng in zip(fold_counts, fold_rngs(seed, len(fold_counts))):
+        counts = _check_counts(counts)
+        w = subject_weights(counts.shape[0], resamples, rng)
+        f, a = _metrics_of_replicates(w, counts)
+        f1 = f if f1 is None else f1 + f
+        acc = a if acc is None else acc + a
+    n = len(fold_counts)
+    if n == 0:
+        raise ValueError("no folds to resample")
+    return BootstrapSamples(f1=f1 / n, accuracy=acc / n)
+
+
+def percentile_interval(samples: np.ndarray, level: float = DEFAULT_LEVEL) -> np.ndarray:
+    """``[..., 2]`` lower/upper percentile bounds over the replicate axis 0."""
+    tail = 100 * (1 - level) / 2
+    return np.moveaxis(np.percentile(samples, [tail, 100 - tail], axis=0), 0, -1)
+
+
+def confidence_intervals(
+    fold_counts: Sequence[np.ndarray], resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, list]:
+    """Intervals of per-AU and mean F1/accuracy, as JSON-ready lists of ``[low, high]``."""
+    boot = bootstrap_folds(fold_counts, resamples, seed)
+    return {
+        "f1": percentile_interval(boot.f1, level).tolist(),
+        "accuracy": percentile_interval(boot.accuracy, level).tolist(),
+        "mean_f1": percentile_interval(boot.mean_f1, level).tolist(),
+        "mean_accuracy": percentile_interval(boot.mean_accuracy, level).tolist(),
+        "resamples": int(resamples), "seed": int(seed), "level": float(level),
+        "method": method_line(resamples, seed, level),
+    }
+
+
+def _two_sided_p(diff: np.ndarray) -> np.ndarray:
+    """Bootstrap p-value of "no difference": twice the smaller tail mass at 0 (with the +1
+    correction, so a finite number of resamples never claims p = 0)."""
+    b = diff.shape[0]
+    below = ((diff <= 0).sum(axis=0) + 1) / (b + 1)
+    above = ((diff >= 0).sum(axis=0) + 1) / (b + 1)
+    return np.minimum(1.0, 2 * np.minimum(below, above))
+
+
+def paired_difference(
+    fold_counts_a: Sequence[np.ndarray], fold_counts_b: Sequence[np.ndarray],
+    resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = DEFAULT_LEVEL,
+) -> dict[str, list | float]:
+    """Paired bootstrap of F1(A) - F1(B), per AU and for the mean over AUs.
+
+    Both models must have been tested on the same subjects in the same order per fold; each
+    replicate draws the subjects once and pools both models' counts with the same weights.
+    """
+    if len(fold_counts_a) != len(fold_counts_b) or not fold_counts_a:
+        raise ValueError("paired comparison needs the same (non-empty) folds for both models")
+    diff = point = None
+    for ca, cb, rng in zip(fold_counts_a, fold_counts_b, fold_rngs(seed, len(fold_counts_a))):
+        ca, cb = _check_counts(ca), _check_counts(cb)
+        if ca.shape != cb.shape:
+            raise ValueError(f"paired comparison: per-subject counts {ca.shape} and {cb.shape} "
+                             "differ (same subjects and AUs needed)")
+        w = subject_weights(ca.shape[0], resamples, rng)
+        d = _metrics_of_replicates(w, ca)[0] - _metrics_of_replicates(w, cb)[0]
+        p = f1_from_counts(ca.sum(0)) - f1_from_counts(cb.sum(0))
+        diff = d if diff is None else diff + d
+        point = p if point is None else point + p
+    n = len(fold_counts_a)
+    diff, point = diff / n, point / n
+    mean_diff = diff.mean(axis=1)
+    return {
+        "f1": point.tolist(), "f1_ci": percentile_interval(diff, level).tolist(),
+        "f1_p": _two_sided_p(diff).tolist(),
+        "mean_f1": float(point.mean()), "mean_f1_ci": percentile_interval(mean_diff, level).tolist(),
+        "mean_f1_p": float(_two_sided_p(mean_diff[:, None])[0]),
+        "resamples": int(resamples), "seed": int(seed), "level": float(level),
+        "method": ("paired " + method_line(resamples, seed, level)
+                   + "; p: two-sided bootstrap p-value of no difference"),
+    }

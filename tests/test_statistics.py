@@ -1,0 +1,129 @@
+"""Subject-level bootstrap, paired differences, ROC-AUC/AP and F1-optimal thresholds (numbers
+checked against scikit-learn and against a plain loop)."""
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from model.evaluation.metrics import confusion_counts, f1_from_counts, grouped_counts
+from model.evaluation.ranking import (average_precision, f1_optimal_threshold, roc_auc,
+                                      tune_thresholds)
+from model.evaluation.statistics import (bootstrap_folds, confidence_intervals, fold_rngs,
+                                         paired_difference, subject_weights)
+
+
+def subject_counts(rng, n_subjects, k=4, frames=200, skill=0.75, base_rate=0.3):
+    """Per-subject [S, K, 4] counts of a detector that is right with probability ``skill``;
+    subjects differ in how often their AUs occur (the between-subject spread real data has)."""
+    counts = []
+    for _ in range(n_subjects):
+        rate = np.clip(rng.normal(base_rate, 0.12, k), 0.02, 0.9)
+        truth = rng.random((frames, k)) < rate
+        right = rng.random((frames, k)) < skill
+        pred = np.where(right, truth, ~truth)
+        counts.append(confusion_counts(pred.astype(np.float32), truth, from_logits=False))
+    return np.stack(counts)
+
+
+def test_replicates_equal_a_plain_loop_over_drawn_subjects():
+    rng = np.random.default_rng(1)
+    folds = [subject_counts(rng, 5), subject_counts(rng, 4)]
+    boot = bootstrap_folds(folds, resamples=50, seed=7)
+    weights = [subject_weights(len(c), 50, r) for c, r in zip(folds, fold_rngs(7, 2))]
+    for b in range(50):
+        per_fold = []
+        for counts, w in zip(folds, weights):
+            drawn = np.repeat(np.arange(len(counts)), w[b])     # subjects drawn, with repeats
+            assert len(drawn) == len(counts)
+            per_fold.append(f1_from_counts(counts[drawn].sum(0)))
+        np.testing.assert_allclose(boot.f1[b], np.mean(per_fold, axis=0), atol=1e-12)
+
+
+def test_interval_contains_the_estimate_and_shrinks_with_more_subjects():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (6, 60):
+        counts = subject_counts(rng, n)
+        ci = confidence_intervals([counts], resamples=1000, seed=0)
+        point = f1_from_counts(counts.sum(0))
+        for k, (lo, hi) in enumerate(ci["f1"]):
+            assert lo <= point[k] <= hi
+        assert ci["mean_f1"][0] <= point.mean() <= ci["mean_f1"][1]
+        widths.append(ci["mean_f1"][1] - ci["mean_f1"][0])
+    assert widths[1] < 0.6 * widths[0]
+    # seeded: the same seed gives the same interval, another seed another one
+    counts = subject_counts(np.random.default_rng(3), 8)
+    assert confidence_intervals([counts], 200, 5) == confidence_intervals([counts], 200, 5)
+    assert confidence_intervals([counts], 200, 5)["f1"] != confidence_intervals([counts], 200, 6)["f1"]
+
+
+def test_paired_difference_of_equal_models_is_centred_on_zero():
+    rng = np.random.default_rng(11)
+    folds = [subject_counts(rng, 9) for _ in range(3)]
+    same = paired_difference(folds, folds, resamples=1000, seed=0)
+    assert same["mean_f1"] == 0 and same["mean_f1_ci"] == [0.0, 0.0] and same["mean_f1_p"] == 1.0
+    # two detectors of equal skill, errors drawn independently on the same subjects
+    a, b = [], []
+    for fold in folds:
+        a.append(fold)
+        b.append(np.stack([_redraw(rng, c, skill=0.75) for c in fold]))
+    other = paired_difference(a, b, resamples=1000, seed=0)
+    lo, hi = other["mean_f1_ci"]
+    assert lo < 0 < hi and other["mean_f1_p"] >= 0.05
+    # a clearly better detector is told apart
+    better = [np.stack([_redraw(rng, c, skill=0.9) for c in fold]) for fold in folds]
+    diff = paired_difference(better, a, resamples=1000, seed=0)
+    assert diff["mean_f1_ci"][0] > 0 and diff["mean_f1_p"] < 0.05
+
+
+def _redraw(rng, counts, skill):
+    """Counts of a new detector of ``skill`` on the same frames (same positives per AU)."""
+    tp, fp, tn, fn = counts.T
+    pos, neg = tp + fn, fp + tn
+    hit = rng.binomial(pos, skill)
+    false_alarm = rng.binomial(neg, 1 - skill)
+    return np.stack([hit, false_alarm, neg - false_alarm, pos - hit], axis=1)
+
+
+def test_paired_difference_refuses_mismatched_subjects():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="same subjects"):
+        paired_difference([subject_counts(rng, 3)], [subject_counts(rng, 4)], 10)
+
+
+def test_auc_and_average_precision_equal_sklearn():
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n = int(rng.integers(3, 400))
+        y = rng.random(n) < rng.uniform(0.05, 0.95)
+        if y.all() or not y.any():
+            continue
+        scores = rng.random(n) + y * rng.uniform(0, 1.5)
+        if trial % 2:
+            scores = np.round(scores, 1)                          # many ties
+        assert roc_auc(scores, y) == pytest.approx(roc_auc_score(y, scores), abs=1e-9)
+        assert average_precision(scores, y) == pytest.approx(
+            average_precision_score(y, scores), abs=1e-9)
+    assert np.isnan(roc_auc([0.2, 0.4], [0, 0])) and np.isnan(average_precision([0.2, 0.4], [1, 1]))
+
+
+def test_tuned_threshold_maximises_f1_on_its_frames():
+    rng = np.random.default_rng(2)
+    y = rng.random((300, 3)) < [0.1, 0.4, 0.7]
+    scores = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+    thresholds = tune_thresholds(scores, y)
+    for k, t in enumerate(thresholds):
+        pred = scores[None, :, k] >= np.unique(scores[:, k])[:, None]   # every cut point
+        tp = (pred & y[None, :, k]).sum(1)
+        best = np.max(2 * tp / (pred.sum(1) + y[:, k].sum()))
+        assert f1_score(y[:, k], scores[:, k] >= t, zero_division=0) == pytest.approx(best)
+    assert f1_optimal_threshold(np.array([0.3, 0.7]), np.array([0, 0])) == 0.5
+
+
+def test_grouped_counts_sum_to_the_pooled_counts():
+    rng = np.random.default_rng(4)
+    probs, truth = rng.random((50, 3)), rng.random((50, 3)) < 0.4
+    groups = rng.integers(0, 4, 50)
+    per = grouped_counts(probs, truth, groups, 4)
+    np.testing.assert_array_equal(per.sum(0), confusion_counts(probs, truth, from_logits=False))
+    np.testing.assert_array_equal(per[2], confusion_counts(probs[groups == 2], truth[groups == 2],
+                                                           from_logits=False))
