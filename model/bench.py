@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.cli import HelpFormatter
 from .cli import CommandError, check_device, handle_errors
 from .engine.losses import branch_bce_loss
 from .engine.precision import Precision, choose_precision
@@ -58,9 +59,9 @@ class BenchConfig:
     out: str | None = None
 
 
-def _parse_args(argv: list[str] | None = None) -> BenchConfig:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = BenchConfig()
     p.add_argument("--presets", nargs="+", default=d.presets, choices=["full", "small"],
                    help="model sizes to time (default: both)")
@@ -84,7 +85,11 @@ def _parse_args(argv: list[str] | None = None) -> BenchConfig:
                    help="skip the parameter/GFLOP table of every variant")
     p.add_argument("--flops-size", type=int, default=d.flops_size, help="input size of the GFLOP count")
     p.add_argument("--out", default=d.out, help="also write the results as JSON to this file")
-    return BenchConfig(**vars(p.parse_args(argv)))
+    return p
+
+
+def _parse_args(argv: list[str] | None = None) -> BenchConfig:
+    return BenchConfig(**vars(build_parser().parse_args(argv)))
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -28,6 +28,7 @@ import logging
 from typing import Sequence
 
 
+from pipeline.cli import HelpFormatter
 from pipeline.cli import check_out_dir
 
 from .cli import handle_errors, setup_logging
@@ -44,7 +45,7 @@ log = logging.getLogger("model.crossval")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.crossval",
                                 description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--shards", help="folder of aligned shards (required unless --compare "
                                      "names two run folders)")
     p.add_argument("--manifest", help="folds.json (pipeline.build_folds); required like --shards")

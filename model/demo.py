@@ -41,6 +41,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from pipeline.cli import HelpFormatter
 from .cli import CommandError, handle_errors
 
 log = logging.getLogger("model.demo")
@@ -48,7 +49,7 @@ log = logging.getLogger("model.demo")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True,
                    help="demo folder: disfa_twin/, shards/, folds.json, runs/, demo.md")
     twin = p.add_argument_group("twin")
@@ -69,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=40, help="maximum epochs")
     tr.add_argument("--patience", type=int, default=10,
                     help="early stopping on the validation subjects")
-    tr.add_argument("--batches-per-epoch", type=int, default=20)
-    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--batches-per-epoch", type=int, default=20,
+                    help="optimiser steps that make one epoch")
+    tr.add_argument("--batch-size", type=int, default=64, help="frames per optimiser step")
     tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (from scratch)")
     tr.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"],
                     help="cosine decay to 0 over --epochs, or constant (the paper)")

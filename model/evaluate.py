@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 
+from pipeline.cli import HelpFormatter
 from pipeline.cli import CommandError, check_out_dir, int_range, remove_stale_temp_files
 
 from .cli import device_arg, handle_errors
@@ -41,14 +42,15 @@ log = logging.getLogger("model.evaluate")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.evaluate",
                                 description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", nargs="+", required=True,
                    help="best.pt of one run, or one per fold")
     p.add_argument("--shards", required=True, help="folder of aligned shards")
     p.add_argument("--manifest", required=True, help="folds.json")
     p.add_argument("--fold", type=int, nargs="+", default=None,
                    help="fold of each checkpoint (default: the fold each was trained on)")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="which subjects of the fold to evaluate on")
     p.add_argument("--variant", default=None,
                    help="refuse checkpoints of any other variant (e.g. tranet)")
     p.add_argument("--out", default=None,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.cli import HelpFormatter
 from .engine.checkpoint import CheckpointError
 
 log = logging.getLogger("model.export")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a checkpoint as an ONNX model: aligned uint8 RGB crops [batch, S, S, "
                     "3] -> AU probabilities [batch, K]; the AU list, thresholds and alignment "
                     "are stored in the ONNX metadata (key tranet_meta).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="checkpoint written by model.train (best.pt)")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")

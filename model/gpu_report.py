@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from pipeline.cli import HelpFormatter
 log = logging.getLogger("model.gpu_report")
 
 STAGES = ("environment", "ceiling_train", "ceiling_infer", "trainer_epoch", "loader",
@@ -856,7 +857,7 @@ STAGE_FUNCTIONS = {"environment": stage_environment, "ceiling_train": stage_ceil
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.gpu_report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", required=True,
                    help="folder for gpu_report.jsonl (appended), gpu_report.md and the shards it "
                         "writes (created)")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.cli import HelpFormatter
 from pipeline.cli import check_out_dir, int_range, positive_float
 from pipeline.face_landmarks import DEFAULT_MIN_SCORE, PredictorNotFoundError
 
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "pose_Rx/Ry/Rz, AUxx_c, AUxx_r if the model estimates intensity) plus ours "
                     "(AUxx_p probability, face box, face_score), OUT/<input>.meta.json (what the "
                     "numbers mean) and OUT/predict_summary.json. See docs/predict.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     _input_options(parser.add_argument)
     _face_options(parser.add_argument)
     _output_options(parser.add_argument)

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from pipeline.cli import HelpFormatter
 from pipeline.alignment import AlignmentConfig
 from pipeline.cli import int_range, positive_float
 from pipeline.shards import DEFAULT_JPEG_QUALITY
@@ -202,11 +203,10 @@ def _print_postprocess(rows: list[dict[str, Any]]) -> None:
               + " ".join(f"{100 * v:<6.1f}" for v in r["f1_per_au"]))
 
 
-@handle_errors("model.predict_bench")
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model.predict_bench", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--presets", "--preset", nargs="+", choices=("small", "full"),
                         default=["small", "full"], help="model presets to time")
     parser.add_argument("--backends", nargs="+", choices=("torch", "onnx"),
@@ -219,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--detect-every", type=int, nargs="+", default=[5],
                         help="values of model.predict --detect-every to compare")
     parser.add_argument("--detect-width", type=int, default=640,
-                        help="model.predict --detect-width")
+                        help="model.predict --detect-width: frames wider than this are downscaled for face "
+                             "detection")
     parser.add_argument("--batch-size", type=int, default=16, help="faces per network call")
     parser.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads "
                         "(default cores-1)")
@@ -227,7 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postprocess-demo", type=Path, default=None, metavar="DEMO_DIR",
                         help="instead of speed: F1 with/without --calibrate and --smooth on the "
                              "held-out raw videos of a finished model.demo folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@handle_errors("model.predict_bench")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.json and args.json.is_dir():
         raise CommandError(f"--json {args.json}: is a folder; give a JSON file name")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch.distributed as dist
 
+from pipeline.cli import HelpFormatter
 from pipeline.cli import (CommandError, check_out_dir, int_range, remove_stale_temp_files,
                           threshold_arg)
 
@@ -41,7 +42,7 @@ log = logging.getLogger("model.train")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m model.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--shards", help="folder of aligned shards (SN001_left.h5 ...); required "
                    "unless --resume")
     p.add_argument("--manifest", help="folds.json written by pipeline.build_folds; required "
@@ -65,7 +66,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS),
                    help="full = SENet-50 backbone; small = reduced CPU model (from scratch)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum number of epochs")
-    p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
+    p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch,
+                   help="optimiser steps that make one epoch (the sampler draws with replacement, "
+                        "so an epoch is a number of batches, not a pass over the data)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="frames per optimiser step PER PROCESS (per GPU); under torchrun the "
                         "global batch is this times the process count (printed and recorded)")
@@ -76,8 +79,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"],
                    help="constant (the paper) or cosine decay to 0 over --epochs, stepped "
                         "every batch")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="SGD weight decay (L2 penalty)")
     p.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many epochs without a better mean F1")
     p.add_argument("--select-on", default=d.select_on, choices=["val", "test"],
@@ -88,7 +92,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=d.sampler, choices=["weighted", "uniform"],
                    help="weighted = the paper's sampler (model.sampler); uniform for comparison")
     p.add_argument("--no-flip", dest="flip", action="store_false",
-                   help="disable the random horizontal flip")
+                   help="turn off the random horizontal flip (on by default, as in the paper)")
     p.add_argument("--jitter-scale", type=float, default=d.jitter_scale,
                    help="alignment jitter (model.augment): random scale 1 +- this (default 0, "
                         "the paper's recipe; ~0.05 makes a model tolerant of dlib-aligned faces)")
@@ -112,7 +116,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batches", type=int, default=None,
                    help="per-epoch evaluation on at most this many batches, spread evenly over "
                         "the split (final test evaluation always uses every frame)")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+                   help="frames per forward pass when evaluating")
     p.add_argument("--workers", type=int_range(0), default=d.workers,
                    help="DataLoader worker processes per training process (default: the CPU "
                         "cores this process may use, shared among the node's processes, minus "
@@ -127,7 +132,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--pretrained", default=None,
                    help="VGGFace2 SENet-50 weight file (senet50_ft_weight.pkl) for the backbone")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initial weights, the sampler and the augmentation")
     p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plot-every", type=int, default=d.plot_every,

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from . import __version__
-from .cli import (FolderLock, atomic_write_text, check_out_dir, describe_os_error,
+from .cli import (HelpFormatter, FolderLock, atomic_write_text, check_out_dir, describe_os_error,
                   fraction_pair, handle_errors, int_range, lock_holds, remove_stale_temp_files,
                   threshold_arg)
 from .alignment import (BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION,
@@ -784,8 +784,7 @@ def format_summary(rows: Sequence[dict[str, Any]], au_ids: Sequence[int]) -> str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline.align",
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m pipeline.align",
         description="Align DISFA frames (two-point similarity: nose midpoint to the centre, chin "
                     "near the bottom) and write one HDF5 shard per subject and camera.")
     p.add_argument("--disfa-root", required=True, type=Path,

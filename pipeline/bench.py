@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from .align import AlignConfig, align_subject, open_video, plan_jobs
-from .cli import CommandError, check_out_dir, handle_errors, int_range
+from .cli import HelpFormatter, CommandError, check_out_dir, handle_errors, int_range
 from .alignment import AlignmentConfig, align_face
 from .disfa import SUBJECTS, n_frames
 from .release import discover
@@ -255,9 +255,8 @@ def format_results(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@handle_errors("pipeline.bench")
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench",
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m pipeline.bench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int_range(1), default=300,
                    help="frames per synthetic subject (default: 300)")
@@ -268,7 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path,
                    help="where the twin and shards go (default: a temporary folder, removed)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
-    args = p.parse_args(argv)
+    return p
+
+
+@handle_errors("pipeline.bench")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.workdir:
         check_out_dir(args.workdir, "--workdir")

@@ -28,7 +28,7 @@ import numpy as np
 
 from .disfa import standard_folds
 from .shards import ShardError, ShardReader
-from .cli import (CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
+from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,7 @@ def format_folds(manifest: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline.build_folds",
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m pipeline.build_folds",
         description="Subject-independent folds with validation hold-outs and per-AU loss "
                     "weights, from pipeline.align shards; writes OUT/folds.json.")
     p.add_argument("--shards", required=True, type=Path, help="folder of SN0xx_<camera>.h5 shards")

@@ -288,3 +288,20 @@ def lock_holds(path: Path | str, token: str) -> bool:
         return Path(path).read_text() == token
     except OSError:
         return False
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` for every command: each option's default shown once, in plain words.
+
+    "(default: X)" is appended unless the help text already names its default; on/off switches
+    and options whose default is "not given" add nothing (their text says what they do), so a
+    ``--no-flip`` never reads "(default: True)".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.nargs == 0
+                or action.default in (None, True, False, argparse.SUPPRESS)
+                or isinstance(action, argparse.BooleanOptionalAction)):
+            return text
+        return text + " (default: %(default)s)"

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 import scipy.io
 
+from .cli import HelpFormatter
 from . import disfa
 from .cli import (check_out_dir, handle_errors, int_range, positive_float,
                   remove_stale_temp_files)
@@ -729,7 +730,7 @@ def _frames_arg(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.synth", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder to write the twin into")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--subjects", nargs="+", help="subjects to write (e.g. SN001 SN031 or 1 31)")

@@ -44,12 +44,15 @@ def test_every_option_has_help(name, parser):
 
 @pytest.mark.parametrize("name,parser", _parsers(), ids=lambda v: v if isinstance(v, str) else "")
 def test_default_stated_once(name, parser):
+    formatter = parser._get_formatter()
     for action in parser._actions:
-        if action.help and action.help.count("default") > 1 and "%(default)" in action.help:
-            pytest.fail(f"{name} {action.option_strings}: default stated twice")
-        if action.help and "(default" in action.help and isinstance(
-                parser.formatter_class, type) and issubclass(
-                parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter):
-            rendered = parser._get_formatter()._expand_help(action)
-            assert rendered.count("default") <= 1 or "%(default)" in action.help, (
-                f"{name} {action.option_strings}: default stated twice: {rendered}")
+        if not action.option_strings or not action.help:
+            continue
+        rendered = formatter._expand_help(action) if "%(" in formatter._get_help_string(
+            action) else formatter._get_help_string(action)
+        if "%(" in formatter._get_help_string(action):
+            rendered = formatter._get_help_string(action) % {**vars(action), "default": action.default,
+                                                            "prog": parser.prog}
+        assert rendered.count("(default") <= 1, f"{name} {action.option_strings}: {rendered}"
+        assert "(default: True)" not in rendered and "(default: False)" not in rendered, (
+            f"{name} {action.option_strings}: an on/off default in code words: {rendered}")
