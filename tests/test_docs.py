@@ -31,6 +31,7 @@ TWIN = ["python", "-m", "pipeline.synth", "--out", "twin", "--n-subjects", "6", 
 SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"^pip install -e \S+ && ", ""),
     (r"/data/DISFA", "twin"),
+    (r"data/disfa_twin", "twin"),
     (r"--jobs \d+", "--jobs 1"),
     (r"(python -m model\.demo .*)", r"\1 --n-subjects 6 --frames 40 --frame-width 160 "
      r"--frame-height 120 --k 3 --val-subjects 1 --folds 1 --epochs 1 --batches-per-epoch 2 "
