@@ -39,7 +39,10 @@ class ProbabilityModel(torch.nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> Any:
-        logits, intensity = split_outputs(self.model(to_model_input(images)))
+        # The transform recorded with the checkpoint (the one its backbone's weights expect);
+        # an ONNX export bakes it into the graph.
+        x = to_model_input(images, self.model.input_transform)
+        logits, intensity = split_outputs(self.model(x))
         probabilities = torch.sigmoid(logits.float())
         return probabilities if intensity is None else (probabilities, intensity.float())
 
