@@ -260,8 +260,11 @@ def test_training_records_weights_and_transform_and_evaluation_uses_them(
     shards, manifest = shards64
     out = tmp_path / "run"
     train(TrainConfig(shards=str(shards), manifest=str(manifest), fold=1, out=str(out),
-                      preset="small", backbone=FAKE, pretrained=weights, epochs=1,
-                      batches_per_epoch=2, batch_size=8, workers=0, quiet=True, lr=0.01))
+                      preset="small", backbone=FAKE, pretrained=weights, frozen_blocks=0,
+                      epochs=4, batches_per_epoch=6, batch_size=16, workers=0, quiet=True,
+                      lr=0.1, lr_schedule="cosine"))
+    losses = [e["train_loss"] for e in json.loads((out / "metrics.json").read_text())["epochs"]]
+    assert losses[-1] < 0.8 * losses[0], losses  # it learns
     expected = transform_from_mean_std(fake_timm.MEAN, fake_timm.STD).as_dict()
     config = json.loads((out / "config.json").read_text())
     assert config["pretrained"]["source"] == weights and config["pretrained"]["tensors"] > 0
@@ -367,3 +370,35 @@ def test_old_checkpoints_without_a_transform_keep_vggface2(tmp_path) -> None:
     assert loaded.input_transform == VGGFACE2 and loaded.config.backbone == "senet50"
     x = to_model_input(np.zeros((1, 32, 32, 3), np.uint8))
     torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_timm_that_does_not_import_is_explained(monkeypatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name, *args):
+        if name == "timm":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(BackboneError, match="does not import.*torchvision::nms.*torchvision"):
+        build_model(TRANetConfig(backbone="timm:resnet50"))
+
+
+def test_bench_compares_backbones_beside_senet50(timm, tmp_path, capsys) -> None:
+    from model.bench import main as bench
+
+    results = bench(["--backbone", FAKE, "senet50", "--full-batch", "2", "--full-size", "64",
+                     "--flops-size", "64", "--steps", "1", "--warmup", "0", "--device", "cpu",
+                     "--out", str(tmp_path / "bench.json")])
+    rows = results["backbones"]
+    assert [r["backbone"] for r in rows] == ["senet50", FAKE]  # SENet-50 first, once
+    senet, fake = rows
+    assert senet["train_vs_senet50"] == 1.0 and senet["frozen_blocks"] == 2
+    assert 25 < senet["params_M"] < 40 and senet["trainable_params_M"] < senet["params_M"]
+    assert fake["params_M"] < senet["params_M"] and 0 < fake["gflops"] < senet["gflops"]
+    assert all(r["train_img_s"] > 0 and r["infer_img_s"] > 0 for r in rows)
+    assert json.loads((tmp_path / "bench.json").read_text())["backbones"] == rows
+    assert "timm:fake_convnet" in capsys.readouterr().out

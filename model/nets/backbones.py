@@ -60,6 +60,11 @@ def import_timm() -> Any:
     except ImportError as err:
         raise BackboneError(f"timm backbones need the timm package, which is not importable here "
                             f"({err}); install it with {TIMM_INSTALL_HINT}") from err
+    except Exception as err:  # typically torchvision built for another torch than this one
+        raise BackboneError(f"timm is installed but does not import ({type(err).__name__}: {err}); "
+                            f"timm imports torchvision, which must be the build made for this torch "
+                            f"{torch.__version__} (for a CPU-only torch, the CPU torchvision from "
+                            "PyTorch's own package index)") from err
 
 
 class SENetBackbone(SENet):

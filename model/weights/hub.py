@@ -54,6 +54,15 @@ def host_reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S)
     return bool(answer and answer[0])
 
 
+def hf_endpoint() -> str:
+    """The Hugging Face endpoint huggingface_hub will use (``HF_ENDPOINT`` or its default)."""
+    try:
+        from huggingface_hub import constants
+        return constants.ENDPOINT
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT)
+
+
 def weights_location(cfg: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(Hugging Face repo id, URL) where timm would fetch the weights of ``cfg`` from."""
     return cfg.get("hf_hub_id") or None, cfg.get("url") or None
@@ -100,8 +109,7 @@ def check_hub_reachable(backbone: TimmBackbone) -> str:
     if hub_offline_by_env():
         raise HubUnavailableError(f"--pretrained hub: HF_HUB_OFFLINE is set and {where} is not in "
                                   f"the local cache; {bring_instead(name)}")
-    host = (urlparse(os.environ.get("HF_ENDPOINT", DEFAULT_HF_ENDPOINT)).hostname if repo
-            else urlparse(url).hostname)
+    host = urlparse(hf_endpoint() if repo else url).hostname
     if not host or not host_reachable(host):
         raise HubUnavailableError(f"--pretrained hub: cannot reach {host} within "
                                   f"{PROBE_TIMEOUT_S:.0f} s (offline?) and {where} is not in the "
