@@ -148,7 +148,7 @@ class TRANetConfig:
         if self.frozen_blocks is not None and not 0 <= self.frozen_blocks <= MAX_FROZEN_BLOCKS:
             raise ValueError(f"frozen_blocks must be 0 to {MAX_FROZEN_BLOCKS}, got {self.frozen_blocks}")
         parse_backbone(self.backbone)
-        if isinstance(self.input_transform, str):
+        if self.input_transform is not None:  # a name or a recorded dict -> a checked dict
             self.input_transform = resolve_transform(self.input_transform).as_dict()
         if not all(0.0 <= c <= 1.0 for c in self.center):
             raise ValueError(f"center must be fractions of the image in [0, 1], got {self.center}")
