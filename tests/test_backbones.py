@@ -402,3 +402,15 @@ def test_bench_compares_backbones_beside_senet50(timm, tmp_path, capsys) -> None
     assert all(r["train_img_s"] > 0 and r["infer_img_s"] > 0 for r in rows)
     assert json.loads((tmp_path / "bench.json").read_text())["backbones"] == rows
     assert "timm:fake_convnet" in capsys.readouterr().out
+
+
+def test_timm_checkpoint_without_timm_is_a_checkpoint_error(timm, tmp_path, monkeypatch) -> None:
+    from model.engine.checkpoint import CheckpointError, save_checkpoint
+
+    model = _model()
+    save_checkpoint(tmp_path / "t.pt", {"model": model.state_dict(),
+                                        "model_config": vars(model.config).copy(),
+                                        "data": {"au_ids": list(model.config.au_ids)}})
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(CheckpointError, match=r"t\.pt: its backbone cannot be built here.*pip install"):
+        load_for_inference(tmp_path / "t.pt")
