@@ -318,10 +318,10 @@ def test_predict_applies_the_checkpoints_transform(timm, tmp_path, monkeypatch) 
                  "alignment": {"config": {"encoding": "raw"}, "source_image_size": size}}})
     image = astronaut_head()
     cv2.imwrite(str(tmp_path / "face.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    import model.inference.predictor as predictor
+    import model.inference.backends as backends
 
     used = []
-    monkeypatch.setattr(predictor, "to_model_input",
+    monkeypatch.setattr(backends, "to_model_input",
                         lambda images, transform: used.append(transform) or to_model_input(images, transform))
     assert predict(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "face.png"),
                     "--out", str(tmp_path / "out"), "--no-progress"]) == 0
