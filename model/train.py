@@ -62,9 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
-    """The recipe and runtime options (shared with model.crossval and model.demo)."""
-    d = TrainConfig(shards="", manifest="", fold=1, out="")
+def add_model_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The network: preset, backbone, its frozen blocks, initial weights and input transform."""
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS),
                    help="full = SENet-50 backbone; small = reduced CPU model (from scratch); with "
                         "a timm backbone it sets only the branch width")
@@ -81,6 +80,17 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="how frames are normalised: auto follows the weights (VGGFace2 file: BGR "
                         "0-255 minus the VGGFace2 mean; ImageNet weights: RGB 0-1 mean/std); "
                         "recorded in the checkpoint for evaluate/predict")
+    p.add_argument("--pretrained", default=None, metavar="FILE|hub",
+                   help="backbone weights: the VGGFace2 file senet50_ft_weight.pkl, a torch "
+                        "state_dict of the backbone, or 'hub' to let timm download its published "
+                        "weights (fails at once offline, naming the file to bring); None = random "
+                        "init")
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The recipe and runtime options (shared with model.crossval and model.demo)."""
+    d = TrainConfig(shards="", manifest="", fold=1, out="")
+    add_model_options(p, d)
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum number of epochs")
     p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
     p.add_argument("--batch-size", type=int, default=d.batch_size,
@@ -142,11 +152,6 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first steps; off by default)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--pretrained", default=None, metavar="FILE|hub",
-                   help="backbone weights: the VGGFace2 file senet50_ft_weight.pkl, a torch "
-                        "state_dict of the backbone, or 'hub' to let timm download its published "
-                        "weights (fails at once offline, naming the file to bring); None = random "
-                        "init")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -339,7 +339,8 @@ def test_predict_applies_the_checkpoints_transform(timm, tmp_path, monkeypatch) 
     assert np.abs(probs - wrong.numpy()).max() > 1e-3  # the CSV keeps 4 decimals
 
 
-def test_imagenet_transform_option_and_bad_options(timm, shards64, tmp_path, caplog) -> None:
+def test_imagenet_transform_option_and_bad_options(timm, shards64, tmp_path, caplog,
+                                                  capsys) -> None:
     from model.train import main
 
     shards, manifest = shards64
@@ -355,7 +356,7 @@ def test_imagenet_transform_option_and_bad_options(timm, shards64, tmp_path, cap
     assert "unknown backbone 'resnet50'" in caplog.text
     assert main(base + ["--out", str(tmp_path / "c"), "--backbone", FAKE, "--pretrained",
                         str(tmp_path / "nothing.pth")]) == 2  # a file the user named: bad input
-    assert "nothing.pth: no such weight file" in caplog.text
+    assert "nothing.pth: no such weight file" in capsys.readouterr().err  # the shared handler
 
 
 def test_old_checkpoints_without_a_transform_keep_vggface2(tmp_path) -> None:
@@ -414,3 +415,38 @@ def test_timm_checkpoint_without_timm_is_a_checkpoint_error(timm, tmp_path, monk
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(CheckpointError, match=r"t\.pt: its backbone cannot be built here.*pip install"):
         load_for_inference(tmp_path / "t.pt")
+
+
+def test_recipe_line_names_the_backbone_its_weights_and_the_input_transform() -> None:
+    from model.evaluation.provenance import recipe_line
+
+    timm_run = {"train_config": {"backbone": FAKE, "pretrained": "/w/resnet.pth", "preset": "full"},
+                "model_config": {"backbone": FAKE, "preset": "full",
+                                 "input_transform": IMAGENET.as_dict()},
+                "pretrained": {"source": "/w/resnet.pth", "format": "state_dict"}}
+    line = recipe_line(timm_run)
+    assert f"backbone {FAKE}, weights resnet.pth (state_dict); input imagenet;" in line
+    hub_run = {"train_config": {"backbone": FAKE, "pretrained": "hub"},
+               "model_config": {"backbone": FAKE, "preset": "full"},
+               "pretrained": {"source": "hf-hub:timm/x", "format": "hub"}}
+    assert f"backbone {FAKE}, weights timm hub (hf-hub:timm/x);" in recipe_line(hub_run)
+    senet_small = {"train_config": {"backbone": "senet50"},
+                   "model_config": {"backbone": "senet50", "preset": "small",
+                                    "input_transform": VGGFACE2.as_dict()}}
+    assert ("backbone reduced SENet (small preset), from scratch; input vggface2;"
+            in recipe_line(senet_small))
+    assert "backbone SENet-50, from scratch; image" in recipe_line({"model_config": {"preset": "full"}})
+
+
+def test_both_transforms_build_their_mean_and_std_once_per_device(monkeypatch) -> None:
+    from model.nets import transforms
+
+    transforms._cached_per_channel.cache_clear()
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(transforms.torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    rgb = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    for _ in range(3):
+        for transform in (VGGFACE2, IMAGENET):
+            transforms.to_model_input(rgb, transform)
+    assert len(made) == 3  # VGGFace2 mean; ImageNet mean and std: each once, not once a batch
