@@ -17,6 +17,11 @@ use ``python -m model.gpu_report``.
 
 ``--flops`` also reports parameters and GFLOPs (``torch.utils.flop_counter.FlopCounterMode``,
 one forward pass, a multiply-add counted as 2 FLOPs) of every variant at ``--flops-size``.
+
+``--backbone senet50 timm:resnet50 timm:convnext_tiny ...`` instead compares TRA-Net (full preset)
+on each backbone beside SENet-50, in one run on the same batch, steps interleaved: parameters
+(all / trainable with the backbone's default frozen blocks), GFLOPs at ``--flops-size`` and
+train/inference images/s at ``--full-size`` with ``--full-batch``.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ class BenchConfig:
     channels_last: bool = True
     flops: bool = True
     flops_size: int = 224
+    backbone: list[str] | None = None
     out: str | None = None
 
 
@@ -84,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flops", dest="flops", action="store_false",
                    help="skip the parameter/GFLOP table of every variant")
     p.add_argument("--flops-size", type=int, default=d.flops_size, help="input size of the GFLOP count")
+    p.add_argument("--backbone", nargs="+", default=None, metavar="NAME",
+                   help="compare TRA-Net on these backbones (senet50, timm:<model>...) beside "
+                        "SENet-50 instead of timing the presets (default: off)")
     p.add_argument("--out", default=d.out, help="also write the results as JSON to this file")
     return p
 
@@ -199,6 +208,55 @@ def flops_table(size: int, preset: str = "full") -> list[dict]:
     return rows
 
 
+def bench_backbones(backbones: list[str], cfg: BenchConfig, device: torch.device) -> list[dict]:
+    """TRA-Net (full preset) on each backbone, SENet-50 first: size, GFLOPs, train/infer img/s on
+    the same batch with the steps interleaved."""
+    names = list(dict.fromkeys(["senet50", *backbones]))
+    batch, size = cfg.full_batch, cfg.full_size
+    precision = choose_precision(device, cfg.amp)
+    models = {}
+    for name in names:
+        torch.manual_seed(0)
+        models[name] = build_model(TRANetConfig(backbone=name, image_size=size,
+                                                channels_last=cfg.channels_last)).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = (torch.rand(batch, len(models["senet50"].config.au_ids), device=device) > 0.7).float()
+    rows = {}
+    for name, model in models.items():
+        total, trainable = count_parameters(model)
+        rows[name] = {"backbone": name, "batch": batch, "size": size, "device": str(device),
+                      "precision": precision.name, "params_M": total / 1e6,
+                      "trainable_params_M": trainable / 1e6,
+                      "frozen_blocks": model.config.resolved_frozen_blocks,
+                      "gflops": count_gflops(model, cfg.flops_size), "flops_size": cfg.flops_size}
+        model.train()
+    train, _ = _time_interleaved({k: _make_train_step(m, x, y, precision) for k, m in models.items()},
+                                 cfg.steps, cfg.warmup, device)
+    for model in models.values():
+        model.eval()
+    infer, _ = _time_interleaved({k: _make_infer_step(m, x, precision) for k, m in models.items()},
+                                 cfg.steps, cfg.warmup, device)
+    for name, row in rows.items():
+        row.update(train_img_s=batch / train[name], infer_img_s=batch / infer[name],
+                   train_vs_senet50=train["senet50"] / train[name])
+    return list(rows.values())
+
+
+def print_backbones(rows: list[dict], device: torch.device, threads: int, steps: int) -> None:
+    r0 = rows[0]
+    print(f"\nTRA-Net by backbone ({device}, {threads} threads, {r0['precision']}, "
+          f"batch {r0['batch']} at "
+          f"{r0['size']}x{r0['size']}, median of {steps} steps; GFLOPs at {r0['flops_size']})")
+    print(f"{'backbone':<28} {'params M':>9} {'trainable M':>11} {'GFLOPs':>7} "
+          f"{'train img/s':>11} {'infer img/s':>11} {'train speed vs SENet-50':>23}")
+    for r in rows:
+        print(f"{r['backbone']:<28} {r['params_M']:>9.2f} {r['trainable_params_M']:>11.2f} "
+              f"{r['gflops']:>7.2f} {r['train_img_s']:>11.2f} {r['infer_img_s']:>11.2f} "
+              f"{r['train_vs_senet50']:>22.2f}x")
+
+
+
+
 @handle_errors("model.bench")
 def main(argv: list[str] | None = None) -> dict:
     cfg = _parse_args(argv)
@@ -222,6 +280,12 @@ def main(argv: list[str] | None = None) -> dict:
              choose_precision(device, cfg.amp).name)
     results: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "speed": [], "flops": []}
+    if cfg.backbone:
+        log.info("timing TRA-Net on %s beside senet50", ", ".join(cfg.backbone))
+        results["backbones"] = bench_backbones(cfg.backbone, cfg, device)
+        print_backbones(results["backbones"], device, results["threads"], cfg.steps)
+        _write_json(cfg.out, results)
+        return results
     for preset in cfg.presets:
         batch, size = ((cfg.full_batch, cfg.full_size) if preset == "full"
                        else (cfg.small_batch, cfg.small_size))
@@ -249,13 +313,17 @@ def main(argv: list[str] | None = None) -> dict:
         for r in results["flops"]:
             print(f"{r['variant']:<20} {r['preset']:<6} {r['size']:>4} {r['params_M']:>9.2f} "
                   f"{r['trainable_params_M']:>11.2f} {r['gflops']:>7.2f}")
-    if cfg.out:
-        out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(out)
+    _write_json(cfg.out, results)
     return results
+
+
+def _write_json(out: str | None, results: dict) -> None:
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from .cli import handle_errors, setup_logging
 from .engine.checkpoint import CheckpointError
 from .engine.cross_validation import crossval, run_fold, table1, table2  # noqa: F401  (re-exported)
 from .engine.data import DataError
+from .weights.vggface2 import WeightsError
 from .evaluation.paper_tables import TABLE2_ORDER
 from .evaluate import add_bootstrap_options
 from .train import add_training_options
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_out_dir(args.out)
     try:
         report = crossval(args)
-    except (DataError, CheckpointError, ValueError) as err:
+    except (DataError, CheckpointError, WeightsError, ValueError) as err:
         log.error("%s", err)
         return 1
     except KeyboardInterrupt:

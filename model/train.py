@@ -32,8 +32,11 @@ from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_error
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
 from .engine.data import DataError
+from .weights.vggface2 import WeightsError
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
 from .evaluation.records import results_markdown
+from .nets.backbones import MAX_FROZEN_BLOCKS
+from .nets.transforms import TRANSFORMS
 from .nets.tranet import PRESETS, VARIANTS
 
 log = logging.getLogger("model.train")
@@ -60,11 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_model_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The network: preset, backbone, its frozen blocks, initial weights and input transform."""
+    p.add_argument("--preset", default=d.preset, choices=list(PRESETS),
+                   help="full = SENet-50 backbone; small = reduced CPU model (from scratch); with "
+                        "a timm backbone it sets only the branch width")
+    p.add_argument("--backbone", default=d.backbone,
+                   help="senet50 (VGGFace2 layout, the paper's) or timm:<model> for any timm model "
+                        "with stride-8/16/32 maps, e.g. timm:resnet50, timm:convnext_tiny, "
+                        "timm:efficientnet_b0, timm:resnet50.tv_in1k (needs the timm extra)")
+    p.add_argument("--frozen-blocks", type=int, default=None, choices=range(MAX_FROZEN_BLOCKS + 1),
+                   metavar="N", help="leading backbone blocks to freeze: 1 = stem, 2 = + the "
+                   "stride-4 stage (the paper's), 3 and 4 = + the stride-8/16 stages; None = "
+                   "the backbone's default: senet50 full 2, small 0, timm backbones 2")
+    p.add_argument("--input-transform", default=d.input_transform,
+                   choices=["auto", *TRANSFORMS],
+                   help="how frames are normalised: auto follows the weights (VGGFace2 file: BGR "
+                        "0-255 minus the VGGFace2 mean; ImageNet weights: RGB 0-1 mean/std); "
+                        "recorded in the checkpoint for evaluate/predict")
+    p.add_argument("--pretrained", default=None, metavar="FILE|hub",
+                   help="backbone weights: the VGGFace2 file senet50_ft_weight.pkl, a torch "
+                        "state_dict of the backbone, or 'hub' to let timm download its published "
+                        "weights (fails at once offline, naming the file to bring); None = random "
+                        "init")
+
+
 def add_training_options(p: argparse.ArgumentParser) -> None:
     """The recipe and runtime options (shared with model.crossval and model.demo)."""
     d = TrainConfig(shards="", manifest="", fold=1, out="")
-    p.add_argument("--preset", default=d.preset, choices=list(PRESETS),
-                   help="full = SENet-50 backbone; small = reduced CPU model (from scratch)")
+    add_model_options(p, d)
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum number of epochs")
     p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch,
                    help="optimiser steps that make one epoch (the sampler draws with replacement, "
@@ -130,8 +157,6 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first steps; off by default)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--pretrained", default=None,
-                   help="VGGFace2 SENet-50 weight file (senet50_ft_weight.pkl) for the backbone")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the initial weights, the sampler and the augmentation")
     p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
@@ -193,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         summary = train(cfg, explicit=explicit_options(parser, argv))
-    except (DataError, CheckpointError) as err:
+    except (DataError, CheckpointError, WeightsError) as err:
         raise CommandError(str(err)) from err  # the shared handler: one line, exit 2
     except ValueError as err:
         log.error("%s", err)

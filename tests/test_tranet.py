@@ -134,8 +134,12 @@ def test_frozen_blocks_default_per_preset() -> None:
     assert all(p.requires_grad for p in model.parameters())
     stem_only = _small(frozen_blocks=1)
     assert stem_only.frozen_modules() == [stem_only.backbone.conv1, stem_only.backbone.bn1]
+    deeper = _small(frozen_blocks=4)  # stem, layer1, layer2, layer3: everything but layer4
+    assert deeper.frozen_modules() == [deeper.backbone.conv1, deeper.backbone.bn1,
+                                       deeper.backbone.layer1, deeper.backbone.layer2,
+                                       deeper.backbone.layer3]
     with pytest.raises(ValueError, match="frozen_blocks"):
-        TRANetConfig(frozen_blocks=3)
+        TRANetConfig(frozen_blocks=5)
 
 
 def _names(variant: str) -> set[str]:

@@ -128,17 +128,22 @@ def load_for_inference(
 
     ``meta`` carries what inference needs to prepare frames as the training shards were:
     ``au_ids``, ``threshold``, ``image_size``, ``nose_target``, ``chin_target``, plus the model and
-    training configurations. ``state``: the file's contents when the caller has already loaded
-    them with :func:`load_checkpoint` (``path`` then only names it in messages).
+    training configurations. The model's ``input_transform`` is the one recorded in the checkpoint
+    (checkpoints from before backbones were selectable have none: VGGFace2's, as then).
+    ``state``: the file's contents when the caller has already loaded them with
+    :func:`load_checkpoint` (``path`` then only names it in messages).
     """
+    from ..nets.backbones import BackboneError
     from ..nets.tranet import TRANetConfig, build_model
 
     data = state if state is not None else load_checkpoint(path, map_location="cpu")
     try:
         config = TRANetConfig(**data["model_config"])
+        model = build_model(config)
     except TypeError as err:
         raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err
-    model = build_model(config)
+    except BackboneError as err:
+        raise CheckpointError(f"{path}: its backbone cannot be built here: {err}") from err
     check_shapes(model, data["model"], path)
     missing, unexpected = model.load_state_dict(data["model"], strict=False)
     if missing or unexpected:
@@ -146,5 +151,7 @@ def load_for_inference(
                               f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
     meta = {**data["data"], "model_config": data["model_config"],
             "train_config": data.get("train_config", {}), "epoch": data.get("epoch"),
-            "decision_thresholds": data.get("decision_thresholds")}
+            "decision_thresholds": data.get("decision_thresholds"),
+            "pretrained": data.get("pretrained"),
+            "input_transform": model.input_transform.as_dict()}
     return model.to(device).eval(), meta

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evaluation.metrics import PROBABILITY_THRESHOLD
+from ..nets.backbones import MAX_FROZEN_BLOCKS, parse_backbone
+from ..nets.transforms import TRANSFORMS
 from ..nets.tranet import PRESETS, VARIANTS
 
 
@@ -20,6 +22,9 @@ class TrainConfig:
     out: str
     variant: str = "tranet"
     preset: str = "full"
+    backbone: str = "senet50"
+    frozen_blocks: int | None = None
+    input_transform: str = "auto"
     epochs: int = 100
     batches_per_epoch: int = 100
     batch_size: int = 64              # per process (per GPU); global = batch_size * world
@@ -59,6 +64,11 @@ class TrainConfig:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {list(VARIANTS)}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
+        parse_backbone(self.backbone)  # a BackboneError (ValueError) names the problem
+        if self.frozen_blocks is not None and not 0 <= self.frozen_blocks <= MAX_FROZEN_BLOCKS:
+            raise ValueError(f"frozen_blocks must be 0 to {MAX_FROZEN_BLOCKS}")
+        if self.input_transform != "auto" and self.input_transform not in TRANSFORMS:
+            raise ValueError(f"input_transform must be auto or one of {sorted(TRANSFORMS)}")
         if self.select_on not in ("val", "test"):
             raise ValueError("select_on must be 'val' or 'test'")
         if self.tune_threshold not in (None, "val", "test"):

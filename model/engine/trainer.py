@@ -44,8 +44,8 @@ from ..evaluation.records import results_markdown, write_json, write_metrics
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       frame_weights)
 from ..nets.tranet import TRANetConfig, build_model
-from ..weights.vggface2 import load_backbone_weights
-from ..nets.transforms import to_model_input
+from ..weights.pretrained import load_pretrained
+from ..nets.transforms import InputTransform, to_model_input
 
 log = logging.getLogger("model.train")
 
@@ -272,8 +272,9 @@ class EpochAccumulator:
 SYNC_EVERY = 20
 
 
-def _prepare(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = to_model_input(images.to(device, non_blocking=True))
+def _prepare(images: torch.Tensor, device: torch.device, channels_last: bool,
+             transform: InputTransform) -> torch.Tensor:
+    x = to_model_input(images.to(device, non_blocking=True), transform)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -315,9 +316,14 @@ class StepLog:
 
 
 def train_step(model, criterion, optimizer, scaler, scheduler, images, targets, device, cfg,
-               precision) -> torch.Tensor:
-    """One optimiser step; returns the loss (on the device, not waited for)."""
-    x = _prepare(images, device, cfg.channels_last)
+               precision, transform: InputTransform | None = None) -> torch.Tensor:
+    """One optimiser step; returns the loss (on the device, not waited for).
+
+    ``transform`` defaults to the model's own input transform (looked up each call; the epoch
+    loop passes it once)."""
+    if transform is None:
+        transform = _unwrap(model).input_transform
+    x = _prepare(images, device, cfg.channels_last, transform)
     y = targets.to(device, non_blocking=True)
     with precision.autocast():
         logits = model(x)
@@ -353,6 +359,7 @@ def train_one_epoch(
     """
     model.train()
     total, precision = cfg.batches_per_epoch, choose_precision(device, cfg.amp)
+    transform = _unwrap(model).input_transform  # the one this model is trained with
     bar = tqdm(total=total, initial=acc.batches, desc=f"epoch {epoch}", leave=False,
                disable=True if cfg.quiet or not info.is_main else None,
                dynamic_ncols=True)  # None: off when stderr is not a terminal
@@ -362,7 +369,7 @@ def train_one_epoch(
         for images, targets, _ in _batches(loader, stop):
             batch = acc.batches + 1
             loss = train_step(model, criterion, optimizer, scaler, scheduler, images, targets,
-                              device, cfg, precision)
+                              device, cfg, precision, transform)
             steps.record(batch, loss, targets)
             if on_batch_end is not None:
                 on_batch_end(epoch, batch, float(loss.detach()))
@@ -464,12 +471,13 @@ def run_evaluation(model, loader, device, au_ids, criterion=None, *, amp=False,
     """The filled accumulator of one pass over ``loader`` (see ``evaluate``)."""
     info = info or DistInfo()
     model.eval()
+    transform = _unwrap(model).input_transform  # the one the model was trained with
     frames = _shard_frames(loader) if by_subject else None
     names, groups = frames.subject_groups() if frames is not None else (None, None)
     acc = MetricAccumulator(au_ids, names, keep_scores=scores,
                             thresholds=PROBABILITY_THRESHOLD if thresholds is None else thresholds)
     for images, targets, index in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
-        x = _prepare(images, device, channels_last)
+        x = _prepare(images, device, channels_last, transform)
         with choose_precision(device, amp).autocast():
             logits = model(x).float()
         y = targets.to(device)
@@ -541,6 +549,7 @@ class TrainingRun:
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     stopper: EarlyStopping
     note: str
+    pretrained: dict[str, Any] | None = None  # PretrainedReport.as_dict() of a new run's weights
     history: list[dict[str, Any]] = field(default_factory=list)
     completed: int = 0
     resumed_world: int | None = None
@@ -562,6 +571,7 @@ class TrainingRun:
                      "manifest": str(self.cfg.manifest)},
             "train_config": asdict(self.cfg),
             "protocol": self.note,
+            "pretrained": self.pretrained,
         }
 
 
@@ -622,17 +632,16 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     size = data.geometry["image_size"]
     model_cfg = TRANetConfig(
         variant=cfg.variant, preset=cfg.preset, au_ids=tuple(au_ids), image_size=size,
-        center=tuple(v / size for v in data.geometry["nose_target"]))
+        center=tuple(v / size for v in data.geometry["nose_target"]), backbone=cfg.backbone,
+        frozen_blocks=cfg.frozen_blocks,
+        input_transform=None if cfg.input_transform == "auto" else cfg.input_transform)
     if resume_state is not None:
         check_compatible(resume_state, Path(cfg.resume) / "last.pt", variant=cfg.variant,
                          au_ids=au_ids, image_size=size)
         check_resume_world(resume_state, cfg, info)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(model_cfg)
-    if cfg.pretrained and resume_state is None:
-        report = load_backbone_weights(model, cfg.pretrained)
-        log.info("loaded backbone weights from %s (%s)", cfg.pretrained,
-                 {k: len(v) for k, v in report.items()} if isinstance(report, dict) else report)
+    pretrained = _initial_weights(cfg, model, resume_state)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -654,7 +663,24 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,
                        stopper=EarlyStopping(patience=cfg.patience),
-                       note=protocol_note(cfg.select_on, data.threshold))
+                       note=protocol_note(cfg.select_on, data.threshold), pretrained=pretrained)
+
+
+def _initial_weights(cfg: TrainConfig, model: torch.nn.Module,
+                     resume_state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Load ``--pretrained`` into a new run's backbone and settle the input transform: the
+    user's, else the one the weights were trained with, else the backbone's default; a resumed
+    run keeps what its checkpoint recorded. Returns the pretrained report (or None)."""
+    model_cfg = model.config
+    if resume_state is not None:
+        model_cfg.input_transform = resume_state["model_config"].get("input_transform")
+        report = resume_state.get("pretrained")
+    else:
+        report = load_pretrained(model, cfg.pretrained).as_dict() if cfg.pretrained else None
+        if model_cfg.input_transform is None and report is not None:
+            model_cfg.input_transform = report["input_transform"]
+    model_cfg.input_transform = model.input_transform.as_dict()  # recorded explicitly
+    return report
 
 
 def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) -> None:
@@ -711,6 +737,7 @@ def record_run_start(run: TrainingRun) -> None:
         "loader": {"workers": loader_workers(cfg), "pin_memory": run.device.type == "cuda"},
         "precision": choose_precision(run.device, cfg.amp).name,
         "resumed_from_world_size": run.resumed_world,
+        "pretrained": run.pretrained,
         "sampler": {"kind": cfg.sampler, "au_weights": data.au_weights.tolist(),
                     "frame_weight": "max(1, sum of the weights of the frame's positive AUs)",
                     "natural_positive_rate": data.natural_rate.tolist(),

@@ -15,9 +15,32 @@ from typing import Any, Iterable, Sequence
 DEFAULT_BACKBONES = {"full": "SENet-50", "small": "reduced SENet (small preset)"}
 
 
-def _weights(train_config: dict[str, Any]) -> str:
+def _backbone(train_config: dict[str, Any], model_config: dict[str, Any], preset: str) -> str:
+    """``senet50`` (the built-in SENet-50, reduced under the small preset) or ``timm:<name>``."""
+    name = model_config.get("backbone") or train_config.get("backbone")
+    if not name or name == "senet50":
+        return DEFAULT_BACKBONES.get(preset, f"{preset} preset")
+    return str(name)
+
+
+def _weights(train_config: dict[str, Any], report: Any) -> str:
+    """Where the backbone's initial weights came from: ``--pretrained`` (a file or ``hub``), with
+    the load report's source and format where the run recorded one."""
     source = train_config.get("pretrained") or train_config.get("weights")
-    return f"weights {Path(str(source)).name}" if source else "from scratch"
+    report = report if isinstance(report, dict) else {}
+    if not source and not report.get("source"):
+        return "from scratch"
+    if str(source) == "hub" or report.get("format") == "hub":
+        origin = report.get("source")
+        return f"weights timm hub ({origin})" if origin else "weights timm hub"
+    name = Path(str(source or report["source"])).name
+    return f"weights {name} ({report['format']})" if report.get("format") else f"weights {name}"
+
+
+def _transform(model_config: dict[str, Any]) -> str:
+    value = model_config.get("input_transform")
+    name = value.get("name") if isinstance(value, dict) else value
+    return f"; input {name}" if name else ""
 
 
 def folds_phrase(manifest: dict[str, Any] | None) -> str:
@@ -31,13 +54,13 @@ def folds_phrase(manifest: dict[str, Any] | None) -> str:
 
 
 def recipe_line(record: dict[str, Any], manifest: dict[str, Any] | None = None) -> str:
-    """``record`` holds ``train_config``, ``model_config`` and ``data`` (any may be missing)."""
+    """``record`` holds ``train_config``, ``model_config``, ``data`` and ``pretrained`` (the
+    weights' load report; any may be missing)."""
     tc = record.get("train_config") or {}
     mc = record.get("model_config") or {}
     data = record.get("data") or {}
     preset = mc.get("preset") or tc.get("preset") or "?"
-    backbone = (tc.get("backbone") or mc.get("backbone")
-                or DEFAULT_BACKBONES.get(preset, f"{preset} preset"))
+    backbone = _backbone(tc, mc, preset)
     epochs = ""
     if record.get("epochs_run") is not None:
         epochs = f"; epochs run {record['epochs_run']} of {tc.get('epochs', '?')} max"
@@ -46,7 +69,8 @@ def recipe_line(record: dict[str, Any], manifest: dict[str, Any] | None = None) 
     size = data.get("image_size", tc.get("image_size") or "?")
     threshold = data.get("threshold", tc.get("threshold"))
     return (f"variant {mc.get('variant') or tc.get('variant') or '?'}; preset {preset}; "
-            f"backbone {backbone}, {_weights(tc)}; image {size} px; label threshold "
+            f"backbone {backbone}, {_weights(tc, record.get('pretrained'))}{_transform(mc)}; "
+            f"image {size} px; label threshold "
             f"{threshold if threshold is not None else '?'}; selection on "
             f"{tc.get('select_on', '?')}{epochs}; {folds_phrase(manifest)}")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..engine.checkpoint import CheckpointError, load_checkpoint, load_for_inference
-from ..nets.transforms import to_model_input
+from ..nets.transforms import VGGFACE2, to_model_input
 
 #: ONNX metadata key holding the checkpoint's metadata (JSON).
 ONNX_META_KEY = "tranet_meta"
@@ -37,9 +37,13 @@ class ProbabilityModel(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        # The transform recorded with the checkpoint (the one its backbone's weights expect);
+        # an ONNX export bakes it into the graph. Modules without one get VGGFace2's, as before.
+        self.transform = getattr(model, "input_transform", VGGFACE2)
 
     def forward(self, images: torch.Tensor) -> Any:
-        logits, intensity = split_outputs(self.model(to_model_input(images)))
+        x = to_model_input(images, self.transform)
+        logits, intensity = split_outputs(self.model(x))
         probabilities = torch.sigmoid(logits.float())
         return probabilities if intensity is None else (probabilities, intensity.float())
 

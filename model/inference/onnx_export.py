@@ -34,7 +34,7 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET) -> dict
     size = int(meta["image_size"])
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     with torch.no_grad():
-        _, intensity = split_outputs(model(to_model_input(example)))
+        _, intensity = split_outputs(model(to_model_input(example, model.input_transform)))
     outputs = ["probabilities"] + (["intensities"] if intensity is not None else [])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

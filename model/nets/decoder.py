@@ -40,11 +40,15 @@ class DecoderStage(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Two stages: last map -> layer3's shape -> layer2's shape (7 -> 14 -> 28 at 224 input)."""
+    """Two stages: last map -> layer3's shape -> layer2's shape (7 -> 14 -> 28 at 224 input).
+
+    ``stage_channels`` ends with the channels of the backbone's stride-8, 16 and 32 maps (SENet's
+    layer2..layer4, or a timm backbone's); earlier entries are ignored.
+    """
 
     def __init__(self, stage_channels: Sequence[int], se_reduction: int = 16, kernel_size: int = 1) -> None:
         super().__init__()
-        _, c2, c3, c4 = stage_channels
+        c2, c3, c4 = stage_channels[-3:]
         self.up1 = DecoderStage(c4, c3, se_reduction, kernel_size)
         self.up2 = DecoderStage(c3, c2, se_reduction, kernel_size)
         self.out_channels = c2

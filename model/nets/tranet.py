@@ -2,10 +2,12 @@
 
 Structure (paper Sec. 3, Fig. 1):
 
-* Backbone SENet-50 (``model.senet``, VGGFace2 layout). Blocks 1-2 (stem + ``layer1``) are frozen:
-  ``requires_grad=False`` and their BatchNorm stays in eval mode even under ``model.train()``
-  (``TRANetConfig.frozen_blocks``; the small preset, which has no pretrained weights, freezes none).
-  ``layer2..layer4`` are the encoder (28 -> 14 -> 7 at 224 input).
+* Backbone SENet-50 (``model.senet``, VGGFace2 layout), or any timm model with stride-8/16/32
+  maps (``TRANetConfig.backbone``, see ``model.nets.backbones``). Blocks 1-2 (stem + ``layer1``,
+  the stride-4 stage) are frozen: ``requires_grad=False`` and their BatchNorm stays in eval mode
+  even under ``model.train()`` (``TRANetConfig.frozen_blocks``; the small preset, which has no
+  pretrained weights, freezes none). The stride-8/16/32 maps (SENet's ``layer2..layer4``) are the
+  encoder (28 -> 14 -> 7 at 224 input).
 * Decoder (``model.decoder``): 7 -> 14 -> 28 with additive skips from layer3 and layer2, one conv
   and one SE per stage. The decoded map has layer2's shape (512 x 28 x 28 at 224).
 * Hard attention: three exact 0/1 row masks on the decoded map built from the face centre
@@ -32,9 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CBAM
+from .backbones import MAX_FROZEN_BLOCKS, build_backbone, default_frozen_blocks, parse_backbone
 from .decoder import Decoder
 from .regions import ALL_AUS, DEFAULT_FACE_CENTER, EVAL_AUS
-from .senet import SENet
+from .transforms import InputTransform, resolve_transform
 
 #: Face region of each DISFA AU. The paper assigns the 8 evaluated AUs (upper 1, 2, 4; middle 6, 9;
 #: lower 12, 25, 26); the other four follow FACS anatomy: AU5 (upper lid raiser) is an eye AU, AU15
@@ -102,13 +105,19 @@ class TRANetConfig:
 
     ``center`` is the face centre (x, y) as fractions of the input image; use the shards'
     ``nose_target / image_size``. ``branch_width``/``fc_hidden`` of ``None`` take the preset's
-    branch width. ``frozen_blocks`` (0, 1 = stem, 2 = stem + layer1, the paper's "blocks 1 and 2")
-    of ``None`` takes the preset's (full 2, small 0). ``image_size`` records the training input
-    size; the network is convolutional up to its global pools and accepts other sizes.
+    branch width. ``frozen_blocks`` (0; 1 = stem; 2 = stem + the stride-4 stage (SENet's layer1),
+    the paper's "blocks 1 and 2"; 3 and 4 add the stride-8 and stride-16 stages) of ``None`` takes
+    the backbone's default (senet50: the preset's, full 2, small 0; timm: 2). ``image_size``
+    records the training input size; the network is convolutional up to its global pools and
+    accepts other sizes. ``backbone``: ``senet50`` or ``timm:<name>`` (the preset then sets only
+    the branch width). ``input_transform`` (a ``model.nets.transforms`` name or recorded dict) of
+    ``None`` is the backbone's default (VGGFace2 for senet50, the timm model's mean/std).
     """
 
     variant: str = "tranet"
     preset: str = "full"
+    backbone: str = "senet50"
+    input_transform: dict | str | None = None
     au_ids: tuple[int, ...] = field(default_factory=lambda: tuple(EVAL_AUS))
     image_size: int = 224
     center: tuple[float, float] = field(default_factory=_default_center)
@@ -136,8 +145,11 @@ class TRANetConfig:
             raise ValueError(f"AUs {unknown} have no region (known: {list(ALL_AUS)})")
         if len(set(self.au_ids)) != len(self.au_ids):
             raise ValueError(f"au_ids has duplicates: {list(self.au_ids)}")
-        if self.frozen_blocks is not None and self.frozen_blocks not in (0, 1, 2):
-            raise ValueError(f"frozen_blocks must be 0, 1 or 2, got {self.frozen_blocks}")
+        if self.frozen_blocks is not None and not 0 <= self.frozen_blocks <= MAX_FROZEN_BLOCKS:
+            raise ValueError(f"frozen_blocks must be 0 to {MAX_FROZEN_BLOCKS}, got {self.frozen_blocks}")
+        parse_backbone(self.backbone)
+        if self.input_transform is not None:  # a name or a recorded dict -> a checked dict
+            self.input_transform = resolve_transform(self.input_transform).as_dict()
         if not all(0.0 <= c <= 1.0 for c in self.center):
             raise ValueError(f"center must be fractions of the image in [0, 1], got {self.center}")
 
@@ -155,7 +167,9 @@ class TRANetConfig:
 
     @property
     def resolved_frozen_blocks(self) -> int:
-        return self.preset_spec.frozen_blocks if self.frozen_blocks is None else self.frozen_blocks
+        if self.frozen_blocks is not None:
+            return self.frozen_blocks
+        return default_frozen_blocks(self.backbone, self.preset_spec.frozen_blocks)
 
     @property
     def resolved_fc_hidden(self) -> int:
@@ -262,12 +276,11 @@ class TRANet(nn.Module):
         self.config = cfg
         spec, preset = cfg.spec, cfg.preset_spec
         k = len(cfg.au_ids)
-        self.backbone = SENet(preset.layers, include_top=False, base_width=preset.base_width,
-                              se_reduction=cfg.reduction)
+        self.backbone = build_backbone(cfg.backbone, preset.layers, preset.base_width, cfg.reduction)
         for module in self.frozen_modules():
             for p in module.parameters():
                 p.requires_grad_(False)
-        channels = self.backbone.stage_channels
+        channels = self.backbone.feature_channels
         self.decoder = Decoder(channels, cfg.reduction, cfg.decoder_kernel) if spec.decoder else None
 
         if spec.head == "fc":
@@ -299,10 +312,15 @@ class TRANet(nn.Module):
     def branch_names(self) -> list[str]:
         return list(self._groups)
 
+    @property
+    def input_transform(self) -> InputTransform:
+        """How frames become this model's input (recorded, else the backbone's default)."""
+        return resolve_transform(self.config.input_transform, self.backbone.default_transform)
+
     def frozen_modules(self) -> list[nn.Module]:
-        """The frozen leading blocks: block 1 = the stem (conv1, bn1), block 2 = layer1."""
-        blocks = [[self.backbone.conv1, self.backbone.bn1], [self.backbone.layer1]]
-        return [m for block in blocks[: self.config.resolved_frozen_blocks] for m in block]
+        """The frozen leading blocks: block 1 = the stem (SENet: conv1, bn1), block 2 = the
+        stride-4 stage (SENet: layer1), 3 and 4 the stride-8 and stride-16 stages."""
+        return self.backbone.leading_blocks(self.config.resolved_frozen_blocks)
 
     def train(self, mode: bool = True) -> "TRANet":
         super().train(mode)
@@ -316,7 +334,7 @@ class TRANet(nn.Module):
         """The map the head works on: decoded map (or layer4's map without decoder)."""
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        _, x2, x3, x4 = self.backbone.stages(x)
+        x2, x3, x4 = self.backbone.feature_maps(x)
         return self.decoder(x2, x3, x4) if self.decoder is not None else x4
 
     def classify(self, features: torch.Tensor, centers: torch.Tensor | None = None) -> torch.Tensor:

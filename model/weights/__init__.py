@@ -1,3 +1,4 @@
 """Reading weight files into networks: the VGGFace2 pickle (numpy-only unpickler), torch
-state_dicts and timm names. May import ``model.nets``; the networks never import this package.
+state_dicts, timm names and timm's hub (``--pretrained``, :func:`model.weights.pretrained.load_pretrained`).
+May import ``model.nets``; the networks never import this package.
 """

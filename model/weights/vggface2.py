@@ -127,18 +127,29 @@ def _read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
-def read_weight_file(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read a release pickle or a torch state_dict into name -> tensor, with release names."""
+def weight_file_format(path: Path | str) -> str:
+    """"state_dict" for a ``torch.save`` file (a zip since PyTorch 1.6), else "vggface2-pickle"."""
+    return "state_dict" if zipfile.is_zipfile(path) else "vggface2-pickle"
+
+
+def read_raw_weights(path: Path | str) -> tuple[str, dict[str, torch.Tensor]]:
+    """``("vggface2-pickle" | "state_dict", name -> tensor)`` of a release pickle or a torch
+    state_dict, names as the file has them (a DataParallel ``module.`` prefix stripped)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weight file")
-    if zipfile.is_zipfile(path):  # torch.save's format since PyTorch 1.6
-        raw: Mapping[str, Any] = _read_torch_state_dict(path)
-    else:
-        raw = _read_numpy_pickle(path)
-    tensors = {k: torch.as_tensor(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-               for k, v in raw.items()}
-    return remap_timm_legacy_names(tensors)
+    kind = weight_file_format(path)
+    raw = _read_torch_state_dict(path) if kind == "state_dict" else _read_numpy_pickle(path)
+    tensors = {}
+    for key, value in raw.items():
+        tensors[key[len("module."):] if key.startswith("module.") else key] = (
+            torch.as_tensor(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value)
+    return kind, tensors
+
+
+def read_weight_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read a release pickle or a torch state_dict into name -> tensor, with release names."""
+    return remap_timm_legacy_names(read_raw_weights(path)[1])
 
 
 _TIMM_RENAMES = (("layer0.conv1.", "conv1."), ("layer0.bn1.", "bn1."), ("last_linear.", "fc."))
@@ -159,6 +170,19 @@ def remap_timm_legacy_names(state: Mapping[str, torch.Tensor]) -> dict[str, torc
         if new in out:
             raise WeightsError(f"two entries map to the same name {new!r} (renaming {key!r})")
         out[new] = value
+    return out
+
+
+def to_timm_legacy_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`remap_timm_legacy_names`: release names -> timm ``legacy_seresnet50``
+    names, so the VGGFace2 file also loads into ``--backbone timm:legacy_seresnet50``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = key
+        for timm_prefix, release_prefix in _TIMM_RENAMES:
+            if key.startswith(release_prefix):
+                new = timm_prefix + key[len(release_prefix):]
+        out[new.replace(".conv4.", ".se_module.fc1.").replace(".conv5.", ".se_module.fc2.")] = value
     return out
 
 
