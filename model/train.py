@@ -31,6 +31,7 @@ from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_error
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
 from .engine.data import DataError
+from .evaluation.intensity import intensity_markdown
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
 from .evaluation.records import results_markdown
 from .nets.tranet import PRESETS, VARIANTS
@@ -83,6 +84,14 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-on", default=d.select_on, choices=["val", "test"],
                    help="split for early stopping / best.pt; 'test' is the paper's protocol "
                         "(optimistic) and is labelled so in every report")
+    p.add_argument("--task", default=d.task, choices=["occurrence", "intensity", "both"],
+                   help="occurrence = the paper's detector (default); intensity = regress DISFA's "
+                        "0-5 intensities of all 12 AUs (a head beside each branch's occurrence "
+                        "FC); both = the two heads trained together. Sampler and early-stopping "
+                        "score follow the task (docs/model.md)")
+    p.add_argument("--intensity-weight", type=float, default=d.intensity_weight,
+                   help="with --task both: loss = BCE + this x intensity MSE (on intensity / 5; "
+                        "default 4, which brings the MSE of an untrained head to the BCE's scale)")
     p.add_argument("--au-weights", default="off", choices=["on", "off"],
                    help="weight each AU's BCE by the fold's per-AU weights (sum K)")
     p.add_argument("--sampler", default=d.sampler, choices=["weighted", "uniform"],
@@ -206,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "test" in summary and int(os.environ.get("RANK", "0")) == 0:
         test = summary["test"]
         print(f"\n{results_markdown(f'Fold {cfg.fold}, {cfg.variant}', test, summary['protocol'])}")
+        if summary.get("test_intensity"):
+            print(intensity_markdown(summary["test_intensity"]))
         print(f"run folder: {summary['run_dir']} (metrics.csv, metrics.json, *.png, best.pt)")
     return EXIT_OK
 

@@ -39,7 +39,17 @@ class ProbabilityModel(torch.nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> Any:
-        logits, intensity = split_outputs(self.model(to_model_input(images)))
+        x = to_model_input(images)
+        if getattr(self.model, "has_intensity", False):
+            # TRA-Net's intensity head (model.train --task intensity|both) covers DISFA's 12 AUs;
+            # the CSV's AUxx_r columns follow the occurrence AUs, clipped to FACS's 0-5.
+            logits, intensity = self.model(x, with_intensity=True)
+            config = self.model.config
+            columns = [list(config.intensity_aus).index(a) for a in config.au_ids
+                       if a in config.intensity_aus]
+            intensity = intensity[:, columns].clamp(0.0, 5.0)
+        else:
+            logits, intensity = split_outputs(self.model(x))
         probabilities = torch.sigmoid(logits.float())
         return probabilities if intensity is None else (probabilities, intensity.float())
 
