@@ -7,13 +7,14 @@ Runs the whole chain the real data takes, on a small twin made on the spot:
 1. synthesize a DISFA twin (``pipeline.synth``; release layout, quirks and Error_LOG included),
 2. align it into shards (``pipeline.align``, dropping the frames the twin's Error_LOG lists),
 3. build subject-independent folds with validation subjects (``pipeline.build_folds``, kfold),
-4. train the small CPU preset of TRA-Net from scratch on each fold (``model.train``; early
-   stopping on the validation subjects),
+4. train the small CPU preset of TRA-Net from scratch on each fold (``model.train --task both``:
+   occurrence and 0-5 intensity from one model; early stopping on the validation subjects),
 5. evaluate each best.pt on its fold's held-out test subjects (``model.evaluate``) and print the
-   table with the mean over folds,
+   occurrence table and the intensity table (ICC(3,1), Pearson r, MAE) with the mean over folds,
 6. run ``model.predict`` with that checkpoint on the raw videos of some of those test subjects
    (dlib finds the faces and landmarks, as on a user's own recording; no AAM landmarks) and
-   score its CSV against the twin's labels: the number a user of ``model.predict`` gets.
+   score its CSV (``AUxx_c`` decisions and ``AUxx_r`` intensities) against the twin's labels:
+   the numbers a user of ``model.predict`` gets.
 
 The defaults (27 subjects x 200 frames, 3 folds) take about five minutes on two idle CPU cores
 and reach a mean F1 above 0.9 on the held-out subjects, through the shards and through

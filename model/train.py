@@ -9,6 +9,10 @@ without a better mean F1. Unlike the paper, the model is selected on the fold's 
 subjects; ``--select-on test`` reproduces the paper's (optimistic) protocol and every report then
 says so.
 
+``--task intensity|both`` adds DISFA's 0-5 intensity of the 12 coded AUs (a regression head
+beside each branch's occurrence FC); loss, sampler and selection score follow the task
+(docs/disfa.md, "AU intensity").
+
 This module is the command: it parses options and calls ``model.engine.trainer.train``.
 
 Outputs in ``--out``: config.json, metrics.csv, metrics.json, loss.png, mean_f1.png,

@@ -46,6 +46,8 @@ def test_both_task_learns_pixel_visible_intensities(visible, tmp_path):
     assert sorted(icc["undefined"]) == [5, 15, 17, 20]  # never coded in the fixture: reported 0
     assert summary["task"] == "both"
     assert "ICC(3,1)" in (out / "results.md").read_text()
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "mean_icc" in header and "icc_AU20" in header
     history = json.loads((out / "metrics.json").read_text())["epochs"]
     best = max(history, key=lambda r: r["score"])
     assert best["epoch"] == summary["best_epoch"]
