@@ -28,15 +28,15 @@ from typing import Sequence
 
 import torch.distributed as dist
 
-from pipeline.cli import (CommandError, check_out_dir, int_range, remove_stale_temp_files,
-                          threshold_arg)
+from pipeline.cli import (CommandError, check_out_dir, int_range, positive_float,
+                          remove_stale_temp_files, threshold_arg)
 
 from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
 from .engine.data import DataError
-from .evaluation.intensity import intensity_markdown
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
+from .evaluation.intensity import intensity_markdown
 from .evaluation.records import results_markdown
 from .nets.tranet import PRESETS, VARIANTS
 
@@ -89,11 +89,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="split for early stopping / best.pt; 'test' is the paper's protocol "
                         "(optimistic) and is labelled so in every report")
     p.add_argument("--task", default=d.task, choices=["occurrence", "intensity", "both"],
-                   help="occurrence = the paper's detector (default); intensity = regress DISFA's "
-                        "0-5 intensities of all 12 AUs (a head beside each branch's occurrence "
-                        "FC); both = the two heads trained together. Sampler and early-stopping "
-                        "score follow the task (docs/model.md)")
-    p.add_argument("--intensity-weight", type=float, default=d.intensity_weight,
+                   help="occurrence = the paper's detector (default); intensity = regress the "
+                        "0-5 intensities of DISFA's 12 AUs (a head beside each branch's FC); both "
+                        "= the two heads together. Sampler and early-stopping score follow it")
+    p.add_argument("--intensity-weight", type=positive_float, default=d.intensity_weight,
                    help="with --task both: loss = BCE + this x intensity MSE (on intensity / 5; "
                         "default 4, which brings the MSE of an untrained head to the BCE's scale)")
     p.add_argument("--au-weights", default="off", choices=["on", "off"],

@@ -58,6 +58,15 @@ def test_both_task_learns_pixel_visible_intensities(visible, tmp_path):
     assert result["intensity"]["icc"] == pytest.approx(icc["icc"], abs=1e-5)
     model, meta = load_for_inference(out / "best.pt")
     assert model.has_intensity and meta["model_config"]["intensity_aus"][0] == 1
+    # model.evaluate: the intensity table beside the occurrence table with its intervals
+    from model.evaluate import main as evaluate_main
+    reports = tmp_path / "evaluated"
+    assert evaluate_main(["--checkpoint", str(out / "best.pt"), "--shards", str(visible[0]),
+                          "--manifest", str(visible[1]), "--out", str(reports),
+                          "--bootstrap", "50", "--allow-seen"]) == 0  # selected on test
+    assert "F1 [95% CI]" in (reports / "evaluation_test.md").read_text()
+    assert "ICC(3,1)" in (reports / "evaluation_test_intensity.md").read_text()
+    assert (reports / "evaluation_test_intensity.csv").read_text().count("\n") > 1
 
 
 @pytest.mark.parametrize("task", ["occurrence", "intensity", "both"])
@@ -140,3 +149,51 @@ def test_sampler_follows_the_task():
     both = task_frame_weights("both", labels, intensity)
     assert occ[1] == 1.0 and reg[1] > 1.0 == reg[3]
     np.testing.assert_allclose(both, 0.5 * (occ / occ.mean() + reg / reg.mean()))
+
+
+class _Intensities:
+    """A ShardFrames reduced to its raw intensities (uint8 [frames, 12]), with its lookup."""
+
+    def __init__(self, frames: int) -> None:
+        self.intensity = np.random.default_rng(1).integers(0, 6, (frames, 12), dtype=np.uint8)
+
+    def intensities(self, index, au_ids):
+        from model.engine.data import ShardFrames
+        return ShardFrames.intensities(self, index, au_ids)
+
+
+def test_intensity_training_steps_make_no_host_syncs():
+    """Issue 16's no-sync training step holds with the intensity loss: the targets are looked up
+    on the host and the MSE sums branch slices, so 'both' makes no more syncs than occurrence."""
+    from model.engine import trainer
+    from model.engine.precision import choose_precision
+    from model.engine.sync_count import count_host_syncs
+    from model.nets.regions import ALL_AUS
+    from model.nets.tranet import TRANetConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(TRANetConfig(preset="small", image_size=32, intensity_aus=tuple(ALL_AUS)))
+    cfg = TrainConfig(shards="", manifest="", fold=1, out="", preset="small", batch_size=4,
+                      batches_per_epoch=3, task="both", quiet=True)
+    criterion = TaskLoss("both", model.branch_groups, model.intensity_groups,
+                         intensity_weight=cfg.intensity_weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    precision = choose_precision(torch.device("cpu"), False)
+    frames = _Intensities(16)
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    targets = (torch.rand(4, len(model.config.au_ids)) > 0.5).float()
+    losses = []
+    with count_host_syncs(torch.device("cpu")) as syncs:
+        for step in range(3):
+            losses.append(trainer.train_step(
+                model, criterion, optimizer, precision.grad_scaler(), scheduler, images, targets,
+                torch.device("cpu"), cfg, precision, index=torch.arange(4) + 4 * step,
+                frames=frames))
+    assert syncs.total == 0, syncs.by_kind
+    assert all(torch.isfinite(loss) for loss in losses)
+    picked = frames.intensities(torch.tensor([3, 0]), [2, 1])
+    assert picked.tolist() == frames.intensity[[3, 0]][:, [1, 0]].astype(float).tolist()
+    with pytest.raises(ValueError, match="frame index"):
+        trainer.train_step(model, criterion, optimizer, precision.grad_scaler(), scheduler,
+                           images, targets, torch.device("cpu"), cfg, precision)

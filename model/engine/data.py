@@ -262,9 +262,11 @@ class ShardFrames(Dataset):
 
     def intensities(self, index: Sequence[int] | np.ndarray | torch.Tensor,
                     au_ids: Sequence[int]) -> torch.Tensor:
-        """Float intensities ``[B, len(au_ids)]`` of the frames at global ``index``."""
-        index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
-        return torch.from_numpy(self.intensity[index][:, au_columns(au_ids)].astype(np.float32))
+        """Float intensities ``[B, len(au_ids)]`` of the frames at global ``index``. A batch's
+        (host) index tensor is used as it is: no ``.numpy()``/``.cpu()`` call, which the
+        training loop's no-sync check would count as a host copy."""
+        rows = torch.from_numpy(self.intensity)[torch.as_tensor(index, dtype=torch.long)]
+        return rows[:, au_columns(au_ids)].float()
 
     def natural_positive_rate(self) -> np.ndarray:
         return self.labels.mean(axis=0) if len(self) else np.zeros(len(self.au_ids))

@@ -97,6 +97,13 @@ def evaluate_checkpoint(
         "protocol": note, "seen_subjects": seen,
         "recipe": recipe_line(state, load_manifest(manifest)),
         "metrics": acc.compute().as_dict()}
+    return _add_extras(result, acc, regression, state)
+
+
+def _add_extras(result: dict[str, Any], acc: Any, regression: Any,
+                state: dict[str, Any]) -> dict[str, Any]:
+    """The intensity metrics (a model with an intensity head) and the F1 at the checkpoint's
+    tuned thresholds (if it has them), beside the occurrence metrics at 0.5."""
     if regression is not None:
         result["intensity"] = regression.compute().as_dict()
     tuned = state.get("decision_thresholds")

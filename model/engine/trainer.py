@@ -493,7 +493,7 @@ def evaluate_tasks(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
 
 def _shard_frames(loader: DataLoader) -> ShardFrames | None:
-    dataset = loader.dataset
+    dataset = getattr(loader, "dataset", None)  # None for a plain list of batches
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return dataset if isinstance(dataset, ShardFrames) else None
