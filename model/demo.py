@@ -7,13 +7,14 @@ Runs the whole chain the real data takes, on a small twin made on the spot:
 1. synthesize a DISFA twin (``pipeline.synth``; release layout, quirks and Error_LOG included),
 2. align it into shards (``pipeline.align``, dropping the frames the twin's Error_LOG lists),
 3. build subject-independent folds with validation subjects (``pipeline.build_folds``, kfold),
-4. train the small CPU preset of TRA-Net from scratch on each fold (``model.train``; early
-   stopping on the validation subjects),
+4. train the small CPU preset of TRA-Net from scratch on each fold (``model.train --task both``:
+   occurrence and 0-5 intensity from one model; early stopping on the validation subjects),
 5. evaluate each best.pt on its fold's held-out test subjects (``model.evaluate``) and print the
-   table with the mean over folds,
+   occurrence table and the intensity table (ICC(3,1), Pearson r, MAE) with the mean over folds,
 6. run ``model.predict`` with that checkpoint on the raw videos of some of those test subjects
    (dlib finds the faces and landmarks, as on a user's own recording; no AAM landmarks) and
-   score its CSV against the twin's labels: the number a user of ``model.predict`` gets.
+   score its CSV (``AUxx_c`` decisions and ``AUxx_r`` intensities) against the twin's labels:
+   the numbers a user of ``model.predict`` gets.
 
 The defaults (27 subjects x 200 frames, 3 folds) take about five minutes on two idle CPU cores
 and reach a mean F1 above 0.9 on the held-out subjects, through the shards and through
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="alignment jitter: rotation +- degrees")
     tr.add_argument("--jitter-shift", type=float, default=0.04,
                     help="alignment jitter: shift +- this fraction of the frame size")
+    tr.add_argument("--task", default="both", choices=["occurrence", "intensity", "both"],
+                    help="what the model learns (model.train --task): both = occurrence and "
+                         "0-5 intensity from one model")
     p.add_argument("--predict-subjects", type=int, default=3,
                    help="test subjects per fold whose videos go through model.predict (0: skip)")
     p.add_argument("--jobs", type=int, default=2, help="processes for synthesis and alignment")
@@ -118,14 +122,8 @@ class Stopwatch:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.align import AlignConfig, run_align
-    from pipeline.build_folds import FoldConfig, build_folds, write_folds
-    from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
-
-    from .crossval import run_fold
-    from .evaluate import evaluate_checkpoint, mean_over_folds
+    """Every stage in order (each resumes); returns the report also written to OUT."""
     from .evaluation.records import write_json
-    from .train import TrainConfig
 
     out: Path = args.out
     if args.fresh and out.exists():
@@ -133,8 +131,28 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     watch = Stopwatch()
-    twin, shards = out / "disfa_twin", out / "shards"
+    data = prepare_data(args, out, watch)
+    folds = args.folds or [f["fold"] for f in data["manifest"]["folds"]]
+    results, runs, predictions = [], [], []
+    for fold in folds:
+        summary, result, predicted = run_one_fold(args, out, data, fold, watch)
+        runs.append(summary)
+        results.append(result)
+        if predicted is not None:
+            predictions.append(predicted)
+    report = build_report(args, watch, data, folds, results, runs, predictions)
+    write_json(out / "demo_summary.json", report)
+    (out / "demo.md").write_text(demo_markdown(report))
+    return report
 
+
+def prepare_data(args: argparse.Namespace, out: Path, watch: Stopwatch) -> dict[str, Any]:
+    """Steps 1-3: the twin, its shards and the folds manifest."""
+    from pipeline.align import AlignConfig, run_align
+    from pipeline.build_folds import FoldConfig, build_folds, write_folds
+    from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
+
+    twin, shards = out / "disfa_twin", out / "shards"
     with watch.stage("synthesize"):
         synth = synthesize(twin, SynthConfig(n_subjects=args.n_subjects, frames=args.frames,
                                              seed=args.seed, width=args.frame_width,
@@ -152,41 +170,65 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         manifest = build_folds(shards, FoldConfig(scheme="kfold", k=args.k, seed=args.seed,
                                                   val_subjects=args.val_subjects))
         manifest_path = write_folds(manifest, out)
+    return {"twin": twin, "shards": shards, "synth": synth, "align": align,
+            "manifest": manifest, "manifest_path": manifest_path}
 
-    results, runs, predictions = [], [], []
-    folds = args.folds or [f["fold"] for f in manifest["folds"]]
-    for fold in folds:
-        run_dir = out / "runs" / f"fold{fold}"
-        cfg = TrainConfig(shards=str(shards), manifest=str(manifest_path), fold=fold,
-                          out=str(run_dir), preset="small", epochs=args.epochs,
-                          patience=args.patience, batches_per_epoch=args.batches_per_epoch,
-                          batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                          seed=args.seed, workers=0, jitter_scale=args.jitter_scale,
-                          jitter_degrees=args.jitter_degrees, jitter_shift=args.jitter_shift,
-                          eval_batch_size=100, quiet=args.quiet, plot_every=1_000_000)
-        with watch.stage(f"train fold {fold}"):
-            summary = run_fold(cfg)
-        if summary.get("status") != "finished":
-            raise DemoInterrupted(f"training of fold {fold} was stopped")
-        runs.append(summary)
-        with watch.stage(f"evaluate fold {fold}"):
-            results.append(evaluate_checkpoint(run_dir / "best.pt", shards, manifest_path, fold,
-                                               split="test"))
-        test_subjects = results[-1]["subjects"][: args.predict_subjects]
-        if test_subjects:
-            with watch.stage(f"predict fold {fold}"):
-                predictions.append({"fold": fold, **predict_and_score(
-                    run_dir / "best.pt", twin, test_subjects, out / "predictions" / f"fold{fold}",
-                    quiet=args.quiet)})
+
+def demo_train_config(args: argparse.Namespace, data: dict[str, Any], fold: int,
+                      run_dir: Path) -> Any:
+    """Step 4's recipe: the small preset from scratch (see the module doc for why it departs
+    from the paper's)."""
+    from .train import TrainConfig
+
+    return TrainConfig(shards=str(data["shards"]), manifest=str(data["manifest_path"]), fold=fold,
+                       out=str(run_dir), preset="small", epochs=args.epochs,
+                       patience=args.patience, batches_per_epoch=args.batches_per_epoch,
+                       batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                       seed=args.seed, workers=0, jitter_scale=args.jitter_scale,
+                       jitter_degrees=args.jitter_degrees, jitter_shift=args.jitter_shift,
+                       eval_batch_size=100, quiet=args.quiet, plot_every=1_000_000,
+                       task=args.task)
+
+
+def run_one_fold(args: argparse.Namespace, out: Path, data: dict[str, Any], fold: int,
+                 watch: Stopwatch) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Steps 4-6 for one fold: train, evaluate best.pt on the test shards, model.predict."""
+    from .crossval import run_fold
+    from .evaluate import evaluate_checkpoint
+
+    run_dir = out / "runs" / f"fold{fold}"
+    with watch.stage(f"train fold {fold}"):
+        summary = run_fold(demo_train_config(args, data, fold, run_dir))
+    if summary.get("status") != "finished":
+        raise DemoInterrupted(f"training of fold {fold} was stopped")
+    with watch.stage(f"evaluate fold {fold}"):
+        result = evaluate_checkpoint(run_dir / "best.pt", data["shards"], data["manifest_path"],
+                                     fold, split="test")
+    test_subjects = result["subjects"][: args.predict_subjects]
+    predicted = None
+    if test_subjects:
+        with watch.stage(f"predict fold {fold}"):
+            predicted = {"fold": fold, **predict_and_score(
+                run_dir / "best.pt", data["twin"], test_subjects,
+                out / "predictions" / f"fold{fold}", quiet=args.quiet)}
+    return summary, result, predicted
+
+
+def build_report(args: argparse.Namespace, watch: Stopwatch, data: dict[str, Any],
+                 folds: Sequence[int], results: list, runs: list, predictions: list
+                 ) -> dict[str, Any]:
+    """demo_summary.json: settings, wall times, folds, per-fold results and predictions."""
+    from .evaluate import mean_over_folds
+    from .evaluation.intensity import mean_intensity_over_folds
 
     report = {
         "wall_seconds": {**watch.stages, "total": watch.total},
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "twin": {"subjects": list(synth["subjects"]), "frames": args.frames},
-        "alignment": align.get("totals", {}),
+        "twin": {"subjects": list(data["synth"]["subjects"]), "frames": args.frames},
+        "alignment": data["align"].get("totals", {}),
         "folds": [{k: f[k] for k in ("fold", "train", "val", "test", "frames")}
-                  for f in manifest["folds"] if f["fold"] in folds],
+                  for f in data["manifest"]["folds"] if f["fold"] in folds],
         "protocol": results[0]["protocol"],
         "results": results,
         "mean_over_folds": mean_over_folds(results),
@@ -194,22 +236,26 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [{"fold": r["fold"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
                   "run_dir": r["run_dir"]} for r in runs],
     }
-    write_json(out / "demo_summary.json", report)
-    (out / "demo.md").write_text(demo_markdown(report))
+    if all("intensity" in r for r in results):
+        report["intensity_mean_over_folds"] = mean_intensity_over_folds(
+            [r["intensity"] for r in results])
     return report
 
 
 def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out: Path,
                       quiet: bool = False, **options: Any) -> dict[str, Any]:
-    """Run ``model.predict`` on the subjects' left videos and score its decisions against the
-    twin's labels, pooled over all their frames (a frame without a face counts as 'absent').
+    """Run ``model.predict`` on the subjects' left videos and score its decisions (and AUxx_r
+    intensities, when the checkpoint has them) against the twin's labels, pooled over all their
+    frames (a frame without a face counts as 'absent', intensity 0).
     ``options``: further :class:`PredictConfig` fields (e.g. ``calibrate=True, smooth=5``)."""
     import numpy as np
     import pandas as pd
 
+    from pipeline.disfa import au_columns
     from pipeline.release import discover, read_labels
     from pipeline.shards import binarize
 
+    from .evaluation.intensity import IntensityAccumulator
     from .evaluation.metrics import confusion_counts, metrics_from_counts
     from .predict import PredictConfig, run_predict
 
@@ -220,16 +266,23 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
                                         plot=True, progress=not quiet, **options))
     data = summary["checkpoint"]  # the checkpoint's metadata, as model.predict read it
     au_ids, threshold = [int(a) for a in data["au_ids"]], int(data["threshold"])
+    # model.predict writes AUxx_r for the occurrence AUs the intensity head also covers.
+    intensity_aus = [a for a in au_ids if a in data["model_config"].get("intensity_aus", ())]
+    regression = IntensityAccumulator(intensity_aus, mean_over=au_ids) if intensity_aus else None
     counts, frames, faces = 0, 0, 0
     for f, result in zip(files, summary["inputs"]):
         if result.get("status", "ok") != "ok" or not result.get("csv"):
             raise RuntimeError(f"model.predict failed on {f.videos['left']}: {result}")
         table = pd.read_csv(result["csv"])
-        truth = binarize(read_labels(f), au_ids, threshold)
+        coded = read_labels(f)
+        truth = binarize(coded, au_ids, threshold)
         decided = table[[f"AU{au:02d}_c" for au in au_ids]].fillna(0).to_numpy()
         if len(decided) != len(truth):
             raise RuntimeError(f"{result['csv']}: {len(decided)} rows for {len(truth)} labels")
         counts = counts + confusion_counts(decided.astype(np.float32), truth, from_logits=False)
+        if regression is not None:
+            levels = table[[f"AU{au:02d}_r" for au in intensity_aus]].fillna(0).to_numpy()
+            regression.update(levels, coded[:, au_columns(intensity_aus)])
         frames += len(table)
         faces += int(table["face_found"].sum())
     if faces < 0.5 * frames:
@@ -237,10 +290,12 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
                     "for its detector at this frame size (use --frame-width 320 or more)",
                     faces, frames)
     metrics = metrics_from_counts(counts, au_ids)
-    return {"checkpoint": str(checkpoint), "out": str(out), "subjects": list(subjects),
-            "frames": frames,
-            "faces_found": faces, "metrics": metrics.as_dict(),
-            "processing_fps": [r.get("processing_fps") for r in summary["inputs"]]}
+    scored = {"checkpoint": str(checkpoint), "out": str(out), "subjects": list(subjects),
+              "frames": frames, "faces_found": faces, "metrics": metrics.as_dict(),
+              "processing_fps": [r.get("processing_fps") for r in summary["inputs"]]}
+    if regression is not None:
+        scored["intensity"] = regression.compute().as_dict()
+    return scored
 
 
 def demo_markdown(report: dict[str, Any]) -> str:
@@ -266,7 +321,41 @@ def demo_markdown(report: dict[str, Any]) -> str:
         x.get("recipe") for x in report["results"]) if r) + method_line(DEFAULT_RESAMPLES, 0)
     return (f"# Demo on the synthetic DISFA twin\n\nHeld-out test subjects of each fold; "
             f"{report['protocol']}\n\n{notes}\n\n{markdown_table(header, rows)}{predict}\n\n"
+            f"{intensity_section(report)}"
             f"Wall time ({report['threads']} torch threads): {times}\n\nPlots:\n{plots}\n")
+
+
+def intensity_section(report: dict[str, Any]) -> str:
+    """The intensity tables (shards per fold and mean; model.predict per fold), if trained."""
+    from .evaluation.intensity import intensity_report
+
+    if not all("intensity" in r for r in report["results"]):
+        return ""
+    eval_aus = report["results"][0]["metrics"]["au_ids"]
+    text = intensity_report([(r["fold"], r["intensity"]) for r in report["results"]], eval_aus,
+                            "Intensity (0-5) on the held-out test shards", report["protocol"])[2]
+    predicted = [p for p in report.get("predict", []) if "intensity" in p]
+    if predicted:
+        text += "\n" + intensity_report(
+            [(p["fold"], p["intensity"]) for p in predicted], eval_aus,
+            "Intensity (AUxx_r) of model.predict on the raw held-out test videos",
+            "dlib landmarks, no AAM; a frame without a face counts as intensity 0")[2]
+    return text.replace("\n# ", "\n## ").replace("# ", "## ", 1) + "\n"
+
+
+def print_intensity_summary(report: dict[str, Any]) -> None:
+    """One line each for the shards' and model.predict's mean ICC over the 8 evaluated AUs."""
+    mean = report.get("intensity_mean_over_folds")
+    if mean is None:
+        return
+    per_fold = ", ".join(f"{r['intensity']['mean_icc']:.3f}" for r in report["results"])
+    print(f"intensity on held-out synthetic subjects: mean ICC(3,1) {mean['mean_icc']:.3f} over "
+          f"the {len(mean['mean_over'])} evaluated AUs (per fold {per_fold})")
+    predicted = [p["intensity"]["mean_icc"] for p in report.get("predict", []) if "intensity" in p]
+    if predicted:
+        print(f"model.predict AUxx_r on held-out test videos: mean ICC(3,1) "
+              f"{sum(predicted) / len(predicted):.3f} (per fold "
+              f"{', '.join(f'{v:.3f}' for v in predicted)})")
 
 
 @handle_errors("model.demo")
@@ -296,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = sum(len(p["subjects"]) for p in report["predict"])
         print(f"model.predict (dlib landmarks) on {n} held-out test videos: mean F1 "
               f"{100 * sum(f1) / len(f1):.1f}")
+    print_intensity_summary(report)
     print(f"summary: {args.out / 'demo_summary.json'}")
     return 0
 

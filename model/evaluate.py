@@ -5,7 +5,9 @@
 
 Per AU: sigmoid >= 0.5, TP/FP/TN/FN pooled over every frame of every test subject of the fold,
 F1 and accuracy, and their unweighted means. With one checkpoint per fold, the table also gives
-the mean over folds (how the papers report DISFA). Labels use the threshold the checkpoint was
+the mean over folds (how the papers report DISFA). A checkpoint trained with ``--task intensity``
+or ``both`` also gets ``evaluation_<split>_intensity.{csv,md}``: ICC(3,1), Pearson r and MAE of
+the 12 coded AUs (``model.evaluation.intensity``). Labels use the threshold the checkpoint was
 trained with, re-derived from the shards' raw intensities; every report names that threshold
 and how the model was selected, and the recipe (variant, preset, backbone and weights, image
 size, selection split, folds).
@@ -30,6 +32,7 @@ from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
 from .engine.data import DataError
 from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
+from .evaluation.intensity import intensity_report
 from .evaluation.plots import plot_subject_heatmap
 from .evaluation.provenance import note_rows
 from .evaluation.records import markdown_table, write_csv, write_json
@@ -106,6 +109,18 @@ def write_subject_heatmap(results: Sequence[dict], path: Path, title: str,
                                 title=title, notes=notes, positives=positives)
 
 
+
+def write_intensity_report(results: Sequence[dict], out: Path, stem: str, split: str,
+                           protocol: str) -> None:
+    """``<stem>_intensity.{csv,md}`` beside the occurrence tables: ICC(3,1), r and MAE."""
+    header, rows, text = intensity_report(
+        [(r["fold"], r["intensity"]) for r in results], results[0]["metrics"]["au_ids"],
+        f"Intensity on the {split} subjects ({results[0]['variant']})", protocol)
+    write_csv(out / f"{stem}_intensity.csv", header, rows)
+    (out / f"{stem}_intensity.md").write_text(text)
+    print(text)
+    print(f"saved {out / stem}_intensity.{{csv,md}}")
+
 @handle_errors("model.evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -155,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           [n for n in lines if n.startswith(("Protocol", "Recipe"))])
     print(text)
     print(f"saved {out / stem}.{{json,csv,md}} and {stem}_subjects.png")
+    if all("intensity" in r for r in results):
+        write_intensity_report(results, out, stem, args.split, " / ".join(summary["protocol"]))
     return 0
 
 

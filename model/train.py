@@ -9,6 +9,10 @@ without a better mean F1. Unlike the paper, the model is selected on the fold's 
 subjects; ``--select-on test`` reproduces the paper's (optimistic) protocol and every report then
 says so.
 
+``--task intensity|both`` adds DISFA's 0-5 intensity of the 12 coded AUs (a regression head
+beside each branch's occurrence FC); loss, sampler and selection score follow the task
+(docs/disfa.md, "AU intensity").
+
 This module is the command: it parses options and calls ``model.engine.trainer.train``.
 
 Outputs in ``--out``: config.json, metrics.csv, metrics.json, loss.png, mean_f1.png,
@@ -25,8 +29,8 @@ from typing import Sequence
 import torch.distributed as dist
 
 from pipeline.cli import HelpFormatter
-from pipeline.cli import (CommandError, check_out_dir, int_range, remove_stale_temp_files,
-                          threshold_arg)
+from pipeline.cli import (CommandError, check_out_dir, int_range, positive_float,
+                          remove_stale_temp_files, threshold_arg)
 
 from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging
 from .engine.checkpoint import CheckpointError
@@ -34,6 +38,7 @@ from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa:
 from .engine.data import DataError
 from .weights.vggface2 import WeightsError
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
+from .evaluation.intensity import intensity_markdown
 from .evaluation.records import results_markdown
 from .nets.backbones import MAX_FROZEN_BLOCKS
 from .nets.transforms import TRANSFORMS
@@ -114,6 +119,13 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-on", default=d.select_on, choices=["val", "test"],
                    help="split for early stopping / best.pt; 'test' is the paper's protocol "
                         "(optimistic) and is labelled so in every report")
+    p.add_argument("--task", default=d.task, choices=["occurrence", "intensity", "both"],
+                   help="occurrence = the paper's detector (default); intensity = regress the "
+                        "0-5 intensities of DISFA's 12 AUs (a head beside each branch's FC); both "
+                        "= the two heads together. Sampler and early-stopping score follow it")
+    p.add_argument("--intensity-weight", type=positive_float, default=d.intensity_weight,
+                   help="with --task both: loss = BCE + this x intensity MSE (on intensity / 5; "
+                        "default 4, which brings the MSE of an untrained head to the BCE's scale)")
     p.add_argument("--au-weights", default="off", choices=["on", "off"],
                    help="weight each AU's BCE by the fold's per-AU weights (sum K)")
     p.add_argument("--sampler", default=d.sampler, choices=["weighted", "uniform"],
@@ -237,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "test" in summary and int(os.environ.get("RANK", "0")) == 0:
         test = summary["test"]
         print(f"\n{results_markdown(f'Fold {cfg.fold}, {cfg.variant}', test, summary['protocol'])}")
+        if summary.get("test_intensity"):
+            print(intensity_markdown(summary["test_intensity"]))
         print(f"run folder: {summary['run_dir']} (metrics.csv, metrics.json, *.png, best.pt)")
     return EXIT_OK
 

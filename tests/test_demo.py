@@ -51,3 +51,13 @@ def test_small_demo_chain_learns(tmp_path):
     effect = {r["variant"]: r for r in postprocess_effect(out)}
     assert effect["none"]["mean_f1"] == pytest.approx(predicted["metrics"]["mean_f1"], abs=2e-3)
     assert set(effect) == {"none", "calibrate", "smooth 5", "smooth 9", "calibrate + smooth 5"}
+    # --task both (the demo's default): intensity tables for the shards and for model.predict
+    shards_icc = report["results"][0]["intensity"]
+    assert len(shards_icc["icc"]) == 12 and shards_icc["mean_over"] == test["au_ids"]
+    assert shards_icc["mean_icc"] > 0.2, shards_icc
+    assert len(predicted["intensity"]["icc"]) == 8 and predicted["intensity"]["n_frames"] == 120
+    csv_header = next((out / "predictions" / "fold1").glob("*.csv")).read_text().splitlines()[0]
+    assert "AU01_r" in csv_header and "AU26_r" in csv_header
+    text = (out / "demo.md").read_text()
+    assert "Intensity (0-5) on the held-out test shards" in text and "ICC(3,1)" in text
+    assert "model.predict" in text.split("Intensity (AUxx_r)")[1]

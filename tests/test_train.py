@@ -65,9 +65,9 @@ def test_training_stops_early_at_the_right_epoch(data, tmp_path, monkeypatch):
     def fake_evaluate(model, loader, device, au_ids, criterion=None, **kw):
         m = metrics_from_counts(np.zeros((len(au_ids), 4), dtype=np.int64), au_ids)
         m.mean_f1 = next(scores) if kw.get("desc", "").startswith("eval") else 0.0
-        return m
+        return m, None  # (occurrence, intensity): an occurrence-only run has no intensity
 
-    monkeypatch.setattr(mt, "evaluate", fake_evaluate)
+    monkeypatch.setattr(mt, "evaluate_tasks", fake_evaluate)
     summary = train(config(data, tmp_path / "run", epochs=10, batches_per_epoch=1, patience=2))
     assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 2

@@ -93,3 +93,49 @@ def _labels(path: Path):
         return ShardReader(path).labels
     except ShardError:  # missing or deliberately corrupt shards in the bad-input tests
         return None
+
+
+def render_intensity(levels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Like :func:`render`, but each of the 8 AUs' marks grows brighter with its 0-5 intensity
+    (``levels`` [8]), so intensity is visible in the pixels; intensity 0 draws nothing."""
+    img = np.full((size, size, 3), 60, dtype=np.float32) + rng.normal(0, 4, (size, size, 3))
+    sq = max(2, size // 10)
+    for k, level in enumerate(levels):
+        if not level:
+            continue
+        row = int(REGION_ROWS[k] * size)
+        col = int((0.04 + 0.13 * (k % 3)) * size)
+        value = 60 + 39 * float(level)  # 99 .. 255
+        for c in (col, size - col - sq):
+            img[row:row + sq, c:c + sq] = value
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_intensity_subject(path: Path, subject: str, n: int, size: int, seed: int,
+                            threshold: int = 3) -> Path:
+    """A shard whose 8 evaluated AUs have uniform 0-5 intensities drawn as mark brightness (the
+    other four coded AUs stay 0)."""
+    rng = np.random.default_rng(seed)
+    with ShardWriter(path, size, encoding="raw") as writer:
+        for i in range(n):
+            levels = rng.integers(0, 6, len(EVAL_AUS)) * (rng.random(len(EVAL_AUS)) < 0.6)
+            intensity = np.zeros(len(ALL_AUS), dtype=np.uint8)
+            for k, au in enumerate(EVAL_AUS):
+                intensity[ALL_AUS.index(au)] = levels[k]
+            writer.append(render_intensity(levels, size, rng), i, intensity,
+                          rng.uniform(0, size, (66, 2)).astype(np.float32))
+        writer.commit(subject=subject, camera="left", threshold=threshold, au_ids=EVAL_AUS,
+                      nose_target=(size / 2, size * 0.5), chin_target=(size / 2, size * 0.9),
+                      n_source_frames=n, config={"fixture": True})
+    return path
+
+
+def make_intensity_dataset(root: Path, frames: int = 64, size: int = 32) -> tuple[Path, Path]:
+    """Four subjects (2 train, 1 val, 1 test) of :func:`write_intensity_subject`, one fold."""
+    shards = root / "shards"
+    subjects = ["SN001", "SN002", "SN003", "SN004"]
+    for j, subject in enumerate(subjects):
+        write_intensity_subject(shards / shard_name(subject, "left"), subject, frames, size, 10 + j)
+    manifest = write_manifest(root / "folds.json", shards, [(subjects[:2], subjects[2:3],
+                                                              subjects[3:])], size)
+    return shards, manifest

@@ -58,6 +58,8 @@ class TrainConfig:
     threads: int | None = None
     quiet: bool = False
     plot_every: int = 1
+    task: str = "occurrence"
+    intensity_weight: float = 4.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -88,6 +90,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if self.task not in ("occurrence", "intensity", "both"):
+            raise ValueError("task must be 'occurrence', 'intensity' or 'both'")
+        if self.intensity_weight <= 0:
+            raise ValueError("intensity_weight must be positive")
 
 
 def effective_lr(cfg: TrainConfig, world: int) -> float:

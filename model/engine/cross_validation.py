@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..evaluation.intensity import intensity_report
 from ..evaluation.paper_tables import PAPER_PROTOCOL, TABLE2_ORDER
 from ..evaluation.provenance import note_rows
 from ..evaluation.records import markdown_table, write_csv, write_json
@@ -63,6 +64,18 @@ def table2(per_variant: dict[str, list[dict[str, Any]]], protocol: str, *,
     text = ("# Table 2: F1-frame (%) of the TRA-Net variants, mean of folds\n\n"
             + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n")
     return header, rows, text
+
+
+def write_intensity_table(out: Path, variant: str, results: Sequence[dict[str, Any]],
+                          protocol: str) -> str:
+    """``OUT/intensity[_<variant>].{csv,md}`` beside table1: ICC(3,1) / r / MAE per fold and mean."""
+    header, rows, text = intensity_report(
+        [(r["fold"], r["test_intensity"]) for r in results], results[0]["test"]["au_ids"],
+        f"Intensity (0-5) of {variant} on the test subjects", protocol)
+    stem = "intensity" if variant == "tranet" else f"intensity_{variant}"
+    write_csv(out / f"{stem}.csv", header, rows)
+    (out / f"{stem}.md").write_text(text)
+    return text
 
 
 def crossval(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,6 +202,8 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
                               f"{variant}: F1 (%) per held-out subject", mine)
         if any("test_camera" in r for r in rs):
             texts.append(camera_table(out, variant, rs, mine, resamples, seed, report))
+        if all("test_intensity" in r for r in rs):
+            texts.append(write_intensity_table(out, variant, rs, protocol))
     write_json(out / "crossval.json", report)
     report["texts"] = texts
     return report

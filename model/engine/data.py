@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.disfa import ALL_AUS
+from pipeline.disfa import ALL_AUS, au_columns
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
 
 from .augment import AlignmentJitter
@@ -211,6 +211,8 @@ class ShardFrames(Dataset):
         self.labels = np.concatenate(
             [binarize(r.intensity, self.au_ids, self.threshold) for r in self.readers]
         ).astype(np.uint8)
+        # Raw FACS intensities 0-5 of the 12 coded AUs (ALL_AUS order), for --task intensity/both.
+        self.intensity = np.concatenate([np.asarray(r.intensity, np.uint8) for r in self.readers])
         self.subjects = [r.subject for r in self.readers]
         self.jitter = jitter if jitter is not None and jitter.enabled else None
 
@@ -257,6 +259,14 @@ class ShardFrames(Dataset):
         lengths = np.diff(self.offsets)
         groups = np.repeat([names.index(s) for s in self.subjects], lengths).astype(np.int64)
         return names, groups
+
+    def intensities(self, index: Sequence[int] | np.ndarray | torch.Tensor,
+                    au_ids: Sequence[int]) -> torch.Tensor:
+        """Float intensities ``[B, len(au_ids)]`` of the frames at global ``index``. A batch's
+        (host) index tensor is used as it is: no ``.numpy()``/``.cpu()`` call, which the
+        training loop's no-sync check would count as a host copy."""
+        rows = torch.from_numpy(self.intensity)[torch.as_tensor(index, dtype=torch.long)]
+        return rows[:, au_columns(au_ids)].float()
 
     def natural_positive_rate(self) -> np.ndarray:
         return self.labels.mean(axis=0) if len(self) else np.zeros(len(self.au_ids))

@@ -14,7 +14,7 @@ from .config import protocol_note
 from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
                    fold_spec, load_manifest, open_shards, single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
-from .trainer import run_evaluation
+from .trainer import run_task_evaluation
 from ..evaluation.provenance import recipe_line
 from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tables import metric_rows, summary
@@ -79,9 +79,10 @@ def evaluate_checkpoint(
                         collate_fn=collate_frames, pin_memory=target.type == "cuda")
     train_cfg = meta.get("train_config", {})
     amp = bool(train_cfg.get("amp", False)) if amp is None else amp
-    acc = run_evaluation(model, loader, target, list(spec.au_ids), amp=amp,
-                         desc=f"fold {fold} {split}", quiet=not sys.stderr.isatty(),
-                         by_subject=True, scores=True)
+    acc, regression = run_task_evaluation(model, loader, target, list(spec.au_ids), amp=amp,
+                                          desc=f"fold {fold} {split}",
+                                          quiet=not sys.stderr.isatty(), by_subject=True,
+                                          scores=True)
     select_on = train_cfg.get("select_on", "val")
     note = protocol_note(select_on, threshold)
     if seen:
@@ -91,10 +92,20 @@ def evaluate_checkpoint(
     result = {
         "checkpoint": str(checkpoint), "fold": fold, "split": split, "subjects": subjects,
         "cameras": list(cameras), "variant": meta["model_config"].get("variant"),
-        "epoch": meta.get("epoch"), "threshold": threshold, "select_on": select_on,
+        "epoch": meta.get("epoch"), "task": train_cfg.get("task", "occurrence"),
+        "threshold": threshold, "select_on": select_on,
         "protocol": note, "seen_subjects": seen,
         "recipe": recipe_line(state, load_manifest(manifest)),
         "metrics": acc.compute().as_dict()}
+    return _add_extras(result, acc, regression, state)
+
+
+def _add_extras(result: dict[str, Any], acc: Any, regression: Any,
+                state: dict[str, Any]) -> dict[str, Any]:
+    """The intensity metrics (a model with an intensity head) and the F1 at the checkpoint's
+    tuned thresholds (if it has them), beside the occurrence metrics at 0.5."""
+    if regression is not None:
+        result["intensity"] = regression.compute().as_dict()
     tuned = state.get("decision_thresholds")
     if tuned:
         result["decision_thresholds"] = tuned
@@ -113,6 +124,8 @@ def _check_alignment(shard: Path, geometry: dict[str, Any], data: dict[str, Any]
                             f"{geometry['image_size']} px) does not match {checkpoint}'s "
                             f"{data[key]} (at {size} px); realign the frames as the model was "
                             "trained")
+
+
 def seen_subjects(state: dict[str, Any], subjects: Sequence[str]) -> list[str]:
     """Which of ``subjects`` the checkpoint trained on or was selected on (recorded in it)."""
     recorded = state.get("data", {}).get("subjects") or {}

@@ -58,6 +58,31 @@ def frame_weights(labels: np.ndarray, au_weights: np.ndarray) -> np.ndarray:
     return np.maximum(1.0, labels @ au_weights)
 
 
+#: A frame "shows" an AU for the intensity sampler when its coded intensity is at least this (A).
+INTENSITY_PRESENT = 1
+
+
+def task_frame_weights(task: str, labels: np.ndarray, intensity: np.ndarray | None) -> np.ndarray:
+    """Draw weights that follow ``--task``.
+
+    * occurrence: :func:`frame_weights` on the occurrence labels (the paper);
+    * intensity: the same formula on "intensity >= 1" of every coded AU (``intensity`` [N, 12]),
+      so frames with rarely coded AUs, at any intensity, are drawn more often;
+    * both: the mean of the two weight vectors, each divided by its own mean (each task's
+      sampler gets half of the draws' weight).
+    """
+    occurrence = frame_weights(labels, au_weights_from_labels(labels))
+    if task == "occurrence":
+        return occurrence
+    if intensity is None:
+        raise ValueError(f"task {task!r} needs the frames' intensities")
+    present = (np.asarray(intensity) >= INTENSITY_PRESENT).astype(np.uint8)
+    regression = frame_weights(present, au_weights_from_labels(present))
+    if task == "intensity":
+        return regression
+    return 0.5 * (occurrence / occurrence.mean() + regression / regression.mean())
+
+
 def expected_positive_rate(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Per-AU positive rate expected among frames drawn with probability ∝ ``weights``."""
     weights = np.asarray(weights, dtype=np.float64)

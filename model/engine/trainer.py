@@ -36,13 +36,15 @@ from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_fli
                    fold_spec, load_manifest, open_shards, single_threaded_opencv)
 from .config import TrainConfig, effective_lr, protocol_note, threshold_note
 from .early_stopping import EarlyStopping
-from .losses import branch_bce_loss
-from .precision import choose_precision
+from .losses import TaskLoss
+from .precision import Precision, choose_precision
+from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics, intensity_markdown
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
 from ..evaluation.ranking import tune_thresholds
 from ..evaluation.records import results_markdown, write_json, write_metrics
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
-                      frame_weights)
+                      task_frame_weights)
+from ..nets.regions import ALL_AUS
 from ..nets.tranet import TRANetConfig, build_model
 from ..weights.pretrained import load_pretrained
 from ..nets.transforms import InputTransform, to_model_input
@@ -224,8 +226,8 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
     datasets = _datasets(cfg, spec, readers, threshold, geometry["image_size"], jitter, context)
     train = datasets["train"]
     au_weights = _au_weights(spec, train, threshold, context)
-    weights = (frame_weights(train.labels, au_weights) if cfg.sampler == "weighted"
-               else np.ones(len(train)))
+    weights = (task_frame_weights(cfg.task, train.labels, train.intensity)
+               if cfg.sampler == "weighted" else np.ones(len(train)))
     # Each rank draws its own stream; seeds are spaced so no two (seed, rank) pairs collide.
     sampler = WeightedFrameSampler(weights, cfg.batch_size * cfg.batches_per_epoch,
                                    seed=cfg.seed * 100_003 + info.rank + 1, flip=cfg.flip,
@@ -316,18 +318,18 @@ class StepLog:
 
 
 def train_step(model, criterion, optimizer, scaler, scheduler, images, targets, device, cfg,
-               precision, transform: InputTransform | None = None) -> torch.Tensor:
+               precision, transform: InputTransform | None = None, index=None,
+               frames=None) -> torch.Tensor:
     """One optimiser step; returns the loss (on the device, not waited for).
 
     ``transform`` defaults to the model's own input transform (looked up each call; the epoch
-    loop passes it once)."""
+    loop passes it once). ``index`` and ``frames`` (the batch's frame indices and their
+    ShardFrames) feed an intensity loss."""
     if transform is None:
         transform = _unwrap(model).input_transform
     x = _prepare(images, device, cfg.channels_last, transform)
     y = targets.to(device, non_blocking=True)
-    with precision.autocast():
-        logits = model(x)
-    loss = criterion(logits.float(), y)
+    loss = _forward_loss(model, criterion, x, y, device, precision, index, frames)[0]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -366,10 +368,11 @@ def train_one_epoch(
     steps = StepLog(acc, total, device)
     start = time.perf_counter()
     try:
-        for images, targets, _ in _batches(loader, stop):
+        frames = _shard_frames(loader) if _uses_intensity(criterion) else None
+        for images, targets, index in _batches(loader, stop):
             batch = acc.batches + 1
             loss = train_step(model, criterion, optimizer, scaler, scheduler, images, targets,
-                              device, cfg, precision, transform)
+                              device, cfg, precision, transform, index=index, frames=frames)
             steps.record(batch, loss, targets)
             if on_batch_end is not None:
                 on_batch_end(epoch, batch, float(loss.detach()))
@@ -427,6 +430,37 @@ def _agree(stop: bool, bad: bool, info: DistInfo, device: torch.device) -> tuple
     return bool(flags[0] > 0), bool(flags[1] > 0)
 
 
+def _uses_intensity(criterion: Any) -> bool:
+    return bool(getattr(criterion, "uses_intensity", False))
+
+
+def _forward_loss(model: torch.nn.Module, criterion: Callable | None, x: torch.Tensor,
+                  y: torch.Tensor, device: torch.device, precision: Precision,
+                  index: torch.Tensor | None = None, frames: ShardFrames | None = None,
+                  with_intensity: bool = False
+                  ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None,
+                             torch.Tensor | None]:
+    """(loss or None, logits, intensity or None, intensity targets or None) of one batch.
+
+    Intensity targets are looked up on the host by the frames' global ``index`` in ``frames``
+    (the batches carry only the occurrence labels) and copied without waiting; nothing here
+    synchronises with the device."""
+    with_intensity = with_intensity or _uses_intensity(criterion)
+    with precision.autocast():
+        out = model(x, with_intensity=True) if with_intensity else model(x)
+    logits, intensity = (out[0].float(), out[1].float()) if with_intensity else (out.float(), None)
+    target_r = None
+    if intensity is not None:
+        if frames is None or index is None:
+            raise ValueError("intensity targets need the batch's frame index and its ShardFrames")
+        target_r = frames.intensities(index, ALL_AUS).to(device, non_blocking=True)
+    loss = None
+    if criterion is not None:
+        loss = (criterion(logits, y, intensity, target_r) if _uses_intensity(criterion)
+                else criterion(logits, y))
+    return loss, logits, intensity, target_r
+
+
 def _agree_stop(stop: StopRequest, info: DistInfo, device: torch.device) -> bool:
     """Every rank must stop at the same batch, or DDP's next all-reduce would hang."""
     return _agree(stop.requested, False, info, device)[0]
@@ -438,7 +472,7 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     au_ids: Sequence[int],
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    criterion: Callable | None = None,
     *,
     amp: bool = False,
     channels_last: bool = False,
@@ -457,36 +491,75 @@ def evaluate(
                           by_subject=by_subject, scores=scores, thresholds=thresholds).compute()
 
 
+def evaluate_tasks(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                   au_ids: Sequence[int], criterion: Callable | None = None, **kwargs: Any
+                   ) -> tuple[AUMetrics, IntensityMetrics | None]:
+    """``evaluate``'s occurrence metrics, plus ICC/r/MAE of the 12 coded AUs (means over
+    ``au_ids``) when the model has an intensity head (None otherwise)."""
+    acc, regression = run_task_evaluation(model, loader, device, au_ids, criterion, **kwargs)
+    return acc.compute(), regression.compute() if regression is not None else None
+
+
 def _shard_frames(loader: DataLoader) -> ShardFrames | None:
-    dataset = loader.dataset
+    dataset = getattr(loader, "dataset", None)  # None for a plain list of batches
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return dataset if isinstance(dataset, ShardFrames) else None
 
 
+def run_evaluation(model, loader, device, au_ids, criterion=None, **kwargs) -> MetricAccumulator:
+    """The filled occurrence accumulator of one pass over ``loader`` (see ``evaluate``); an
+    intensity head, if any, is not scored."""
+    return run_task_evaluation(model, loader, device, au_ids, criterion, intensity=False,
+                               **kwargs)[0]
+
+
 @torch.no_grad()
-def run_evaluation(model, loader, device, au_ids, criterion=None, *, amp=False,
-                   channels_last=False, info=None, desc="eval", quiet=True, by_subject=False,
-                   scores=False, thresholds=None) -> MetricAccumulator:
-    """The filled accumulator of one pass over ``loader`` (see ``evaluate``)."""
+def run_task_evaluation(model, loader, device, au_ids, criterion=None, *, amp=False,
+                        channels_last=False, info=None, desc="eval", quiet=True,
+                        by_subject=False, scores=False, thresholds=None, intensity=True
+                        ) -> tuple[MetricAccumulator, IntensityAccumulator | None]:
+    """The filled occurrence accumulator of one pass over ``loader`` and, when ``intensity``
+    and the model has an intensity head, the filled intensity accumulator (else None)."""
     info = info or DistInfo()
     model.eval()
     transform = _unwrap(model).input_transform  # the one the model was trained with
-    frames = _shard_frames(loader) if by_subject else None
-    names, groups = frames.subject_groups() if frames is not None else (None, None)
+    frames = _shard_frames(loader)
+    names, groups = frames.subject_groups() if frames is not None and by_subject else (None, None)
     acc = MetricAccumulator(au_ids, names, keep_scores=scores,
                             thresholds=PROBABILITY_THRESHOLD if thresholds is None else thresholds)
+    with_intensity = intensity and bool(getattr(model, "has_intensity", False))
+    regression = IntensityAccumulator(ALL_AUS, mean_over=au_ids) if with_intensity else None
+    precision = choose_precision(device, amp)
     for images, targets, index in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x = _prepare(images, device, channels_last, transform)
-        with choose_precision(device, amp).autocast():
-            logits = model(x).float()
         y = targets.to(device)
-        acc.update(logits, y, float(criterion(logits, y)) if criterion else None,
+        loss, logits, predicted, target_r = _forward_loss(
+            model, criterion, x, y, device, precision, index, frames, with_intensity)
+        acc.update(logits, y, float(loss) if loss is not None else None,
                    groups=groups[index.numpy()] if groups is not None else None)
+        if regression is not None:
+            regression.update(predicted, target_r)
     acc.load_counts_tensor(all_reduce_sum(acc.counts_tensor(), info, device))
     if scores and info.enabled:
         acc.extend_scores(gather_objects(acc.score_arrays(), info))
-    return acc
+    if regression is not None:
+        regression.load_sums_tensor(all_reduce_sum(regression.sums_tensor(), info, device))
+    return acc, regression
+
+
+def selection_score(task: str, metrics: AUMetrics, intensity: IntensityMetrics | None) -> float:
+    """What early stopping maximises: mean F1 (occurrence), mean ICC over the evaluated AUs
+    (intensity), or the average of the two (both; each lies in [0, 1] where it matters)."""
+    if task == "occurrence" or intensity is None:
+        return metrics.mean_f1
+    if task == "intensity":
+        return intensity.mean_icc
+    return 0.5 * (metrics.mean_f1 + intensity.mean_icc)
+
+
+SCORE_NAMES = {"occurrence": "mean F1", "intensity": "mean ICC",
+               "both": "(mean F1 + mean ICC) / 2"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -634,7 +707,8 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
         variant=cfg.variant, preset=cfg.preset, au_ids=tuple(au_ids), image_size=size,
         center=tuple(v / size for v in data.geometry["nose_target"]), backbone=cfg.backbone,
         frozen_blocks=cfg.frozen_blocks,
-        input_transform=None if cfg.input_transform == "auto" else cfg.input_transform)
+        input_transform=None if cfg.input_transform == "auto" else cfg.input_transform,
+        intensity_aus=tuple(ALL_AUS) if cfg.task != "occurrence" else ())
     if resume_state is not None:
         check_compatible(resume_state, Path(cfg.resume) / "last.pt", variant=cfg.variant,
                          au_ids=au_ids, image_size=size)
@@ -654,10 +728,9 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
         if cfg.lr_schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
     loss_weights = (torch.as_tensor(data.au_weights, dtype=torch.float32, device=device)
                     if cfg.au_weights else None)
-    branch_groups = model.branch_groups
-
-    def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return branch_bce_loss(logits, targets, branch_groups, loss_weights)
+    criterion = TaskLoss(cfg.task, model.branch_groups,
+                         model.intensity_groups if model.has_intensity else (), loss_weights,
+                         cfg.intensity_weight)
 
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
@@ -721,9 +794,9 @@ def resume_run(run: TrainingRun, state: dict[str, Any]) -> None:
     if rank < len(state["sampler"]):  # a rank the saved run did not have starts a fresh stream
         run.data.sampler.load_state_dict(state["sampler"][rank])
     restore_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
-    log.info("resuming %s after epoch %d, batch %d (best mean F1 %.4f at epoch %d)",
-             run.cfg.resume, run.completed, run.acc.batches, run.stopper.best_score,
-             run.stopper.best_epoch)
+    log.info("resuming %s after epoch %d, batch %d (best %s %.4f at epoch %d)",
+             run.cfg.resume, run.completed, run.acc.batches, SCORE_NAMES[run.cfg.task],
+             run.stopper.best_score, run.stopper.best_epoch)
 
 
 def record_run_start(run: TrainingRun) -> None:
@@ -802,8 +875,9 @@ def run_epochs(run: TrainingRun, stop: StopRequest,
                 return "interrupted"
             epoch += 1
         if run.stopper.should_stop and info.is_main:
-            log.info("early stop: no better %s mean F1 for %d epochs (best %.4f at epoch %d)",
-                     cfg.select_on, cfg.patience, run.stopper.best_score, run.stopper.best_epoch)
+            log.info("early stop: no better %s %s for %d epochs (best %.4f at epoch %d)",
+                     cfg.select_on, SCORE_NAMES[cfg.task], cfg.patience, run.stopper.best_score,
+                     run.stopper.best_epoch)
         return "finished"
     finally:
         stop.uninstall()
@@ -827,15 +901,19 @@ def end_of_epoch(run: TrainingRun, epoch: int) -> None:
                                          dtype=torch.float64), info, run.device)
     train_loss = float(totals[0] / totals[1])
     drawn = (totals[3:] / totals[2]).tolist()
-    metrics = evaluate(_unwrap(run.model), data.select_loader, run.device, au_ids, run.criterion,
-                       amp=cfg.amp, channels_last=cfg.channels_last, info=info,
-                       desc=f"eval {cfg.select_on}", quiet=cfg.quiet or not info.is_main)
-    improved = run.stopper.step(metrics.mean_f1, epoch)
+    metrics, intensity = evaluate_tasks(
+        _unwrap(run.model), data.select_loader, run.device, au_ids, run.criterion, amp=cfg.amp,
+        channels_last=cfg.channels_last, info=info, desc=f"eval {cfg.select_on}",
+        quiet=cfg.quiet or not info.is_main)
+    score = selection_score(cfg.task, metrics, intensity)
+    improved = run.stopper.step(score, epoch)
     row = {"epoch": epoch, "train_loss": train_loss, "seconds": acc.seconds,
            "lr": run.optimizer.param_groups[0]["lr"], "select_on": cfg.select_on,
-           "eval": metrics.as_dict(), "drawn_positive_rate": drawn,
+           "eval": metrics.as_dict(), "score": score, "drawn_positive_rate": drawn,
            "natural_positive_rate": data.natural_rate.tolist(),
            "best_epoch": run.stopper.best_epoch}
+    if intensity is not None:
+        row["eval_intensity"] = intensity.as_dict()
     run.history.append(row)
     run.acc = EpochAccumulator()
     state = checkpoint_state(run, epoch, run.acc, None)
@@ -844,14 +922,18 @@ def end_of_epoch(run: TrainingRun, epoch: int) -> None:
     if improved:
         best = {k: v for k, v in state.items()
                 if k not in ("optimizer", "sampler", "rng", "scaler", "scheduler")}
-        save_checkpoint(run.run_dir / "best.pt", {**best, "metrics": metrics.as_dict()})
+        save_checkpoint(run.run_dir / "best.pt", {
+            **best, "metrics": metrics.as_dict(),
+            **({"intensity_metrics": intensity.as_dict()} if intensity is not None else {})})
     save_checkpoint(run.run_dir / "last.pt", state)
     write_metrics(run.run_dir, run.history, au_ids, _metrics_header(run))
     if epoch % max(cfg.plot_every, 1) == 0:
         _plot(run.run_dir, run.history, au_ids, cfg)
-    log.info("epoch %d: train loss %.4f | %s mean F1 %.4f acc %.4f%s | %.1fs | positive "
+    log.info("epoch %d: train loss %.4f | %s mean F1 %.4f acc %.4f%s%s | %.1fs | positive "
              "rate drawn/natural %s", epoch, train_loss, cfg.select_on,
-             metrics.mean_f1, metrics.mean_accuracy, " (best)" if improved else "",
+             metrics.mean_f1, metrics.mean_accuracy,
+             f" mean ICC {intensity.mean_icc:.4f}" if intensity is not None else "",
+             " (best)" if improved else "",
              row["seconds"], " ".join(f"AU{a}:{d:.3f}/{n:.3f}" for a, d, n in
                                       zip(au_ids, drawn, data.natural_rate)))
 
@@ -874,19 +956,26 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
                                "protocol": run.note, "select_on": cfg.select_on,
                                "fold": cfg.fold, "variant": cfg.variant,
                                "best_epoch": stopper.best_epoch,
-                               "best_select_mean_f1": stopper.best_score,
+                               "task": cfg.task, "selection_score": SCORE_NAMES[cfg.task],
+                               "best_select_score": stopper.best_score,
                                "epochs_run": len(run.history)}
+    if cfg.task == "occurrence":  # the key older tools read
+        summary["best_select_mean_f1"] = stopper.best_score
     if status == "finished" and run.history:
-        tested = final_test(run.model, run.run_dir, run.data, run.device, cfg, run.au_ids,
-                            run.criterion, info)
+        tested, intensity = final_test(run.model, run.run_dir, run.data, run.device, cfg,
+                                       run.au_ids, run.criterion, info)
         summary["test"] = tested.compute().as_dict()
+        if intensity is not None:
+            summary["test_intensity"] = intensity.as_dict()
         if cfg.tune_threshold:
             summary.update(tune_decision_thresholds(run, tested))
         if info.is_main:
             write_json(run.run_dir / "results.json", summary)
-            (run.run_dir / "results.md").write_text(results_markdown(
-                f"Fold {cfg.fold}, {cfg.variant}: test subjects, best epoch "
-                f"{stopper.best_epoch}", summary["test"], run.note))
+            text = results_markdown(f"Fold {cfg.fold}, {cfg.variant}: test subjects, best epoch "
+                                    f"{stopper.best_epoch}", summary["test"], run.note)
+            if intensity is not None:
+                text += intensity_markdown(summary["test_intensity"], run.au_ids)
+            (run.run_dir / "results.md").write_text(text)
             log.info("fold %d test (best epoch %d): mean F1 %.4f, mean accuracy %.4f  [%s]",
                      cfg.fold, stopper.best_epoch, summary["test"]["mean_f1"],
                      summary["test"]["mean_accuracy"], run.note)
@@ -896,15 +985,18 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
 
 
 def final_test(model, run_dir: Path, data: FoldData, device, cfg: TrainConfig, au_ids,
-               criterion, info: DistInfo) -> MetricAccumulator:
-    """best.pt's weights on every test frame: counts per subject, scores kept for ROC-AUC/AP."""
+               criterion, info: DistInfo) -> tuple[MetricAccumulator, IntensityMetrics | None]:
+    """best.pt's weights on every test frame: counts per subject, scores kept for ROC-AUC/AP;
+    and the intensity metrics when the model has an intensity head."""
     if info.enabled:
         dist.barrier()  # rank 0 may still be writing best.pt
     best = load_checkpoint(run_dir / "best.pt", map_location="cpu")
     _unwrap(model).load_state_dict(best["model"])
-    return run_evaluation(_unwrap(model), data.test_loader, device, au_ids, criterion, amp=cfg.amp,
-                          channels_last=cfg.channels_last, info=info, desc="test",
-                          quiet=cfg.quiet or not info.is_main, by_subject=True, scores=True)
+    acc, regression = run_task_evaluation(
+        _unwrap(model), data.test_loader, device, au_ids, criterion, amp=cfg.amp,
+        channels_last=cfg.channels_last, info=info, desc="test",
+        quiet=cfg.quiet or not info.is_main, by_subject=True, scores=True)
+    return acc, regression.compute() if regression is not None else None
 
 
 def tune_decision_thresholds(run: TrainingRun, tested: MetricAccumulator) -> dict[str, Any]:

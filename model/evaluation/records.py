@@ -25,6 +25,11 @@ def metrics_row(row: dict[str, Any], au_ids: Sequence[int]) -> dict[str, Any]:
         out[f"drawn_rate_AU{au}"] = row["drawn_positive_rate"][k]
     for k, au in enumerate(au_ids):
         out[f"natural_rate_AU{au}"] = row["natural_positive_rate"][k]
+    if "eval_intensity" in row:  # --task intensity|both: the selection score and its ICC part
+        out["score"] = row["score"]
+        out["mean_icc"] = row["eval_intensity"]["mean_icc"]
+        for au, icc in zip(row["eval_intensity"]["au_ids"], row["eval_intensity"]["icc"]):
+            out[f"icc_AU{au}"] = icc
     return out
 
 

@@ -43,7 +43,16 @@ class ProbabilityModel(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> Any:
         x = to_model_input(images, self.transform)
-        logits, intensity = split_outputs(self.model(x))
+        if getattr(self.model, "has_intensity", False):
+            # TRA-Net's intensity head (model.train --task intensity|both) covers DISFA's 12 AUs;
+            # the CSV's AUxx_r columns follow the occurrence AUs, clipped to FACS's 0-5.
+            logits, intensity = self.model(x, with_intensity=True)
+            config = self.model.config
+            columns = [list(config.intensity_aus).index(a) for a in config.au_ids
+                       if a in config.intensity_aus]
+            intensity = intensity[:, columns].clamp(0.0, 5.0)
+        else:
+            logits, intensity = split_outputs(self.model(x))
         probabilities = torch.sigmoid(logits.float())
         return probabilities if intensity is None else (probabilities, intensity.float())
 

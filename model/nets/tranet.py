@@ -18,6 +18,12 @@ Structure (paper Sec. 3, Fig. 1):
   A branch whose region has none of ``cfg.au_ids`` is not built.
 * Output: logits ``[B, K]`` in the order of ``cfg.au_ids``; ``model.branch_groups`` gives the
   indices each branch predicts (the loss sums per-branch BCE over these groups).
+* Optional intensity head (``cfg.intensity_aus``, e.g. DISFA's 12 AUs; empty = the paper's
+  detector only): one more linear layer per branch beside the occurrence FC, on the same hidden
+  FC features, regressing the 0-5 FACS intensity of that region's AUs (same grouping, so AU5 joins
+  the upper branch and AU15/17/20 the lower one). ``forward(x, with_intensity=True)`` returns
+  ``(logits [B, K], intensity [B, R])``, R in the order of ``cfg.intensity_aus``. A model without
+  the head has exactly the parameters and outputs it always had.
 
 Variants (paper Table 2) are flags on one class, see :data:`VARIANTS`. The decoder is kept in every
 variant that has branches, so that each ablation differs from TRA-Net in exactly the module it
@@ -129,11 +135,14 @@ class TRANetConfig:
     #: Run in channels_last layout (oneDNN on CPU and tensor cores on GPU are faster in NHWC;
     #: 1.3-1.4x per CPU training step here). Layout only: weights and outputs are the same.
     channels_last: bool = True
+    #: AUs with an intensity regression output (empty: occurrence only, the paper's model).
+    intensity_aus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so configs compare equal.
         self.au_ids = tuple(int(a) for a in self.au_ids)
         self.center = (float(self.center[0]), float(self.center[1]))
+        self.intensity_aus = tuple(int(a) for a in self.intensity_aus)
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
         if self.preset not in PRESETS:
@@ -145,6 +154,7 @@ class TRANetConfig:
             raise ValueError(f"AUs {unknown} have no region (known: {list(ALL_AUS)})")
         if len(set(self.au_ids)) != len(self.au_ids):
             raise ValueError(f"au_ids has duplicates: {list(self.au_ids)}")
+        self._check_intensity_aus()
         if self.frozen_blocks is not None and not 0 <= self.frozen_blocks <= MAX_FROZEN_BLOCKS:
             raise ValueError(f"frozen_blocks must be 0 to {MAX_FROZEN_BLOCKS}, got {self.frozen_blocks}")
         parse_backbone(self.backbone)
@@ -152,6 +162,19 @@ class TRANetConfig:
             self.input_transform = resolve_transform(self.input_transform).as_dict()
         if not all(0.0 <= c <= 1.0 for c in self.center):
             raise ValueError(f"center must be fractions of the image in [0, 1], got {self.center}")
+
+    def _check_intensity_aus(self) -> None:
+        unknown = [a for a in self.intensity_aus if a not in REGION_OF_AU]
+        if unknown:
+            raise ValueError(f"intensity AUs {unknown} have no region (known: {list(ALL_AUS)})")
+        if len(set(self.intensity_aus)) != len(self.intensity_aus):
+            raise ValueError(f"intensity_aus has duplicates: {list(self.intensity_aus)}")
+        if self.spec.head == "branches" and self.spec.hard_mask:
+            regions = {REGION_OF_AU[a] for a in self.au_ids}
+            orphans = [a for a in self.intensity_aus if REGION_OF_AU[a] not in regions]
+            if orphans:
+                raise ValueError(f"intensity AUs {orphans} belong to a region without a branch "
+                                 f"(the occurrence AUs {list(self.au_ids)} build the branches)")
 
     @property
     def spec(self) -> VariantSpec:
@@ -234,7 +257,7 @@ class RegionBranch(nn.Module):
     """[CBAM -> ConvPair(residual) -> maxpool 2] x2 -> CBAM -> ConvPair -> global avg pool -> FC-ReLU-FC."""
 
     def __init__(self, in_channels: int, width: int, fc_hidden: int, n_outputs: int,
-                 spec: VariantSpec, reduction: int = 16) -> None:
+                 spec: VariantSpec, reduction: int = 16, n_intensity: int = 0) -> None:
         super().__init__()
         self.attention = nn.ModuleList()
         self.convs = nn.ModuleList()
@@ -247,8 +270,11 @@ class RegionBranch(nn.Module):
             channels = width
         self.fc1 = nn.Linear(width, fc_hidden)
         self.fc2 = nn.Linear(fc_hidden, n_outputs)
+        # Intensity regression beside the occurrence FC, on the same hidden features.
+        self.intensity = nn.Linear(fc_hidden, n_intensity) if n_intensity else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden FC features both heads read."""
         for stage, conv in enumerate(self.convs):
             if len(self.attention):
                 x = self.attention[stage](x)
@@ -256,7 +282,10 @@ class RegionBranch(nn.Module):
             if stage < 2:
                 x = F.max_pool2d(x, 2, ceil_mode=True)
         x = x.mean(dim=(2, 3))
-        return self.fc2(F.relu(self.fc1(x), inplace=True))
+        return F.relu(self.fc1(x), inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.hidden(x))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +295,12 @@ class RegionBranch(nn.Module):
 def _region_groups(au_ids: Sequence[int]) -> dict[str, list[int]]:
     groups = {r: [i for i, au in enumerate(au_ids) if REGION_OF_AU[au] == r] for r in REGIONS}
     return {r: g for r, g in groups.items() if g}
+
+
+def _inverse_order(groups: dict[str, list[int]]) -> torch.Tensor:
+    # Branch outputs are concatenated in branch order; this permutation puts them in AU order.
+    order = [i for idx in groups.values() for i in idx]
+    return torch.argsort(torch.tensor(order, dtype=torch.long))
 
 
 class TRANet(nn.Module):
@@ -283,22 +318,29 @@ class TRANet(nn.Module):
         channels = self.backbone.feature_channels
         self.decoder = Decoder(channels, cfg.reduction, cfg.decoder_kernel) if spec.decoder else None
 
+        r = len(cfg.intensity_aus)
+        by_region = spec.head == "branches" and spec.hard_mask
+        self._groups: dict[str, list[int]] = _region_groups(cfg.au_ids) if by_region \
+            else {"all": list(range(k))}
+        self._intensity_groups: dict[str, list[int]] = (
+            {name: _region_groups(cfg.intensity_aus).get(name, []) for name in self._groups}
+            if by_region else {"all": list(range(r))})
         if spec.head == "fc":
             self.fc = nn.Linear(channels[-1], k)
+            self.fc_intensity = nn.Linear(channels[-1], r) if r else None
             self.branches = None
-            self._groups: dict[str, list[int]] = {"all": list(range(k))}
         else:
             self.fc = None
-            self._groups = _region_groups(cfg.au_ids) if spec.hard_mask else {"all": list(range(k))}
             in_channels = self.decoder.out_channels if self.decoder is not None else channels[-1]
             self.branches = nn.ModuleDict({
                 name: RegionBranch(in_channels, cfg.resolved_branch_width, cfg.resolved_fc_hidden,
-                                   len(idx), spec, cfg.reduction)
+                                   len(idx), spec, cfg.reduction,
+                                   n_intensity=len(self._intensity_groups[name]))
                 for name, idx in self._groups.items()
             })
-        order = [i for idx in self._groups.values() for i in idx]
-        # Branch outputs are concatenated in branch order; this permutation puts them in au_ids order.
-        self.register_buffer("_inverse_order", torch.argsort(torch.tensor(order)), persistent=False)
+        self.register_buffer("_inverse_order", _inverse_order(self._groups), persistent=False)
+        self.register_buffer("_intensity_inverse_order", _inverse_order(self._intensity_groups),
+                             persistent=False)
         self.register_buffer("_default_center", torch.tensor(cfg.center, dtype=torch.float32),
                              persistent=False)
 
@@ -316,6 +358,15 @@ class TRANet(nn.Module):
     def input_transform(self) -> InputTransform:
         """How frames become this model's input (recorded, else the backbone's default)."""
         return resolve_transform(self.config.input_transform, self.backbone.default_transform)
+
+    @property
+    def has_intensity(self) -> bool:
+        return bool(self.config.intensity_aus)
+
+    @property
+    def intensity_groups(self) -> list[list[int]]:
+        """Indices into ``intensity_aus`` predicted by each branch (same branch order)."""
+        return [list(idx) for idx in self._intensity_groups.values() if idx]
 
     def frozen_modules(self) -> list[nn.Module]:
         """The frozen leading blocks: block 1 = the stem (SENet: conv1, bn1), block 2 = the
@@ -337,10 +388,30 @@ class TRANet(nn.Module):
         x2, x3, x4 = self.backbone.feature_maps(x)
         return self.decoder(x2, x3, x4) if self.decoder is not None else x4
 
-    def classify(self, features: torch.Tensor, centers: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, K] (au_ids order) from :meth:`features`' output; ``centers`` [B, 2] fractions."""
+    def classify(self, features: torch.Tensor, centers: torch.Tensor | None = None,
+                 with_intensity: bool = False):
+        """Logits [B, K] (au_ids order) from :meth:`features`' output; ``centers`` [B, 2] fractions.
+
+        ``with_intensity``: ``(logits, intensity [B, R])``, R in ``intensity_aus`` order."""
+        if with_intensity and not self.has_intensity:
+            raise ValueError("this model has no intensity head (TRANetConfig.intensity_aus is empty)")
         if self.fc is not None:
-            return self.fc(features.mean(dim=(2, 3)))
+            pooled = features.mean(dim=(2, 3))
+            return (self.fc(pooled), self.fc_intensity(pooled)) if with_intensity \
+                else self.fc(pooled)
+        inputs = self._branch_inputs(features, centers)
+        if not with_intensity:
+            outputs = [self.branches[name](inputs[name]) for name in self._groups]
+            return torch.cat(outputs, dim=1)[:, self._inverse_order]
+        hidden = {name: self.branches[name].hidden(inputs[name]) for name in self._groups}
+        logits = torch.cat([self.branches[n].fc2(h) for n, h in hidden.items()], dim=1)
+        intensity = torch.cat([self.branches[n].intensity(h) for n, h in hidden.items()
+                               if self.branches[n].intensity is not None], dim=1)
+        return logits[:, self._inverse_order], intensity[:, self._intensity_inverse_order]
+
+    def _branch_inputs(self, features: torch.Tensor,
+                       centers: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Each branch's input: the hard-masked map per region, or the whole map."""
         if self.config.spec.hard_mask:
             b = features.shape[0]
             if centers is not None and tuple(centers.shape) != (b, 2):
@@ -348,18 +419,16 @@ class TRANet(nn.Module):
             cy = (self._default_center[1].expand(b) if centers is None
                   else centers.to(features.device)[:, 1])
             masks = hard_masks(features.shape[2], cy)
-            inputs = {name: features * masks[name].to(features.dtype) for name in self._groups}
-        else:
-            inputs = {"all": features}
-        outputs = [self.branches[name](inputs[name]) for name in self._groups]
-        return torch.cat(outputs, dim=1)[:, self._inverse_order]
+            return {name: features * masks[name].to(features.dtype) for name in self._groups}
+        return {"all": features}
 
     def branch_logits(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split [B, K] logits into each branch's columns."""
         return {name: logits[:, idx] for name, idx in self._groups.items()}
 
-    def forward(self, x: torch.Tensor, centers: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classify(self.features(x), centers)
+    def forward(self, x: torch.Tensor, centers: torch.Tensor | None = None,
+                with_intensity: bool = False):
+        return self.classify(self.features(x), centers, with_intensity)
 
 
 def build_model(cfg: TRANetConfig | None = None) -> TRANet:

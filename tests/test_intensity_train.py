@@ -1,0 +1,199 @@
+"""--task intensity/both: the intensity head learns, resumes exactly, and old checkpoints still work."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.engine.checkpoint import load_checkpoint, load_for_inference
+from model.engine.evaluator import evaluate_checkpoint
+from model.engine.losses import TaskLoss, branch_intensity_loss
+from model.engine.sampler import task_frame_weights
+from model.train import StopRequest, TrainConfig, train
+from trainer_fixtures import make_dataset, make_intensity_dataset
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def visible(tmp_path_factory):
+    return make_intensity_dataset(tmp_path_factory.mktemp("visible"), frames=64, size=32)
+
+
+def config(data, out, **kw):
+    shards, manifest = data
+    base = dict(shards=str(shards), manifest=str(manifest), fold=1, out=str(out), preset="small",
+                epochs=2, batches_per_epoch=3, batch_size=8, workers=0, quiet=True, lr=0.05,
+                eval_batch_size=64, flip=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_both_task_learns_pixel_visible_intensities(visible, tmp_path):
+    out = tmp_path / "both"
+    summary = train(config(visible, out, task="both", epochs=8, batches_per_epoch=12,
+                           batch_size=16, lr=0.1, lr_schedule="cosine", select_on="test"))
+    icc = summary["test_intensity"]
+    assert icc["mean_over"] == [1, 2, 4, 6, 9, 12, 25, 26]
+    assert icc["mean_icc"] > 0.5, icc
+    assert len(icc["icc"]) == 12 and not any(np.isnan(icc["icc"]))
+    assert sorted(icc["undefined"]) == [5, 15, 17, 20]  # never coded in the fixture: reported 0
+    assert summary["task"] == "both"
+    assert "ICC(3,1)" in (out / "results.md").read_text()
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "mean_icc" in header and "icc_AU20" in header
+    history = json.loads((out / "metrics.json").read_text())["epochs"]
+    best = max(history, key=lambda r: r["score"])
+    assert best["epoch"] == summary["best_epoch"]
+    assert best["score"] == pytest.approx(0.5 * (best["eval"]["mean_f1"]
+                                                 + best["eval_intensity"]["mean_icc"]))
+    # evaluate reads the head back and reports the same figures on the same frames
+    result = evaluate_checkpoint(out / "best.pt", *visible, 1, split="test")
+    assert result["intensity"]["icc"] == pytest.approx(icc["icc"], abs=1e-5)
+    model, meta = load_for_inference(out / "best.pt")
+    assert model.has_intensity and meta["model_config"]["intensity_aus"][0] == 1
+    # model.evaluate: the intensity table beside the occurrence table with its intervals
+    from model.evaluate import main as evaluate_main
+    reports = tmp_path / "evaluated"
+    assert evaluate_main(["--checkpoint", str(out / "best.pt"), "--shards", str(visible[0]),
+                          "--manifest", str(visible[1]), "--out", str(reports),
+                          "--bootstrap", "50", "--allow-seen"]) == 0  # selected on test
+    assert "F1 [95% CI]" in (reports / "evaluation_test.md").read_text()
+    assert "ICC(3,1)" in (reports / "evaluation_test_intensity.md").read_text()
+    assert (reports / "evaluation_test_intensity.csv").read_text().count("\n") > 1
+
+
+@pytest.mark.parametrize("task", ["occurrence", "intensity", "both"])
+def test_every_task_resumes_with_the_same_batches(visible, tmp_path, task):
+    full, cut = [], []
+    train(config(visible, tmp_path / "full", task=task, seed=3, batches_per_epoch=4),
+          on_batch_end=lambda e, b, loss: full.append(loss))
+    stop = StopRequest()
+
+    def interrupt(epoch, batch, loss):
+        cut.append(loss)
+        if (epoch, batch) == (2, 1):
+            stop.request("test")
+
+    first = train(config(visible, tmp_path / "cut", task=task, seed=3, batches_per_epoch=4),
+                  on_batch_end=interrupt, stop=stop)
+    assert first["status"] == "interrupted"
+    resumed = train(config(visible, tmp_path / "x", resume=str(tmp_path / "cut")),
+                    explicit={"resume"}, on_batch_end=lambda e, b, loss: cut.append(loss))
+    assert resumed["status"] == "finished" and resumed["task"] == task
+    np.testing.assert_allclose(cut, full, rtol=1e-6, atol=1e-7)
+    a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "cut"))
+    assert set(a["model"]) == set(b["model"])
+    assert any("intensity" in k for k in a["model"]) == (task != "occurrence")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_another_task(visible, tmp_path):
+    stop = StopRequest()
+    stop.request("test")
+    train(config(visible, tmp_path / "run", task="both"), stop=stop)
+    with pytest.raises(ValueError, match="task"):
+        train(config(visible, tmp_path / "x", task="occurrence", resume=str(tmp_path / "run")),
+              explicit={"resume", "task"})
+
+
+def test_occurrence_checkpoint_has_no_intensity_and_predicts_as_before(tmp_path):
+    data = make_dataset(tmp_path / "d", frames=24, size=32)
+    out = tmp_path / "occ"
+    train(config(data, out, epochs=1, batches_per_epoch=2))
+    state = load_checkpoint(out / "best.pt")
+    assert not any("intensity" in k for k in state["model"])
+    # a checkpoint written before the field existed (no intensity_aus key) loads strictly
+    state["model_config"].pop("intensity_aus")
+    model, _ = load_for_inference(out / "best.pt", state=state)
+    assert not model.has_intensity
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, 8)
+    with pytest.raises(ValueError, match="no intensity head"):
+        model(x, with_intensity=True)
+    result = evaluate_checkpoint(out / "best.pt", *data, 1)
+    assert "intensity" not in result
+
+
+def test_intensity_loss_is_the_sum_of_branch_means_on_the_0_1_scale():
+    pred = torch.tensor([[5.0, 0.0, 2.5], [0.0, 5.0, 2.5]])
+    target = torch.tensor([[0.0, 0.0, 0.0], [0.0, 5.0, 5.0]])
+    groups = [[0, 1], [2]]
+    expected = (1.0 + 0 + 0 + 0) / 4 + (0.25 + 0.25) / 2
+    assert float(branch_intensity_loss(pred, target, groups)) == pytest.approx(expected)
+    loss = TaskLoss("intensity", [[0]], groups)
+    logits = torch.zeros(2, 1, requires_grad=True)
+    value = loss(logits, torch.zeros(2, 1), pred, target)
+    value.backward()
+    assert float(value.detach()) == pytest.approx(expected)
+    assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="intensity"):
+        TaskLoss("both", [[0]], groups)(logits, torch.zeros(2, 1))
+
+
+def test_sampler_follows_the_task():
+    labels = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.uint8)
+    intensity = np.zeros((4, 12), dtype=np.uint8)
+    intensity[:3, 0] = 4  # AU1 coded in three frames: common
+    intensity[1, 3] = 1  # AU5 coded at A in one frame: below the occurrence threshold, still rare
+    occ = task_frame_weights("occurrence", labels, intensity)
+    reg = task_frame_weights("intensity", labels, intensity)
+    both = task_frame_weights("both", labels, intensity)
+    assert occ[1] == 1.0 and reg[1] > 1.0 == reg[3]
+    np.testing.assert_allclose(both, 0.5 * (occ / occ.mean() + reg / reg.mean()))
+
+
+class _Intensities:
+    """A ShardFrames reduced to its raw intensities (uint8 [frames, 12]), with its lookup."""
+
+    def __init__(self, frames: int) -> None:
+        self.intensity = np.random.default_rng(1).integers(0, 6, (frames, 12), dtype=np.uint8)
+
+    def intensities(self, index, au_ids):
+        from model.engine.data import ShardFrames
+        return ShardFrames.intensities(self, index, au_ids)
+
+
+def test_intensity_training_steps_make_no_host_syncs():
+    """Issue 16's no-sync training step holds with the intensity loss: the targets are looked up
+    on the host and the MSE sums branch slices, so 'both' makes no more syncs than occurrence."""
+    from model.engine import trainer
+    from model.engine.precision import choose_precision
+    from model.engine.sync_count import count_host_syncs
+    from model.nets.regions import ALL_AUS
+    from model.nets.tranet import TRANetConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(TRANetConfig(preset="small", image_size=32, intensity_aus=tuple(ALL_AUS)))
+    cfg = TrainConfig(shards="", manifest="", fold=1, out="", preset="small", batch_size=4,
+                      batches_per_epoch=3, task="both", quiet=True)
+    criterion = TaskLoss("both", model.branch_groups, model.intensity_groups,
+                         intensity_weight=cfg.intensity_weight)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    precision = choose_precision(torch.device("cpu"), False)
+    frames = _Intensities(16)
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    targets = (torch.rand(4, len(model.config.au_ids)) > 0.5).float()
+    losses = []
+    with count_host_syncs(torch.device("cpu")) as syncs:
+        for step in range(3):
+            losses.append(trainer.train_step(
+                model, criterion, optimizer, precision.grad_scaler(), scheduler, images, targets,
+                torch.device("cpu"), cfg, precision, index=torch.arange(4) + 4 * step,
+                frames=frames))
+    assert syncs.total == 0, syncs.by_kind
+    assert all(torch.isfinite(loss) for loss in losses)
+    picked = frames.intensities(torch.tensor([3, 0]), [2, 1])
+    assert picked.tolist() == frames.intensity[[3, 0]][:, [1, 0]].astype(float).tolist()
+    with pytest.raises(ValueError, match="frame index"):
+        trainer.train_step(model, criterion, optimizer, precision.grad_scaler(), scheduler,
+                           images, targets, torch.device("cpu"), cfg, precision)
