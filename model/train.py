@@ -152,6 +152,11 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int_range(32, 1024), default=None,
                    help="network input size; frames are resized on the fly when the shards "
                         "differ (default: the shards' size)")
+    add_runtime_options(p, d)
+
+
+def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where and how fast a run executes (evaluation batches, workers, device, precision...)."""
     p.add_argument("--eval-batches", type=int, default=None,
                    help="per-epoch evaluation on at most this many batches, spread evenly over "
                         "the split (final test evaluation always uses every frame)")
