@@ -21,10 +21,12 @@ and reach a mean F1 above 0.9 on the held-out subjects, through the shards and t
 command reuses what is already there (``--fresh`` starts over, needed after changing settings).
 Wall times per stage and the result go to ``OUT/demo_summary.json`` and ``OUT/demo.md``.
 
-The demo departs from the paper's recipe where a from-scratch CPU model needs it: a higher
-learning rate with cosine decay (0.05 instead of a constant 0.001, which assumes a pretrained
-backbone), 40 epochs at most, 64-pixel frames, and alignment jitter (``model.augment``), without
-which the model trained on AAM-aligned frames loses much of its F1 on dlib-aligned ones. The labels keep the toolkit's default threshold
+The demo trains with the ``cpu-demo`` recipe (``model/recipes/cpu-demo.json``, also
+``model.train --recipe cpu-demo``), which departs from the paper's recipe where a from-scratch CPU
+model needs it: a higher learning rate with cosine decay (0.05 instead of a constant 0.001, which
+assumes a pretrained backbone), 40 epochs at most, 64-pixel frames, and alignment jitter
+(``model.augment``), without which the model trained on AAM-aligned frames loses much of its F1
+on dlib-aligned ones. A training run recorded with other settings is refused, not reused. The labels keep the toolkit's default threshold
 (intensity >= 3).
 """
 from __future__ import annotations
@@ -47,7 +49,15 @@ from .cli import CommandError, handle_errors
 log = logging.getLogger("model.demo")
 
 
+#: The training recipe of the demo (model/recipes/cpu-demo.json); its settings are the defaults
+#: of the demo's training options.
+RECIPE = "cpu-demo"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .engine.recipes import load_recipe
+
+    r = load_recipe(RECIPE).settings
     p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True,
@@ -59,28 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--frame-height", type=int, default=240, help="twin video height")
     twin.add_argument("--seed", type=int, default=0, help="twin, folds and training seed")
     pipe = p.add_argument_group("pipeline")
-    pipe.add_argument("--size", type=int, default=64, help="aligned frame size")
+    pipe.add_argument("--size", type=int, default=r["image_size"],
+                      help="aligned frame size (the network's input size too)")
     pipe.add_argument("--k", type=int, default=3, help="number of kfold folds")
     pipe.add_argument("--val-subjects", type=int, default=2,
                       help="validation subjects held out of each fold's training subjects")
     pipe.add_argument("--folds", type=int, nargs="+", default=None,
                       help="folds to train and evaluate (default: all --k folds; each fold is "
                            "one training run, about 1.5 minutes on two cores)")
-    tr = p.add_argument_group("training")
-    tr.add_argument("--epochs", type=int, default=40, help="maximum epochs")
-    tr.add_argument("--patience", type=int, default=10,
+    tr = p.add_argument_group(f"training (defaults: the {RECIPE} recipe, model/recipes/{RECIPE}.json)")
+    tr.add_argument("--epochs", type=int, default=r["epochs"], help="maximum epochs")
+    tr.add_argument("--patience", type=int, default=r["patience"],
                     help="early stopping on the validation subjects")
-    tr.add_argument("--batches-per-epoch", type=int, default=20,
+    tr.add_argument("--batches-per-epoch", type=int, default=r["batches_per_epoch"],
                     help="optimiser steps that make one epoch")
-    tr.add_argument("--batch-size", type=int, default=64, help="frames per optimiser step")
-    tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (from scratch)")
-    tr.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"],
+    tr.add_argument("--batch-size", type=int, default=r["batch_size"],
+                    help="frames per optimiser step")
+    tr.add_argument("--lr", type=float, default=r["lr"], help="SGD learning rate (from scratch)")
+    tr.add_argument("--lr-schedule", default=r["lr_schedule"], choices=["constant", "cosine"],
                     help="cosine decay to 0 over --epochs, or constant (the paper)")
-    tr.add_argument("--jitter-scale", type=float, default=0.05,
+    tr.add_argument("--jitter-scale", type=float, default=r["jitter_scale"],
                     help="alignment jitter: scale 1 +- this (0 = the paper's recipe)")
-    tr.add_argument("--jitter-degrees", type=float, default=5.0,
+    tr.add_argument("--jitter-degrees", type=float, default=r["jitter_degrees"],
                     help="alignment jitter: rotation +- degrees")
-    tr.add_argument("--jitter-shift", type=float, default=0.04,
+    tr.add_argument("--jitter-shift", type=float, default=r["jitter_shift"],
                     help="alignment jitter: shift +- this fraction of the frame size")
     p.add_argument("--predict-subjects", type=int, default=3,
                    help="test subjects per fold whose videos go through model.predict (0: skip)")
@@ -123,9 +135,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
 
     from .crossval import run_fold
+    from .engine.recipes import config_with_recipe
     from .evaluate import evaluate_checkpoint, mean_over_folds
     from .evaluation.records import write_json
-    from .train import TrainConfig
 
     out: Path = args.out
     if args.fresh and out.exists():
@@ -157,13 +169,13 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     folds = args.folds or [f["fold"] for f in manifest["folds"]]
     for fold in folds:
         run_dir = out / "runs" / f"fold{fold}"
-        cfg = TrainConfig(shards=str(shards), manifest=str(manifest_path), fold=fold,
-                          out=str(run_dir), preset="small", epochs=args.epochs,
-                          patience=args.patience, batches_per_epoch=args.batches_per_epoch,
-                          batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                          seed=args.seed, workers=0, jitter_scale=args.jitter_scale,
-                          jitter_degrees=args.jitter_degrees, jitter_shift=args.jitter_shift,
-                          eval_batch_size=100, quiet=args.quiet, plot_every=1_000_000)
+        cfg = config_with_recipe(
+            RECIPE, shards=str(shards), manifest=str(manifest_path), fold=fold, out=str(run_dir),
+            image_size=args.size, epochs=args.epochs, patience=args.patience,
+            batches_per_epoch=args.batches_per_epoch, batch_size=args.batch_size, lr=args.lr,
+            lr_schedule=args.lr_schedule, seed=args.seed, workers=0,
+            jitter_scale=args.jitter_scale, jitter_degrees=args.jitter_degrees,
+            jitter_shift=args.jitter_shift, quiet=args.quiet, plot_every=1_000_000)
         with watch.stage(f"train fold {fold}"):
             summary = run_fold(cfg)
         if summary.get("status") != "finished":
