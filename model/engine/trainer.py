@@ -35,7 +35,8 @@ from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_fli
                    check_frame_counts, collate_frames, default_workers, evaluation_indices,
                    fold_spec, load_manifest, open_shards, single_threaded_opencv,
                    training_subjects)
-from .config import TrainConfig, effective_lr, protocol_note, threshold_note
+from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, effective_lr, protocol_note,
+                     threshold_note)
 from .early_stopping import EarlyStopping
 from .losses import region_bce_criterion
 from .precision import choose_precision
@@ -513,7 +514,7 @@ def _resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, d
         check_compatible(state, path, variant=cfg.variant)
     stored = dict(state["train_config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in stored.items() if k in known}
+    values = {**LEGACY_TRAIN_CONFIG, **{k: v for k, v in stored.items() if k in known}}
     conflicts = []
     for name in explicit:
         if name in RESUME_OVERRIDABLE or name not in values:
