@@ -18,7 +18,8 @@ Runs the whole chain the real data takes, on a small twin made on the spot:
 The defaults (27 subjects x 200 frames, 3 folds) take about five minutes on two idle CPU cores
 and reach a mean F1 above 0.9 on the held-out subjects, through the shards and through
 ``model.predict`` alike. Every stage resumes: rerunning the
-command reuses what is already there (``--fresh`` starts over, needed after changing settings).
+command reuses what is already there; a folder made with other settings is refused, naming them
+(``--fresh`` starts over).
 Wall times per stage and the result go to ``OUT/demo_summary.json`` and ``OUT/demo.md``.
 
 The demo trains with the ``cpu-demo`` recipe (``model/recipes/cpu-demo.json``, also
@@ -135,7 +136,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
 
     from .crossval import run_fold
-    from .engine.recipes import config_with_recipe
     from .evaluate import evaluate_checkpoint, mean_over_folds
     from .evaluation.records import write_json
 
@@ -143,6 +143,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_demo_settings(out, args)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     watch = Stopwatch()
     twin, shards = out / "disfa_twin", out / "shards"
@@ -169,13 +170,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     folds = args.folds or [f["fold"] for f in manifest["folds"]]
     for fold in folds:
         run_dir = out / "runs" / f"fold{fold}"
-        cfg = config_with_recipe(
-            RECIPE, shards=str(shards), manifest=str(manifest_path), fold=fold, out=str(run_dir),
-            image_size=args.size, epochs=args.epochs, patience=args.patience,
-            batches_per_epoch=args.batches_per_epoch, batch_size=args.batch_size, lr=args.lr,
-            lr_schedule=args.lr_schedule, seed=args.seed, workers=0,
-            jitter_scale=args.jitter_scale, jitter_degrees=args.jitter_degrees,
-            jitter_shift=args.jitter_shift, quiet=args.quiet, plot_every=1_000_000)
+        cfg = fold_config(args, shards, manifest_path, fold, run_dir)
         with watch.stage(f"train fold {fold}"):
             summary = run_fold(cfg)
         if summary.get("status") != "finished":
@@ -209,6 +204,45 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     write_json(out / "demo_summary.json", report)
     (out / "demo.md").write_text(demo_markdown(report))
     return report
+
+
+def fold_config(args: argparse.Namespace, shards: Path, manifest: Path, fold: int, run_dir: Path):
+    """The training run of one fold: the cpu-demo recipe with the demo's options on top."""
+    from .engine.recipes import config_with_recipe
+
+    return config_with_recipe(
+        RECIPE, shards=str(shards), manifest=str(manifest), fold=fold, out=str(run_dir),
+        image_size=args.size, epochs=args.epochs, patience=args.patience,
+        batches_per_epoch=args.batches_per_epoch, batch_size=args.batch_size, lr=args.lr,
+        lr_schedule=args.lr_schedule, seed=args.seed, workers=0, jitter_scale=args.jitter_scale,
+        jitter_degrees=args.jitter_degrees, jitter_shift=args.jitter_shift, quiet=args.quiet,
+        plot_every=1_000_000)
+
+
+#: Demo options that make the twin, the shards and the folds; the training ones are checked per
+#: run against its config.json (``model.engine.cross_validation.check_same_recipe``).
+DATA_SETTINGS = ("n_subjects", "frames", "frame_width", "frame_height", "seed", "size", "k",
+                 "val_subjects")
+
+
+def check_demo_settings(out: Path, args: argparse.Namespace) -> None:
+    """Refuse to reuse a demo folder made with other twin/pipeline settings (``--fresh`` redoes
+    it); record them in ``OUT/demo_settings.json`` the first time."""
+    import json
+
+    from .evaluation.records import write_json
+
+    mine = {k: getattr(args, k) for k in DATA_SETTINGS}
+    path = out / "demo_settings.json"
+    if not path.is_file():
+        write_json(path, mine)
+        return
+    theirs = json.loads(path.read_text())
+    differing = [f"--{k.replace('_', '-')} {mine[k]!r} (it has {theirs[k]!r})"
+                 for k in DATA_SETTINGS if k in theirs and theirs[k] != mine[k]]
+    if differing:
+        raise ValueError(f"{out} holds a demo made with other settings: {'; '.join(differing)}. "
+                         "Rerun with --fresh to redo it, or choose another --out")
 
 
 def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out: Path,

@@ -24,6 +24,9 @@ def test_small_demo_chain_learns(tmp_path):
         with pytest.raises(ValueError, match=r"--epochs 3 \(run has 12\).*--fresh"):
             run_demo(build_parser().parse_args(shorter))
         assert (out / "demo_summary.json").read_text() == summary
+        fewer = argv[:argv.index("--frames") + 1] + ["100"] + argv[argv.index("--frames") + 2:]
+        with pytest.raises(ValueError, match=r"--frames 100 \(it has 120\).*--fresh"):
+            run_demo(build_parser().parse_args(fewer))
     finally:
         torch.set_num_threads(old)
     recorded = json.loads((out / "runs" / "fold1" / "config.json").read_text())
