@@ -152,6 +152,16 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                         "the split (final test evaluation always uses every frame)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                    help="frames per forward pass when evaluating")
+    p.add_argument("--decoder-se", default=d.decoder_se, choices=["residual", "plain"],
+                   help="the decoder's SE gates: residual = the paper's Eq. 3 (O = S*U + U), "
+                        "plain = S*U")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initial weights, the sampler and the augmentation")
+    add_runtime_options(p, d)
+
+
+def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where and how the run executes: loader, device, precision, layout, DDP, threads, progress."""
     p.add_argument("--workers", type=int_range(0), default=d.workers,
                    help="DataLoader worker processes per training process (default: the CPU "
                         "cores this process may use, shared among the node's processes, minus "
@@ -170,11 +180,6 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
                    help="under DDP on CUDA, BatchNorm statistics are synchronised over the "
                         "processes (SyncBatchNorm) by default; this keeps them per process")
-    p.add_argument("--decoder-se", default=d.decoder_se, choices=["residual", "plain"],
-                   help="the decoder's SE gates: residual = the paper's Eq. 3 (O = S*U + U), "
-                        "plain = S*U")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seed of the initial weights, the sampler and the augmentation")
     p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plot-every", type=int, default=d.plot_every,
