@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.cli import HelpFormatter
 from .cli import CommandError, check_device, handle_errors
-from .engine.losses import branch_bce_loss
+from .engine.losses import region_bce_criterion
 from .engine.precision import Precision, choose_precision
 from .nets.tranet import VARIANTS, TRANet, TRANetConfig, build_model
 
@@ -125,12 +125,12 @@ def _make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor,
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
                           weight_decay=1e-3)
     scaler = precision.grad_scaler()
-    groups = model.branch_groups
+    criterion = region_bce_criterion(model.config.au_ids)  # the trainer's loss, every variant
 
     def step() -> None:
         with precision.autocast():
             logits = model(x)
-        loss = branch_bce_loss(logits.float(), y, groups)
+        loss = criterion(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -6,7 +6,8 @@
 Each (variant, fold) trains into ``OUT/<variant>/fold<k>`` with the training options given
 (the paper's recipe by default) and is evaluated on the fold's test subjects with its best.pt.
 A finished run is reused and an interrupted one resumed, so rerunning the command continues
-where it stopped. A fold that fails is reported and the others still run.
+where it stopped; a run recorded with other training settings is refused (the message names
+them) unless ``--fresh`` redoes it. A fold that fails is reported and the others still run.
 
 Writes ``OUT/table1.{csv,md}`` (TRA-Net: per-AU F1 and accuracy, mean of folds, beside the
 paper's TRA column), ``OUT/table2.{csv,md}`` (F1 of each variant beside the paper's rows and its
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from typing import Sequence
 
 
@@ -38,7 +40,7 @@ from .engine.data import DataError
 from .weights.vggface2 import WeightsError
 from .evaluation.paper_tables import TABLE2_ORDER
 from .evaluate import add_bootstrap_options
-from .train import add_training_options
+from .train import add_training_options, explicit_options
 
 log = logging.getLogger("model.crossval")
 
@@ -67,17 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "this camera (shards from pipeline.align --camera right) while training "
                         "on the left; writes OUT/cameras_<variant>.{md,csv} (default: off)")
     add_bootstrap_options(p)
+    p.add_argument("--fresh", action="store_true",
+                   help="delete and retrain the runs of the chosen variants and folds (needed "
+                        "when their recorded settings differ from this command's)")
     add_training_options(p)
     return p
 
 
 @handle_errors("model.crossval")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.quiet)
     check_out_dir(args.out)
     try:
-        report = crossval(args)
+        report = crossval(args, explicit_options(parser, argv))
     except (DataError, CheckpointError, WeightsError, ValueError) as err:
         log.error("%s", err)
         return 1

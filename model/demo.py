@@ -19,13 +19,16 @@ Runs the whole chain the real data takes, on a small twin made on the spot:
 The defaults (27 subjects x 200 frames, 3 folds) take about five minutes on two idle CPU cores
 and reach a mean F1 above 0.9 on the held-out subjects, through the shards and through
 ``model.predict`` alike. Every stage resumes: rerunning the
-command reuses what is already there (``--fresh`` starts over, needed after changing settings).
+command reuses what is already there; a folder made with other settings is refused, naming them
+(``--fresh`` starts over).
 Wall times per stage and the result go to ``OUT/demo_summary.json`` and ``OUT/demo.md``.
 
-The demo departs from the paper's recipe where a from-scratch CPU model needs it: a higher
-learning rate with cosine decay (0.05 instead of a constant 0.001, which assumes a pretrained
-backbone), 40 epochs at most, 64-pixel frames, and alignment jitter (``model.augment``), without
-which the model trained on AAM-aligned frames loses much of its F1 on dlib-aligned ones. The labels keep the toolkit's default threshold
+The demo trains with the ``cpu-demo`` recipe (``model/recipes/cpu-demo.json``, also
+``model.train --recipe cpu-demo``), which departs from the paper's recipe where a from-scratch CPU
+model needs it: a higher learning rate with cosine decay (0.05 instead of a constant 0.001, which
+assumes a pretrained backbone), 40 epochs at most, 64-pixel frames, and alignment jitter
+(``model.augment``), without which the model trained on AAM-aligned frames loses much of its F1
+on dlib-aligned ones. A training run recorded with other settings is refused, not reused. The labels keep the toolkit's default threshold
 (intensity >= 3).
 """
 from __future__ import annotations
@@ -48,7 +51,15 @@ from .cli import CommandError, handle_errors
 log = logging.getLogger("model.demo")
 
 
+#: The training recipe of the demo (model/recipes/cpu-demo.json); its settings are the defaults
+#: of the demo's training options.
+RECIPE = "cpu-demo"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .engine.recipes import load_recipe
+
+    r = load_recipe(RECIPE).settings
     p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True,
@@ -60,28 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
     twin.add_argument("--frame-height", type=int, default=240, help="twin video height")
     twin.add_argument("--seed", type=int, default=0, help="twin, folds and training seed")
     pipe = p.add_argument_group("pipeline")
-    pipe.add_argument("--size", type=int, default=64, help="aligned frame size")
+    pipe.add_argument("--size", type=int, default=r["image_size"],
+                      help="aligned frame size (the network's input size too)")
     pipe.add_argument("--k", type=int, default=3, help="number of kfold folds")
     pipe.add_argument("--val-subjects", type=int, default=2,
                       help="validation subjects held out of each fold's training subjects")
     pipe.add_argument("--folds", type=int, nargs="+", default=None,
                       help="folds to train and evaluate (default: all --k folds; each fold is "
                            "one training run, about 1.5 minutes on two cores)")
-    tr = p.add_argument_group("training")
-    tr.add_argument("--epochs", type=int, default=40, help="maximum epochs")
-    tr.add_argument("--patience", type=int, default=10,
+    tr = p.add_argument_group(f"training (defaults: the {RECIPE} recipe, model/recipes/{RECIPE}.json)")
+    tr.add_argument("--epochs", type=int, default=r["epochs"], help="maximum epochs")
+    tr.add_argument("--patience", type=int, default=r["patience"],
                     help="early stopping on the validation subjects")
-    tr.add_argument("--batches-per-epoch", type=int, default=20,
+    tr.add_argument("--batches-per-epoch", type=int, default=r["batches_per_epoch"],
                     help="optimiser steps that make one epoch")
-    tr.add_argument("--batch-size", type=int, default=64, help="frames per optimiser step")
-    tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (from scratch)")
-    tr.add_argument("--lr-schedule", default="cosine", choices=["constant", "cosine"],
+    tr.add_argument("--batch-size", type=int, default=r["batch_size"],
+                    help="frames per optimiser step")
+    tr.add_argument("--lr", type=float, default=r["lr"], help="SGD learning rate (from scratch)")
+    tr.add_argument("--lr-schedule", default=r["lr_schedule"], choices=["constant", "cosine"],
                     help="cosine decay to 0 over --epochs, or constant (the paper)")
-    tr.add_argument("--jitter-scale", type=float, default=0.05,
+    tr.add_argument("--jitter-scale", type=float, default=r["jitter_scale"],
                     help="alignment jitter: scale 1 +- this (0 = the paper's recipe)")
-    tr.add_argument("--jitter-degrees", type=float, default=5.0,
+    tr.add_argument("--jitter-degrees", type=float, default=r["jitter_degrees"],
                     help="alignment jitter: rotation +- degrees")
-    tr.add_argument("--jitter-shift", type=float, default=0.04,
+    tr.add_argument("--jitter-shift", type=float, default=r["jitter_shift"],
                     help="alignment jitter: shift +- this fraction of the frame size")
     tr.add_argument("--task", default="both", choices=["occurrence", "intensity", "both"],
                     help="what the model learns (model.train --task): both = occurrence and "
@@ -129,6 +142,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_demo_settings(out, args)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     watch = Stopwatch()
     data = prepare_data(args, out, watch)
@@ -174,22 +188,6 @@ def prepare_data(args: argparse.Namespace, out: Path, watch: Stopwatch) -> dict[
             "manifest": manifest, "manifest_path": manifest_path}
 
 
-def demo_train_config(args: argparse.Namespace, data: dict[str, Any], fold: int,
-                      run_dir: Path) -> Any:
-    """Step 4's recipe: the small preset from scratch (see the module doc for why it departs
-    from the paper's)."""
-    from .train import TrainConfig
-
-    return TrainConfig(shards=str(data["shards"]), manifest=str(data["manifest_path"]), fold=fold,
-                       out=str(run_dir), preset="small", epochs=args.epochs,
-                       patience=args.patience, batches_per_epoch=args.batches_per_epoch,
-                       batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                       seed=args.seed, workers=0, jitter_scale=args.jitter_scale,
-                       jitter_degrees=args.jitter_degrees, jitter_shift=args.jitter_shift,
-                       eval_batch_size=100, quiet=args.quiet, plot_every=1_000_000,
-                       task=args.task)
-
-
 def run_one_fold(args: argparse.Namespace, out: Path, data: dict[str, Any], fold: int,
                  watch: Stopwatch) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """Steps 4-6 for one fold: train, evaluate best.pt on the test shards, model.predict."""
@@ -198,7 +196,8 @@ def run_one_fold(args: argparse.Namespace, out: Path, data: dict[str, Any], fold
 
     run_dir = out / "runs" / f"fold{fold}"
     with watch.stage(f"train fold {fold}"):
-        summary = run_fold(demo_train_config(args, data, fold, run_dir))
+        summary = run_fold(fold_config(args, data["shards"], data["manifest_path"], fold,
+                                           run_dir))
     if summary.get("status") != "finished":
         raise DemoInterrupted(f"training of fold {fold} was stopped")
     with watch.stage(f"evaluate fold {fold}"):
@@ -240,6 +239,45 @@ def build_report(args: argparse.Namespace, watch: Stopwatch, data: dict[str, Any
         report["intensity_mean_over_folds"] = mean_intensity_over_folds(
             [r["intensity"] for r in results])
     return report
+
+
+def fold_config(args: argparse.Namespace, shards: Path, manifest: Path, fold: int, run_dir: Path):
+    """The training run of one fold: the cpu-demo recipe with the demo's options on top."""
+    from .engine.recipes import config_with_recipe
+
+    return config_with_recipe(
+        RECIPE, shards=str(shards), manifest=str(manifest), fold=fold, out=str(run_dir),
+        image_size=args.size, epochs=args.epochs, patience=args.patience,
+        batches_per_epoch=args.batches_per_epoch, batch_size=args.batch_size, lr=args.lr,
+        lr_schedule=args.lr_schedule, seed=args.seed, workers=0, jitter_scale=args.jitter_scale,
+        jitter_degrees=args.jitter_degrees, jitter_shift=args.jitter_shift, quiet=args.quiet,
+        plot_every=1_000_000, task=args.task)
+
+
+#: Demo options that make the twin, the shards and the folds; the training ones are checked per
+#: run against its config.json (``model.engine.cross_validation.check_same_recipe``).
+DATA_SETTINGS = ("n_subjects", "frames", "frame_width", "frame_height", "seed", "size", "k",
+                 "val_subjects")
+
+
+def check_demo_settings(out: Path, args: argparse.Namespace) -> None:
+    """Refuse to reuse a demo folder made with other twin/pipeline settings (``--fresh`` redoes
+    it); record them in ``OUT/demo_settings.json`` the first time."""
+    import json
+
+    from .evaluation.records import write_json
+
+    mine = {k: getattr(args, k) for k in DATA_SETTINGS}
+    path = out / "demo_settings.json"
+    if not path.is_file():
+        write_json(path, mine)
+        return
+    theirs = json.loads(path.read_text())
+    differing = [f"--{k.replace('_', '-')} {mine[k]!r} (it has {theirs[k]!r})"
+                 for k in DATA_SETTINGS if k in theirs and theirs[k] != mine[k]]
+    if differing:
+        raise ValueError(f"{out} holds a demo made with other settings: {'; '.join(differing)}. "
+                         "Rerun with --fresh to redo it, or choose another --out")
 
 
 def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out: Path,

@@ -299,18 +299,18 @@ def _inputs(model, batch: int, size: int, device: torch.device, channels_last: b
 
 
 def make_train_step(model, x, y, precision) -> Callable[[], None]:
-    """Forward, branch BCE, backward, SGD step: the trainer's step minus the data."""
-    from .engine.losses import branch_bce_loss
+    """Forward, region BCE, backward, SGD step: the trainer's step minus the data."""
+    from .engine.losses import region_bce_criterion
 
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                           momentum=0.9, weight_decay=1e-3)
     scaler = precision.grad_scaler()
-    groups = model.branch_groups
+    criterion = region_bce_criterion(model.config.au_ids)  # the trainer's loss, every variant
 
     def step() -> None:
         with precision.autocast():
             logits = model(x)
-        loss = branch_bce_loss(logits.float(), y, groups)
+        loss = criterion(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -410,14 +410,13 @@ def trainer_fixture(cfg: ReportConfig, device: torch.device, amp: bool,
     from .engine import trainer
     from .engine.config import TrainConfig
     from .engine.distributed import DistInfo
-    from .engine.losses import branch_bce_loss
+    from .engine.losses import region_bce_criterion
     from .engine.precision import choose_precision
 
     train_cfg = TrainConfig(shards="", manifest="", fold=1, out="", preset=cfg.preset,
                             batches_per_epoch=batches, batch_size=cfg.batches[0], amp=amp,
                             channels_last=True, quiet=True, device=str(device))
     model = _build(cfg, device, channels_last=True)
-    groups = model.branch_groups
     precision = choose_precision(device, amp)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                 momentum=0.9, weight_decay=1e-3)
@@ -433,7 +432,7 @@ def trainer_fixture(cfg: ReportConfig, device: torch.device, amp: bool,
             images, targets = images.pin_memory(), targets.pin_memory()
         distinct.append((images, targets, torch.arange(cfg.batches[0])))
     return dict(model=model, optimizer=optimizer,
-                criterion=lambda logits, y: branch_bce_loss(logits, y, groups),
+                criterion=region_bce_criterion(model.config.au_ids),
                 loader=[distinct[i % len(distinct)] for i in range(batches)], device=device,
                 epoch=1, cfg=train_cfg, scaler=precision.grad_scaler(),
                 scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),

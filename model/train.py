@@ -4,7 +4,8 @@
 
 The paper's recipe is the default: batches of 64 drawn by the weighted random sampler, 100
 batches an epoch, random horizontal flips, SGD (momentum 0.9, weight decay 0.001, lr 0.001), the
-sum of per-branch BCE losses, evaluation after every epoch and early stopping after 10 epochs
+sum of the mean BCE of the three AU groups (upper, middle, lower; the same loss for every
+variant), evaluation after every epoch and early stopping after 10 epochs
 without a better mean F1. Unlike the paper, the model is selected on the fold's validation
 subjects; ``--select-on test`` reproduces the paper's (optimistic) protocol and every report then
 says so.
@@ -36,6 +37,7 @@ from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_error
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
 from .engine.data import DataError
+from .engine.recipes import recipe_names
 from .weights.vggface2 import WeightsError
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
 from .evaluation.intensity import intensity_markdown
@@ -96,6 +98,11 @@ def add_model_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 def add_training_options(p: argparse.ArgumentParser) -> None:
     """The recipe and runtime options (shared with model.crossval and model.demo)."""
     d = TrainConfig(shards="", manifest="", fold=1, out="")
+    p.add_argument("--recipe", default=None, metavar="NAME|FILE",
+                   help=f"start from a named recipe ({', '.join(recipe_names())}; "
+                        "model/recipes/*.json) or a recipe file you edited; options given here "
+                        "override it; recorded in config.json (default: none, i.e. the values "
+                        "shown here)")
     add_model_options(p, d)
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum number of epochs")
     p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch,
@@ -152,16 +159,26 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int_range(32, 1024), default=None,
                    help="network input size; frames are resized on the fly when the shards "
                         "differ (default: the shards' size)")
-    add_runtime_options(p, d)
+    add_evaluation_options(p, d)
 
 
-def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    """Where and how fast a run executes (evaluation batches, workers, device, precision...)."""
+def add_evaluation_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """How each epoch is evaluated, the decoder's SE form and the seed."""
     p.add_argument("--eval-batches", type=int, default=None,
                    help="per-epoch evaluation on at most this many batches, spread evenly over "
                         "the split (final test evaluation always uses every frame)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                    help="frames per forward pass when evaluating")
+    p.add_argument("--decoder-se", default=d.decoder_se, choices=["residual", "plain"],
+                   help="the decoder's SE gates: residual = the paper's Eq. 3 (O = S*U + U), "
+                        "plain = S*U")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the initial weights, the sampler and the augmentation")
+    add_runtime_options(p, d)
+
+
+def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where and how the run executes: loader, device, precision, layout, DDP, threads, progress."""
     p.add_argument("--workers", type=int_range(0), default=d.workers,
                    help="DataLoader worker processes per training process (default: the CPU "
                         "cores this process may use, shared among the node's processes, minus "
@@ -173,9 +190,13 @@ def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "compute capability >= 8.0), else float16 with a GradScaler")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first steps; off by default)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="seed of the initial weights, the sampler and the augmentation")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   default=d.channels_last,
+                   help="run the model and its inputs in the channels_last memory format (faster "
+                        "on CPUs with oneDNN and on tensor cores; same numbers)")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under DDP on CUDA, BatchNorm statistics are synchronised over the "
+                        "processes (SyncBatchNorm) by default; this keeps them per process")
     p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plot-every", type=int, default=d.plot_every,
@@ -233,8 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 setattr(args, name, placeholder)
     setup_logging(args.quiet, int(os.environ.get("RANK", "0")))
     try:
-        cfg = config_from_args(args)
-        summary = train(cfg, explicit=explicit_options(parser, argv))
+        explicit = explicit_options(parser, argv)
+        cfg = config_from_args(args, explicit)
+        summary = train(cfg, explicit=explicit)
     except (DataError, CheckpointError, WeightsError) as err:
         raise CommandError(str(err)) from err  # the shared handler: one line, exit 2
     except ValueError as err:

@@ -1,4 +1,8 @@
-"""The DDP path: two CPU processes (gloo) launched by torchrun train one tiny run together."""
+"""The DDP path: two CPU processes (gloo) launched by torchrun train one tiny run together.
+
+Each rank gets its own run folder, as on two machines without a shared filesystem: rank 1 never
+sees rank 0's best.pt, so the final test must receive best.pt's weights from rank 0.
+"""
 import json
 import os
 import subprocess
@@ -12,13 +16,26 @@ from trainer_fixtures import make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: model.train, with every rank but 0 writing to (and reading from) its own run folder.
+SEPARATE_DISKS = """
+import os, sys
+from model.train import main
+argv = sys.argv[1:]
+rank = int(os.environ["RANK"])
+if rank:
+    argv[argv.index("--out") + 1] += f"_rank{rank}"
+raise SystemExit(main(argv))
+"""
+
 
 def test_two_process_gloo_run(tmp_path):
     shards, manifest = make_dataset(tmp_path / "d", frames=32, size=32)
     out = tmp_path / "run"
+    script = tmp_path / "train_on_separate_disks.py"
+    script.write_text(SEPARATE_DISKS)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "model.train", "--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+           str(script), "--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
            "--out", str(out), "--preset", "small", "--epochs", "2", "--batches-per-epoch", "2",
            "--batch-size", "8", "--workers", "0", "--threads", "1", "--device", "cpu", "--quiet",
            "--lr", "0.05"]
@@ -30,6 +47,10 @@ def test_two_process_gloo_run(tmp_path):
     assert config["batch"] == {"per_process": 8, "processes": 2, "global": 16, "lr_rule": "none",
                                "base_lr": 0.05, "lr": 0.05}
     assert "global batch 16" in proc.stderr
+    # SyncBatchNorm is on by default under DDP; torch runs it on CUDA only, which is recorded
+    assert config["train_config"]["sync_bn"] is True
+    assert config["sync_batchnorm"]["enabled"] is False and "CUDA" in config["sync_batchnorm"]["note"]
+    assert not (tmp_path / "run_rank1" / "best.pt").exists()
     state = load_checkpoint(out / "last.pt")
     assert state["world_size"] == 2 and len(state["sampler"]) == 2 and len(state["rng"]) == 2
     # each rank has its own sampler stream

@@ -10,17 +10,28 @@ from model.demo import build_parser, run_demo
 
 def test_small_demo_chain_learns(tmp_path):
     old = torch.get_num_threads()
-    try:
-        args = build_parser().parse_args([
-            "--out", str(tmp_path / "demo"), "--n-subjects", "8", "--frames", "120",
+    argv = ["--out", str(tmp_path / "demo"), "--n-subjects", "8", "--frames", "120",
             "--frame-width", "320", "--frame-height", "240", "--size", "64", "--k", "4",
             "--val-subjects", "1", "--folds", "1", "--epochs", "12", "--batches-per-epoch", "20",
             "--batch-size", "32", "--jobs", "1", "--threads", "1", "--predict-subjects", "1",
-            "--quiet"])
-        report = run_demo(args)
+            "--quiet"]
+    out = tmp_path / "demo"
+    try:
+        report = run_demo(build_parser().parse_args(argv))
+        summary = (out / "demo_summary.json").read_text()
+        # a rerun with other training settings is refused, not answered with the old run
+        shorter = argv[:argv.index("--epochs") + 1] + ["3"] + argv[argv.index("--epochs") + 2:]
+        with pytest.raises(ValueError, match=r"--epochs 3 \(run has 12\).*--fresh"):
+            run_demo(build_parser().parse_args(shorter))
+        assert (out / "demo_summary.json").read_text() == summary
+        fewer = argv[:argv.index("--frames") + 1] + ["100"] + argv[argv.index("--frames") + 2:]
+        with pytest.raises(ValueError, match=r"--frames 100 \(it has 120\).*--fresh"):
+            run_demo(build_parser().parse_args(fewer))
     finally:
         torch.set_num_threads(old)
-    out = tmp_path / "demo"
+    recorded = json.loads((out / "runs" / "fold1" / "config.json").read_text())
+    assert recorded["recipe"]["name"] == "cpu-demo"       # the demo trains with the recipe
+    assert recorded["train_config"]["lr_schedule"] == "cosine"
     for name in ("disfa_twin/Error_LOG_Sheet.csv", "shards/SN001_left.h5", "folds.json",
                  "demo_summary.json", "demo.md", "runs/fold1/best.pt", "runs/fold1/per_au_f1.png"):
         assert (out / name).is_file(), name

@@ -93,7 +93,7 @@ def test_evaluate_refuses_mismatches(runs, tmp_path, capsys):
     assert "broken.pt: not a readable checkpoint" in capsys.readouterr().err
 
 
-def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, capsys):
+def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, capsys, caplog):
     root, shards, manifest, _ = runs
     args = ["--shards", str(shards), "--manifest", str(manifest), "--out", str(tmp_path / "cv"),
             "--variants", "senet50", "tranet", "--select-on", "test", "--preset", "small",
@@ -102,7 +102,7 @@ def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, caps
     assert crossval_main(args) == 0
     t1 = (tmp_path / "cv" / "table1.md").read_text()
     assert "56.9" in t1 and "95.9" in t1                        # the paper's TRA column
-    assert "TEST subjects (the paper's protocol" in t1            # our protocol, said plainly
+    assert "TEST subjects, trained on every other subject (the paper's protocol" in t1
     assert "intensity >= 2" in t1                                 # the paper's label threshold
     t2 = (tmp_path / "cv" / "table2.csv").read_text()
     assert "SENet-50,ours" in t2 and "SENet-50,paper" in t2 and "47.0" in t2
@@ -112,3 +112,16 @@ def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, caps
     assert crossval_main(args) == 0                               # finished runs are reused
     assert (tmp_path / "cv" / "tranet" / "fold1" / "best.pt").stat().st_mtime_ns == mtime
     assert "Table 1" in capsys.readouterr().out
+
+    # other settings: refused, naming them, before anything trains or a table is rewritten
+    assert crossval_main(args + ["--threshold", "2", "--lr", "0.01"]) == 1
+    err = caplog.text
+    assert "--threshold 2 (run has None)" in err and "--lr 0.01 (run has 0.05)" in err
+    assert "--fresh" in err
+    assert (tmp_path / "cv" / "table1.md").read_text() == t1
+    assert (tmp_path / "cv" / "tranet" / "fold1" / "best.pt").stat().st_mtime_ns == mtime
+    # --fresh redoes them
+    assert crossval_main(args + ["--threshold", "2", "--variants", "tranet", "--fresh"]) == 0
+    redone = json.loads((tmp_path / "cv" / "tranet" / "fold1" / "config.json").read_text())
+    assert redone["train_config"]["threshold"] == 2
+    assert "labels: FACS intensity >= 2" in (tmp_path / "cv" / "table1.md").read_text()

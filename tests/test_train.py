@@ -77,7 +77,7 @@ def test_training_stops_early_at_the_right_epoch(data, tmp_path, monkeypatch):
 
 def test_short_run_loss_falls_and_f1_beats_chance(data, tmp_path):
     out = tmp_path / "run"
-    summary = train(config(data, out, epochs=5, batches_per_epoch=8, batch_size=16, workers=2,
+    summary = train(config(data, out, epochs=6, batches_per_epoch=8, batch_size=16, workers=2,
                            select_on="test"))
     history = json.loads((out / "metrics.json").read_text())
     losses = [e["train_loss"] for e in history["epochs"]]
@@ -101,6 +101,11 @@ def test_short_run_loss_falls_and_f1_beats_chance(data, tmp_path):
     assert "drawn_rate_AU9" in header and "natural_rate_AU9" in header and "f1_AU26" in header
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["train_config"]["select_on"] == "test" and ckpt["data"]["threshold"] == 3
+    # the paper's protocol trains on every non-test subject: the validation subject SN003 too
+    assert ckpt["data"]["subjects"] == {"train": ["SN001", "SN002", "SN003"], "val": [],
+                                        "test": ["SN004"]}
+    assert config_json["frames"]["train"] == 3 * 48
+    assert "trained on every other subject" in summary["protocol"]
 
 
 # -- exact resume ------------------------------------------------------------------------------
@@ -242,3 +247,104 @@ def test_au_weighted_loss_records_the_training_weights(data, tmp_path):
     rates = np.array(cfg["sampler"]["natural_positive_rate"])
     assert np.argmax(weights) == np.argmin(rates)          # the rarest AU weighs most
     assert cfg["frames"]["select"] == 8                     # --eval-batches 1 x 8 frames
+
+
+# -- one loss for every Table 2 variant -------------------------------------------------------
+
+def test_single_and_three_branch_variants_get_the_same_loss(data, tmp_path):
+    # The loss sums the mean BCE of the paper's three AU groups whichever head made the logits;
+    # a single-branch variant used to take one mean over 8 AUs (~1/3 of TRA-Net's gradient).
+    from model.engine.distributed import DistInfo
+    from model.engine.trainer import build_run, load_data
+
+    torch.manual_seed(0)
+    logits = torch.randn(16, 8) * 2
+    targets = (torch.rand(16, 8) < 0.3).float()
+    per_entry = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets,
+                                                                     reduction="none")
+    expected = sum(per_entry[:, g].mean() for g in ([0, 1, 2], [3, 4], [5, 6, 7]))
+    grads = {}
+    for variant in ("senet50", "senet50_cbam", "senet50_hm", "tranet"):
+        cfg = config(data, tmp_path / variant, variant=variant)
+        fold = load_data(cfg, DistInfo(), torch.device("cpu"))
+        run = build_run(cfg, DistInfo(), torch.device("cpu"), fold, None)
+        x = logits.clone().requires_grad_(True)
+        loss = run.criterion(x, targets)
+        loss.backward()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6), variant
+        grads[variant] = x.grad.norm().item()
+    for variant in ("senet50", "senet50_cbam", "senet50_hm"):
+        assert grads[variant] == pytest.approx(grads["tranet"], rel=1e-6), grads
+
+
+# -- what is frozen, and why --------------------------------------------------------------------
+
+def _built(data, tmp_path, **kw):
+    from model.engine.distributed import DistInfo
+    from model.engine.trainer import build_run, load_data
+
+    cfg = config(data, tmp_path / "run", **kw)
+    return build_run(cfg, DistInfo(), torch.device("cpu"), load_data(cfg, DistInfo(),
+                                                                      torch.device("cpu")), None)
+
+
+def test_full_preset_freezes_only_what_pretrained_weights_filled(data, tmp_path, caplog):
+    from model.nets.tranet import TRANetConfig, build_model
+
+    caplog.set_level("INFO")
+    scratch = _built(data, tmp_path, preset="full")
+    assert all(p.requires_grad for p in scratch.model.parameters())    # stem + layer1 train
+    assert scratch.freezing["frozen_blocks"] == 0 and scratch.freezing["frozen_parameters"] == 0
+    assert scratch.model_config.frozen_blocks == 0
+    assert "from scratch" in caplog.text and "images/s" in caplog.text   # the CPU warning
+    assert "no pretrained weights" in caplog.text
+
+    weights = tmp_path / "senet50.pt"
+    torch.manual_seed(1)
+    torch.save(build_model(TRANetConfig(preset="full")).backbone.state_dict(), weights)
+    loaded = _built(data, tmp_path, preset="full", pretrained=str(weights))
+    frozen = {n for n, p in loaded.model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1."))
+                          for n in frozen)
+    assert loaded.freezing["frozen_blocks"] == 2 and str(weights) in loaded.freezing["reason"]
+    assert loaded.freezing["frozen_parameters"] == sum(
+        p.numel() for p in loaded.model.parameters() if not p.requires_grad)
+    assert loaded.model_config.frozen_blocks == 2
+
+
+def test_channels_last_option_sets_the_memory_format(data, tmp_path):
+    formats = {}
+    for flag in (False, True):
+        run = _built(data, tmp_path, channels_last=flag)
+        seen = []
+        conv = run.model.backbone.layer1[0].conv2  # 3x3: its formats differ
+        conv.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+        run.model(torch.randn(2, 3, 32, 32))
+        cl = torch.channels_last
+        formats[flag] = (conv.weight.is_contiguous(memory_format=cl),
+                         seen[0].is_contiguous(memory_format=cl) and not seen[0].is_contiguous())
+        assert run.model_config.channels_last is flag
+    assert formats == {False: (False, False), True: (True, True)}
+
+
+def test_sync_batchnorm_replaces_every_batchnorm_and_keeps_frozen_blocks(data, tmp_path):
+    from model.engine.trainer import with_sync_batchnorm
+    from model.nets.tranet import TRANetConfig, build_model
+
+    model = build_model(TRANetConfig(preset="small", image_size=32, frozen_blocks=2)).train()
+    names = set(model.state_dict())
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    synced = with_sync_batchnorm(model)
+    kinds = {type(m) for m in synced.modules()}
+    assert torch.nn.SyncBatchNorm in kinds and torch.nn.BatchNorm2d not in kinds
+    assert set(synced.state_dict()) == names          # best.pt still loads into a plain model
+    assert {n for n, p in synced.named_parameters() if not p.requires_grad} == frozen
+    synced.train()
+    assert not synced.backbone.bn1.training and synced.decoder.up1.bn.training
+
+
+def test_tuning_on_validation_subjects_is_refused_when_they_train():
+    # --select-on test trains the validation subjects (paper protocol): none are left to tune on
+    with pytest.raises(ValueError, match="validation subjects train too"):
+        TrainConfig(shards="", manifest="", fold=1, out="", select_on="test", tune_threshold="val")
+    TrainConfig(shards="", manifest="", fold=1, out="", select_on="test", tune_threshold="test")

@@ -210,3 +210,29 @@ def test_to_model_input_is_bgr_minus_vggface2_mean() -> None:
     assert torch.equal(from_model_input(x), torch.from_numpy(rgb))
     with pytest.raises(TypeError, match="uint8"):
         to_model_input(torch.zeros(1, 3, 4, 4))
+
+
+def test_decoder_se_is_the_papers_residual_form_by_default() -> None:
+    # Eq. 3: O = (S_e * U) + U. The plain SE (O = S_e * U) stays an option, recorded in the config.
+    model = _small().eval()
+    assert model.config.decoder_se == "residual"
+    assert asdict(model.config)["decoder_se"] == "residual"
+    stage = model.decoder.up2
+    u = torch.randn(2, stage.se.fc2.out_features, 7, 7)
+    with torch.no_grad():
+        gate = stage.se.gate(u)
+        torch.testing.assert_close(stage.se(u), gate * u + u)
+    plain = _small(decoder_se="plain").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain.decoder.up2.se(u), plain.decoder.up2.se.gate(u) * u)
+    with pytest.raises(ValueError, match="decoder_se"):
+        TRANetConfig(decoder_se="gated")
+
+
+def test_checkpoints_recorded_before_the_option_rebuild_the_plain_se() -> None:
+    from model.nets.tranet import config_from_record
+
+    record = asdict(TRANetConfig(**SMALL))
+    del record["decoder_se"]
+    assert config_from_record(record).decoder_se == "plain"
+    assert config_from_record(asdict(TRANetConfig(**SMALL))).decoder_se == "residual"

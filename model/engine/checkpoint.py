@@ -134,11 +134,11 @@ def load_for_inference(
     :func:`load_checkpoint` (``path`` then only names it in messages).
     """
     from ..nets.backbones import BackboneError
-    from ..nets.tranet import TRANetConfig, build_model
+    from ..nets.tranet import build_model, config_from_record
 
     data = state if state is not None else load_checkpoint(path, map_location="cpu")
     try:
-        config = TRANetConfig(**data["model_config"])
+        config = config_from_record(data["model_config"])
         model = build_model(config)
     except TypeError as err:
         raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err

@@ -52,6 +52,8 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = True
+    decoder_se: str = "residual"
     pretrained: str | None = None
     seed: int = 0
     resume: str | None = None
@@ -60,6 +62,8 @@ class TrainConfig:
     plot_every: int = 1
     task: str = "occurrence"
     intensity_weight: float = 4.0
+    #: The named recipe the run started from: {"name", "source", "settings"} (see ``recipes``).
+    recipe: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -79,6 +83,10 @@ class TrainConfig:
             raise ValueError("--tune-threshold test tunes on the test subjects; it is only allowed "
                              "with --select-on test (the paper's leaky protocol), where it is "
                              "labelled as such; use --tune-threshold val")
+        if self.tune_threshold == "val" and self.select_on == "test":
+            raise ValueError("--tune-threshold val with --select-on test: under the paper's protocol "
+                             "the validation subjects train too, so none are left to tune on; use "
+                             "--tune-threshold test (labelled as leaky) or --select-on val")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr_schedule must be 'constant' or 'cosine'")
         if self.lr_scaling not in ("none", "linear"):
@@ -94,6 +102,39 @@ class TrainConfig:
             raise ValueError("task must be 'occurrence', 'intensity' or 'both'")
         if self.intensity_weight <= 0:
             raise ValueError("intensity_weight must be positive")
+        if self.decoder_se not in ("residual", "plain"):
+            raise ValueError("decoder_se must be 'residual' or 'plain'")
+        if self.recipe and self.recipe.get("requires_pretrained") and not self.pretrained \
+                and not self.resume:
+            raise ValueError(f"--recipe {self.recipe['name']} trains from VGGFace2 SENet-50 weights: "
+                             "pass --pretrained senet50_ft_weight.pkl (docs/disfa.md, weights)")
+
+
+#: Options that change how a run executes, not what it learns: a finished or interrupted run may
+#: be reused under other values of these (``recipe_differences``).
+RUNTIME_OPTIONS = ("device", "workers", "eval_batch_size", "resume", "out", "shards", "threads",
+                   "quiet", "plot_every", "channels_last", "compile", "recipe")
+#: What a recorded train_config without an option meant (runs made before the option existed).
+LEGACY_TRAIN_CONFIG: dict[str, Any] = {"decoder_se": "plain"}
+
+
+def recipe_differences(cfg: TrainConfig, recorded: dict[str, Any]) -> list[str]:
+    """``--option value (run has value)`` for each training setting ``cfg`` changes in a recorded
+    run's train_config (runtime options aside)."""
+    defaults = TrainConfig(shards="", manifest="", fold=1, out="")
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in RUNTIME_OPTIONS:
+            continue
+        theirs = recorded.get(f.name, LEGACY_TRAIN_CONFIG.get(f.name, getattr(defaults, f.name)))
+        mine = getattr(cfg, f.name)
+        if _normal(mine) != _normal(theirs):
+            out.append(f"--{f.name.replace('_', '-')} {mine!r} (run has {theirs!r})")
+    return out
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def effective_lr(cfg: TrainConfig, world: int) -> float:
@@ -104,8 +145,8 @@ def effective_lr(cfg: TrainConfig, world: int) -> float:
 
 def protocol_note(select_on: str, threshold: int) -> str:
     """One line every report carries: how labels, decisions and model selection were made."""
-    selection = ("model selected on the TEST subjects (the paper's protocol; optimistic, test-set "
-                 "leakage)" if select_on == "test" else
+    selection = ("model selected on the TEST subjects, trained on every other subject (the paper's "
+                 "protocol; optimistic, test-set leakage)" if select_on == "test" else
                  "model selected on the held-out validation subjects (test subjects unseen)")
     return (f"labels: FACS intensity >= {threshold}; decision: sigmoid >= {PROBABILITY_THRESHOLD}; "
             f"{selection}; F1/accuracy pooled over all frames of the split")
@@ -118,14 +159,37 @@ def threshold_note(tuned_on: str) -> str:
     return f"decision: per-AU F1-optimal sigmoid thresholds tuned on {where}"
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    """A TrainConfig from parsed options (unknown keys ignored), with ``overrides`` applied."""
-    from pipeline.disfa import parse_threshold
+def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None,
+                     **overrides: Any) -> TrainConfig:
+    """A TrainConfig from parsed options (unknown keys ignored), with ``overrides`` applied.
+
+    With ``args.recipe`` the recipe's settings replace every option not in ``explicit`` (the
+    options the command line gave; None: those whose value differs from the default).
+    """
+    from .recipes import load_recipe
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in {**vars(args), **overrides}.items() if k in known}
+    values = _typed({k: v for k, v in vars(args).items() if k in known})
+    if isinstance(values.get("recipe"), str):
+        recipe = load_recipe(values["recipe"])
+        given = explicit if explicit is not None else _changed_from_defaults(values)
+        values.update({k: v for k, v in recipe.settings.items() if k not in given})
+        values["recipe"] = recipe.record()
+    values.update({k: v for k, v in overrides.items() if k in known})
+    return TrainConfig(**_typed(values))
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Command-line spellings to TrainConfig types: --au-weights on/off, --threshold B or 2."""
+    from pipeline.disfa import parse_threshold
+
     if isinstance(values.get("au_weights"), str):
         values["au_weights"] = values["au_weights"] == "on"
     if isinstance(values.get("threshold"), str):
         values["threshold"] = parse_threshold(values["threshold"])
-    return TrainConfig(**values)
+    return values
+
+
+def _changed_from_defaults(values: dict[str, Any]) -> set[str]:
+    defaults = TrainConfig(shards="", manifest="", fold=1, out="")
+    return {k for k, v in values.items() if hasattr(defaults, k) and getattr(defaults, k) != v}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,8 +14,8 @@ from ..evaluation.provenance import note_rows
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..nets.tranet import VARIANTS
 from ..evaluation.statistics import DEFAULT_RESAMPLES
-from .checkpoint import CheckpointError
-from .config import TrainConfig, config_from_args
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import TrainConfig, config_from_args, recipe_differences
 from .data import DataError, fold_numbers
 from .distributed import DistInfo
 from .evaluator import evaluate_checkpoint, mean_over_folds
@@ -25,14 +26,20 @@ from . import crossval_reports as reports
 log = logging.getLogger("model.crossval")
 
 
-def run_fold(cfg: TrainConfig) -> dict[str, Any]:
-    """Train one (variant, fold), reusing a finished run or resuming an interrupted one."""
+def run_fold(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
+    """Train one (variant, fold), reusing a finished run or resuming an interrupted one made with
+    the same settings; ``fresh`` deletes the run folder first. A run made with other settings is
+    refused (ValueError naming them), never silently reused."""
     run_dir = Path(cfg.out)
+    if fresh and run_dir.exists():
+        log.info("%s: --fresh, deleting the earlier run", run_dir)
+        shutil.rmtree(run_dir)
+    check_same_recipe(cfg, run_dir)
     results = run_dir / "results.json"
     if results.is_file():
         summary = json.loads(results.read_text())
         if summary.get("status") == "finished" and "test" in summary:
-            log.info("%s: finished earlier, reusing its results", run_dir)
+            log.info("%s: finished earlier with the same settings, reusing its results", run_dir)
             return summary
     if (run_dir / "last.pt").is_file():
         log.info("%s: resuming", run_dir)
@@ -40,6 +47,32 @@ def run_fold(cfg: TrainConfig) -> dict[str, Any]:
         return train(cfg, explicit={"resume", "epochs", "device", "workers", "quiet", "threads",
                                     "eval_batch_size", "plot_every"})
     return train(cfg)
+
+
+def check_same_recipe(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse to reuse ``run_dir`` when the run recorded there was made with other settings."""
+    recorded = recorded_train_config(run_dir)
+    if recorded is None:
+        return
+    differing = recipe_differences(cfg, recorded)
+    if differing:
+        raise ValueError(f"{run_dir} holds a run made with other settings: {'; '.join(differing)}. "
+                         "Rerun with --fresh to redo it (its folder is deleted), or choose "
+                         "another --out")
+
+
+def recorded_train_config(run_dir: Path) -> dict[str, Any] | None:
+    """The train_config of the run in ``run_dir`` (config.json, else last.pt), None if none."""
+    config = run_dir / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text())["train_config"]
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{config}: unreadable run record ({err}); rerun with "
+                                  "--fresh") from err
+    if (run_dir / "last.pt").is_file():
+        return load_checkpoint(run_dir / "last.pt").get("train_config", {})
+    return None
 
 
 def table1(results: Sequence[dict[str, Any]], protocol: str, *, lines: Sequence[str] | None = None,
@@ -78,8 +111,9 @@ def write_intensity_table(out: Path, variant: str, results: Sequence[dict[str, A
     return text
 
 
-def crossval(args: argparse.Namespace) -> dict[str, Any]:
-    """Train and test every (variant, fold), then write the tables (see model.crossval)."""
+def crossval(args: argparse.Namespace, explicit: set[str] | None = None) -> dict[str, Any]:
+    """Train and test every (variant, fold), then write the tables (see model.crossval).
+    ``explicit``: the options the command line gave (a ``--recipe`` fills the others)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     resamples = int(getattr(args, "bootstrap", DEFAULT_RESAMPLES))
@@ -92,7 +126,7 @@ def crossval(args: argparse.Namespace) -> dict[str, Any]:
     folds = args.folds or fold_numbers(args.manifest)
     variants = list(args.variants or (list(TABLE2_ORDER) if args.ablations else ["tranet"]))
     variants += [c for c in compare if c in VARIANTS and c not in variants]
-    base = config_from_args(args, fold=folds[0], out=str(out), variant=variants[0])
+    base = config_from_args(args, explicit, fold=folds[0], out=str(out), variant=variants[0])
     test_camera = getattr(args, "test_camera", None)
     if test_camera and test_camera in base.cameras:
         raise ValueError(f"--test-camera {test_camera}: the models also train on that camera "
@@ -101,7 +135,7 @@ def crossval(args: argparse.Namespace) -> dict[str, Any]:
     for fold in folds:
         load_data(TrainConfig(**{**base.__dict__, "fold": fold, "workers": 0}), DistInfo(),
                   _cpu())
-    per_variant, failures = train_all(base, out, variants, folds)
+    per_variant, failures = train_all(base, out, variants, folds, getattr(args, "fresh", False))
     if failures and failures[-1].get("error") == "interrupted":
         return {"status": "interrupted", "failures": failures}
     if test_camera:
@@ -113,17 +147,23 @@ def crossval(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def train_all(base: TrainConfig, out: Path, variants: Sequence[str], folds: Sequence[int]
-              ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """Every (variant, fold); a failed fold is recorded and the others still run."""
+def train_all(base: TrainConfig, out: Path, variants: Sequence[str], folds: Sequence[int],
+              fresh: bool = False) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Every (variant, fold); a failed fold is recorded and the others still run. Without
+    ``fresh``, a run folder recorded with other settings stops everything before any training."""
+    configs = {(variant, fold): TrainConfig(**{**base.__dict__, "variant": variant, "fold": fold,
+                                               "out": str(out / variant / f"fold{fold}")})
+               for variant in variants for fold in folds}
+    if not fresh:  # refuse before anything trains or any table is rewritten
+        for cfg in configs.values():
+            check_same_recipe(cfg, Path(cfg.out))
     per_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     failures: list[dict[str, Any]] = []
     for variant in variants:
         for fold in folds:
-            cfg = TrainConfig(**{**base.__dict__, "variant": variant, "fold": fold,
-                                 "out": str(out / variant / f"fold{fold}")})
+            cfg = configs[(variant, fold)]
             try:
-                summary = run_fold(cfg)
+                summary = run_fold(cfg, fresh=fresh)
             except (DataError, CheckpointError, ValueError, FloatingPointError) as err:
                 log.error("%s fold %d failed: %s", variant, fold, err)
                 failures.append({"variant": variant, "fold": fold, "error": str(err)})

@@ -15,6 +15,7 @@ rather than silently training with a misplaced mask.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -104,6 +105,21 @@ def check_frame_counts(spec: FoldSpec, readers: Sequence[ShardReader], camera: s
     if changed:
         raise DataError(f"{spec.manifest}: shards changed since the folds were built: "
                         f"{', '.join(changed)}; rebuild the folds (pipeline.build_folds)")
+
+
+def training_subjects(spec: FoldSpec, select_on: str) -> FoldSpec:
+    """The fold as a run uses it. Selecting on the test subjects (the paper's protocol) leaves the
+    validation subjects nothing to do, so they train too: every non-test subject (18 a fold on
+    DISFA's 3 folds), as the paper trains. The manifest's au_weights were computed without them
+    and are dropped (the trainer derives the weights from its training shards)."""
+    if select_on != "test" or not spec.subjects["val"]:
+        return spec
+    subjects = {"train": spec.subjects["train"] + spec.subjects["val"], "val": [],
+                "test": list(spec.subjects["test"])}
+    log.info("%s fold %d: selection on the test subjects, so the validation subjects %s train "
+             "too (%d training subjects)", spec.manifest, spec.fold, spec.subjects["val"],
+             len(subjects["train"]))
+    return dataclasses.replace(spec, subjects=subjects, au_weights=None)
 
 
 def fold_numbers(manifest_path: Path | str) -> list[int]:

@@ -1,24 +1,32 @@
-"""Training loss of TRA-Net: multi-label binary cross-entropy per branch, summed over branches.
+"""Training loss of TRA-Net and of every Table 2 variant: the paper's three AU groups' BCE, summed.
 
 Paper: "Multilabel binary cross-entropy was used as the loss function, and losses from the upper
-branch, middle branch, and lower branch were summed as the final loss". Each branch's loss is the
-mean over its (frame, AU) entries, so a branch with three AUs does not outweigh one with two.
+branch, middle branch, and lower branch were summed as the final loss". Each group's loss is the
+mean over its (frame, AU) entries, so a group with three AUs does not outweigh one with two.
+
+The groups are the face regions of the AUs (upper 1, 2, 4; middle 6, 9; lower 12, 25, 26; the
+other DISFA AUs by ``REGION_OF_AU``), not the heads of the model: a single-branch variant
+(``senet50``, ``senet50_cbam``) gets the same loss as TRA-Net on the same logits. One mean over all
+K columns instead would scale its gradients by about 1/3, an effective learning rate a third of
+TRA-Net's, and Table 2's rows would not compare the modules they name.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..nets.tranet import region_groups
+
 
 def branch_bce_loss(logits: torch.Tensor, targets: torch.Tensor, branch_groups: Sequence[Sequence[int]],
                     au_weights: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
-    """Sum over branches of the mean BCE-with-logits of that branch's AU columns.
+    """Sum over groups of the mean BCE-with-logits of that group's AU columns.
 
     ``logits``/``targets``: [B, K] (targets 0/1, any float dtype). ``branch_groups``: column
-    indices per branch, together covering every column once. ``au_weights`` ([K], optional)
-    multiplies each AU's per-entry loss before the branch mean (e.g. the folds' ``au_weights``,
+    indices per group, together covering every column once. ``au_weights`` ([K], optional)
+    multiplies each AU's per-entry loss before the group mean (e.g. the folds' ``au_weights``,
     which sum to K so an all-ones vector is the unweighted loss).
     """
     if logits.shape != targets.shape or logits.dim() != 2:
@@ -44,6 +52,22 @@ def _columns(values: torch.Tensor, group: Sequence[int]) -> torch.Tensor:
     if group == list(range(group[0], group[0] + len(group))):
         return values[:, group[0]:group[0] + len(group)]
     return torch.stack([values[:, i] for i in group], dim=1)
+
+
+def region_loss_groups(au_ids: Sequence[int]) -> list[list[int]]:
+    """Column indices of the paper's AU groups (upper, middle, lower) present in ``au_ids``."""
+    return list(region_groups(au_ids).values())
+
+
+def region_bce_criterion(au_ids: Sequence[int], au_weights: torch.Tensor | None = None
+                         ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss of every variant: ``branch_bce_loss`` over the region groups of ``au_ids``."""
+    groups = region_loss_groups(au_ids)
+
+    def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return branch_bce_loss(logits, targets, groups, au_weights)
+
+    return criterion
 
 
 #: Intensity targets and predictions are divided by this (FACS's top intensity) inside the loss,

@@ -33,10 +33,12 @@ from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distrib
                           resolve_device)
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
                    check_frame_counts, collate_frames, default_workers, evaluation_indices,
-                   fold_spec, load_manifest, open_shards, single_threaded_opencv)
-from .config import TrainConfig, effective_lr, protocol_note, threshold_note
+                   fold_spec, load_manifest, open_shards, single_threaded_opencv,
+                   training_subjects)
+from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, effective_lr, protocol_note,
+                     threshold_note)
 from .early_stopping import EarlyStopping
-from .losses import TaskLoss
+from .losses import TaskLoss, region_loss_groups
 from .precision import Precision, choose_precision
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics, intensity_markdown
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
@@ -44,8 +46,9 @@ from ..evaluation.ranking import tune_thresholds
 from ..evaluation.records import results_markdown, write_json, write_metrics
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       task_frame_weights)
+from ..nets.backbones import default_frozen_blocks
 from ..nets.regions import ALL_AUS
-from ..nets.tranet import TRANetConfig, build_model
+from ..nets.tranet import TRANetConfig, build_model, config_from_record
 from ..weights.pretrained import load_pretrained
 from ..nets.transforms import InputTransform, to_model_input
 
@@ -215,7 +218,7 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
 
     ``--batch-size`` is per process (per GPU): every rank draws its own ``batch_size`` frames a
     step from its own sampler stream, so the global batch is ``batch_size * world``."""
-    spec = fold_spec(cfg.manifest, cfg.fold)
+    spec = training_subjects(fold_spec(cfg.manifest, cfg.fold), cfg.select_on)
     context = f"{spec.manifest} fold {spec.fold}"
     _check_subjects(spec, cfg, context)
     threshold = cfg.threshold if cfg.threshold is not None else spec.threshold
@@ -584,7 +587,7 @@ def _resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, d
         check_compatible(state, path, variant=cfg.variant)
     stored = dict(state["train_config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in stored.items() if k in known}
+    values = {**LEGACY_TRAIN_CONFIG, **{k: v for k, v in stored.items() if k in known}}
     conflicts = []
     for name in explicit:
         if name in RESUME_OVERRIDABLE or name not in values:
@@ -623,6 +626,8 @@ class TrainingRun:
     stopper: EarlyStopping
     note: str
     pretrained: dict[str, Any] | None = None  # PretrainedReport.as_dict() of a new run's weights
+    freezing: dict[str, Any] = field(default_factory=dict)
+    sync_batchnorm: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     completed: int = 0
     resumed_world: int | None = None
@@ -667,8 +672,7 @@ def train(
     if resume_state is not None:
         resume_run(run, resume_state)
     if info.enabled:
-        run.model = torch.nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[device.index] if device.type == "cuda" else None)
+        distribute(run)
     if cfg.compile:
         run.model = torch.compile(run.model)
     if info.is_main:
@@ -703,22 +707,21 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     """The model (with pretrained weights on a new run), optimiser, schedule and loss."""
     au_ids = list(data.spec.au_ids)
     size = data.geometry["image_size"]
-    model_cfg = TRANetConfig(
-        variant=cfg.variant, preset=cfg.preset, au_ids=tuple(au_ids), image_size=size,
-        center=tuple(v / size for v in data.geometry["nose_target"]), backbone=cfg.backbone,
-        frozen_blocks=cfg.frozen_blocks,
-        input_transform=None if cfg.input_transform == "auto" else cfg.input_transform,
-        intensity_aus=tuple(ALL_AUS) if cfg.task != "occurrence" else ())
     if resume_state is not None:
         check_compatible(resume_state, Path(cfg.resume) / "last.pt", variant=cfg.variant,
                          au_ids=au_ids, image_size=size)
         check_resume_world(resume_state, cfg, info)
+    model_cfg = TRANetConfig(
+        variant=cfg.variant, preset=cfg.preset, au_ids=tuple(au_ids), image_size=size,
+        center=tuple(v / size for v in data.geometry["nose_target"]), backbone=cfg.backbone,
+        input_transform=None if cfg.input_transform == "auto" else cfg.input_transform,
+        decoder_se=cfg.decoder_se, channels_last=cfg.channels_last, frozen_blocks=0,
+        intensity_aus=tuple(ALL_AUS) if cfg.task != "occurrence" else ())
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(model_cfg)
     pretrained = _initial_weights(cfg, model, resume_state)
+    freezing = freeze_pretrained_blocks(model, cfg, resume_state, pretrained)
     model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=effective_lr(cfg, info.world), momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -728,15 +731,16 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
         if cfg.lr_schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
     loss_weights = (torch.as_tensor(data.au_weights, dtype=torch.float32, device=device)
                     if cfg.au_weights else None)
-    criterion = TaskLoss(cfg.task, model.branch_groups,
+    # One loss for every variant: the paper's three AU groups, whichever head made the logits.
+    criterion = TaskLoss(cfg.task, region_loss_groups(au_ids),
                          model.intensity_groups if model.has_intensity else (), loss_weights,
                          cfg.intensity_weight)
-
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,
                        stopper=EarlyStopping(patience=cfg.patience),
-                       note=protocol_note(cfg.select_on, data.threshold), pretrained=pretrained)
+                       note=protocol_note(cfg.select_on, data.threshold), pretrained=pretrained,
+                       freezing=freezing)
 
 
 def _initial_weights(cfg: TrainConfig, model: torch.nn.Module,
@@ -754,6 +758,99 @@ def _initial_weights(cfg: TrainConfig, model: torch.nn.Module,
             model_cfg.input_transform = report["input_transform"]
     model_cfg.input_transform = model.input_transform.as_dict()  # recorded explicitly
     return report
+
+
+#: A full-preset training step on a 2-core CPU (model.bench, idle machine): images per second.
+CPU_FULL_PRESET_IMAGES_PER_SECOND = 4.7
+
+
+def freeze_pretrained_blocks(model: torch.nn.Module, cfg: TrainConfig,
+                             resume_state: dict[str, Any] | None,
+                             report: dict[str, Any] | None) -> dict[str, Any]:
+    """Freeze the leading blocks (``--frozen-blocks``, else the backbone's default) only as far
+    as ``--pretrained`` filled them (``report``: what ``load_pretrained`` loaded).
+
+    The paper freezes blocks 1-2 to keep VGGFace2 features; a random block frozen would only be
+    crippled, so without weights nothing is frozen unless ``--frozen-blocks`` asks for it.
+    Returns what config.json records.
+    """
+    wanted = (cfg.frozen_blocks if cfg.frozen_blocks is not None
+              else default_frozen_blocks(cfg.backbone, model.config.preset_spec.frozen_blocks))
+    if resume_state is not None:
+        blocks = config_from_record(resume_state["model_config"]).resolved_frozen_blocks
+        reason = "as recorded by the run being resumed"
+    elif report is not None:
+        missing = set(report.get("missing", []))
+        loaded = {f"backbone.{n}" for n, _ in model.backbone.named_parameters() if n not in missing}
+        blocks = _loaded_leading_blocks(model, wanted, loaded)
+        reason = (f"loaded from {cfg.pretrained}; the pretrained leading blocks are frozen"
+                  if blocks else f"{cfg.pretrained} did not fill the leading blocks")
+    elif cfg.frozen_blocks:
+        blocks = wanted
+        reason = "--frozen-blocks without pretrained weights: random blocks frozen as asked"
+    else:
+        blocks = 0
+        reason = ("no pretrained weights: every layer starts random and is trained (freezing "
+                  "only protects pretrained features)")
+        _warn_from_scratch(cfg)
+    model.set_frozen_blocks(blocks)
+    frozen = {n: p.numel() for n, p in model.named_parameters() if not p.requires_grad}
+    log.info("frozen: %s (%d parameters): %s", _block_names(blocks), sum(frozen.values()), reason)
+    return {"frozen_blocks": blocks, "blocks": _block_names(blocks), "reason": reason,
+            "frozen_parameters": sum(frozen.values()), "parameter_names": sorted(frozen)}
+
+
+def _loaded_leading_blocks(model: torch.nn.Module, wanted: int, loaded: set[str]) -> int:
+    """The largest n <= wanted whose first n blocks' parameters all came from the weight file."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    for blocks in range(wanted, 0, -1):
+        model.set_frozen_blocks(blocks)
+        if all(names[id(p)] in loaded for m in model.frozen_modules() for p in m.parameters()):
+            return blocks
+    return 0
+
+
+def _block_names(blocks: int) -> str:
+    return ("nothing", "block 1 (stem)", "blocks 1-2 (stem + stride-4 stage)",
+            "blocks 1-3 (stem + stride-4 and stride-8 stages)",
+            "blocks 1-4 (stem + stride-4, 8 and 16 stages)")[blocks]
+
+
+def _warn_from_scratch(cfg: TrainConfig) -> None:
+    if cfg.preset != "full":
+        return
+    minutes = cfg.batches_per_epoch * cfg.batch_size / CPU_FULL_PRESET_IMAGES_PER_SECOND / 60
+    log.warning("the full preset without --pretrained trains SENet-50 from scratch, which the "
+                "paper's recipe (lr %g) does not expect; on a CPU it runs ~%.1f images/s "
+                "(2 cores), i.e. ~%.0f min an epoch of %d x %d frames: use a GPU, the VGGFace2 "
+                "weights (--pretrained), or --recipe cpu-demo", cfg.lr,
+                CPU_FULL_PRESET_IMAGES_PER_SECOND, minutes, cfg.batches_per_epoch, cfg.batch_size)
+
+
+def distribute(run: TrainingRun) -> None:
+    """Wrap the model in DDP, with SyncBatchNorm (``--no-sync-bn`` aside) where torch has it."""
+    cfg, device = run.cfg, run.device
+    wanted, possible = cfg.sync_bn, device.type == "cuda"
+    if wanted and possible:
+        run.model = with_sync_batchnorm(run.model)
+        note = f"BatchNorm statistics synchronised over the {run.info.world} processes"
+    elif wanted:
+        note = ("per-process BatchNorm: torch's SyncBatchNorm runs on CUDA only, these "
+                f"{run.info.world} processes train on the CPU")
+        if run.info.is_main:
+            log.warning("%s", note)
+    else:
+        note = "per-process BatchNorm (--no-sync-bn)"
+    run.sync_batchnorm = {"enabled": wanted and possible, "note": note}
+    run.model = torch.nn.parallel.DistributedDataParallel(
+        run.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def with_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Every BatchNorm as a SyncBatchNorm sharing its parameters and buffers (frozen ones stay
+    frozen: ``TRANet.train`` keeps them in eval mode, where nothing is synchronised)."""
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return converted.train(model.training)
 
 
 def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) -> None:
@@ -818,6 +915,8 @@ def record_run_start(run: TrainingRun) -> None:
         "frames": {"train": len(data.train), "select": data.select_frames,
                    "test": data.test_frames},
         "trainable_parameters": sum(p.numel() for p in params),
+        "frozen": run.freezing, "recipe": cfg.recipe,
+        "sync_batchnorm": run.sync_batchnorm or {"enabled": False, "note": "one process"},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     })
     log.info("fold %d: %d train frames (%s), selection on %s (%d frames), %d test frames",
@@ -986,12 +1085,9 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
 
 def final_test(model, run_dir: Path, data: FoldData, device, cfg: TrainConfig, au_ids,
                criterion, info: DistInfo) -> tuple[MetricAccumulator, IntensityMetrics | None]:
-    """best.pt's weights on every test frame: counts per subject, scores kept for ROC-AUC/AP;
-    and the intensity metrics when the model has an intensity head."""
-    if info.enabled:
-        dist.barrier()  # rank 0 may still be writing best.pt
-    best = load_checkpoint(run_dir / "best.pt", map_location="cpu")
-    _unwrap(model).load_state_dict(best["model"])
+    """best.pt's weights on every test frame (each rank tests its share): counts per subject,
+    scores kept for ROC-AUC/AP; and the intensity metrics when the model has an intensity head."""
+    _unwrap(model).load_state_dict(best_weights(run_dir, info))
     acc, regression = run_task_evaluation(
         _unwrap(model), data.test_loader, device, au_ids, criterion, amp=cfg.amp,
         channels_last=cfg.channels_last, info=info, desc="test",
@@ -1018,6 +1114,16 @@ def tune_decision_thresholds(run: TrainingRun, tested: MetricAccumulator) -> dic
                  _fmt_rates(run.au_ids, values))
     return {"decision_thresholds": record,
             "test_tuned": tested.at_thresholds(values).compute().as_dict()}
+
+
+def best_weights(run_dir: Path, info: DistInfo) -> dict[str, torch.Tensor]:
+    """best.pt's weights on every rank: rank 0 (which wrote it) reads the file and broadcasts
+    them, so the ranks need no shared filesystem."""
+    box = [load_checkpoint(run_dir / "best.pt", map_location="cpu")["model"]
+           if info.is_main else None]
+    if info.enabled:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _plot(run_dir: Path, history, au_ids, cfg: TrainConfig) -> None:

@@ -9,7 +9,7 @@ Structure (paper Sec. 3, Fig. 1):
   pretrained weights, freezes none). The stride-8/16/32 maps (SENet's ``layer2..layer4``) are the
   encoder (28 -> 14 -> 7 at 224 input).
 * Decoder (``model.decoder``): 7 -> 14 -> 28 with additive skips from layer3 and layer2, one conv
-  and one SE per stage. The decoded map has layer2's shape (512 x 28 x 28 at 224).
+  and one SE per stage; the SE has the paper's residual form (Eq. 3, ``decoder_se="residual"``). The decoded map has layer2's shape (512 x 28 x 28 at 224).
 * Hard attention: three exact 0/1 row masks on the decoded map built from the face centre
   (the aligned nose midpoint; see :func:`hard_masks` for the rounding rule).
 * One branch per region: [CBAM -> two 3x3 convs with a residual connection -> 2x2 max pool] x 2,
@@ -17,6 +17,8 @@ Structure (paper Sec. 3, Fig. 1):
   Upper: AU1, AU2, AU4 (+AU5); middle: AU6, AU9; lower: AU12, AU25, AU26 (+AU15, AU17, AU20).
   A branch whose region has none of ``cfg.au_ids`` is not built.
 * Output: logits ``[B, K]`` in the order of ``cfg.au_ids``; ``model.branch_groups`` gives the
+  indices each branch predicts. The training loss (``model.engine.losses``) sums the mean BCE of the
+  three region groups for every variant, whichever head produced the logits.
   indices each branch predicts (the loss sums per-branch BCE over these groups).
 * Optional intensity head (``cfg.intensity_aus``, e.g. DISFA's 12 AUs; empty = the paper's
   detector only): one more linear layer per branch beside the occurrence FC, on the same hidden
@@ -41,7 +43,7 @@ from torch import nn
 
 from .attention import CBAM
 from .backbones import MAX_FROZEN_BLOCKS, build_backbone, default_frozen_blocks, parse_backbone
-from .decoder import Decoder
+from .decoder import SE_KINDS, Decoder
 from .regions import ALL_AUS, DEFAULT_FACE_CENTER, EVAL_AUS
 from .transforms import InputTransform, resolve_transform
 
@@ -100,6 +102,16 @@ PRESETS: dict[str, PresetSpec] = {
 }
 
 
+#: What a ``model_config`` recorded before an option existed meant (checkpoints stay loadable and
+#: rebuild the network they were trained as).
+LEGACY_MODEL_CONFIG: dict[str, object] = {"decoder_se": "plain"}
+
+
+def config_from_record(record: dict) -> "TRANetConfig":
+    """A TRANetConfig from a recorded ``asdict`` (older records get :data:`LEGACY_MODEL_CONFIG`)."""
+    return TRANetConfig(**{**LEGACY_MODEL_CONFIG, **record})
+
+
 def _default_center() -> tuple[float, float]:
     # The alignment puts the nose midpoint here (fractions of the aligned frame).
     return (float(DEFAULT_FACE_CENTER[0]), float(DEFAULT_FACE_CENTER[1]))
@@ -131,6 +143,8 @@ class TRANetConfig:
     fc_hidden: int | None = None
     reduction: int = 16
     decoder_kernel: int = 1
+    #: The decoder's SE gates: "residual" (the paper's Eq. 3, O = S_e * U + U) or "plain" (S_e * U).
+    decoder_se: str = "residual"
     frozen_blocks: int | None = None
     #: Run in channels_last layout (oneDNN on CPU and tensor cores on GPU are faster in NHWC;
     #: 1.3-1.4x per CPU training step here). Layout only: weights and outputs are the same.
@@ -155,6 +169,8 @@ class TRANetConfig:
         if len(set(self.au_ids)) != len(self.au_ids):
             raise ValueError(f"au_ids has duplicates: {list(self.au_ids)}")
         self._check_intensity_aus()
+        if self.decoder_se not in SE_KINDS:
+            raise ValueError(f"decoder_se must be one of {list(SE_KINDS)}, got {self.decoder_se!r}")
         if self.frozen_blocks is not None and not 0 <= self.frozen_blocks <= MAX_FROZEN_BLOCKS:
             raise ValueError(f"frozen_blocks must be 0 to {MAX_FROZEN_BLOCKS}, got {self.frozen_blocks}")
         parse_backbone(self.backbone)
@@ -292,7 +308,8 @@ class RegionBranch(nn.Module):
 # The model
 
 
-def _region_groups(au_ids: Sequence[int]) -> dict[str, list[int]]:
+def region_groups(au_ids: Sequence[int]) -> dict[str, list[int]]:
+    """Column indices into ``au_ids`` of each face region that has AUs (upper, middle, lower)."""
     groups = {r: [i for i, au in enumerate(au_ids) if REGION_OF_AU[au] == r] for r in REGIONS}
     return {r: g for r, g in groups.items() if g}
 
@@ -312,18 +329,17 @@ class TRANet(nn.Module):
         spec, preset = cfg.spec, cfg.preset_spec
         k = len(cfg.au_ids)
         self.backbone = build_backbone(cfg.backbone, preset.layers, preset.base_width, cfg.reduction)
-        for module in self.frozen_modules():
-            for p in module.parameters():
-                p.requires_grad_(False)
+        self._set_requires_grad(frozen=True)
         channels = self.backbone.feature_channels
-        self.decoder = Decoder(channels, cfg.reduction, cfg.decoder_kernel) if spec.decoder else None
+        self.decoder = (Decoder(channels, cfg.reduction, cfg.decoder_kernel, cfg.decoder_se)
+                        if spec.decoder else None)
 
         r = len(cfg.intensity_aus)
         by_region = spec.head == "branches" and spec.hard_mask
-        self._groups: dict[str, list[int]] = _region_groups(cfg.au_ids) if by_region \
+        self._groups: dict[str, list[int]] = region_groups(cfg.au_ids) if by_region \
             else {"all": list(range(k))}
         self._intensity_groups: dict[str, list[int]] = (
-            {name: _region_groups(cfg.intensity_aus).get(name, []) for name in self._groups}
+            {name: region_groups(cfg.intensity_aus).get(name, []) for name in self._groups}
             if by_region else {"all": list(range(r))})
         if spec.head == "fc":
             self.fc = nn.Linear(channels[-1], k)
@@ -372,6 +388,22 @@ class TRANet(nn.Module):
         """The frozen leading blocks: block 1 = the stem (SENet: conv1, bn1), block 2 = the
         stride-4 stage (SENet: layer1), 3 and 4 the stride-8 and stride-16 stages."""
         return self.backbone.leading_blocks(self.config.resolved_frozen_blocks)
+
+    def set_frozen_blocks(self, blocks: int) -> None:
+        """Freeze the first ``blocks`` blocks (0 none, 1 stem, 2 stem + the stride-4 stage, up to
+        MAX_FROZEN_BLOCKS) and unfreeze the others; the number is recorded in
+        ``self.config.frozen_blocks``."""
+        if not 0 <= blocks <= MAX_FROZEN_BLOCKS:
+            raise ValueError(f"frozen_blocks must be 0 to {MAX_FROZEN_BLOCKS}, got {blocks}")
+        self._set_requires_grad(frozen=False)
+        self.config.frozen_blocks = blocks
+        self._set_requires_grad(frozen=True)
+        self.train(self.training)
+
+    def _set_requires_grad(self, frozen: bool) -> None:
+        for module in self.frozen_modules():
+            for p in module.parameters():
+                p.requires_grad_(not frozen)
 
     def train(self, mode: bool = True) -> "TRANet":
         super().train(mode)

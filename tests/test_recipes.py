@@ -1,0 +1,91 @@
+"""Named recipes (model/recipes/*.json): loaded by name or file, overridden by explicit options,
+recorded in config.json; the paper's needs pretrained weights."""
+import json
+
+import pytest
+import torch
+
+from model.engine.config import TrainConfig
+from model.engine.recipes import RECIPE_DIR, load_recipe, recipe_names
+from model.train import build_parser, explicit_options, main
+from model.engine.config import config_from_args
+from trainer_fixtures import make_dataset
+
+
+def _config(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return config_from_args(args, explicit_options(parser, argv))
+
+
+BASE = ["--shards", "s", "--manifest", "m.json", "--fold", "1", "--out", "o"]
+
+
+def test_recipes_ship_with_the_package_and_name_real_options():
+    assert {"paper", "cpu-demo"} <= set(recipe_names())
+    setup = (RECIPE_DIR.parent.parent / "setup.cfg").read_text()
+    assert "recipes/*.json" in setup                     # package data: installed with model/
+    paper = load_recipe("paper")
+    assert paper.requires_pretrained and paper.settings["preset"] == "full"
+    assert paper.settings["select_on"] == "test"          # the paper's protocol
+    defaults = TrainConfig(shards="", manifest="", fold=1, out="")
+    for key in ("lr", "momentum", "weight_decay", "batch_size", "batches_per_epoch", "patience"):
+        assert paper.settings[key] == getattr(defaults, key), key
+    demo = load_recipe("cpu-demo")
+    assert demo.settings["preset"] == "small" and demo.settings["lr_schedule"] == "cosine"
+    assert demo.settings["jitter_scale"] > 0 and not demo.requires_pretrained
+
+
+def test_explicit_options_override_a_recipe_and_the_recipe_is_recorded():
+    cfg = _config(BASE + ["--recipe", "cpu-demo", "--lr", "0.01", "--no-flip"])
+    assert cfg.preset == "small" and cfg.lr_schedule == "cosine" and cfg.jitter_degrees == 5.0
+    assert cfg.lr == 0.01 and cfg.flip is False            # given on the command line
+    assert cfg.recipe["name"] == "cpu-demo" and cfg.recipe["settings"]["lr"] == 0.05
+    # an explicit value equal to the default still wins over the recipe
+    assert _config(BASE + ["--recipe", "cpu-demo", "--lr", "0.001"]).lr == 0.001
+    assert _config(BASE).recipe is None and _config(BASE).preset == "full"
+
+
+def test_paper_recipe_requires_pretrained_weights(tmp_path):
+    with pytest.raises(ValueError, match="--recipe paper .*--pretrained"):
+        _config(BASE + ["--recipe", "paper"])
+    cfg = _config(BASE + ["--recipe", "paper", "--pretrained", "w.pkl", "--threshold", "2"])
+    assert cfg.threshold == 2 and cfg.select_on == "test" and cfg.preset == "full"
+
+
+def test_an_edited_copy_is_a_recipe_and_bad_ones_are_named(tmp_path):
+    mine = json.loads((RECIPE_DIR / "cpu-demo.json").read_text())
+    mine["name"], mine["settings"]["epochs"] = "mine", 3
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(mine))
+    cfg = _config(BASE + ["--recipe", str(path)])
+    assert cfg.epochs == 3 and cfg.recipe["name"] == "mine" and cfg.recipe["source"] == str(path)
+    mine["settings"]["learning_rate"] = 1
+    path.write_text(json.dumps(mine))
+    with pytest.raises(ValueError, match=r"mine.json: unknown options \['learning_rate'\]"):
+        _config(BASE + ["--recipe", str(path)])
+    with pytest.raises(ValueError, match="no such recipe.*cpu-demo"):
+        _config(BASE + ["--recipe", "fast"])
+
+
+def test_recipe_lands_in_config_json(tmp_path, caplog):
+    shards, manifest = make_dataset(tmp_path / "d", frames=16, size=32)
+    out = tmp_path / "run"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
+                     "--out", str(out), "--recipe", "cpu-demo", "--image-size", "32",
+                     "--epochs", "1", "--batches-per-epoch", "1", "--batch-size", "8",
+                     "--workers", "0", "--quiet"])
+    finally:
+        torch.set_num_threads(old)
+    assert code == 0
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["recipe"]["name"] == "cpu-demo"
+    assert recorded["recipe"]["settings"] == load_recipe("cpu-demo").settings
+    assert recorded["train_config"]["lr"] == 0.05 and recorded["train_config"]["epochs"] == 1
+    assert recorded["model_config"]["channels_last"] is True
+    assert recorded["frozen"]["frozen_blocks"] == 0
+    assert main(BASE + ["--recipe", "paper"]) == 1
+    assert "--pretrained" in caplog.text
