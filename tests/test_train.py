@@ -75,10 +75,16 @@ def test_training_stops_early_at_the_right_epoch(data, tmp_path, monkeypatch):
 
 # -- a short run learns ------------------------------------------------------------------------
 
-def test_short_run_loss_falls_and_f1_beats_chance(data, tmp_path):
+def test_short_run_loss_falls_and_f1_beats_chance(data, tmp_path, caplog):
     out = tmp_path / "run"
-    summary = train(config(data, out, epochs=6, batches_per_epoch=8, batch_size=16, workers=2,
-                           select_on="test"))
+    with caplog.at_level("INFO", logger="model.train"):
+        summary = train(config(data, out, epochs=6, batches_per_epoch=8, batch_size=16,
+                               workers=2, select_on="test"))
+    # readable logs: one recipe block at the start, epoch lines under 120 characters
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 6 and all(len(line) < 120 for line in epochs), epochs
+    block = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("run "))
+    assert "augmentation: flip" in block and "lr 0.05" in block and "from scratch" in block
     history = json.loads((out / "metrics.json").read_text())
     losses = [e["train_loss"] for e in history["epochs"]]
     assert losses[-1] < 0.7 * losses[0]

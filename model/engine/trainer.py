@@ -43,6 +43,7 @@ from .precision import Precision, choose_precision
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics, intensity_markdown
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
 from ..evaluation.ranking import tune_thresholds
+from ..evaluation.provenance import recipe_line
 from ..evaluation.records import results_markdown, write_json, write_metrics
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       task_frame_weights)
@@ -919,6 +920,7 @@ def record_run_start(run: TrainingRun) -> None:
         "sync_batchnorm": run.sync_batchnorm or {"enabled": False, "note": "one process"},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     })
+    log_recipe_block(run)
     log.info("fold %d: %d train frames (%s), selection on %s (%d frames), %d test frames",
              cfg.fold, len(data.train), ", ".join(data.spec.subjects["train"]),
              cfg.select_on, data.select_frames, data.test_frames)
@@ -929,6 +931,22 @@ def record_run_start(run: TrainingRun) -> None:
              batch["lr"], cfg.lr_scaling, choose_precision(run.device, cfg.amp).name)
     log.info("per-AU positive rate: natural %s -> expected under the sampler %s",
              _fmt_rates(au_ids, data.natural_rate), _fmt_rates(au_ids, data.expected_rate))
+
+
+def log_recipe_block(run: TrainingRun) -> None:
+    """The run's recipe in one block at the start: what was trained, on what, and how."""
+    cfg = run.cfg
+    record = {**run.payload(), "pretrained": run.pretrained}
+    jitter = (f"jitter scale {cfg.jitter_scale:g} / {cfg.jitter_degrees:g} deg / shift "
+              f"{cfg.jitter_shift:g}" if cfg.jitter_scale or cfg.jitter_degrees or cfg.jitter_shift
+              else "no jitter")
+    lines = [f"recipe: {cfg.recipe['name']}" if cfg.recipe else "recipe: options as given",
+             recipe_line(record),
+             f"task {cfg.task}; lr {cfg.lr:g} ({cfg.lr_schedule}), momentum {cfg.momentum:g}, "
+             f"weight decay {cfg.weight_decay:g}; {cfg.epochs} epochs x {cfg.batches_per_epoch} "
+             f"batches of {cfg.batch_size}, patience {cfg.patience}",
+             f"augmentation: {'flip' if cfg.flip else 'no flip'}, {jitter}; sampler {cfg.sampler}"]
+    log.info("run %s\n  %s", run.run_dir, "\n  ".join(lines))
 
 
 def batch_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
@@ -1028,13 +1046,12 @@ def end_of_epoch(run: TrainingRun, epoch: int) -> None:
     write_metrics(run.run_dir, run.history, au_ids, _metrics_header(run))
     if epoch % max(cfg.plot_every, 1) == 0:
         _plot(run.run_dir, run.history, au_ids, cfg)
-    log.info("epoch %d: train loss %.4f | %s mean F1 %.4f acc %.4f%s%s | %.1fs | positive "
-             "rate drawn/natural %s", epoch, train_loss, cfg.select_on,
-             metrics.mean_f1, metrics.mean_accuracy,
-             f" mean ICC {intensity.mean_icc:.4f}" if intensity is not None else "",
-             " (best)" if improved else "",
-             row["seconds"], " ".join(f"AU{a}:{d:.3f}/{n:.3f}" for a, d, n in
-                                      zip(au_ids, drawn, data.natural_rate)))
+    # One short line an epoch; the drawn positive rates per AU go to metrics.csv/json.
+    log.info("epoch %d: loss %.4f | %s F1 %.4f%s | best %.4f (epoch %d)%s | %.0fs", epoch,
+             train_loss, cfg.select_on, metrics.mean_f1,
+             f" ICC {intensity.mean_icc:.3f}" if intensity is not None else "",
+             run.stopper.best_score, run.stopper.best_epoch, " *" if improved else "",
+             row["seconds"])
 
 
 def _metrics_header(run: TrainingRun) -> dict[str, Any]:
@@ -1051,6 +1068,9 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
     cfg, info, stopper = run.cfg, run.info, run.stopper
     if info.is_main and run.history:
         _plot(run.run_dir, run.history, run.au_ids, cfg)
+        drawn = np.mean([row["drawn_positive_rate"] for row in run.history], axis=0)
+        log.info("positive rate drawn by the sampler over the run / natural: %s", " ".join(
+            f"AU{a}:{d:.2f}/{n:.2f}" for a, d, n in zip(run.au_ids, drawn, run.data.natural_rate)))
     summary: dict[str, Any] = {"status": status, "run_dir": str(run.run_dir),
                                "protocol": run.note, "select_on": cfg.select_on,
                                "fold": cfg.fold, "variant": cfg.variant,
