@@ -37,7 +37,7 @@ def config(data, out, **kw):
 
 def test_both_task_learns_pixel_visible_intensities(visible, tmp_path):
     out = tmp_path / "both"
-    summary = train(config(visible, out, task="both", epochs=8, batches_per_epoch=12,
+    summary = train(config(visible, out, task="both", epochs=12, batches_per_epoch=12,
                            batch_size=16, lr=0.1, lr_schedule="cosine", select_on="test"))
     icc = summary["test_intensity"]
     assert icc["mean_over"] == [1, 2, 4, 6, 9, 12, 25, 26]

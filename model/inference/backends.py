@@ -68,6 +68,7 @@ class TorchBackend:
         model, self.meta = load_for_inference(checkpoint, device=self.device, state=state)
         self.meta["selected"] = "metrics" in state   # best.pt carries its selection metrics
         self.net = ProbabilityModel(model).eval()
+        self.has_intensity = bool(getattr(model, "has_intensity", False))
 
     @torch.inference_mode()
     def __call__(self, aligned: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:

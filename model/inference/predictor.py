@@ -180,7 +180,9 @@ class AUPredictor:
         self.preprocess = TrainingPreprocess.from_meta(self.meta, cfg.checkpoint)
         self.landmarker = FaceLandmarker(predictor_path=cfg.predictor, upsample=cfg.upsample,
                                          max_detect_width=cfg.detect_width, min_score=cfg.min_score)
-        self.has_intensity: bool | None = None   # known after the first batch
+        # Known from the backend when it can tell (so a video with no face still gets the
+        # AUxx_r columns); otherwise after the first batch.
+        self.has_intensity: bool | None = getattr(self.backend, "has_intensity", None)
         self.last_tracker: BestFaceTracker | MultiFaceTracker | None = None
 
     def describe(self) -> dict[str, Any]:
