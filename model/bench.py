@@ -120,8 +120,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor,
+def make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor,
                      precision: Precision) -> Callable[[], None]:
+    """Forward, region BCE, backward, SGD step: the trainer's step minus the data (also timed by
+    model.gpu_report)."""
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
                           weight_decay=1e-3)
     scaler = precision.grad_scaler()
@@ -138,7 +140,7 @@ def _make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor,
     return step
 
 
-def _make_infer_step(model: TRANet, x: torch.Tensor, precision: Precision) -> Callable[[], None]:
+def make_infer_step(model: TRANet, x: torch.Tensor, precision: Precision) -> Callable[[], None]:
     def step() -> None:
         with torch.inference_mode(), precision.autocast():
             model(x)
@@ -177,12 +179,12 @@ def bench_preset(preset: str, batch: int, size: int, cfg: BenchConfig, device: t
     for m in models.values():
         m.train()
     train, train_cpu = _time_interleaved(
-        {k: _make_train_step(m, x, y, precision) for k, m in models.items()},
+        {k: make_train_step(m, x, y, precision) for k, m in models.items()},
         cfg.steps, cfg.warmup, device)
     for m in models.values():
         m.eval()
     infer, infer_cpu = _time_interleaved(
-        {k: _make_infer_step(m, x, precision) for k, m in models.items()},
+        {k: make_infer_step(m, x, precision) for k, m in models.items()},
         cfg.steps, cfg.warmup, device)
     result = {"preset": preset, "batch": batch, "size": size, "device": str(device),
               "precision": precision.name, "channels_last": cfg.channels_last}
@@ -230,11 +232,11 @@ def bench_backbones(backbones: list[str], cfg: BenchConfig, device: torch.device
                       "frozen_blocks": model.config.resolved_frozen_blocks,
                       "gflops": count_gflops(model, cfg.flops_size), "flops_size": cfg.flops_size}
         model.train()
-    train, _ = _time_interleaved({k: _make_train_step(m, x, y, precision) for k, m in models.items()},
+    train, _ = _time_interleaved({k: make_train_step(m, x, y, precision) for k, m in models.items()},
                                  cfg.steps, cfg.warmup, device)
     for model in models.values():
         model.eval()
-    infer, _ = _time_interleaved({k: _make_infer_step(m, x, precision) for k, m in models.items()},
+    infer, _ = _time_interleaved({k: make_infer_step(m, x, precision) for k, m in models.items()},
                                  cfg.steps, cfg.warmup, device)
     for name, row in rows.items():
         row.update(train_img_s=batch / train[name], infer_img_s=batch / infer[name],

@@ -43,6 +43,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from .bench import make_infer_step, make_train_step
+
 from pipeline.cli import HelpFormatter
 log = logging.getLogger("model.gpu_report")
 
@@ -296,33 +298,6 @@ def _inputs(model, batch: int, size: int, device: torch.device, channels_last: b
         x = x.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, len(model.config.au_ids), device=device) > 0.7).float()
     return x, y
-
-
-def make_train_step(model, x, y, precision) -> Callable[[], None]:
-    """Forward, region BCE, backward, SGD step: the trainer's step minus the data."""
-    from .engine.losses import region_bce_criterion
-
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                          momentum=0.9, weight_decay=1e-3)
-    scaler = precision.grad_scaler()
-    criterion = region_bce_criterion(model.config.au_ids)  # the trainer's loss, every variant
-
-    def step() -> None:
-        with precision.autocast():
-            logits = model(x)
-        loss = criterion(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    return step
-
-
-def make_infer_step(model, x, precision) -> Callable[[], None]:
-    def step() -> None:
-        with torch.inference_mode(), precision.autocast():
-            model(x)
-    return step
 
 
 def measure_ceiling(report: Report, train: bool) -> None:
