@@ -13,12 +13,7 @@ from model.train import StopRequest, TrainConfig, train
 from trainer_fixtures import make_dataset, make_intensity_dataset
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

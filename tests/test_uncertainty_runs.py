@@ -27,12 +27,7 @@ CV = ["--preset", "small", "--epochs", "1", "--batches-per-epoch", "2", "--batch
 SUBJECTS = ("SN001", "SN002", "SN003", "SN004", "SN005", "SN006")
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 def poison(shards, subject):
