@@ -3,13 +3,17 @@ PyTorch against onnxruntime, for the small preset and the full model in one run.
 
     python -m model.predict_bench                      # small + full, torch + onnx
     python -m model.predict_bench --presets small --backends torch --frames 300
+    python -m model.predict_bench --presets full --backends torch --device cuda
 
 The video is skimage's astronaut photograph (a real face, so dlib behaves as on real footage)
 cropped to her head and moved across a textured background; the checkpoint is an untrained
 model of each preset (weights do not change the speed), exported to ONNX for the onnx backend.
 Reports the processing speed (frames processed per second, end to end), per-stage milliseconds
 per frame (``network`` is where the backends differ), and the video's own frame rate for the
-real-time comparison.
+real-time comparison. ``--device cuda`` runs the torch backend's network on the GPU (decoding,
+dlib's face search and landmarks, and the alignment stay on the CPU, as in ``model.predict``),
+after one untimed pass over the video (CUDA start-up and cudnn's kernel search happen once per
+process, not per frame).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from pipeline.alignment import AlignmentConfig
 from pipeline.cli import int_range, positive_float
 from pipeline.shards import DEFAULT_JPEG_QUALITY
 
-from .cli import CommandError, handle_errors
+from .cli import CommandError, device_arg, handle_errors
 from .engine.checkpoint import save_checkpoint
 from .predict import PredictConfig, run_predict
 from .inference.video_io import write_video
@@ -117,7 +121,8 @@ def make_untrained_checkpoint(path: Path, preset: str = "small", image_size: int
 
 def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
                   detect_width: int, batch_size: int, threads: int | None, workdir: Path,
-                  fps: float = 25.0, backend: str = "torch") -> dict[str, Any]:
+                  fps: float = 25.0, backend: str = "torch", device: str = "cpu"
+                  ) -> dict[str, Any]:
     video = workdir / "bench_640x360.avi"
     if not video.exists():
         make_face_video(video, n_frames=frames, fps=fps)
@@ -132,11 +137,17 @@ def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
         if not model.exists():
             export_onnx(ckpt, model)
     cfg = PredictConfig(checkpoint=model, out=workdir / f"out_{preset}_{backend}_{detect_every}",
-                        videos=[video], backend=backend, batch_size=batch_size, threads=threads,
+                        videos=[video], backend=backend, device=device,
+                        batch_size=batch_size, threads=threads,
                         detect_every=detect_every, detect_width=detect_width, progress=False)
+    if device.startswith("cuda"):
+        # Untimed pass first: CUDA's context, lazily loaded kernels and cudnn.benchmark's search
+        # cost seconds once per process, which a 100-frame timing would spread over its frames.
+        run_predict(dataclasses.replace(cfg, out=cfg.out.with_name(cfg.out.name + "_warmup")))
     summary = run_predict(cfg)
     result = summary["inputs"][0]
-    return {"preset": preset, "backend": backend, "image_size": image_size, "video": "640x360",
+    return {"preset": preset, "backend": backend, "device": device_name(backend, device),
+            "image_size": image_size, "video": "640x360",
             "video_fps": fps, "detect_every": detect_every, "detect_width": detect_width,
             "batch_size": batch_size, "threads": threads, "cpu_count": os.cpu_count(),
             "frames": result["frames"], "faces_found": result["faces_found"],
@@ -146,6 +157,15 @@ def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
             # CPU time of all threads per frame: the work itself, whatever else runs on the machine.
             "cpu_ms_per_frame": result["cpu_ms_per_frame"],
             "ms_per_frame": result["ms_per_frame"]}
+
+
+def device_name(backend: str, device: str) -> str:
+    """Where the network ran: 'cpu', or the GPU's name for the torch backend on CUDA."""
+    if backend != "torch" or not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 #: (label, model.predict options) compared by :func:`postprocess_effect`.
@@ -222,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model.predict --detect-width: frames wider than this are downscaled for face "
                              "detection")
     parser.add_argument("--batch-size", type=int, default=16, help="faces per network call")
+    parser.add_argument("--device", type=device_arg, default="cpu",
+                        help="torch device for the network, e.g. cuda (the onnx backend always "
+                             "runs on the CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads "
                         "(default cores-1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -250,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for every in args.detect_every:
                     rows.append(run_benchmark(preset, args.image_size, args.frames, every,
                                               args.detect_width, args.batch_size, args.threads,
-                                              Path(tmp), args.fps, backend))
+                                              Path(tmp), args.fps, backend, args.device))
+    devices = sorted({r["device"] for r in rows})
+    print(f"network on: {', '.join(devices)}; {os.cpu_count()} CPU cores")
     print(f"{'preset':<6} {'backend':<7} {'size':>4} {'every':>5} {'proc fps':>8} "
           f"{'net ms':>7} {'video':>6} {'cpu ms':>7}  ms/frame per stage (reader stages "
           "overlap the network)")
