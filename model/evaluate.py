@@ -111,11 +111,13 @@ def write_subject_heatmap(results: Sequence[dict], path: Path, title: str,
 
 
 def write_intensity_report(results: Sequence[dict], out: Path, stem: str, split: str,
-                           protocol: str) -> None:
-    """``<stem>_intensity.{csv,md}`` beside the occurrence tables: ICC(3,1), r and MAE."""
+                           protocol: str, resamples: int = DEFAULT_RESAMPLES,
+                           seed: int = 0) -> None:
+    """``<stem>_intensity.{csv,md}`` beside the occurrence tables: ICC(3,1), r and MAE, with
+    subject-bootstrap intervals on the mean over folds (on the fold, for one)."""
     header, rows, text = intensity_report(
         [(r["fold"], r["intensity"]) for r in results], results[0]["metrics"]["au_ids"],
-        f"Intensity on the {split} subjects ({results[0]['variant']})", protocol)
+        f"Intensity on the {split} subjects ({results[0]['variant']})", protocol, resamples, seed)
     write_csv(out / f"{stem}_intensity.csv", header, rows)
     (out / f"{stem}_intensity.md").write_text(text)
     print(text)
@@ -171,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     print(f"saved {out / stem}.{{json,csv,md}} and {stem}_subjects.png")
     if all("intensity" in r for r in results):
-        write_intensity_report(results, out, stem, args.split, " / ".join(summary["protocol"]))
+        write_intensity_report(results, out, stem, args.split, " / ".join(summary["protocol"]),
+                               args.bootstrap, args.bootstrap_seed)
     return 0
 
 

@@ -79,3 +79,29 @@ def test_dataset_applies_jitter_only_when_configured(tmp_path):
     np.testing.assert_array_equal(plain[(0, False, u)][0].numpy(), plain[0][0].numpy())
     assert centroid(jittered[(0, False, u)][0].numpy())[0] == pytest.approx(16, abs=0.3)
     np.testing.assert_array_equal(jittered[(0, False)][0].numpy(), plain[0][0].numpy())
+
+
+def test_preloaded_frames_are_the_frames_decoded_on_demand(tmp_path):
+    """preload() decodes every frame once; reads give the same pixels (JPEG, resize, flip,
+    jitter), a fresh array each time, and the same IndexError past the end."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "SN001_left.h5"
+    with ShardWriter(path, 48, encoding="jpeg") as w:
+        for i in range(5):
+            w.append(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), i, np.zeros(12),
+                     np.zeros((66, 2)))
+        w.commit(subject="SN001", camera="left", threshold=3, nose_target=(24, 24),
+                 chin_target=(24, 40), n_source_frames=5)
+    jitter = AlignmentJitter(scale=0.05, degrees=5, shift=0.05)
+    for size in (48, 32):
+        lazy = ShardFrames([ShardReader(path)], (1, 2), 3, image_size=size, jitter=jitter)
+        cached = ShardFrames([ShardReader(path)], (1, 2), 3, image_size=size, jitter=jitter)
+        cached.preload()
+        assert cached.decoded_bytes == 5 * size * size * 3
+        for key in (0, (1, True), (2, False, (0.1, 0.9, 0.3, 0.7)), (4, True, (0.8, 0.2, 0.6, 0.4))):
+            np.testing.assert_array_equal(cached[key][0].numpy(), lazy[key][0].numpy())
+        first = cached.image(3)
+        first[:] = 0  # a caller writing into its frame leaves the cache alone
+        np.testing.assert_array_equal(cached.image(3), lazy.image(3))
+        with pytest.raises(IndexError):
+            cached.image(5)

@@ -1,5 +1,6 @@
 """The demo chain (twin -> align -> folds -> train -> evaluate) at a much smaller size."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,82 @@ def test_small_demo_chain_learns(tmp_path):
     text = (out / "demo.md").read_text()
     assert "Intensity (0-5) on the held-out test shards" in text and "ICC(3,1)" in text
     assert "model.predict" in text.split("Intensity (AUxx_r)")[1]
+
+
+def test_folds_trained_side_by_side_equal_folds_trained_in_turn(tmp_path):
+    """--train-jobs 2 trains two folds in spawned processes; with one thread each, every run is
+    the run the same fold gets alone (same seed, same operations): the same best.pt weights."""
+    old = torch.get_num_threads()
+    base = ["--n-subjects", "6", "--frames", "40", "--frame-width", "320", "--frame-height",
+            "240", "--size", "64", "--k", "2", "--val-subjects", "1", "--epochs", "2",
+            "--batches-per-epoch", "3", "--batch-size", "16", "--jobs", "1", "--threads", "2",
+            "--predict-subjects", "0", "--quiet"]
+    try:
+        side = run_demo(build_parser().parse_args(["--out", str(tmp_path / "a"), *base,
+                                                   "--train-jobs", "2"]))
+        turn = run_demo(build_parser().parse_args(["--out", str(tmp_path / "b"), *base,
+                                                   "--train-jobs", "1", "--threads", "1"]))
+    finally:
+        torch.set_num_threads(old)
+    assert [r["fold"] for r in side["runs"]] == [1, 2]
+    assert any("2 at once, 1 thread each" in stage for stage in side["wall_seconds"])
+    for fold in (1, 2):
+        a = torch.load(tmp_path / "a" / "runs" / f"fold{fold}" / "best.pt", weights_only=True)
+        b = torch.load(tmp_path / "b" / "runs" / f"fold{fold}" / "best.pt", weights_only=True)
+        assert a["epoch"] == b["epoch"]
+        for name, tensor in a["model"].items():
+            torch.testing.assert_close(tensor, b["model"][name], rtol=0, atol=0, msg=name)
+    assert [r["metrics"]["f1"] for r in side["results"]] == \
+        [r["metrics"]["f1"] for r in turn["results"]]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in (Path("/proc") / str(pid) / "task").glob("*"):
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_fold_workers_save_and_stop_when_the_demo_process_is_killed(tmp_path):
+    """SIGKILL to the demo leaves no fold worker training on: each gets SIGTERM from its watcher,
+    saves last.pt and ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "demo"
+    argv = [sys.executable, "-m", "model.demo", "--out", str(out), "--n-subjects", "6",
+            "--frames", "40", "--size", "64", "--k", "2", "--val-subjects", "1", "--epochs", "50",
+            "--batches-per-epoch", "40", "--batch-size", "16", "--jobs", "1", "--threads", "2",
+            "--predict-subjects", "0", "--train-jobs", "2", "--quiet"]
+    demo = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        lasts = [out / "runs" / f"fold{f}" / "last.pt" for f in (1, 2)]
+        while not all(p.is_file() for p in lasts):
+            assert demo.poll() is None and time.monotonic() < deadline, "no fold got to epoch 1"
+            time.sleep(0.5)
+        workers = [c for c in _children(demo.pid) if "spawn_main" in
+                   (Path("/proc") / str(c) / "cmdline").read_text()]
+        assert len(workers) == 2
+        demo.send_signal(signal.SIGKILL)
+        demo.wait()
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{w}").exists() and "Z" not in
+                  (Path(f"/proc/{w}/stat").read_text().split()[2]) for w in workers):
+            assert time.monotonic() < deadline, "fold workers kept running without the demo"
+            time.sleep(0.5)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        for w in locals().get("workers", []):
+            if Path(f"/proc/{w}/cmdline").is_file() and \
+                    "spawn_main" in Path(f"/proc/{w}/cmdline").read_text():
+                os.kill(w, signal.SIGKILL)  # still our worker: the test failed
+    for last in lasts:
+        state = torch.load(last, weights_only=True)
+        assert state["progress"]["epoch"] < 50

@@ -103,3 +103,94 @@ def test_means_over_the_eight_and_over_folds():
     mean = mean_intensity_over_folds([m.as_dict(), other.as_dict()])
     assert mean["icc"] == pytest.approx([(a + 1) / 2 for a in m.icc])
     assert mean["mean_icc"] == pytest.approx((m.mean_icc + 1) / 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-subject sums and the subject bootstrap of ICC / r / MAE
+
+from model.evaluation.intensity import (bootstrap_intensity, intensity_intervals,  # noqa: E402
+                                        intensity_report)
+from model.evaluation.statistics import fold_rngs, subject_weights  # noqa: E402
+
+
+def _subjects(rng, n_subjects, frames, k, noise):
+    """Frames of each subject, each with its own bias (what makes subjects differ)."""
+    preds, truths = [], []
+    for s in range(n_subjects):
+        truth = rng.integers(0, 6, size=(frames, k)).astype(np.float64)
+        preds.append(np.clip(truth + rng.normal(noise * s / n_subjects, 1.0, (frames, k)), 0, 5))
+        truths.append(truth)
+    return preds, truths
+
+
+def _accumulate(preds, truths, aus):
+    acc = IntensityAccumulator(aus, subjects=[f"S{i}" for i in range(len(preds))])
+    pred, truth = np.concatenate(preds), np.concatenate(truths)
+    groups = np.repeat(np.arange(len(preds)), [len(p) for p in preds])
+    order = np.random.default_rng(0).permutation(len(pred))  # subjects interleaved in batches
+    for chunk in np.array_split(order, 5):
+        acc.update(torch.tensor(pred[chunk]), torch.tensor(truth[chunk]), groups=groups[chunk])
+    return acc.compute(), intensity_metrics(pred, truth, aus)
+
+
+def test_per_subject_sums_add_up_to_the_pooled_metrics_and_round_trip():
+    rng = np.random.default_rng(7)
+    preds, truths = _subjects(rng, 4, 60, 3, noise=1.0)
+    per_subject, pooled = _accumulate(preds, truths, [1, 2, 4])
+    np.testing.assert_allclose(per_subject.icc, pooled.icc, atol=1e-12)
+    np.testing.assert_allclose(per_subject.mae, pooled.mae, atol=1e-12)
+    again = type(per_subject).from_dict(per_subject.as_dict())
+    assert again.subjects == ["S0", "S1", "S2", "S3"]
+    one = intensity_metrics(preds[2], truths[2], [1, 2, 4])
+    from model.evaluation.intensity import metrics_from_sums
+    np.testing.assert_allclose(metrics_from_sums(np.asarray(again.subject_sums)[2], [1, 2, 4]).icc,
+                               one.icc, atol=1e-12)
+
+
+def test_bootstrap_replicates_equal_recomputing_on_the_drawn_subjects_frames():
+    rng = np.random.default_rng(8)
+    folds = [_subjects(rng, 5, 40, 2, noise=2.0), _subjects(rng, 3, 50, 2, noise=2.0)]
+    sums = [np.asarray(_accumulate(p, t, [1, 2])[0].subject_sums) for p, t in folds]
+    icc, r, mae = bootstrap_intensity(sums, resamples=20, seed=3)
+    # The naive way: draw the same subjects, stack their frames (twice if drawn twice), recompute.
+    naive = np.zeros((3, 20, 2))
+    for (preds, truths), stream in zip(folds, fold_rngs(3, len(folds))):
+        weights = subject_weights(len(preds), 20, stream)
+        for b, w in enumerate(weights):
+            pick = np.repeat(np.arange(len(preds)), w)
+            m = intensity_metrics(np.concatenate([preds[i] for i in pick]),
+                                  np.concatenate([truths[i] for i in pick]), [1, 2])
+            naive[:, b] += np.array([m.icc, m.pearson, m.mae]) / len(folds)
+    np.testing.assert_allclose(icc, naive[0], atol=1e-9)
+    np.testing.assert_allclose(r, naive[1], atol=1e-9)
+    np.testing.assert_allclose(mae, naive[2], atol=1e-9)
+
+
+def test_intervals_hold_the_estimate_and_widen_with_differences_between_subjects():
+    rng = np.random.default_rng(9)
+    alike = _accumulate(*_subjects(rng, 6, 80, 2, noise=0.0), [1, 2])[0]
+    apart = _accumulate(*_subjects(rng, 6, 80, 2, noise=4.0), [1, 2])[0]
+    widths = []
+    for m in (alike, apart):
+        ci = intensity_intervals([m.as_dict()], [1, 2], resamples=500, seed=0)
+        for j in range(2):
+            assert ci["icc"][j][0] <= m.icc[j] <= ci["icc"][j][1]
+            assert ci["mae"][j][0] <= m.mae[j] <= ci["mae"][j][1]
+        assert ci["mean_icc"][0] <= m.mean_icc <= ci["mean_icc"][1]
+        widths.append(ci["mae"][0][1] - ci["mae"][0][0])
+    assert widths[1] > 3 * widths[0]
+
+
+def test_report_shows_intervals_on_the_mean_row_and_none_for_old_results():
+    rng = np.random.default_rng(10)
+    folds = [_accumulate(*_subjects(rng, 4, 50, 3, noise=1.0), [1, 2, 4])[0].as_dict()
+             for _ in range(2)]
+    header, rows, text = intensity_report([(1, folds[0]), (2, folds[1])], [1, 2], "T", "p")
+    mean_icc = [r for r in rows if r[0] == "mean" and r[1].startswith("ICC")][0]
+    assert mean_icc[1] == "ICC(3,1) [95% CI]" and "[" in mean_icc[-2]
+    assert all("[" not in cell for r in rows if r[0] != "mean" for cell in r[2:])
+    assert "subject-level bootstrap" in text
+    old = [{k: v for k, v in d.items() if k != "per_subject"} for d in folds]
+    _, rows, text = intensity_report([(1, old[0]), (2, old[1])], [1, 2], "T", "p")
+    assert all("[" not in cell for r in rows for cell in r[2:])
+    assert "bootstrap" not in text

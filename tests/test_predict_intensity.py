@@ -53,7 +53,7 @@ def test_intensity_columns_are_written_and_clipped(intensity_checkpoint, video, 
     assert with_face.shape == (sum(pattern), len(AUS))
     assert np.all((with_face >= 0) & (with_face <= 5)) and with_face.std() > 0
     assert table[table["face_found"] == 0][r_columns].isna().all().all()
-    assert (out / "clip_timeline.png").stat().st_size > 5000
+    assert orange_pixels(out / "clip_timeline.png") > 500  # the AUxx_r curves are drawn
     # frame 1 by hand: dlib landmarks -> alignment with the checkpoint's targets -> network
     first = next(iter(VideoFrames(path))).image
     face = FaceLandmarker().detect(first)
@@ -80,3 +80,28 @@ def test_checkpoint_without_head_keeps_its_columns(tmp_path, video):
     columns = list(pd.read_csv(out / "clip.csv").columns)
     assert columns == csv_columns(AUS, False, False)
     assert not any(c.endswith("_r") for c in columns)
+
+
+def orange_pixels(png) -> int:
+    """Pixels of matplotlib's tab:orange (255, 127, 14), the colour of the intensity curves."""
+    import cv2
+
+    bgr = cv2.imread(str(png)).astype(int)
+    return int((np.abs(bgr - np.array([14, 127, 255])).sum(axis=2) < 40).sum())
+
+
+def test_timeline_draws_intensities_only_when_given(tmp_path):
+    from model.inference.output import save_timeline_plot
+
+    rng = np.random.default_rng(0)
+    x = np.arange(60)
+    probabilities = rng.uniform(0, 1, (60, 3))
+    probabilities[20:25] = np.nan  # no face there
+    intensities = rng.uniform(0, 5, (60, 3))
+    intensities[20:25] = np.nan
+    intensities[:, 2] = np.nan  # an AU the intensity head does not cover
+    plain = save_timeline_plot(tmp_path / "p.png", x, probabilities, [1, 2, 4], 0.5, "frame", "t")
+    both = save_timeline_plot(tmp_path / "b.png", x, probabilities, [1, 2, 4], 0.5, "frame", "t",
+                              intensities=intensities)
+    assert orange_pixels(plain) == 0
+    assert orange_pixels(both) > 1000

@@ -1,5 +1,6 @@
 """model.train: a short run learns, resumes exactly, stops early, and refuses bad input."""
 import json
+import logging
 import os
 import signal
 
@@ -354,3 +355,19 @@ def test_tuning_on_validation_subjects_is_refused_when_they_train():
     with pytest.raises(ValueError, match="validation subjects train too"):
         TrainConfig(shards="", manifest="", fold=1, out="", select_on="test", tune_threshold="val")
     TrainConfig(shards="", manifest="", fold=1, out="", select_on="test", tune_threshold="test")
+
+
+def test_frames_cached_in_memory_train_exactly_as_frames_read_from_disk(data, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="model.train"):
+        train(config(data, tmp_path / "cached", epochs=1, batches_per_epoch=3, flip=True,
+                     jitter_shift=0.05))
+    assert "into memory" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="model.train"):
+        train(config(data, tmp_path / "disk", epochs=1, batches_per_epoch=3, flip=True,
+                     jitter_shift=0.05, cache_frames_mb=0))
+    assert "into memory" not in caplog.text
+    a = load_checkpoint(tmp_path / "cached" / "last.pt")
+    b = load_checkpoint(tmp_path / "disk" / "last.pt")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)

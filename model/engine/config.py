@@ -58,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     resume: str | None = None
     threads: int | None = None
+    #: Decode the fold's frames into memory once when they take at most this many MB (0: never).
+    cache_frames_mb: int = 2048
     quiet: bool = False
     plot_every: int = 1
     task: str = "occurrence"
@@ -113,7 +115,7 @@ class TrainConfig:
 #: Options that change how a run executes, not what it learns: a finished or interrupted run may
 #: be reused under other values of these (``recipe_differences``).
 RUNTIME_OPTIONS = ("device", "workers", "eval_batch_size", "resume", "out", "shards", "threads",
-                   "quiet", "plot_every", "channels_last", "compile", "recipe")
+                   "quiet", "plot_every", "channels_last", "compile", "recipe", "cache_frames_mb")
 #: What a recorded train_config without an option meant (runs made before the option existed).
 LEGACY_TRAIN_CONFIG: dict[str, Any] = {"decoder_se": "plain"}
 

@@ -100,11 +100,11 @@ def table2(per_variant: dict[str, list[dict[str, Any]]], protocol: str, *,
 
 
 def write_intensity_table(out: Path, variant: str, results: Sequence[dict[str, Any]],
-                          protocol: str) -> str:
+                          protocol: str, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> str:
     """``OUT/intensity[_<variant>].{csv,md}`` beside table1: ICC(3,1) / r / MAE per fold and mean."""
     header, rows, text = intensity_report(
         [(r["fold"], r["test_intensity"]) for r in results], results[0]["test"]["au_ids"],
-        f"Intensity (0-5) of {variant} on the test subjects", protocol)
+        f"Intensity (0-5) of {variant} on the test subjects", protocol, resamples, seed)
     stem = "intensity" if variant == "tranet" else f"intensity_{variant}"
     write_csv(out / f"{stem}.csv", header, rows)
     (out / f"{stem}.md").write_text(text)
@@ -243,7 +243,7 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
         if any("test_camera" in r for r in rs):
             texts.append(camera_table(out, variant, rs, mine, resamples, seed, report))
         if all("test_intensity" in r for r in rs):
-            texts.append(write_intensity_table(out, variant, rs, protocol))
+            texts.append(write_intensity_table(out, variant, rs, protocol, resamples, seed))
     write_json(out / "crossval.json", report)
     report["texts"] = texts
     return report

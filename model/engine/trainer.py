@@ -201,7 +201,25 @@ def _datasets(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list], thresh
     for split in ("train", "test") + (("val",) if cfg.select_on == "val" else ()):
         if datasets[split] is None or len(datasets[split]) == 0:
             raise DataError(f"{context}: the {split} subjects {spec.subjects[split]} have no frames")
+    _cache_frames(cfg, [datasets["train"], datasets[cfg.select_on]])
     return datasets
+
+
+def _cache_frames(cfg: TrainConfig, datasets: Sequence[ShardFrames]) -> None:
+    """Decode the frames read every epoch (training and selection splits) into memory once, when
+    they fit ``--cache-frames-mb``; the test split is read once and stays on disk."""
+    distinct = list({id(d): d for d in datasets}.values())
+    total = sum(d.decoded_bytes for d in distinct)
+    if not cfg.cache_frames_mb or total > cfg.cache_frames_mb * 2**20:
+        log.debug("frames not cached in memory (%.0f MB, --cache-frames-mb %d)", total / 2**20,
+                  cfg.cache_frames_mb)
+        return
+    start = time.perf_counter()
+    for dataset in distinct:
+        dataset.preload()
+    log.info("decoded %d frames (%.0f MB) into memory in %.1f s (--cache-frames-mb %d)",
+             sum(len(d) for d in distinct), total / 2**20, time.perf_counter() - start,
+             cfg.cache_frames_mb)
 
 
 def _au_weights(spec: FoldSpec, train: ShardFrames, threshold: int, context: str) -> np.ndarray:
@@ -533,17 +551,18 @@ def run_task_evaluation(model, loader, device, au_ids, criterion=None, *, amp=Fa
     acc = MetricAccumulator(au_ids, names, keep_scores=scores,
                             thresholds=PROBABILITY_THRESHOLD if thresholds is None else thresholds)
     with_intensity = intensity and bool(getattr(model, "has_intensity", False))
-    regression = IntensityAccumulator(ALL_AUS, mean_over=au_ids) if with_intensity else None
+    regression = (IntensityAccumulator(ALL_AUS, mean_over=au_ids, subjects=names)
+                  if with_intensity else None)
     precision = choose_precision(device, amp)
     for images, targets, index in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
         x = _prepare(images, device, channels_last, transform)
         y = targets.to(device)
         loss, logits, predicted, target_r = _forward_loss(
             model, criterion, x, y, device, precision, index, frames, with_intensity)
-        acc.update(logits, y, float(loss) if loss is not None else None,
-                   groups=groups[index.numpy()] if groups is not None else None)
+        batch_groups = groups[index.numpy()] if groups is not None else None
+        acc.update(logits, y, float(loss) if loss is not None else None, groups=batch_groups)
         if regression is not None:
-            regression.update(predicted, target_r)
+            regression.update(predicted, target_r, groups=batch_groups)
     acc.load_counts_tensor(all_reduce_sum(acc.counts_tensor(), info, device))
     if scores and info.enabled:
         acc.extend_scores(gather_objects(acc.score_arrays(), info))

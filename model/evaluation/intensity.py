@@ -28,16 +28,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, fold_rngs, method_line,
+                         percentile_interval, subject_weights)
+
 #: FACS intensity range (A..E coded 1..5; 0 = absent).
 INTENSITY_MIN, INTENSITY_MAX = 0.0, 5.0
 _SHIFT = 2.5
 _N_SUMS = 7  # n, sx, sy, sxx, syy, sxy, sabs
 
 
-def intensity_sums(predictions: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
-                   clip: bool = True) -> np.ndarray:
-    """Per-AU ``[K, 7]`` float64 sums (n, Σx, Σy, Σx², Σy², Σxy, Σ|x-y|) of one batch, x the
-    (clipped) predictions and y the coded intensities, both shifted by 2.5."""
+def frame_terms(predictions: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
+                clip: bool = True) -> np.ndarray:
+    """Per-frame ``[N, K, 7]`` float64 terms (1, x, y, x², y², xy, |x-y|) whose sums over frames
+    are :func:`intensity_sums`; x the (clipped) predictions and y the coded intensities, both
+    shifted by 2.5."""
     x = torch.as_tensor(predictions).detach().cpu().double()
     y = torch.as_tensor(targets).detach().cpu().double()
     if x.shape != y.shape or x.dim() != 2:
@@ -46,10 +50,15 @@ def intensity_sums(predictions: torch.Tensor | np.ndarray, targets: torch.Tensor
     if clip:
         x = x.clamp(INTENSITY_MIN, INTENSITY_MAX)
     x, y = x - _SHIFT, y - _SHIFT
-    n = torch.full((x.shape[1],), float(x.shape[0]), dtype=torch.float64)
-    sums = [n, x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0),
-            (x - y).abs().sum(0)]
-    return torch.stack(sums, dim=1).numpy()
+    return torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y, (x - y).abs()],
+                       dim=2).numpy()
+
+
+def intensity_sums(predictions: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
+                   clip: bool = True) -> np.ndarray:
+    """Per-AU ``[K, 7]`` float64 sums (n, Σx, Σy, Σx², Σy², Σxy, Σ|x-y|) of one batch, x the
+    (clipped) predictions and y the coded intensities, both shifted by 2.5."""
+    return frame_terms(predictions, targets, clip).sum(axis=0)
 
 
 @dataclass
@@ -63,6 +72,9 @@ class IntensityMetrics:
     n_frames: int
     undefined: list[int] = field(default_factory=list)  # AUs whose ICC/r are 0/0, reported 0
     mean_over: list[int] = field(default_factory=list)  # the AUs the means are taken over
+    #: Per held-out subject: names and ``[S][K][7]`` sums (the bootstrap's resampling unit).
+    subjects: list[str] = field(default_factory=list)
+    subject_sums: list = field(default_factory=list)
 
     @property
     def mean_icc(self) -> float:
@@ -84,31 +96,36 @@ class IntensityMetrics:
         """The same figures restricted to ``au_ids`` (e.g. the 8 of the occurrence table)."""
         keep = [self.au_ids.index(int(a)) for a in au_ids if int(a) in self.au_ids]
         aus = [self.au_ids[i] for i in keep]
+        sums = (np.asarray(self.subject_sums)[:, keep].tolist() if self.subject_sums else [])
         return IntensityMetrics(aus, [self.icc[i] for i in keep], [self.pearson[i] for i in keep],
                                 [self.mae[i] for i in keep], self.n_frames,
-                                [a for a in self.undefined if a in aus], aus)
+                                [a for a in self.undefined if a in aus], aus,
+                                list(self.subjects), sums)
 
     def as_dict(self) -> dict:
-        return {"au_ids": self.au_ids, "icc": self.icc, "pearson": self.pearson, "mae": self.mae,
-                "mean_icc": self.mean_icc, "mean_pearson": self.mean_pearson,
-                "mean_mae": self.mean_mae, "mean_over": self.mean_over or self.au_ids,
-                "n_frames": self.n_frames, "undefined": self.undefined,
-                "undefined_reported_as": 0.0}
+        out = {"au_ids": self.au_ids, "icc": self.icc, "pearson": self.pearson, "mae": self.mae,
+               "mean_icc": self.mean_icc, "mean_pearson": self.mean_pearson,
+               "mean_mae": self.mean_mae, "mean_over": self.mean_over or self.au_ids,
+               "n_frames": self.n_frames, "undefined": self.undefined,
+               "undefined_reported_as": 0.0}
+        if self.subjects:
+            out["per_subject"] = {"subjects": self.subjects, "sums": self.subject_sums,
+                                  "sums_order": "n, Σx, Σy, Σx², Σy², Σxy, Σ|x-y| (x, y - 2.5)"}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "IntensityMetrics":
+        per = d.get("per_subject") or {}
         return cls([int(a) for a in d["au_ids"]], list(d["icc"]), list(d["pearson"]),
                    list(d["mae"]), int(d["n_frames"]), [int(a) for a in d.get("undefined", [])],
-                   [int(a) for a in d.get("mean_over", [])])
+                   [int(a) for a in d.get("mean_over", [])], list(per.get("subjects", [])),
+                   list(per.get("sums", [])))
 
 
-def metrics_from_sums(sums: np.ndarray, au_ids: Sequence[int],
-                      mean_over: Sequence[int] | None = None) -> IntensityMetrics:
-    """ICC(3,1), r and MAE per AU from :func:`intensity_sums` totals."""
-    sums = np.asarray(sums, dtype=np.float64)
-    if sums.shape != (len(au_ids), _N_SUMS):
-        raise ValueError(f"sums shape {sums.shape} does not fit {len(au_ids)} AUs")
-    n, sx, sy, sxx, syy, sxy, sabs = sums.T
+def metric_arrays(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ICC, r, MAE and "defined" per AU from ``[..., K, 7]`` sums (any leading axes, e.g. the
+    bootstrap's replicates)."""
+    n, sx, sy, sxx, syy, sxy, sabs = np.moveaxis(np.asarray(sums, dtype=np.float64), -1, 0)
     safe_n = np.maximum(n, 1.0)
     # (n - 1) times the sample (co)variances; the common factor cancels in ICC and r.
     vx = np.maximum(sxx - sx * sx / safe_n, 0.0)
@@ -118,11 +135,21 @@ def metrics_from_sums(sums: np.ndarray, au_ids: Sequence[int],
     tiny = 1e-12 * np.maximum(np.maximum(sxx, syy), 1.0)
     defined = (vx > tiny) & (vy > tiny) & (n >= 2)
     icc = np.where(defined, 2 * cxy / np.where(defined, vx + vy, 1.0), 0.0)
-    r = np.where(defined, cxy / np.sqrt(np.where(defined, vx * vy, 1.0)), 0.0)
+    r = np.clip(np.where(defined, cxy / np.sqrt(np.where(defined, vx * vy, 1.0)), 0.0), -1, 1)
     mae = np.where(n > 0, sabs / safe_n, 0.0)
+    return icc, r, mae, defined
+
+
+def metrics_from_sums(sums: np.ndarray, au_ids: Sequence[int],
+                      mean_over: Sequence[int] | None = None) -> IntensityMetrics:
+    """ICC(3,1), r and MAE per AU from :func:`intensity_sums` totals."""
+    sums = np.asarray(sums, dtype=np.float64)
+    if sums.shape != (len(au_ids), _N_SUMS):
+        raise ValueError(f"sums shape {sums.shape} does not fit {len(au_ids)} AUs")
+    icc, r, mae, defined = metric_arrays(sums)
     ids = [int(a) for a in au_ids]
-    return IntensityMetrics(ids, icc.tolist(), np.clip(r, -1.0, 1.0).tolist(), mae.tolist(),
-                            int(n[0]) if len(n) else 0,
+    return IntensityMetrics(ids, icc.tolist(), r.tolist(), mae.tolist(),
+                            int(sums[0, 0]) if len(sums) else 0,
                             [a for a, ok in zip(ids, defined) if not ok],
                             [int(a) for a in mean_over] if mean_over else [])
 
@@ -134,24 +161,44 @@ def intensity_metrics(predictions, targets, au_ids: Sequence[int],
 
 
 class IntensityAccumulator:
-    """Sums over batches; ``sums_tensor``/``load_sums_tensor`` let DDP ranks all-reduce them."""
+    """Sums over batches; ``sums_tensor``/``load_sums_tensor`` let DDP ranks all-reduce them.
 
-    def __init__(self, au_ids: Sequence[int], mean_over: Sequence[int] | None = None) -> None:
+    With ``subjects`` (names) each ``update`` also gets the subject index of every frame and the
+    sums are kept per subject (their total is the pooled sums), for the subject bootstrap.
+    """
+
+    def __init__(self, au_ids: Sequence[int], mean_over: Sequence[int] | None = None,
+                 subjects: Sequence[str] | None = None) -> None:
         self.au_ids = [int(a) for a in au_ids]
         self.mean_over = list(mean_over) if mean_over else None
-        self.sums = np.zeros((len(self.au_ids), _N_SUMS), dtype=np.float64)
+        self.subjects = [str(s) for s in subjects] if subjects else []
+        self.subject_sums = np.zeros((max(len(self.subjects), 1), len(self.au_ids), _N_SUMS),
+                                     dtype=np.float64)
 
-    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        self.sums += intensity_sums(predictions, targets)
+    @property
+    def sums(self) -> np.ndarray:
+        return self.subject_sums.sum(axis=0)
+
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor,
+               groups: np.ndarray | None = None) -> None:
+        terms = frame_terms(predictions, targets)
+        if groups is None:
+            self.subject_sums[0] += terms.sum(axis=0)
+        else:
+            np.add.at(self.subject_sums, np.asarray(groups, dtype=np.int64), terms)
 
     def sums_tensor(self) -> torch.Tensor:
-        return torch.as_tensor(self.sums.reshape(-1), dtype=torch.float64)
+        return torch.as_tensor(self.subject_sums.reshape(-1), dtype=torch.float64)
 
     def load_sums_tensor(self, values: torch.Tensor) -> None:
-        self.sums = values.cpu().double().numpy().reshape(len(self.au_ids), _N_SUMS)
+        self.subject_sums = values.cpu().double().numpy().reshape(self.subject_sums.shape)
 
     def compute(self) -> IntensityMetrics:
-        return metrics_from_sums(self.sums, self.au_ids, self.mean_over)
+        metrics = metrics_from_sums(self.sums, self.au_ids, self.mean_over)
+        if self.subjects:
+            metrics.subjects = list(self.subjects)
+            metrics.subject_sums = self.subject_sums.tolist()
+        return metrics
 
 
 def mean_intensity_over_folds(per_fold: Sequence[dict]) -> dict:
@@ -166,35 +213,119 @@ def mean_intensity_over_folds(per_fold: Sequence[dict]) -> dict:
     return mean.as_dict()
 
 
+def bootstrap_intensity(fold_sums: Sequence[np.ndarray], resamples: int = DEFAULT_RESAMPLES,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[B, K]`` replicates of ICC, r and MAE, each the mean over folds of the metric of the
+    pooled sums of that fold's resampled subjects (``fold_sums[f]`` is ``[S_f, K, 7]``).
+
+    The draws are :mod:`.statistics`' (same seed, same per-fold streams), so the intensity and
+    the occurrence intervals of one evaluation resample the same people."""
+    if resamples < 1 or not fold_sums:
+        raise ValueError("intensity bootstrap needs resamples >= 1 and at least one fold")
+    total = None
+    for sums, rng in zip(fold_sums, fold_rngs(seed, len(fold_sums))):
+        sums = np.asarray(sums, dtype=np.float64)
+        if sums.ndim != 3 or sums.shape[2] != _N_SUMS:
+            raise ValueError(f"per-subject sums must be [subjects, AUs, 7], got {sums.shape}")
+        s, k, _ = sums.shape
+        weights = subject_weights(s, resamples, rng)
+        pooled = (weights @ sums.reshape(s, k * _N_SUMS)).reshape(-1, k, _N_SUMS)
+        icc, r, mae, _ = metric_arrays(pooled)
+        replicate = np.stack([icc, r, mae])
+        total = replicate if total is None else total + replicate
+    total /= len(fold_sums)
+    return total[0], total[1], total[2]
+
+
+def intensity_intervals(per_fold: Sequence[dict], eval_aus: Sequence[int],
+                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                        level: float = DEFAULT_LEVEL) -> dict | None:
+    """Subject-bootstrap intervals of every AU's ICC / r / MAE and of their means over
+    ``eval_aus`` and over all AUs, for the mean over the folds ``per_fold`` (dicts of
+    :meth:`IntensityMetrics.as_dict`); None when a fold has no per-subject sums."""
+    folds = [IntensityMetrics.from_dict(d) for d in per_fold]
+    if not resamples or not folds or any(not f.subject_sums for f in folds):
+        return None
+    aus = folds[0].au_ids
+    chosen = [aus.index(int(a)) for a in eval_aus if int(a) in aus]
+    out: dict = {"resamples": int(resamples), "seed": int(seed), "level": float(level),
+                 "method": method_line(resamples, seed, level)}
+    for name, samples in zip(("icc", "pearson", "mae"),
+                             bootstrap_intensity([f.subject_sums for f in folds], resamples, seed)):
+        out[name] = percentile_interval(samples, level).tolist()
+        out[f"mean_{name}"] = percentile_interval(samples[:, chosen].mean(1), level).tolist()
+        out[f"mean_{name}_all"] = percentile_interval(samples.mean(1), level).tolist()
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Tables
 
 #: Published DISFA intensity figures of peers, per AU, as ``{name: {"source": citation,
 #: "metric": "icc", "values": {au: value}}}``. A peer goes in only with a source read for it;
-#: an AU a source does not give stays an empty cell. None is filled in yet: no source could be
-#: checked for this release of the toolkit (docs/disfa.md, "Intensity"), and guessing is worse
+#: an AU a source does not give stays an empty cell. None is filled in yet: no per-AU DISFA
+#: figure could be read in a primary source (docs/disfa.md, "Intensity"), and guessing is worse
 #: than an empty row.
 PEER_INTENSITY: dict[str, dict] = {}
+
+#: Published DISFA intensity figures that a source gives only as a mean: printed under the table
+#: with their protocol, never placed in an AU's cell or an "Avg" column whose AUs they may not
+#: share.
+PEER_INTENSITY_MEANS: list[dict] = [
+    {"name": "LibreFace", "metric": "Pearson r", "mean": 0.63,
+     "source": "Chang et al., LibreFace, WACV 2024, arXiv:2308.10713 (abstract)",
+     "protocol": "DISFA, 5-fold subject cross-validation (LibreFace README); per-AU figures, "
+                 "ICC and the AUs averaged over are not given there"},
+]
+
+
+def peer_means_note() -> str:
+    """The lines under an intensity table that quote peers' published means."""
+    if not PEER_INTENSITY_MEANS:
+        return ""
+    lines = [f"- {p['name']}: mean {p['metric']} {p['mean']:.2f} [{p['source']}]; {p['protocol']}"
+             for p in PEER_INTENSITY_MEANS]
+    return ("\nPeers' published DISFA means (other protocols and folds: a pointer, not a paired "
+            "comparison):\n\n" + "\n".join(lines) + "\n")
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None or not np.isfinite(value) else f"{value:.2f}"
 
 
-def intensity_rows(results: Sequence[tuple[str, dict]], eval_aus: Sequence[int]
+def _fmt_ci(value: float, ci: Sequence[float] | None) -> str:
+    return _fmt(value) if ci is None else f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _metric_cells(m: IntensityMetrics, eval_aus: Sequence[int], ci: dict | None
+                  ) -> list[tuple[str, list[str]]]:
+    """(metric name, cells: per AU, mean over ``eval_aus``, mean over all) for ICC, r, MAE;
+    each cell with its interval when ``ci`` (from :func:`intensity_intervals`) is given."""
+    chosen = m.subset(eval_aus)
+    out = []
+    for name, key, values, mean_chosen in (("ICC(3,1)", "icc", m.icc, chosen.mean_icc),
+                                           ("Pearson r", "pearson", m.pearson, chosen.mean_pearson),
+                                           ("MAE", "mae", m.mae, chosen.mean_mae)):
+        per_au = [_fmt_ci(v, ci[key][j] if ci else None) for j, v in enumerate(values)]
+        out.append((name + (" [95% CI]" if ci else ""),
+                    [*per_au, _fmt_ci(mean_chosen, ci[f"mean_{key}"] if ci else None),
+                     _fmt_ci(float(np.mean(values)), ci[f"mean_{key}_all"] if ci else None)]))
+    return out
+
+
+def intensity_rows(results: Sequence[tuple[str, dict]], eval_aus: Sequence[int],
+                   intervals: dict[str, dict] | None = None
                    ) -> tuple[list[str], list[list[str]]]:
     """ICC / r / MAE rows per labelled result (e.g. per fold and the mean), every AU, then the
-    mean over ``eval_aus`` (the occurrence table's 8) and over all AUs; peers' rows after."""
+    mean over ``eval_aus`` (the occurrence table's 8) and over all AUs; peers' rows after.
+    ``intervals``: :func:`intensity_intervals` by label, for the rows that carry them."""
     aus = [int(a) for a in results[0][1]["au_ids"]]
     header = ["", "metric", *[f"AU{a}" for a in aus], f"Avg ({len(eval_aus)})", f"Avg ({len(aus)})"]
     rows = []
     for label, d in results:
-        m = IntensityMetrics.from_dict(d)
-        eight = m.subset(eval_aus)
-        for name, values, mean8 in (("ICC(3,1)", m.icc, eight.mean_icc),
-                                    ("Pearson r", m.pearson, eight.mean_pearson),
-                                    ("MAE", m.mae, eight.mean_mae)):
-            rows.append([label, name, *map(_fmt, values), _fmt(mean8), _fmt(float(np.mean(values)))])
+        ci = (intervals or {}).get(label)
+        rows += [[label, name, *cells]
+                 for name, cells in _metric_cells(IntensityMetrics.from_dict(d), eval_aus, ci)]
     for name, peer in PEER_INTENSITY.items():
         values = [peer["values"].get(a) for a in aus]
         known8 = [peer["values"][a] for a in eval_aus if a in peer["values"]]
@@ -212,8 +343,11 @@ def intensity_markdown(metrics: dict, eval_aus: Sequence[int] | None = None,
     from .records import markdown_table
 
     eval_aus = list(eval_aus or metrics.get("mean_over") or metrics["au_ids"])
-    header, rows = intensity_rows([("test", metrics)], eval_aus)
-    return f"\n{title}\n\n{markdown_table(header, rows)}\n{undefined_note([metrics])}"
+    ci = intensity_intervals([metrics], eval_aus)
+    header, rows = intensity_rows([("test", metrics)], eval_aus, {"test": ci} if ci else None)
+    method = f"{ci['method']}.\n\n" if ci else ""
+    return (f"\n{title}\n\n{method}{markdown_table(header, rows)}\n"
+            f"{undefined_note([metrics])}")
 
 
 def undefined_note(results: Sequence[dict]) -> str:
@@ -225,19 +359,24 @@ def undefined_note(results: Sequence[dict]) -> str:
 
 
 def intensity_report(per_fold: Sequence[tuple[int, dict]], eval_aus: Sequence[int], title: str,
-                     protocol: str) -> tuple[list[str], list[list[str]], str]:
+                     protocol: str, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+                     ) -> tuple[list[str], list[list[str]], str]:
     """The intensity table written beside the occurrence table: each fold's ICC(3,1) / r / MAE
-    per AU, the unweighted mean over folds, then peers' published rows; as (header, rows, md)."""
+    per AU, the unweighted mean over folds with subject-bootstrap intervals (when the results
+    keep per-subject sums and ``resamples`` > 0), then peers' published rows; as
+    (header, rows, md)."""
     from .records import markdown_table
 
     labelled = [(f"fold {fold}", d) for fold, d in per_fold]
     if len(per_fold) > 1:
         labelled.append(("mean", mean_intensity_over_folds([d for _, d in per_fold])))
-    header, rows = intensity_rows(labelled, eval_aus)
-    peers = ("" if PEER_INTENSITY else
-             "\nPeers: no published DISFA intensity figure is listed yet (see docs/disfa.md).\n")
+    ci = intensity_intervals([d for _, d in per_fold], eval_aus, resamples, seed)
+    header, rows = intensity_rows(labelled, eval_aus, {labelled[-1][0]: ci} if ci else None)
+    peers = ("" if PEER_INTENSITY else "\nPeers: no published per-AU DISFA intensity figure "
+             "is listed yet (see docs/disfa.md).\n") + peer_means_note()
+    method = f"{ci['method']}.\n\n" if ci else ""
     text = (f"# {title}\n\nOurs: {protocol}; predictions clipped to 0-5; ICC(3,1), Pearson r and "
             f"MAE pooled over all frames of each fold's held-out subjects; 'Avg ({len(eval_aus)})' "
-            f"is the mean over the occurrence table's AUs.\n\n{markdown_table(header, rows)}\n"
+            f"is the mean over the occurrence table's AUs.\n\n{method}{markdown_table(header, rows)}\n"
             f"{undefined_note([d for _, d in per_fold])}{peers}")
     return header, rows, text

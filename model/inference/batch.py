@@ -150,11 +150,15 @@ def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
     first = table.sort_values(["frame", "face_id"]).drop_duplicates("frame")
     stamps = first["timestamp"].to_numpy(float)
     use_time = bool(np.isfinite(stamps).all()) and len(stamps) > 0
+    r_cols = [f"{au_name(a)}_r" for a in predictor.au_ids]
+    intensities = (first.reindex(columns=r_cols).to_numpy(float)
+                   if any(c in first.columns for c in r_cols) else None)
     return save_timeline_plot(
         out / f"{job.name}_timeline.png", stamps if use_time else first["frame"].to_numpy(),
         first[p_cols].to_numpy(float), predictor.au_ids, predictor.threshold,
         "time (s)" if use_time else "frame",
-        f"{job.name}: {int(first['face_found'].sum())}/{len(first)} frames with a face")
+        f"{job.name}: {int(first['face_found'].sum())}/{len(first)} frames with a face",
+        intensities=intensities)
 
 
 def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, Any]:

@@ -122,11 +122,14 @@ def _fmt_threshold(values: np.ndarray) -> str:
 
 
 def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_ids: Sequence[int],
-                       threshold: float | Sequence[float], x_label: str, title: str) -> Path:
+                       threshold: float | Sequence[float], x_label: str, title: str,
+                       intensities: np.ndarray | None = None) -> Path:
     """One strip per AU: the probability over time, the decision threshold (one, or one per AU
-    when tuned), no-face gaps shaded.
+    when tuned), no-face gaps shaded, and, with ``intensities``, the 0-5 intensity on a right
+    axis of the same strip.
 
-    ``probabilities`` is ``[N, K]`` with NaN rows for frames without a face.
+    ``probabilities`` is ``[N, K]`` with NaN rows for frames without a face; ``intensities``
+    ``[N, K]`` likewise, with NaN columns for AUs the intensity head does not cover.
     """
     import matplotlib
 
@@ -145,11 +148,23 @@ def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_
         ax.set_ylim(-0.02, 1.02)
         ax.set_yticks([0, 1])
         ax.set_ylabel(au_name(au), rotation=0, ha="right", va="center")
+        if intensities is not None and not np.isnan(intensities[:, row]).all():
+            _intensity_strip(ax, x, intensities[:, row])
     axes[-1, 0].set_xlabel(x_label)
-    axes[0, 0].set_title(f"{title}  (dashed: decision threshold {_fmt_threshold(per_au)}; grey: no face)",
-                         fontsize=9)
+    legend = "blue: probability" + ("; orange: intensity 0-5, right axis"
+                                    if intensities is not None else "")
+    axes[0, 0].set_title(f"{title}  ({legend}; dashed: decision threshold "
+                         f"{_fmt_threshold(per_au)}; grey: no face)", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, path)
+
+
+def _intensity_strip(ax: Any, x: np.ndarray, values: np.ndarray) -> None:
+    right = ax.twinx()
+    right.plot(x, values, lw=0.9, color="tab:orange")
+    right.set_ylim(-0.1, 5.1)
+    right.set_yticks([0, 5])
+    right.tick_params(labelsize=7, colors="tab:orange")
 
 
 _ACTIVE = (40, 220, 40)
