@@ -247,19 +247,23 @@ def _train_in_processes(configs: Sequence[Any], jobs: int) -> list[dict[str, Any
 
 
 def _train_fold_in_worker(cfg: Any) -> dict[str, Any]:
-    _stop_when_orphaned()
+    parent = _stop_when_orphaned()
     torch.set_num_threads(int(cfg.threads))
     logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)s [fold {cfg.fold}] %(name)s: %(message)s")
-    return _train_fold(cfg)
+    summary = _train_fold(cfg)
+    if os.getppid() != parent:
+        os._exit(1)  # stopped because the demo died: last.pt is saved, nobody awaits the result
+    return summary
 
 
-def _stop_when_orphaned(poll_seconds: float = 1.0, grace_seconds: float = 20.0) -> None:
+def _stop_when_orphaned(poll_seconds: float = 1.0, grace_seconds: float = 60.0) -> int:
     """If the demo process dies (``kill PID``, a scheduler's SIGTERM) its fold workers would train
     on with nobody to report to; a watcher thread sends this worker SIGTERM instead, which the trainer answers by
-    saving last.pt and stopping (a rerun of the demo resumes there), and ends the process after
-    ``grace_seconds`` (its result has nobody to go to: sending it would block forever). Ctrl-C
-    reaches every process of the terminal's group and needs no help."""
+    saving last.pt and stopping (a rerun of the demo resumes there); the worker then ends itself
+    (its result has nobody to go to: sending it would block forever), or the watcher ends it after
+    ``grace_seconds`` if the trainer does not return. Ctrl-C reaches every process of the
+    terminal's group and needs no help. Returns the parent's pid."""
     import signal
     import threading
 
@@ -273,6 +277,7 @@ def _stop_when_orphaned(poll_seconds: float = 1.0, grace_seconds: float = 20.0) 
         os._exit(1)
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+    return parent
 
 
 def score_fold(args: argparse.Namespace, out: Path, data: dict[str, Any], fold: int,
