@@ -131,8 +131,15 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                         "0-5 intensities of DISFA's 12 AUs (a head beside each branch's FC); both "
                         "= the two heads together. Sampler and early-stopping score follow it")
     p.add_argument("--intensity-weight", type=positive_float, default=d.intensity_weight,
-                   help="with --task both: loss = BCE + this x intensity MSE (on intensity / 5; "
-                        "default 4, which brings the MSE of an untrained head to the BCE's scale)")
+                   help="with --task both: loss = BCE + this x the intensity loss "
+                        "(--intensity-loss; default 4, which brings the MSE of intensity / 5 of "
+                        "an untrained head to the BCE's scale)")
+    p.add_argument("--intensity-loss", default=d.intensity_loss, choices=["mse", "ordinal"],
+                   help="with --task intensity|both: mse = squared error of intensity / 5 "
+                        "(default); ordinal = all-threshold logistic loss on the same scalar "
+                        "(mean BCE of 'intensity > k + 0.5', k = 0..4, temperature 0.5; see "
+                        "docs/disfa.md for the comparison). Part of the recipe: --resume "
+                        "keeps the run's")
     p.add_argument("--au-weights", default="off", choices=["on", "off"],
                    help="weight each AU's BCE by the fold's per-AU weights (sum K)")
     p.add_argument("--sampler", default=d.sampler, choices=["weighted", "uniform"],

@@ -157,9 +157,11 @@ class _Intensities:
         return ShardFrames.intensities(self, index, au_ids)
 
 
-def test_intensity_training_steps_make_no_host_syncs():
+@pytest.mark.parametrize("intensity_loss", ["mse", "ordinal"])
+def test_intensity_training_steps_make_no_host_syncs(intensity_loss):
     """Issue 16's no-sync training step holds with the intensity loss: the targets are looked up
-    on the host and the MSE sums branch slices, so 'both' makes no more syncs than occurrence."""
+    on the host and the MSE (or the ordinal loss, whose cutpoints are made on the device) sums
+    branch slices, so 'both' makes no more syncs than occurrence."""
     from model.engine import trainer
     from model.engine.precision import choose_precision
     from model.engine.sync_count import count_host_syncs
@@ -169,9 +171,9 @@ def test_intensity_training_steps_make_no_host_syncs():
     torch.manual_seed(0)
     model = build_model(TRANetConfig(preset="small", image_size=32, intensity_aus=tuple(ALL_AUS)))
     cfg = TrainConfig(shards="", manifest="", fold=1, out="", preset="small", batch_size=4,
-                      batches_per_epoch=3, task="both", quiet=True)
+                      batches_per_epoch=3, task="both", quiet=True, intensity_loss=intensity_loss)
     criterion = TaskLoss("both", model.branch_groups, model.intensity_groups,
-                         intensity_weight=cfg.intensity_weight)
+                         intensity_weight=cfg.intensity_weight, intensity_loss=cfg.intensity_loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     precision = choose_precision(torch.device("cpu"), False)

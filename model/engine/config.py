@@ -64,6 +64,7 @@ class TrainConfig:
     plot_every: int = 1
     task: str = "occurrence"
     intensity_weight: float = 4.0
+    intensity_loss: str = "mse"       # or "ordinal" (losses.branch_ordinal_loss)
     #: The named recipe the run started from: {"name", "source", "settings"} (see ``recipes``).
     recipe: dict[str, Any] | None = None
 
@@ -104,6 +105,8 @@ class TrainConfig:
             raise ValueError("task must be 'occurrence', 'intensity' or 'both'")
         if self.intensity_weight <= 0:
             raise ValueError("intensity_weight must be positive")
+        if self.intensity_loss not in ("mse", "ordinal"):
+            raise ValueError("intensity_loss must be 'mse' or 'ordinal'")
         if self.decoder_se not in ("residual", "plain"):
             raise ValueError("decoder_se must be 'residual' or 'plain'")
         if self.recipe and self.recipe.get("requires_pretrained") and not self.pretrained \
@@ -117,7 +120,7 @@ class TrainConfig:
 RUNTIME_OPTIONS = ("device", "workers", "eval_batch_size", "resume", "out", "shards", "threads",
                    "quiet", "plot_every", "channels_last", "compile", "recipe", "cache_frames_mb")
 #: What a recorded train_config without an option meant (runs made before the option existed).
-LEGACY_TRAIN_CONFIG: dict[str, Any] = {"decoder_se": "plain"}
+LEGACY_TRAIN_CONFIG: dict[str, Any] = {"decoder_se": "plain", "intensity_loss": "mse"}
 
 
 def recipe_differences(cfg: TrainConfig, recorded: dict[str, Any]) -> list[str]:

@@ -73,12 +73,18 @@ def region_bce_criterion(au_ids: Sequence[int], au_weights: torch.Tensor | None 
 #: Intensity targets and predictions are divided by this (FACS's top intensity) inside the loss,
 #: so a branch's mean squared error lies in [0, 1] like a BCE value of a confident error.
 INTENSITY_SCALE = 5.0
+#: FACS codes intensity 0 (absent) to 5 (E); the ordinal loss has a threshold between neighbours.
+INTENSITY_LEVELS = 6
+#: Width, in intensity units, of the ordinal loss's logistic at each threshold. At 0.5 the loss's
+#: minimum over the prediction lies within 0.07 of every inner code 1-4 (0.94, 1.99, 3.01, 4.06);
+#: at 1.0 the five one-sided thresholds pull it 0.4 units off (0.58 for a coded 1, 4.43 for a 4),
+#: at 2.0 outside the code's half-unit band (tests/test_ordinal_loss.py).
+ORDINAL_TEMPERATURE = 0.5
+INTENSITY_LOSSES = ("mse", "ordinal")
 
 
-def branch_intensity_loss(predictions: torch.Tensor, targets: torch.Tensor,
-                          branch_groups: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Sum over branches of the mean squared error of that branch's intensity columns, on the
-    0-1 scale (intensity / 5). ``predictions``/``targets``: [B, R] raw 0-5 intensities."""
+def _check_intensity_columns(predictions: torch.Tensor, targets: torch.Tensor,
+                             branch_groups: Sequence[Sequence[int]]) -> None:
     if predictions.shape != targets.shape or predictions.dim() != 2:
         raise ValueError(f"predictions {tuple(predictions.shape)} and targets "
                          f"{tuple(targets.shape)} must both be [B, R]")
@@ -86,8 +92,37 @@ def branch_intensity_loss(predictions: torch.Tensor, targets: torch.Tensor,
     if covered != list(range(predictions.shape[1])):
         raise ValueError(f"intensity groups {list(map(list, branch_groups))} must cover columns "
                          f"0..{predictions.shape[1] - 1} once each")
+
+
+def branch_intensity_loss(predictions: torch.Tensor, targets: torch.Tensor,
+                          branch_groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Sum over branches of the mean squared error of that branch's intensity columns, on the
+    0-1 scale (intensity / 5). ``predictions``/``targets``: [B, R] raw 0-5 intensities."""
+    _check_intensity_columns(predictions, targets, branch_groups)
     error = (predictions - targets.to(predictions.dtype)) / INTENSITY_SCALE
     per_entry = error * error
+    return sum(_columns(per_entry, group).mean() for group in branch_groups)
+
+
+def branch_ordinal_loss(predictions: torch.Tensor, targets: torch.Tensor,
+                        branch_groups: Sequence[Sequence[int]],
+                        temperature: float = ORDINAL_TEMPERATURE) -> torch.Tensor:
+    """The all-threshold logistic ordinal loss (Rennie & Srebro 2005) of a scalar intensity.
+
+    For the cutpoints c_k = 0.5, 1.5, ..., 4.5 between the FACS codes, an entry's loss is the
+    mean over k of BCE-with-logits((s - c_k) / ``temperature``, [y > c_k]): every threshold the
+    prediction s falls on the wrong side of costs about its distance / temperature, one on the
+    right side little. So s stays the intensity (s > c_k is the model saying y > c_k) and
+    clipped to 0-5 it is what ``model.predict`` writes, as under the MSE. Summed over branches
+    of the branch's mean over frames and AU columns, like :func:`branch_intensity_loss`;
+    the cutpoints are made on the device, so no value crosses to the host.
+    """
+    _check_intensity_columns(predictions, targets, branch_groups)
+    cutpoints = torch.arange(INTENSITY_LEVELS - 1, dtype=predictions.dtype,
+                             device=predictions.device) + 0.5
+    margins = (predictions.unsqueeze(-1) - cutpoints) / temperature
+    above = (targets.to(predictions.dtype).unsqueeze(-1) > cutpoints).to(predictions.dtype)
+    per_entry = F.binary_cross_entropy_with_logits(margins, above, reduction="none").mean(dim=-1)
     return sum(_columns(per_entry, group).mean() for group in branch_groups)
 
 
@@ -95,15 +130,21 @@ TASKS = ("occurrence", "intensity", "both")
 
 
 class TaskLoss:
-    """The training loss of ``--task``.
+    """The training loss of ``--task`` (and ``--intensity-loss``).
 
     * occurrence: :func:`branch_bce_loss` (the paper);
-    * intensity: :func:`branch_intensity_loss` (MSE per branch, summed);
-    * both: BCE + ``intensity_weight`` x MSE. Both terms are sums over the same branches of a
-      per-branch mean (BCE of a 0/1 label, squared error of intensity / 5). The MSE of a head
-      that predicts the mean is about the intensities' variance / 25, a few hundredths on DISFA-
-      like data, against a BCE of 0.3-0.7; the default weight 4 (``TrainConfig``) lifts it to
-      the BCE's scale, and on the tiny pixel-visible fixture it learned intensity better than 1.
+    * intensity: the intensity loss alone: :func:`branch_intensity_loss` (``mse``, MSE per
+      branch, summed) or :func:`branch_ordinal_loss` (``ordinal``);
+    * both: BCE + ``intensity_weight`` x the intensity loss. Each term is a sum over the same
+      branches of a per-branch mean (BCE of a 0/1 label; squared error of intensity / 5, or the
+      mean BCE of the five thresholds). The MSE of a head that predicts the mean is about the
+      intensities' variance / 25, a few hundredths on DISFA-like data, against a BCE of
+      0.3-0.7; the default weight 4 (``TrainConfig``) lifts it to the BCE's scale, and on the
+      tiny pixel-visible fixture it learned intensity better than 1. The ordinal loss is a
+      mean of threshold BCEs, on the BCE's scale already: its gradient in s is the sum over the
+      thresholds of (sigmoid - label) / 5 / temperature per entry: about 0.8 for an error of
+      2 units (4 x the MSE's gives 0.64) and at most 2, so weight 1 gives it about the pull
+      of the MSE at 4; docs/disfa.md has the weights measured for it.
 
     With ``intensity`` the occurrence head is not trained; its logits still enter the loss with
     weight 0 so every parameter takes part in the graph (DDP requires it).
@@ -111,14 +152,19 @@ class TaskLoss:
 
     def __init__(self, task: str, branch_groups: Sequence[Sequence[int]],
                  intensity_groups: Sequence[Sequence[int]] = (),
-                 au_weights: torch.Tensor | None = None, intensity_weight: float = 1.0) -> None:
+                 au_weights: torch.Tensor | None = None, intensity_weight: float = 1.0,
+                 intensity_loss: str = "mse") -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if intensity_loss not in INTENSITY_LOSSES:
+            raise ValueError(f"intensity_loss must be one of {INTENSITY_LOSSES}, "
+                             f"got {intensity_loss!r}")
         self.task = task
         self.branch_groups = [list(g) for g in branch_groups]
         self.intensity_groups = [list(g) for g in intensity_groups]
         self.au_weights = au_weights
         self.intensity_weight = float(intensity_weight)
+        self.intensity_loss = intensity_loss
 
     @property
     def uses_intensity(self) -> bool:
@@ -131,7 +177,8 @@ class TaskLoss:
             return branch_bce_loss(logits, targets, self.branch_groups, self.au_weights)
         if intensity is None or intensity_targets is None:
             raise ValueError(f"task {self.task!r} needs intensity predictions and targets")
-        regression = branch_intensity_loss(intensity, intensity_targets, self.intensity_groups)
+        regress = branch_ordinal_loss if self.intensity_loss == "ordinal" else branch_intensity_loss
+        regression = regress(intensity, intensity_targets, self.intensity_groups)
         if self.task == "intensity":
             return regression + 0.0 * logits.sum()
         return (branch_bce_loss(logits, targets, self.branch_groups, self.au_weights)

@@ -754,7 +754,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     # One loss for every variant: the paper's three AU groups, whichever head made the logits.
     criterion = TaskLoss(cfg.task, region_loss_groups(au_ids),
                          model.intensity_groups if model.has_intensity else (), loss_weights,
-                         cfg.intensity_weight)
+                         cfg.intensity_weight, cfg.intensity_loss)
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,
@@ -961,11 +961,20 @@ def log_recipe_block(run: TrainingRun) -> None:
               else "no jitter")
     lines = [f"recipe: {cfg.recipe['name']}" if cfg.recipe else "recipe: options as given",
              recipe_line(record),
-             f"task {cfg.task}; lr {cfg.lr:g} ({cfg.lr_schedule}), momentum {cfg.momentum:g}, "
-             f"weight decay {cfg.weight_decay:g}; {cfg.epochs} epochs x {cfg.batches_per_epoch} "
+             f"task {cfg.task}{_intensity_note(cfg)}; lr {cfg.lr:g} ({cfg.lr_schedule}), "
+             f"momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}; "
+             f"{cfg.epochs} epochs x {cfg.batches_per_epoch} "
              f"batches of {cfg.batch_size}, patience {cfg.patience}",
              f"augmentation: {'flip' if cfg.flip else 'no flip'}, {jitter}; sampler {cfg.sampler}"]
     log.info("run %s\n  %s", run.run_dir, "\n  ".join(lines))
+
+
+def _intensity_note(cfg: TrainConfig) -> str:
+    """How the intensity head is trained, for the recipe block ('' for occurrence)."""
+    if cfg.task == "occurrence":
+        return ""
+    weight = f"{cfg.intensity_weight:g} x " if cfg.task == "both" else ""
+    return f" (intensity loss {weight}{cfg.intensity_loss})"
 
 
 def batch_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
