@@ -10,7 +10,7 @@ from model.engine.evaluator import evaluate_checkpoint
 from model.engine.losses import TaskLoss, branch_intensity_loss
 from model.engine.sampler import task_frame_weights
 from model.train import StopRequest, TrainConfig, train
-from trainer_fixtures import make_dataset, make_intensity_dataset
+from trainer_fixtures import intensity_config, make_dataset, make_intensity_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
@@ -22,12 +22,7 @@ def visible(tmp_path_factory):
 
 
 def config(data, out, **kw):
-    shards, manifest = data
-    base = dict(shards=str(shards), manifest=str(manifest), fold=1, out=str(out), preset="small",
-                epochs=2, batches_per_epoch=3, batch_size=8, workers=0, quiet=True, lr=0.05,
-                eval_batch_size=64, flip=True)
-    base.update(kw)
-    return TrainConfig(**base)
+    return intensity_config(data, out, **{"task": "occurrence", **kw})
 
 
 def test_both_task_learns_pixel_visible_intensities(visible, tmp_path):

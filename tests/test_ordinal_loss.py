@@ -11,7 +11,7 @@ from model.engine.config import TrainConfig, recipe_differences
 from model.engine.losses import (ORDINAL_TEMPERATURE, TaskLoss, branch_bce_loss,
                                  branch_ordinal_loss)
 from model.train import StopRequest, build_parser, config_from_args, train
-from trainer_fixtures import make_intensity_dataset
+from trainer_fixtures import intensity_config, make_intensity_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
@@ -142,12 +142,7 @@ def visible(tmp_path_factory):
 
 
 def config(data, out, **kw):
-    shards, manifest = data
-    base = dict(shards=str(shards), manifest=str(manifest), fold=1, out=str(out), preset="small",
-                epochs=2, batches_per_epoch=3, batch_size=8, workers=0, quiet=True, lr=0.05,
-                eval_batch_size=64, flip=True, task="both", intensity_loss="ordinal")
-    base.update(kw)
-    return TrainConfig(**base)
+    return intensity_config(data, out, **{"intensity_loss": "ordinal", **kw})
 
 
 def test_resume_refuses_another_intensity_loss(visible, tmp_path):

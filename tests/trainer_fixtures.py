@@ -139,3 +139,15 @@ def make_intensity_dataset(root: Path, frames: int = 64, size: int = 32) -> tupl
     manifest = write_manifest(root / "folds.json", shards, [(subjects[:2], subjects[2:3],
                                                               subjects[3:])], size)
     return shards, manifest
+
+
+def intensity_config(data: tuple[Path, Path], out: Path, **overrides):
+    """A short ``--task both`` run on :func:`make_intensity_dataset` (overrides on top)."""
+    from model.engine.config import TrainConfig
+
+    shards, manifest = data
+    base = dict(shards=str(shards), manifest=str(manifest), fold=1, out=str(out), preset="small",
+                epochs=2, batches_per_epoch=3, batch_size=8, workers=0, quiet=True, lr=0.05,
+                eval_batch_size=64, flip=True, task="both")
+    base.update(overrides)
+    return TrainConfig(**base)

@@ -153,8 +153,8 @@ def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_
     axes[-1, 0].set_xlabel(x_label)
     legend = "blue: probability" + ("; orange: intensity 0-5, right axis"
                                     if intensities is not None else "")
-    axes[0, 0].set_title(f"{title}  ({legend}; dashed: decision threshold "
-                         f"{_fmt_threshold(per_au)}; grey: no face)", fontsize=9)
+    axes[0, 0].set_title(f"{title}\n{legend}; dashed: decision threshold "
+                         f"{_fmt_threshold(per_au)}; grey: no face", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, path)
 
