@@ -11,7 +11,8 @@ Runs the whole chain the real data takes, on a small twin made on the spot:
    occurrence and 0-5 intensity from one model; early stopping on the validation subjects), the
    folds side by side in separate processes (``--train-jobs``; on a CPU this small model keeps one
    thread as busy as two, so three folds at once on two cores finish well before three in turn),
-   with each fold's frames decoded into memory once (``--cache-frames-mb``),
+   with each fold's frames decoded into memory once (``model.train --cache-frames-mb``'s
+   default budget),
 5. evaluate each best.pt on its fold's held-out test subjects (``model.evaluate``) and print the
    occurrence table and the intensity table (ICC(3,1), Pearson r, MAE) with the mean over folds,
 6. run ``model.predict`` with that checkpoint on the raw videos of some of those test subjects
@@ -230,44 +231,68 @@ def _train_fold(cfg: Any) -> dict[str, Any]:
 
 
 def _train_in_processes(configs: Sequence[Any], jobs: int) -> list[dict[str, Any]]:
-    """Each fold in a fresh (spawned) process; its log lines carry its fold."""
+    """Each fold in a fresh (spawned) process; its log lines carry its fold. The first fold to
+    fail (or Ctrl-C) stops the others: they get SIGTERM, save last.pt and end (a rerun resumes)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(_train_fold_in_worker, cfg, os.getpid()) for cfg in configs]
     try:
-        futures = [pool.submit(_train_fold_in_worker, cfg) for cfg in configs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            raise failed[0].exception()  # the finally below stops the folds still training
         return [f.result() for f in futures]
+    except BrokenProcessPool as err:
+        raise RuntimeError(f"a fold's training process died ({err}); rerun the same command to "
+                           "resume the folds") from None
     except KeyboardInterrupt:
-        # The workers got the same Ctrl-C: each stops after saving its last.pt (a rerun resumes).
-        pool.shutdown(wait=True, cancel_futures=True)
+        # A terminal's Ctrl-C reached the workers too: they stop within a batch. A second signal
+        # would make them abort without saving, so SIGTERM only those still running after 10 s
+        # (the Ctrl-C went to this process alone).
+        wait(futures, timeout=10)
         raise
     finally:
-        pool.shutdown(wait=True)
+        if not all(f.done() for f in futures):
+            _stop_workers(pool, futures)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _train_fold_in_worker(cfg: Any) -> dict[str, Any]:
-    parent = _stop_when_orphaned()
-    torch.set_num_threads(int(cfg.threads))
+def _stop_workers(pool: Any, futures: Sequence[Any]) -> None:
+    """SIGTERM to the fold processes still training (the trainer saves last.pt and stops)."""
+    import signal
+
+    for future in futures:
+        future.cancel()  # those not started yet
+    # The pool keeps its processes in a private dict; reading it is the only way to reach them.
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+
+
+def _train_fold_in_worker(cfg: Any, parent: int) -> dict[str, Any]:
+    _stop_when_orphaned(parent)
     logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S",
                         format=f"%(asctime)s %(levelname)s [fold {cfg.fold}] %(name)s: %(message)s")
-    summary = _train_fold(cfg)
+    summary = _train_fold(cfg)  # the trainer sets cfg.threads
     if os.getppid() != parent:
         os._exit(1)  # stopped because the demo died: last.pt is saved, nobody awaits the result
     return summary
 
 
-def _stop_when_orphaned(poll_seconds: float = 1.0, grace_seconds: float = 60.0) -> int:
+def _stop_when_orphaned(parent: int, poll_seconds: float = 1.0, grace_seconds: float = 60.0
+                        ) -> None:
     """If the demo process dies (``kill PID``, a scheduler's SIGTERM) its fold workers would train
     on with nobody to report to; a watcher thread sends this worker SIGTERM instead, which the trainer answers by
     saving last.pt and stopping (a rerun of the demo resumes there); the worker then ends itself
     (its result has nobody to go to: sending it would block forever), or the watcher ends it after
     ``grace_seconds`` if the trainer does not return. Ctrl-C reaches every process of the
-    terminal's group and needs no help. Returns the parent's pid."""
+    terminal's group and needs no help. ``parent``: the demo's pid, as the demo gave it (read
+    here, it could already be init's if the demo died before this worker started)."""
     import signal
     import threading
-
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -277,7 +302,6 @@ def _stop_when_orphaned(poll_seconds: float = 1.0, grace_seconds: float = 60.0) 
         os._exit(1)
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-    return parent
 
 
 def score_fold(args: argparse.Namespace, out: Path, data: dict[str, Any], fold: int,

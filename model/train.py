@@ -206,9 +206,10 @@ def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "processes (SyncBatchNorm) by default; this keeps them per process")
     p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
     p.add_argument("--cache-frames-mb", type=int_range(0), default=d.cache_frames_mb,
-                   help="decode the fold's frames into memory once, before the first epoch, when "
-                        "all of them take at most this many MB (0: never); the 64-pixel twin of "
-                        "the demo fits, a real DISFA fold at 224 px (~13 GB) does not")
+                   help="decode the training and selection frames into memory once, before the "
+                        "first epoch, when they take at most this many MB in each training "
+                        "process (0: never; may change on --resume); the demo's 64-pixel twin "
+                        "fits, a real DISFA fold at 224 px (~13 GB) does not")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--plot-every", type=int, default=d.plot_every,
                    help="redraw the PNG curves every N epochs (always at the end)")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.engine.checkpoint import load_checkpoint
@@ -38,7 +39,7 @@ def test_two_process_gloo_run(tmp_path):
            str(script), "--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
            "--out", str(out), "--preset", "small", "--epochs", "2", "--batches-per-epoch", "2",
            "--batch-size", "8", "--workers", "0", "--threads", "1", "--device", "cpu", "--quiet",
-           "--lr", "0.05"]
+           "--lr", "0.05", "--task", "both"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     config = json.loads((out / "config.json").read_text())
@@ -62,5 +63,11 @@ def test_two_process_gloo_run(tmp_path):
     assert history[-1]["eval"]["n_frames"] == 32
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["n_frames"] == 32
+    # the intensity sums too, per test subject: ranks agree on their shape and add up to the whole
+    intensity = results["test_intensity"]
+    assert intensity["n_frames"] == 32
+    sums = np.asarray(intensity["per_subject"]["sums"])
+    assert sums.shape == (len(intensity["per_subject"]["subjects"]), 12, 7)
+    assert sums[:, :, 0].sum(axis=0).tolist() == [32.0] * 12
     # only rank 0 printed the final table
     assert proc.stdout.count("| F1 |") == 1

@@ -152,3 +152,27 @@ def test_fold_workers_save_and_stop_when_the_demo_process_is_killed(tmp_path):
     for last in lasts:
         state = torch.load(last, weights_only=True)
         assert state["progress"]["epoch"] < 50
+
+
+def test_a_failing_fold_stops_the_folds_training_beside_it(tmp_path):
+    """Fold 2 refuses its run folder at once (made with other settings); fold 1, which would
+    train on for a minute, gets SIGTERM (saving last.pt if it got that far) and the error is
+    reported at once instead of after fold 1 finishes."""
+    import time
+
+    base = ["--out", str(tmp_path / "demo"), "--n-subjects", "6", "--frames", "40", "--size", "64",
+            "--k", "2", "--val-subjects", "1", "--batches-per-epoch", "40", "--batch-size", "16",
+            "--jobs", "1", "--threads", "2", "--predict-subjects", "0", "--quiet"]
+    old = torch.get_num_threads()
+    try:
+        run_demo(build_parser().parse_args(base + ["--folds", "2", "--epochs", "1"]))
+        start = time.monotonic()
+        with pytest.raises(ValueError, match=r"--epochs 50 \(run has 1\)"):
+            run_demo(build_parser().parse_args(base + ["--epochs", "50", "--train-jobs", "2"]))
+    finally:
+        torch.set_num_threads(old)
+    assert time.monotonic() - start < 45  # fold 1 alone trains on for about a minute
+    fold1 = tmp_path / "demo" / "runs" / "fold1"
+    assert not (fold1 / "results.json").exists()  # stopped, not finished
+    if (fold1 / "last.pt").exists():  # stopped after its first epoch: resumable
+        assert torch.load(fold1 / "last.pt", weights_only=True)["progress"]["epoch"] < 50

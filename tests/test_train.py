@@ -371,3 +371,14 @@ def test_frames_cached_in_memory_train_exactly_as_frames_read_from_disk(data, tm
     b = load_checkpoint(tmp_path / "disk" / "last.pt")
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+
+
+def test_resume_may_change_the_frame_cache(data, tmp_path):
+    """Out of memory on resume: --cache-frames-mb 0 must be accepted, not refused as a recipe
+    change."""
+    train(config(data, tmp_path / "run", epochs=1, batches_per_epoch=1))
+    summary = train(config(data, tmp_path / "x", resume=str(tmp_path / "run"), epochs=2,
+                           batches_per_epoch=1, cache_frames_mb=0),
+                    explicit={"resume", "epochs", "cache_frames_mb"})
+    assert summary["status"] == "finished" and summary["epochs_run"] == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["train_config"]["cache_frames_mb"] == 0

@@ -19,7 +19,7 @@ from .config import TrainConfig, config_from_args, recipe_differences
 from .data import DataError, fold_numbers
 from .distributed import DistInfo
 from .evaluator import evaluate_checkpoint, mean_over_folds
-from .trainer import load_data, train
+from .trainer import RESUME_OVERRIDABLE, load_data, train
 from .crossval_reports import table1_rows, table2_rows
 from . import crossval_reports as reports
 
@@ -44,8 +44,10 @@ def run_fold(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     if (run_dir / "last.pt").is_file():
         log.info("%s: resuming", run_dir)
         cfg = TrainConfig(**{**cfg.__dict__, "resume": str(run_dir)})
-        return train(cfg, explicit={"resume", "epochs", "device", "workers", "quiet", "threads",
-                                    "eval_batch_size", "plot_every"})
+        # The run's stored settings win, except those that may change on resume (which the
+        # caller's config then sets: epochs, device, threads, the frame cache ...).
+        return train(cfg, explicit=set(RESUME_OVERRIDABLE) - {"out", "shards", "manifest",
+                                                              "compile"})
     return train(cfg)
 
 

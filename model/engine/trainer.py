@@ -57,7 +57,8 @@ log = logging.getLogger("model.train")
 
 #: Options that may change when a run is resumed; every other one must match the stored run.
 RESUME_OVERRIDABLE = ("epochs", "device", "workers", "eval_batch_size", "resume", "out",
-                      "shards", "manifest", "threads", "quiet", "plot_every", "compile")
+                      "shards", "manifest", "threads", "quiet", "plot_every", "compile",
+                      "cache_frames_mb")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,11 +207,15 @@ def _datasets(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list], thresh
 
 
 def _cache_frames(cfg: TrainConfig, datasets: Sequence[ShardFrames]) -> None:
-    """Decode the frames read every epoch (training and selection splits) into memory once, when
-    they fit ``--cache-frames-mb``; the test split is read once and stays on disk."""
+    """Decode the frames read every epoch (the training and selection splits) into memory once,
+    when they fit ``--cache-frames-mb`` (a budget per training process). Not with DataLoader
+    workers started by spawn/forkserver: each would get a pickled copy, where fork shares one."""
+    import torch.multiprocessing as mp
+
     distinct = list({id(d): d for d in datasets}.values())
     total = sum(d.decoded_bytes for d in distinct)
-    if not cfg.cache_frames_mb or total > cfg.cache_frames_mb * 2**20:
+    copied = (cfg.workers or 0) > 0 and mp.get_start_method(allow_none=True) not in (None, "fork")
+    if not cfg.cache_frames_mb or total > cfg.cache_frames_mb * 2**20 or copied:
         log.debug("frames not cached in memory (%.0f MB, --cache-frames-mb %d)", total / 2**20,
                   cfg.cache_frames_mb)
         return

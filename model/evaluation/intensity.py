@@ -74,7 +74,7 @@ class IntensityMetrics:
     mean_over: list[int] = field(default_factory=list)  # the AUs the means are taken over
     #: Per held-out subject: names and ``[S][K][7]`` sums (the bootstrap's resampling unit).
     subjects: list[str] = field(default_factory=list)
-    subject_sums: list = field(default_factory=list)
+    subject_sums: list[list[list[float]]] = field(default_factory=list)
 
     @property
     def mean_icc(self) -> float:
@@ -184,8 +184,13 @@ class IntensityAccumulator:
         terms = frame_terms(predictions, targets)
         if groups is None:
             self.subject_sums[0] += terms.sum(axis=0)
-        else:
-            np.add.at(self.subject_sums, np.asarray(groups, dtype=np.int64), terms)
+            return
+        groups = np.asarray(groups, dtype=np.int64)
+        if len(groups) != len(terms) or (len(groups) and not
+                                         0 <= groups.min() <= groups.max() < len(self.subject_sums)):
+            raise ValueError(f"groups must give each of the {len(terms)} frames a subject index "
+                             f"below {len(self.subject_sums)} (subjects: {self.subjects})")
+        np.add.at(self.subject_sums, groups, terms)
 
     def sums_tensor(self) -> torch.Tensor:
         return torch.as_tensor(self.subject_sums.reshape(-1), dtype=torch.float64)

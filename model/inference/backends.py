@@ -65,7 +65,9 @@ class TorchBackend:
     def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # face batches keep one shape: tune once
+            # Face batches keep one shape: tune the convolutions once. Process-wide (torch has
+            # no per-model switch); prediction does not need bit-reproducible kernels.
+            torch.backends.cudnn.benchmark = True
         state = load_checkpoint(checkpoint, map_location="cpu")
         model, self.meta = load_for_inference(checkpoint, device=self.device, state=state)
         self.meta["selected"] = "metrics" in state   # best.pt carries its selection metrics
