@@ -28,12 +28,7 @@ from trainer_fixtures import make_dataset
 FAKE = "timm:fake_convnet"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture

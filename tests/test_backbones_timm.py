@@ -26,12 +26,7 @@ except Exception as err:  # ImportError, or torchvision failing to load beside t
     pytest.skip(f"timm does not import here ({type(err).__name__}: {err})", allow_module_level=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 def _tranet(backbone: str, **kw) -> torch.nn.Module:

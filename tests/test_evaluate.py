@@ -18,12 +18,7 @@ TRAIN = dict(preset="small", epochs=1, batches_per_epoch=2, batch_size=8, worker
              lr=0.05, eval_batch_size=32, plot_every=100)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from model.train import NonFiniteLossError, StopRequest, TrainConfig, main, trai
 from trainer_fixtures import make_dataset, write_manifest, write_subject
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box has 2 shared cores; tiny models run best on one
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

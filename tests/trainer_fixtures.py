@@ -21,19 +21,23 @@ FIXTURE_RATES = (0.25, 0.2, 0.3, 0.2, 0.06, 0.3, 0.5, 0.25)
 REGION_ROWS = {0: 0.12, 1: 0.12, 2: 0.12, 3: 0.45, 4: 0.45, 5: 0.78, 6: 0.78, 7: 0.78}
 
 
+def _draw_marks(img: np.ndarray, fills: dict[int, np.ndarray | float]) -> np.ndarray:
+    """Each AU k's two mirrored square marks in its region's band, filled with ``fills[k]``."""
+    size = img.shape[0]
+    sq = max(2, size // 10)
+    for k, fill in fills.items():
+        row = int(REGION_ROWS[k] * size)
+        col = int((0.04 + 0.13 * (k % 3)) * size)  # three slots per band, mirrored
+        for c in (col, size - col - sq):
+            img[row:row + sq, c:c + sq] = fill
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """An RGB uint8 image showing the marks of the positive AUs in ``labels`` ([8] 0/1)."""
     img = np.full((size, size, 3), 90, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
-    sq = max(2, size // 10)
-    for k, on in enumerate(labels):
-        if not on:
-            continue
-        row = int(REGION_ROWS[k] * size)
-        col = int((0.04 + 0.13 * (k % 3)) * size)  # three slots per band, mirrored
-        colour = np.array([255, 60 + 60 * (k % 3), 40 + 25 * k], dtype=np.float32)
-        for c in (col, size - col - sq):
-            img[row:row + sq, c:c + sq] = colour
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return _draw_marks(img, {k: np.array([255, 60 + 60 * (k % 3), 40 + 25 * k], dtype=np.float32)
+                             for k, on in enumerate(labels) if on})
 
 
 def write_subject(path: Path, subject: str, n: int, size: int, seed: int,
@@ -99,16 +103,8 @@ def render_intensity(levels: np.ndarray, size: int, rng: np.random.Generator) ->
     """Like :func:`render`, but each of the 8 AUs' marks grows brighter with its 0-5 intensity
     (``levels`` [8]), so intensity is visible in the pixels; intensity 0 draws nothing."""
     img = np.full((size, size, 3), 60, dtype=np.float32) + rng.normal(0, 4, (size, size, 3))
-    sq = max(2, size // 10)
-    for k, level in enumerate(levels):
-        if not level:
-            continue
-        row = int(REGION_ROWS[k] * size)
-        col = int((0.04 + 0.13 * (k % 3)) * size)
-        value = 60 + 39 * float(level)  # 99 .. 255
-        for c in (col, size - col - sq):
-            img[row:row + sq, c:c + sq] = value
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return _draw_marks(img, {k: 60 + 39 * float(level)  # 99 .. 255
+                             for k, level in enumerate(levels) if level})
 
 
 def write_intensity_subject(path: Path, subject: str, n: int, size: int, seed: int,
