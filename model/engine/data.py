@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -310,6 +310,16 @@ class ShardFrames(Dataset):
 
     def natural_positive_rate(self) -> np.ndarray:
         return self.labels.mean(axis=0) if len(self) else np.zeros(len(self.au_ids))
+
+
+def frame_subset(dataset: ShardFrames, keep: Mapping[str, Sequence[int]]) -> np.ndarray:
+    """Global indices of the frames whose 0-based video frame is in ``keep[subject]`` (a subject
+    missing from ``keep`` contributes none): one frame set evaluated on two cameras' shards."""
+    parts = [np.zeros(0, np.int64)]
+    for reader, start in zip(dataset.readers, dataset.offsets[:-1]):
+        wanted = np.asarray(keep.get(reader.subject, ()), dtype=np.int64)
+        parts.append(int(start) + np.flatnonzero(np.isin(reader.frame_index, wanted)))
+    return np.concatenate(parts).astype(np.int64)
 
 
 def evaluation_indices(n: int, max_frames: int | None) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""--test-camera compares one thing: by default both cameras on the frames the left test kept
+(tiny twin, both cameras aligned, the twin's own error log dropping left frames)."""
+import json
+
+import numpy as np
+import pytest
+
+from model.crossval import main as crossval_main
+from pipeline.shards import ShardReader, shard_name
+from trainer_fixtures import write_manifest
+
+CV = ["--preset", "small", "--epochs", "1", "--batches-per-epoch", "2", "--batch-size", "8",
+      "--workers", "0", "--eval-batch-size", "32", "--quiet", "--lr", "0.05", "--plot-every",
+      "100", "--threads", "1", "--bootstrap", "50"]
+TEST = ("SN003", "SN004")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    """Shards of both cameras of a 4-subject twin and a one-fold manifest testing SN003, SN004."""
+    from pipeline.align import main as align_main
+    from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("camera")
+    synthesize(root / "release", SynthConfig.tiny(n_subjects=4, width=320, height=240))
+    assert align_main(["--disfa-root", str(root / "release"), "--out", str(root / "sh"),
+                       "--camera", "both", "--size", "48",
+                       "--error-log", str(root / "release" / ERROR_LOG)]) == 0
+    manifest = write_manifest(root / "folds.json", root / "sh",
+                              [(["SN001"], ["SN002"], list(TEST))], 48)
+    return root, manifest
+
+
+def _frames(shards, subject, camera):
+    return ShardReader(shards / shard_name(subject, camera)).frame_index
+
+
+def _run(root, manifest, out, *extra):
+    assert crossval_main(["--shards", str(root / "sh"), "--manifest", str(manifest),
+                          "--out", str(out), "--test-camera", "right", *extra, *CV]) == 0
+    report = json.loads((out / "crossval.json").read_text())
+    return report, (out / "cameras_tranet.md").read_text()
+
+
+def test_default_compares_both_cameras_on_the_frames_the_left_test_kept(twin, tmp_path):
+    root, manifest = twin
+    sh = root / "sh"
+    extra = sum(len(np.setdiff1d(_frames(sh, s, "right"), _frames(sh, s, "left"))) for s in TEST)
+    assert extra > 0   # the right shards hold error-log frames the left test dropped
+    report, table = _run(root, manifest, tmp_path / "cv")
+    (r,) = report["results"]["tranet"]
+    right, left = r["test_camera"]["per_subject"], r["test_camera_left"]["per_subject"]
+    expected = [len(np.intersect1d(_frames(sh, s, "left"), _frames(sh, s, "right")))
+                for s in right["subjects"]]
+    assert right["n_frames"] == left["n_frames"] == expected
+    record = r["test_camera"]["comparison"]
+    assert record["frames"] == "matched" and record["counts"]["compared"] == sum(expected)
+    assert record["counts"]["right_only_error_log"] + record["counts"]["right_only_other"] == extra
+    assert record["landmarks"] == {"left": ["release"], "right": ["dlib"]}
+    assert report["cameras"]["tranet"]["comparison"]["frames"] == "matched"
+    assert "the same frames" in table and f"the same {sum(expected)} frames" in table
+    assert "left aligned from release landmarks, right from dlib landmarks" in table
+
+
+def test_camera_frames_all_compares_every_frame_each_camera_kept(twin, tmp_path):
+    root, manifest = twin
+    sh = root / "sh"
+    report, table = _run(root, manifest, tmp_path / "cv", "--camera-frames", "all")
+    (r,) = report["results"]["tranet"]
+    right = r["test_camera"]["per_subject"]
+    assert right["n_frames"] == [len(_frames(sh, s, "right")) for s in right["subjects"]]
+    assert r["test"]["per_subject"]["n_frames"] == [len(_frames(sh, s, "left"))
+                                                    for s in right["subjects"]]
+    assert right["n_frames"] != r["test"]["per_subject"]["n_frames"]
+    assert "test_camera_left" not in r and r["test_camera"]["comparison"]["frames"] == "all"
+    assert "frame sets differ" in table and "--camera-frames all" in table
