@@ -76,3 +76,56 @@ def test_camera_frames_all_compares_every_frame_each_camera_kept(twin, tmp_path)
     assert right["n_frames"] != r["test"]["per_subject"]["n_frames"]
     assert "test_camera_left" not in r and r["test_camera"]["comparison"]["frames"] == "all"
     assert "frame sets differ" in table and "--camera-frames all" in table
+
+
+def test_camera_shards_with_dlib_left_shards_match_the_landmark_source(twin, tmp_path):
+    from pipeline.align import main as align_main
+
+    root, manifest = twin
+    dlib_dir = tmp_path / "sh_dlib"
+    assert align_main(["--disfa-root", str(root / "release"), "--out", str(dlib_dir),
+                       "--camera", "both", "--landmarks", "dlib", "--size", "48",
+                       "--subjects", *TEST]) == 0
+    report, table = _run(root, manifest, tmp_path / "cv", "--camera-shards", str(dlib_dir))
+    (r,) = report["results"]["tranet"]
+    record = r["test_camera"]["comparison"]
+    assert record["landmarks"] == {"left": ["dlib"], "right": ["dlib"]}
+    assert record["left_shards"] == str(dlib_dir)
+    right, left = r["test_camera"]["per_subject"], r["test_camera_left"]["per_subject"]
+    expected = [len(np.intersect1d(np.intersect1d(
+        _frames(root / "sh", s, "left"), _frames(dlib_dir, s, "right")),
+        _frames(dlib_dir, s, "left"))) for s in right["subjects"]]
+    assert right["n_frames"] == left["n_frames"] == expected
+    assert "left aligned from dlib landmarks, right from dlib landmarks" in table
+    assert "they differ" not in table
+
+
+def test_align_landmarks_dlib_aligns_the_left_camera_from_dlib_without_the_error_log(
+        tmp_path, monkeypatch):
+    """--landmarks dlib: the left camera's shard comes from dlib's landmarks, and the error log
+    (which describes the release's AAM tracking) is not applied; the default is unchanged."""
+    from _disfa_fixtures import face_track, write_release
+    from pipeline import align as align_mod
+
+    class Tracker:  # the fixture's polygon face is not one dlib finds: its own track instead
+        def __init__(self):
+            self.points, self.k = face_track(30, 64, 48), 0
+
+        def update(self, rgb):
+            self.k += 1
+            return type("Face", (), {"landmarks66": self.points[self.k - 1]})
+
+    monkeypatch.setattr(align_mod, "_right_camera_tracker", lambda cfg: Tracker())
+    rel = write_release(tmp_path / "disfa", {"SN001": 30}, width=64, height=48)
+    errors = tmp_path / "errors.csv"
+    errors.write_text("subject,first_frame,last_frame\nSN001,5,6\n")
+    common = ["--disfa-root", str(rel.root), "--size", "32", "--error-log", str(errors)]
+    assert align_mod.main([*common, "--out", str(tmp_path / "aam")]) == 0
+    assert align_mod.main([*common, "--out", str(tmp_path / "dlib"), "--landmarks", "dlib"]) == 0
+    aam = ShardReader(tmp_path / "aam" / "SN001_left.h5")
+    dlib = ShardReader(tmp_path / "dlib" / "SN001_left.h5")
+    assert aam.attrs["config"]["landmark_source"] == "release" and len(aam) == 28
+    assert dlib.attrs["config"]["landmark_source"] == "dlib" and len(dlib) == 30
+    assert dlib.attrs["config"]["bad_ranges"] == [] and dict(dlib.attrs["dropped"]) == {}
+    assert dlib.attrs["config"]["content_key"]["landmarks"] == "dlib"
+    assert "landmarks" not in aam.attrs["config"]["content_key"]

@@ -29,6 +29,14 @@ log = logging.getLogger("model.crossval")
 CAMERA_FRAMES = ("matched", "all")
 
 
+def check_camera_options(test_camera: str | None, camera_shards: str | None) -> None:
+    """A ValueError naming the option when ``--camera-shards`` cannot be used."""
+    if camera_shards and not test_camera:
+        raise ValueError("--camera-shards is for --test-camera; add --test-camera right")
+    if camera_shards and not Path(camera_shards).is_dir():
+        raise ValueError(f"--camera-shards {camera_shards}: not a folder of shards")
+
+
 def landmark_source(reader: ShardReader) -> str:
     """release | dlib; shards from before the attr existed: the left camera had the release's."""
     config = reader.attrs.get("config") or {}
@@ -103,6 +111,7 @@ def test_on_camera(per_variant: dict[str, list[dict[str, Any]]], base: TrainConf
                     subjects = fold_spec(base.manifest, fold).subjects["test"]
                     sets[fold] = frame_sets(shards, other, subjects, camera,
                                             f"{base.manifest} fold {fold}")
+                    _warn_if_sources_differ(sets[fold][1], camera, fold)
                 common, record = sets[fold]
                 keep = common if frames == "matched" else None
                 run = dict(variant=variant, batch_size=base.eval_batch_size, device=device,
@@ -122,6 +131,15 @@ def test_on_camera(per_variant: dict[str, list[dict[str, Any]]], base: TrainConf
             r["test_camera"] = {**tested["metrics"], "camera": camera,
                                 "comparison": {"frames": frames, **record}}
     return failures
+
+
+def _warn_if_sources_differ(record: dict[str, Any], camera: str, fold: int) -> None:
+    marks = record["landmarks"]
+    if marks["left"] != marks[camera]:
+        log.warning("fold %d: the left side is aligned from %s landmarks, the %s camera from %s: "
+                    "the difference holds both effects (--camera-shards with left shards from "
+                    "pipeline.align --landmarks dlib matches them)", fold,
+                    "/".join(marks["left"]), camera, "/".join(marks[camera]))
 
 
 def describe(comparisons: Sequence[dict[str, Any]], camera: str) -> list[str]:

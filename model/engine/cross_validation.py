@@ -14,12 +14,12 @@ from ..evaluation.provenance import note_rows
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..nets.tranet import VARIANTS
 from ..evaluation.statistics import DEFAULT_RESAMPLES
-from .camera_eval import describe, test_on_camera
+from .camera_eval import check_camera_options, describe, test_on_camera
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, config_from_args, recipe_differences
 from .data import DataError, fold_numbers
 from .distributed import DistInfo
-from .evaluator import evaluate_checkpoint, mean_over_folds
+from .evaluator import mean_over_folds
 from .trainer import RESUME_OVERRIDABLE, load_data, train
 from .crossval_reports import table1_rows, table2_rows
 from . import crossval_reports as reports
@@ -131,6 +131,7 @@ def crossval(args: argparse.Namespace, explicit: set[str] | None = None) -> dict
     variants += [c for c in compare if c in VARIANTS and c not in variants]
     base = config_from_args(args, explicit, fold=folds[0], out=str(out), variant=variants[0])
     test_camera = getattr(args, "test_camera", None)
+    check_camera_options(test_camera, getattr(args, "camera_shards", None))
     if test_camera and test_camera in base.cameras:
         raise ValueError(f"--test-camera {test_camera}: the models also train on that camera "
                          f"(--cameras {' '.join(base.cameras)}); train on the other one")

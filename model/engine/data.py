@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from pipeline.disfa import ALL_AUS, au_columns
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
@@ -320,6 +320,17 @@ def frame_subset(dataset: ShardFrames, keep: Mapping[str, Sequence[int]]) -> np.
         wanted = np.asarray(keep.get(reader.subject, ()), dtype=np.int64)
         parts.append(int(start) + np.flatnonzero(np.isin(reader.frame_index, wanted)))
     return np.concatenate(parts).astype(np.int64)
+
+
+def select_frames(dataset: ShardFrames, keep: Mapping[str, Sequence[int]] | None,
+                  context: str) -> ShardFrames | Subset:
+    """``dataset``, or only its frames in ``keep`` (see :func:`frame_subset`); none is an error."""
+    if keep is None:
+        return dataset
+    chosen = Subset(dataset, frame_subset(dataset, keep).tolist())
+    if len(chosen) == 0:
+        raise DataError(f"{context}: no frame is in the frame set to compare")
+    return chosen
 
 
 def evaluation_indices(n: int, max_frames: int | None) -> np.ndarray:

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from .checkpoint import check_compatible, load_checkpoint, load_for_inference
 from .config import protocol_note
 from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
-                   fold_spec, frame_subset, load_manifest, open_shards,
+                   fold_spec, load_manifest, open_shards, select_frames,
                    single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
 from .trainer import run_task_evaluation
@@ -43,9 +43,9 @@ def evaluate_checkpoint(
 
     Checks before evaluating: the checkpoint is readable and of ``variant`` (if given), it
     predicts the manifest's AUs, and the shards agree with the manifest and with the
-    checkpoint's input geometry. ``keep_frames`` (subject -> 0-based video frames) evaluates
-    only those frames (the cross-camera comparison's common frame set). Runs as the trainer's evaluation does: ``workers`` from the
+    checkpoint's input geometry. Runs as the trainer's evaluation does: ``workers`` from the
     CPU count, pinned memory on CUDA, and ``amp`` (None) as the run was trained.
+    ``keep_frames`` (subject -> 0-based video frames): only those (a cross-camera frame set).
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -71,11 +71,7 @@ def evaluate_checkpoint(
     dataset = ShardFrames(readers, spec.au_ids, threshold, size)
     if len(dataset) == 0:
         raise DataError(f"{spec.manifest} fold {fold}: the {split} subjects {subjects} have no frames")
-    if keep_frames is not None:
-        dataset = Subset(dataset, frame_subset(dataset, keep_frames).tolist())
-        if len(dataset) == 0:
-            raise DataError(f"{spec.manifest} fold {fold}: none of the {split} subjects' frames "
-                            f"in {shards} is in the frame set to compare")
+    dataset = select_frames(dataset, keep_frames, f"{spec.manifest} fold {fold} in {shards}")
     if split != "test":
         log.info("evaluating on the %s split of fold %d", split, fold)
 
