@@ -129,3 +129,15 @@ def test_align_landmarks_dlib_aligns_the_left_camera_from_dlib_without_the_error
     assert dlib.attrs["config"]["bad_ranges"] == [] and dict(dlib.attrs["dropped"]) == {}
     assert dlib.attrs["config"]["content_key"]["landmarks"] == "dlib"
     assert "landmarks" not in aam.attrs["config"]["content_key"]
+
+
+def test_camera_shards_bad_input_is_one_line_and_exit_1(twin, tmp_path, caplog):
+    root, manifest = twin
+    base = ["--shards", str(root / "sh"), "--manifest", str(manifest), "--out",
+            str(tmp_path / "cv"), *CV]
+    assert crossval_main([*base, "--test-camera", "right", "--camera-shards",
+                          str(tmp_path / "nowhere")]) == 1
+    assert f"--camera-shards {tmp_path / 'nowhere'}: not a folder of shards" in caplog.text
+    assert crossval_main([*base, "--camera-shards", str(root / "sh")]) == 1
+    assert "--camera-shards is for --test-camera" in caplog.text
+    assert not (tmp_path / "cv" / "tranet").exists()   # refused before any training
