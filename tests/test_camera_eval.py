@@ -25,9 +25,10 @@ def twin(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("camera")
     synthesize(root / "release", SynthConfig.tiny(n_subjects=4, width=320, height=240))
-    assert align_main(["--disfa-root", str(root / "release"), "--out", str(root / "sh"),
-                       "--camera", "both", "--size", "48",
-                       "--error-log", str(root / "release" / ERROR_LOG)]) == 0
+    common = ["--disfa-root", str(root / "release"), "--out", str(root / "sh"), "--size", "48",
+              "--error-log", str(root / "release" / ERROR_LOG)]
+    assert align_main([*common, "--camera", "left"]) == 0
+    assert align_main([*common, "--camera", "right", "--subjects", *TEST]) == 0  # test only
     manifest = write_manifest(root / "folds.json", root / "sh",
                               [(["SN001"], ["SN002"], list(TEST))], 48)
     return root, manifest
