@@ -99,6 +99,12 @@ def test_camera_shards_with_dlib_left_shards_match_the_landmark_source(twin, tmp
     assert right["n_frames"] == left["n_frames"] == expected
     assert "left aligned from dlib landmarks, right from dlib landmarks" in table
     assert "they differ" not in table
+    report, table = _run(root, manifest, tmp_path / "cv", "--camera-shards", str(dlib_dir),
+                         "--camera-frames", "all")   # every frame, both sides from dlib
+    (r,) = report["results"]["tranet"]
+    for key, camera in (("test_camera", "right"), ("test_camera_left", "left")):
+        per = r[key]["per_subject"]
+        assert per["n_frames"] == [len(_frames(dlib_dir, s, camera)) for s in per["subjects"]]
 
 
 def test_align_landmarks_dlib_aligns_the_left_camera_from_dlib_without_the_error_log(

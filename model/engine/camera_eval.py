@@ -74,7 +74,8 @@ def frame_sets(train_shards: Path, camera_shards: Path, subjects: Sequence[str],
         extra = np.setdiff1d(o.frame_index, t.frame_index)
         common[t.subject] = both
         counts[t.subject] = {
-            "left_test_frames": len(t), f"{camera}_frames": len(o), "compared": len(both),
+            "left_test_frames": len(t), "left_side_frames": len(s), f"{camera}_frames": len(o),
+            "compared": len(both),
             f"{camera}_only_error_log": int(np.isin(extra, _error_log_frames(t)).sum()),
             f"{camera}_only_other": int((~np.isin(extra, _error_log_frames(t))).sum()),
             f"left_only_{camera}_dropped": int(len(np.setdiff1d(t.frame_index, o.frame_index))),
@@ -93,8 +94,9 @@ def test_on_camera(per_variant: dict[str, list[dict[str, Any]]], base: TrainConf
                    camera: str, frames: str = "matched", camera_shards: str | None = None
                    ) -> list[dict[str, Any]]:
     """Each fold's best.pt on the same held-out subjects filmed by ``camera``
-    (``summary["test_camera"]``, with its ``comparison`` record); ``frames`` matched also
-    re-tests the left side on the common frames (``summary["test_camera_left"]``)."""
+    (``summary["test_camera"]``, with its ``comparison`` record). The left side is re-tested
+    (``summary["test_camera_left"]``) on the common frames (``frames`` matched) or from the
+    ``camera_shards``' own left shards; else it is the fold's test (``summary["test"]``)."""
     import torch
 
     if frames not in CAMERA_FRAMES:
@@ -119,7 +121,7 @@ def test_on_camera(per_variant: dict[str, list[dict[str, Any]]], base: TrainConf
                 best = Path(r["run_dir"]) / "best.pt"
                 tested = evaluate_checkpoint(best, other, base.manifest, fold,
                                              cameras=[camera], **run)
-                if frames == "matched":
+                if frames == "matched" or Path(record["left_shards"]) != shards:
                     left = evaluate_checkpoint(best, Path(record["left_shards"]), base.manifest,
                                                fold, cameras=["left"], **run)
                     r["test_camera_left"] = {**left["metrics"], "camera": "left"}
@@ -165,7 +167,7 @@ def describe(comparisons: Sequence[dict[str, Any]], camera: str) -> list[str]:
     else:
         lines.append(
             f"Frames (--camera-frames all): every frame each camera kept, left "
-            f"{counts['left_test_frames']}, {camera} {counts[f'{camera}_frames']} (of them "
+            f"{counts['left_side_frames']}, {camera} {counts[f'{camera}_frames']} (of them "
             f"{counts[f'{camera}_only_error_log']} in the left camera's error log and "
             f"{counts[f'{camera}_only_other']} it drops otherwise; "
             f"{counts[f'left_only_{camera}_dropped']} left frames the {camera} camera lacks): "

@@ -240,7 +240,7 @@ def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: 
     frames = comparisons[0]["frames"]
     header, rows, detail = reports.compare_rows(
         camera, tested, "left", tested, resamples, seed, key_a="test_camera",
-        key_b="test_camera_left" if frames == "matched" else "test")
+        key_b="test_camera_left" if all("test_camera_left" in r for r in tested) else "test")
     detail["comparison"] = {"frames": frames, "landmarks": comparisons[0]["landmarks"],
                             "per_fold": {r["fold"]: c for r, c in zip(tested, comparisons)}}
     report.setdefault("cameras", {})[variant] = detail
