@@ -20,6 +20,7 @@ recipe (variant, preset, backbone and weights, image size, selection, folds) of 
     python -m model.crossval ... --compare senet50 tranet    # paired test of two variants
     python -m model.crossval --out runs/cmp --compare runs/cvA runs/cvB   # of two run folders
     python -m model.crossval ... --test-camera right         # train left, test left and right
+    python -m model.crossval ... --test-camera right --camera-frames all   # every frame each kept
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from pipeline.cli import HelpFormatter
 from pipeline.cli import check_out_dir
 
 from .cli import handle_errors, setup_logging
+from .engine.camera_eval import CAMERA_FRAMES
 from .engine.checkpoint import CheckpointError
 from .engine.cross_validation import crossval, run_fold, table1, table2  # noqa: F401  (re-exported)
 from .engine.data import DataError
@@ -68,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also test each fold's best.pt on the same held-out subjects filmed by "
                         "this camera (shards from pipeline.align --camera right) while training "
                         "on the left; writes OUT/cameras_<variant>.{md,csv} (default: off)")
+    p.add_argument("--camera-frames", choices=list(CAMERA_FRAMES), default="matched",
+                   help="--test-camera's frames: matched = both cameras on the frames the left "
+                        "test kept that the other camera has too (the camera's effect); all = "
+                        "every frame each camera kept (also the error-log frames the left "
+                        "camera drops and without the frames dlib finds no face in)")
+    p.add_argument("--camera-shards", default=None, metavar="DIR",
+                   help="--test-camera's shards (default: --shards); when DIR also holds left "
+                        "shards (pipeline.align --camera both --landmarks dlib), the left side "
+                        "is read from there, so both sides share dlib's landmarks")
     add_bootstrap_options(p)
     p.add_argument("--fresh", action="store_true",
                    help="delete and retrain the runs of the chosen variants and folds (needed "

@@ -73,6 +73,9 @@ CONTENT_FIELDS = ("size", "nose_target", "chin_target", "border", "encoding", "j
                   "pipeline_version")
 _RIGHT_ONLY_FIELDS = ("detect_every", "max_detect_width", "predictor")  # dlib settings
 _LEFT_ONLY_FIELDS = ("error_log",)  # the error log describes the left camera's landmarks
+#: Where a shard's landmarks come from (``--landmarks``); dlib on both cameras makes the
+#: cross-camera comparison one of cameras, not also of landmark sources.
+LANDMARK_SOURCES = ("auto", "dlib")
 
 
 @dataclass
@@ -82,6 +85,7 @@ class AlignConfig:
     disfa_root: str
     out: str
     camera: str = "left"  # left | right | both
+    landmarks: str = "auto"  # auto: the release's for the left camera, dlib for the right; dlib
     subjects: list[str] | None = None  # None: every subject found
     jobs: int = 1
     threshold: int = DEFAULT_THRESHOLD
@@ -111,6 +115,9 @@ class AlignConfig:
         au_columns(self.au_ids)  # validates
         if self.camera not in ("left", "right", "both"):
             raise ValueError(f"camera must be left, right or both, got {self.camera!r}")
+        if self.landmarks not in LANDMARK_SOURCES:
+            raise ValueError(f"landmarks must be one of {LANDMARK_SOURCES}, got "
+                             f"{self.landmarks!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -140,11 +147,18 @@ class AlignConfig:
     def cameras(self) -> list[str]:
         return ["left", "right"] if self.camera == "both" else [self.camera]
 
+    def uses_dlib(self, camera: str) -> bool:
+        """Whether ``camera``'s landmarks come from dlib: the right camera's always (the release
+        ships the left camera's only), the left one's with ``landmarks="dlib"``."""
+        return camera != "left" or self.landmarks == "dlib"
+
     def content_key(self, camera: str = "left") -> dict[str, Any]:
         """The settings that decide a ``camera`` shard's content (reruns compare these)."""
-        unused = _RIGHT_ONLY_FIELDS if camera == "left" else _LEFT_ONLY_FIELDS
+        unused = _LEFT_ONLY_FIELDS if self.uses_dlib(camera) else _RIGHT_ONLY_FIELDS
         d = dataclasses.asdict(self)
         key = {k: d[k] for k in CONTENT_FIELDS if k not in unused}
+        if camera == "left" and self.uses_dlib(camera):  # absent otherwise: older keys still match
+            key["landmarks"] = "dlib"
         return json.loads(json.dumps(key, default=str))
 
 
@@ -429,7 +443,7 @@ def _plan_frames(job: SubjectJob, video: _VideoReader, n: int) -> _FramePlan:
     and the release's landmarks, which describe the left camera only)."""
     cfg = job.config
     plan = _FramePlan(reason=np.full(n, -1, dtype=np.int16))
-    if job.camera != "left":
+    if cfg.uses_dlib(job.camera):
         return plan
     reason = plan.reason
     reason[bad_frame_mask(job.bad_ranges, n)] = DROP_REASONS.index("error_log")
@@ -592,9 +606,9 @@ def plan_jobs(cfg: AlignConfig, layout: ReleaseLayout,
     ranges = load_bad_ranges(cfg) if ranges is None else ranges
     subjects = cfg.subjects if cfg.subjects is not None else list(layout.subjects)
     out = Path(cfg.out)
-    # The error log describes the left camera's landmarks only.
+    # The error log describes the left camera's AAM landmarks only.
     return [SubjectJob(subject=s, camera=camera, files=layout.subjects.get(s),
-                       bad_ranges=ranges.get(s, []) if camera == "left" else [],
+                       bad_ranges=[] if cfg.uses_dlib(camera) else ranges.get(s, []),
                        shard_path=out / shard_name(s, camera), config=cfg,
                        lock=(str(lock.path), lock.token) if lock is not None else None)
             for s in subjects for camera in cfg.cameras()]
@@ -796,6 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which camera(s): the release's landmarks (and its error log) belong to "
                         "the left camera; right-camera landmarks come from dlib, frames without "
                         "a face are dropped (default: left)")
+    p.add_argument("--landmarks", choices=LANDMARK_SOURCES, default="auto",
+                   help="auto: the release's landmarks (and error log) for the left camera, "
+                        "dlib for the right; dlib: dlib for both cameras, no error log, e.g. "
+                        "into another --out for model.crossval --camera-shards, so a "
+                        "cross-camera test compares cameras only (default: auto)")
     p.add_argument("--subjects", nargs="+", metavar="SN0xx",
                    help="only these subjects (default: every subject found)")
     p.add_argument("--jobs", type=int_range(1), default=1,
@@ -860,6 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> AlignConfig:
     return AlignConfig(
         disfa_root=str(args.disfa_root), out=str(args.out), camera=args.camera,
+        landmarks=args.landmarks,
         subjects=args.subjects, jobs=args.jobs, threshold=parse_threshold(args.threshold),
         au_ids=args.aus, size=args.size, nose_target=args.nose_target,
         chin_target=args.chin_target, border=args.border, encoding=args.encoding,

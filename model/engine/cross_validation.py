@@ -14,11 +14,12 @@ from ..evaluation.provenance import note_rows
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..nets.tranet import VARIANTS
 from ..evaluation.statistics import DEFAULT_RESAMPLES
+from .camera_eval import check_camera_options, describe, test_on_camera
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, config_from_args, recipe_differences
 from .data import DataError, fold_numbers
 from .distributed import DistInfo
-from .evaluator import evaluate_checkpoint, mean_over_folds
+from .evaluator import mean_over_folds
 from .trainer import RESUME_OVERRIDABLE, load_data, train
 from .crossval_reports import table1_rows, table2_rows
 from . import crossval_reports as reports
@@ -130,6 +131,7 @@ def crossval(args: argparse.Namespace, explicit: set[str] | None = None) -> dict
     variants += [c for c in compare if c in VARIANTS and c not in variants]
     base = config_from_args(args, explicit, fold=folds[0], out=str(out), variant=variants[0])
     test_camera = getattr(args, "test_camera", None)
+    check_camera_options(test_camera, getattr(args, "camera_shards", None))
     if test_camera and test_camera in base.cameras:
         raise ValueError(f"--test-camera {test_camera}: the models also train on that camera "
                          f"(--cameras {' '.join(base.cameras)}); train on the other one")
@@ -141,7 +143,9 @@ def crossval(args: argparse.Namespace, explicit: set[str] | None = None) -> dict
     if failures and failures[-1].get("error") == "interrupted":
         return {"status": "interrupted", "failures": failures}
     if test_camera:
-        failures += test_on_camera(per_variant, base, test_camera)
+        failures += test_on_camera(per_variant, base, test_camera,
+                                   getattr(args, "camera_frames", "matched"),
+                                   getattr(args, "camera_shards", None))
     report = write_reports(out, per_variant, failures, base, args, resamples, seed)
     if compare:
         report["comparison"] = write_comparison(out, compare, per_variant, resamples, seed)
@@ -176,31 +180,6 @@ def train_all(base: TrainConfig, out: Path, variants: Sequence[str], folds: Sequ
                 return per_variant, failures
             per_variant[variant].append(summary)
     return per_variant, failures
-
-
-def test_on_camera(per_variant: dict[str, list[dict[str, Any]]], base: TrainConfig,
-                   camera: str) -> list[dict[str, Any]]:
-    """Each fold's best.pt on the same held-out subjects filmed by ``camera``
-    (``summary["test_camera"]``)."""
-    import torch
-
-    device = base.device if base.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                        else "cpu")
-    failures = []
-    for variant, results in per_variant.items():
-        for r in results:
-            try:
-                evaluated = evaluate_checkpoint(
-                    Path(r["run_dir"]) / "best.pt", base.shards, base.manifest, r["fold"],
-                    variant=variant, batch_size=base.eval_batch_size, device=device,
-                    cameras=[camera])
-            except (DataError, CheckpointError, ValueError) as err:
-                log.error("%s fold %d on the %s camera failed: %s", variant, r["fold"], camera, err)
-                failures.append({"variant": variant, "fold": r["fold"], "camera": camera,
-                                 "error": str(err)})
-                continue
-            r["test_camera"] = {**evaluated["metrics"], "camera": camera}
-    return failures
 
 
 def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
@@ -253,20 +232,29 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
 
 def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: list[str],
                  resamples: int, seed: int, report: dict[str, Any]) -> str:
-    """Left (trained-on) and the other camera side by side, with the paired difference."""
+    """Left (trained-on) and the other camera side by side, with the paired difference, on the
+    frames and landmarks the notes name (``model.engine.camera_eval``)."""
     tested = [r for r in results if "test_camera" in r]
     camera = tested[0]["test_camera"]["camera"]
-    header, rows, detail = reports.compare_rows(camera, tested, "left", tested, resamples, seed,
-                                                key_a="test_camera", key_b="test")
+    comparisons = [r["test_camera"]["comparison"] for r in tested]
+    frames = comparisons[0]["frames"]
+    header, rows, detail = reports.compare_rows(
+        camera, tested, "left", tested, resamples, seed, key_a="test_camera",
+        key_b="test_camera_left" if all("test_camera_left" in r for r in tested) else "test")
+    detail["comparison"] = {"frames": frames, "landmarks": comparisons[0]["landmarks"],
+                            "per_fold": {r["fold"]: c for r, c in zip(tested, comparisons)}}
     report.setdefault("cameras", {})[variant] = detail
     entries = reports.per_subject(tested, "test_camera")
     report.setdefault("per_subject_camera", {})[variant] = entries
     reports.write_heatmap(entries, tested[0]["test"]["au_ids"],
                           out / f"per_subject_{variant}_{camera}.png",
                           f"{variant}, {camera} camera: F1 (%) per held-out subject", lines)
+    which = ("the same frames" if frames == "matched"
+             else "every frame each camera kept (frame sets differ)")
     title = (f"Cross-camera ({variant}): trained on the left camera, the same held-out subjects "
-             f"tested on the left and the {camera} camera, mean of folds {detail['folds']}")
-    lines = [n for n in lines if not n.startswith("Paper")]
+             f"tested on the left and the {camera} camera, {which}, mean of folds "
+             f"{detail['folds']}")
+    lines = [n for n in lines if not n.startswith("Paper")] + describe(comparisons, camera)
     return reports.write_table(out, f"cameras_{variant}", title, lines, header, rows)
 
 

@@ -20,12 +20,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from pipeline.disfa import ALL_AUS, au_columns
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
@@ -310,6 +310,27 @@ class ShardFrames(Dataset):
 
     def natural_positive_rate(self) -> np.ndarray:
         return self.labels.mean(axis=0) if len(self) else np.zeros(len(self.au_ids))
+
+
+def frame_subset(dataset: ShardFrames, keep: Mapping[str, Sequence[int]]) -> np.ndarray:
+    """Global indices of the frames whose 0-based video frame is in ``keep[subject]`` (a subject
+    missing from ``keep`` contributes none): one frame set evaluated on two cameras' shards."""
+    parts = [np.zeros(0, np.int64)]
+    for reader, start in zip(dataset.readers, dataset.offsets[:-1]):
+        wanted = np.asarray(keep.get(reader.subject, ()), dtype=np.int64)
+        parts.append(int(start) + np.flatnonzero(np.isin(reader.frame_index, wanted)))
+    return np.concatenate(parts).astype(np.int64)
+
+
+def select_frames(dataset: ShardFrames, keep: Mapping[str, Sequence[int]] | None,
+                  context: str) -> ShardFrames | Subset:
+    """``dataset``, or only its frames in ``keep`` (see :func:`frame_subset`); none is an error."""
+    if keep is None:
+        return dataset
+    chosen = Subset(dataset, frame_subset(dataset, keep).tolist())
+    if len(chosen) == 0:
+        raise DataError(f"{context}: no frame is in the frame set to compare")
+    return chosen
 
 
 def evaluation_indices(n: int, max_frames: int | None) -> np.ndarray:

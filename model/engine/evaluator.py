@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader
@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from .checkpoint import check_compatible, load_checkpoint, load_for_inference
 from .config import protocol_note
 from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
-                   fold_spec, load_manifest, open_shards, single_threaded_opencv)
+                   fold_spec, load_manifest, open_shards, select_frames,
+                   single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
 from .trainer import run_task_evaluation
 from ..evaluation.provenance import recipe_line
@@ -36,6 +37,7 @@ def evaluate_checkpoint(
     cameras: Sequence[str] = ("left",),
     amp: bool | None = None,
     allow_seen: bool = True,
+    keep_frames: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of one checkpoint on one fold's ``split`` subjects, with the protocol it used.
 
@@ -43,6 +45,7 @@ def evaluate_checkpoint(
     predicts the manifest's AUs, and the shards agree with the manifest and with the
     checkpoint's input geometry. Runs as the trainer's evaluation does: ``workers`` from the
     CPU count, pinned memory on CUDA, and ``amp`` (None) as the run was trained.
+    ``keep_frames`` (subject -> 0-based video frames): only those (a cross-camera frame set).
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -68,6 +71,7 @@ def evaluate_checkpoint(
     dataset = ShardFrames(readers, spec.au_ids, threshold, size)
     if len(dataset) == 0:
         raise DataError(f"{spec.manifest} fold {fold}: the {split} subjects {subjects} have no frames")
+    dataset = select_frames(dataset, keep_frames, f"{spec.manifest} fold {fold} in {shards}")
     if split != "test":
         log.info("evaluating on the %s split of fold %d", split, fold)
 
