@@ -58,9 +58,12 @@ def rotation_to_euler(matrix: np.ndarray) -> tuple[float, float, float]:
     return float(rx), float(ry), float(rz)
 
 
-def head_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
-              ) -> tuple[tuple[float, float, float], float]:
-    """``((pose_Rx, pose_Ry, pose_Rz), confidence)`` for one face; ``frame_size`` = (w, h)."""
+def estimate_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
+                  ) -> tuple[tuple[float, float, float], tuple[float, float, float], float]:
+    """``((pose_Rx, pose_Ry, pose_Rz), (pose_Tx, pose_Ty, pose_Tz), confidence)`` for one face;
+    ``frame_size`` = (w, h). The translation is the generic face's origin (the nose bridge) in
+    the camera frame, millimetres, under the default camera."""
+    nan3 = (float("nan"),) * 3
     points = np.asarray(landmarks68, dtype=np.float64)[_INDEX]
     camera = camera_matrix(*frame_size)
     ok, rvec, tvec = cv2.solvePnP(_MODEL, points, camera, None, flags=cv2.SOLVEPNP_EPNP)
@@ -68,12 +71,20 @@ def head_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
         ok, rvec, tvec = cv2.solvePnP(_MODEL, points, camera, None, rvec, tvec,
                                       useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
     if not ok or tvec[2, 0] <= 0:
-        return (float("nan"),) * 3, 0.0
+        return nan3, nan3, 0.0
     projected, _ = cv2.projectPoints(_MODEL, rvec, tvec, camera, None)
     rms = float(np.sqrt(np.mean(np.sum((projected[:, 0] - points) ** 2, axis=1))))
     iod = float(np.linalg.norm(points[_INDEX.tolist().index(45)] - points[_INDEX.tolist().index(36)]))
     confidence = float(np.exp(-rms / (FIT_SCALE * max(iod, 1.0))))
-    return rotation_to_euler(cv2.Rodrigues(rvec)[0]), confidence
+    translation = tuple(float(v) for v in tvec[:, 0])
+    return rotation_to_euler(cv2.Rodrigues(rvec)[0]), translation, confidence
+
+
+def head_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
+              ) -> tuple[tuple[float, float, float], float]:
+    """``((pose_Rx, pose_Ry, pose_Rz), confidence)`` for one face; ``frame_size`` = (w, h)."""
+    rotation, _, confidence = estimate_pose(landmarks68, frame_size)
+    return rotation, confidence
 
 
 def project_generic_face(angles: tuple[float, float, float], frame_size: tuple[int, int],
