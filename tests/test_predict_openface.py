@@ -159,3 +159,22 @@ def test_docs_api_example_runs_with_calibration(tmp_path, both_heads, monkeypatc
     assert calibrated["face_found"].eq(1).all() and scope["everyone"].config.faces == "all"
     probs = calibrated[[f"AU{a:02d}_p" for a in AUS]].to_numpy(float)
     assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_docs_state_the_measured_pose_difference_from_openface() -> None:
+    """docs/predict.md's figures against OpenFace are what pose.openface_agreement measures on
+    OpenFace's own output (20 rows of its test clip, 640x360; tests/data names the source)."""
+    from model.inference.pose import openface_agreement
+
+    rows = pd.read_csv(ROOT / "tests" / "data" / "openface2_test_rows.csv", comment="#")
+    measured = openface_agreement(rows, (640, 360))
+    docs = " ".join((ROOT / "docs" / "predict.md").read_text().split())
+    stated = re.search(r"pitch (\d+\.\d) degrees, yaw (\d+\.\d) degrees, roll (\d+\.\d) degrees",
+                       docs)
+    assert stated, "docs/predict.md must state the measured difference per axis"
+    for axis, value in zip(("pitch", "yaw", "roll"), stated.groups()):
+        assert measured["mean_abs_difference_deg"][axis] == pytest.approx(float(value), abs=0.05)
+    low, high = re.search(r"Measured: (\d\.\d\d)-(\d\.\d\d) on OpenFace's own landmarks",
+                          docs).groups()
+    assert round(measured["confidence_range"][0], 2) == pytest.approx(float(low), abs=0.01)
+    assert round(measured["confidence_range"][1], 2) == pytest.approx(float(high), abs=0.01)

@@ -12,20 +12,26 @@ The rotation matrix is split as OpenFace does, ``R = Rx(pose_Rx) @ Ry(pose_Ry) @
   drops).
 
 Without a calibrated camera the focal length is OpenFace's default guess (500 px at 640x480,
-scaled with the frame), so angles are approximate (a few degrees) and the translation is not
-reported. Only points that expressions barely move are used (brows' ends, eyes, nose, mouth
+scaled with the frame), as OpenFace's own is. Against OpenFace on its own landmarks (see
+:func:`openface_agreement`, docs/predict.md) yaw and roll agree within a degree; pitch differs
+by the generic face's misfit to the person (9.5 degrees on OpenFace's test clip). Only points that expressions barely move are used (brows' ends, eyes, nose, mouth
 corners, chin, jaw at ear level).
 
 ``confidence`` is how well that rigid face explains the landmarks: ``exp(-rms / (0.1 * iod))``
-with ``rms`` the reprojection error and ``iod`` the outer-eye-corner distance in pixels. A good
-frontal fit gives > 0.7; landmarks placed on something that is not a face, strong profile views
+with ``rms`` the reprojection error and ``iod`` the outer-eye-corner distance in pixels. Clear
+near-frontal faces measured 0.45-0.71 (docs/predict.md); landmarks placed on something that is not a face, strong profile views
 or failed landmark fits give low values. It is not OpenFace's landmark-detector certainty.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: iBUG 68-point index -> generic 3D position (mm; x image-right, y down, z away from camera).
 GENERIC_FACE_3D: dict[int, tuple[float, float, float]] = {
@@ -98,3 +104,21 @@ def project_generic_face(angles: tuple[float, float, float], frame_size: tuple[i
     out = np.full((68, 2), np.nan)
     out[_INDEX] = projected[:, 0]
     return out
+
+
+def openface_agreement(openface: "pd.DataFrame", frame_size: tuple[int, int]) -> dict[str, Any]:
+    """This module's pose and confidence on OpenFace's own 2D landmarks (rows of an OpenFace 2
+    CSV with ``x_0..y_67`` and ``pose_R*``), against OpenFace's pose for the same rows: the mean
+    absolute difference per axis in degrees, and the range of our confidence. The figures
+    docs/predict.md states come from this (tests/data/openface2_test_rows.csv)."""
+    xs = openface[[f"x_{i}" for i in range(68)]].to_numpy(float)
+    ys = openface[[f"y_{i}" for i in range(68)]].to_numpy(float)
+    fits = [estimate_pose(np.stack([x, y], axis=1), frame_size) for x, y in zip(xs, ys)]
+    ours = np.degrees(np.array([fit[0] for fit in fits]))
+    theirs = np.degrees(openface[["pose_Rx", "pose_Ry", "pose_Rz"]].to_numpy(float))
+    difference = np.abs(ours - theirs).mean(axis=0)
+    confidence = np.array([fit[2] for fit in fits])
+    return {"mean_abs_difference_deg": dict(zip(("pitch", "yaw", "roll"), difference.tolist())),
+            "mean_signed_difference_deg": dict(zip(("pitch", "yaw", "roll"),
+                                                   (ours - theirs).mean(axis=0).tolist())),
+            "confidence_range": (float(confidence.min()), float(confidence.max())), "rows": len(fits)}
