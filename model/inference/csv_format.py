@@ -46,7 +46,8 @@ OPENFACE_DECIMALS = [(r"frame|face_id|success|face_found", None), (r"timestamp",
                      (r"confidence", 2), (r"pose_T[xyz]", 1), (r"pose_R[xyz]", 3),
                      (r"[xy]_\d+", 1), (r"AU\d+_r", 2), (r"AU\d+_c", 1),
                      (r"face_[xywh]", 1), (r"face_score|AU\d+_p", 4)]
-_SEPARATOR = {"openface": ", ", "plain": ","}
+#: OpenFace 2.2's field separator, header and rows alike.
+OPENFACE_SEPARATOR = ", "
 
 
 def au_name(au: int) -> str:
@@ -83,20 +84,12 @@ def openface_layout(columns: Sequence[str]) -> list[str]:
     return head + r_cols + c_cols + tail
 
 
-def _decimals(column: str) -> int | None | str:
+def _spec(column: str) -> str:
+    """The %-format of one column's cells (OpenFace's fixed decimals; text as it is)."""
     for pattern, decimals in OPENFACE_DECIMALS:
         if re.fullmatch(pattern, column):
-            return decimals
-    return "text"
-
-
-def _cells(values: pd.Series, decimals: int | None | str) -> np.ndarray:
-    """One column as text: fixed decimals, "" for a missing value."""
-    if decimals == "text":
-        return np.array(["" if pd.isna(v) else _quoted(str(v)) for v in values], dtype=object)
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    spec = "{:.0f}" if decimals is None else f"{{:.{decimals}f}}"
-    return np.array(["" if np.isnan(v) else spec.format(v) for v in numbers], dtype=object)
+            return "%.0f" if decimals is None else f"%.{decimals}f"
+    return "%s"
 
 
 def _quoted(text: str) -> str:
@@ -128,10 +121,15 @@ def to_text(table: pd.DataFrame, fmt: str = DEFAULT_FORMAT) -> str:
     if fmt == "plain":
         return table.to_csv(index=False, float_format="%.4f")
     rows = openface_rows(table)
-    separator = _SEPARATOR[fmt]
-    cells = [_cells(rows[c], _decimals(c)) for c in rows.columns]
-    lines = [separator.join(rows.columns)]
-    lines += [separator.join(row) for row in zip(*cells)] if len(rows) else []
+    specs = [_spec(c) for c in rows.columns]
+    data = [rows[c].tolist() if spec != "%s" else
+            ["" if pd.isna(v) else _quoted(str(v)) for v in rows[c]]
+            for c, spec in zip(rows.columns, specs)]
+    template = OPENFACE_SEPARATOR.join(specs)
+    # One %-format per row (fast); a missing number prints "nan", which becomes an empty cell
+    # (frame, the first field, is never missing).
+    lines = [OPENFACE_SEPARATOR.join(rows.columns)]
+    lines += [(template % values).replace(", nan", ", ") for values in zip(*data)]
     return "\n".join(lines) + "\n"
 
 
