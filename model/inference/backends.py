@@ -2,8 +2,9 @@
 
 Both take aligned RGB uint8 crops ``[B, S, S, 3]`` and return ``(probabilities, intensities)``:
 sigmoid probabilities ``[B, K]`` and, for a model with an intensity head (issue 13), the
-predicted intensities ``[B, J]`` for the head's J AUs (:func:`intensity_au_ids`; else None). A model's forward may return the logits alone, a
-``(logits, intensities)`` tuple, or a dict with ``logits`` and ``intensity``/``intensities``.
+predicted intensities ``[B, J]`` for the head's J AUs (:func:`intensity_au_ids`; else None).
+A model's forward may return the logits alone, a ``(logits, intensities)`` tuple, or a dict
+with ``logits`` and ``intensity``/``intensities``.
 """
 from __future__ import annotations
 
@@ -105,6 +106,8 @@ class OnnxBackend:
                                   f"(export it with python -m model.export)")
         self.meta = json.loads(props[ONNX_META_KEY])
         self.input_name = self.session.get_inputs()[0].name
+        # a second output is the intensity head's (see model.inference.onnx_export)
+        self.has_intensity = len(self.session.get_outputs()) > 1
 
     def __call__(self, aligned: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self.session.run(None, {self.input_name: np.stack(aligned)})

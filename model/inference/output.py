@@ -41,7 +41,8 @@ def write_table(table: pd.DataFrame, csv_path: Path, meta: dict[str, Any],
     such inputs)."""
     text = to_text(table, fmt)
     _atomic_write(csv_path, lambda tmp: tmp.write_text(text))
-    meta = {**meta, "csv_format": fmt, "rows": int(len(table)), "csv_bytes": Path(csv_path).stat().st_size,
+    meta = {**meta, "csv_format": fmt, "rows": int(len(table)),
+            "csv_bytes": Path(csv_path).stat().st_size,
             "complete": True}
     _atomic_write(sidecar_path(csv_path),
                   lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))

@@ -14,13 +14,14 @@ The rotation matrix is split as OpenFace does, ``R = Rx(pose_Rx) @ Ry(pose_Ry) @
 Without a calibrated camera the focal length is OpenFace's default guess (500 px at 640x480,
 scaled with the frame), as OpenFace's own is. Against OpenFace on its own landmarks (see
 :func:`openface_agreement`, docs/predict.md) yaw and roll agree within a degree; pitch differs
-by the generic face's misfit to the person (9.5 degrees on OpenFace's test clip). Only points that expressions barely move are used (brows' ends, eyes, nose, mouth
-corners, chin, jaw at ear level).
+by the generic face's misfit to the person (9.5 degrees on OpenFace's test clip). The points
+used are brows' ends, eyes, nose, mouth corners, chin and jaw at ear level; the translation
+``pose_T*`` is the model's origin (the nose bridge) in millimetres.
 
 ``confidence`` is how well that rigid face explains the landmarks: ``exp(-rms / (0.1 * iod))``
 with ``rms`` the reprojection error and ``iod`` the outer-eye-corner distance in pixels. Clear
-near-frontal faces measured 0.45-0.71 (docs/predict.md); landmarks placed on something that is not a face, strong profile views
-or failed landmark fits give low values. It is not OpenFace's landmark-detector certainty.
+near-frontal faces measured 0.45-0.71 (docs/predict.md); landmarks placed on something that
+is not a face, strong profile views or failed landmark fits give low values. It is not OpenFace's landmark-detector certainty.
 """
 from __future__ import annotations
 
@@ -121,4 +122,5 @@ def openface_agreement(openface: "pd.DataFrame", frame_size: tuple[int, int]) ->
     return {"mean_abs_difference_deg": dict(zip(("pitch", "yaw", "roll"), difference.tolist())),
             "mean_signed_difference_deg": dict(zip(("pitch", "yaw", "roll"),
                                                    (ours - theirs).mean(axis=0).tolist())),
-            "confidence_range": (float(confidence.min()), float(confidence.max())), "rows": len(fits)}
+            "confidence_range": (float(confidence.min()), float(confidence.max())),
+            "rows": len(fits)}
