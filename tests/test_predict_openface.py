@@ -178,3 +178,15 @@ def test_docs_state_the_measured_pose_difference_from_openface() -> None:
                           docs).groups()
     assert round(measured["confidence_range"][0], 2) == pytest.approx(float(low), abs=0.01)
     assert round(measured["confidence_range"][1], 2) == pytest.approx(float(high), abs=0.01)
+
+
+def test_intensity_columns_follow_the_output_width() -> None:
+    """New exports carry every intensity of the head; older ones only the occurrence AUs'."""
+    from model.engine.checkpoint import CheckpointError
+    from model.inference.backends import intensity_au_ids
+
+    meta = {"au_ids": [1, 2], "model_config": {"intensity_aus": [1, 2, 4]}}
+    assert intensity_au_ids(meta) == [1, 2, 4] and intensity_au_ids(meta, 3) == [1, 2, 4]
+    assert intensity_au_ids(meta, 2) == [1, 2]
+    with pytest.raises(CheckpointError, match="intensity output has 5 columns"):
+        intensity_au_ids(meta, 5)
