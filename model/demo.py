@@ -407,6 +407,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     from pipeline.shards import binarize
 
     from .evaluation.intensity import IntensityAccumulator
+    from .inference.csv_format import read_predictions
     from .evaluation.metrics import confusion_counts, metrics_from_counts
     from .predict import PredictConfig, run_predict
 
@@ -425,7 +426,7 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     for subject, (f, result) in enumerate(zip(files, summary["inputs"])):
         if result.get("status", "ok") != "ok" or not result.get("csv"):
             raise RuntimeError(f"model.predict failed on {f.videos['left']}: {result}")
-        table = pd.read_csv(result["csv"])
+        table = read_predictions(result["csv"])
         coded = read_labels(f)
         truth = binarize(coded, au_ids, threshold)
         decided = table[[f"AU{au:02d}_c" for au in au_ids]].fillna(0).to_numpy()

@@ -21,6 +21,7 @@ from pipeline.face_landmarks import DEFAULT_MIN_SCORE, PredictorNotFoundError
 
 from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
+from .inference.csv_format import DEFAULT_FORMAT, FORMATS
 from .inference.batch import run_predict
 from .inference.predictor import (  # noqa: F401  (re-exported for scripts)
     AUPredictor, PredictConfig, TrainingPreprocess)
@@ -55,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m model.predict",
         description="Per-frame AU probabilities and 0/1 decisions for videos or images, with a "
                     "trained checkpoint (or its ONNX export). Writes OUT/<input>.csv with "
-                    "OpenFace 2 column names (frame, face_id, timestamp, confidence, success, "
-                    "pose_Rx/Ry/Rz, AUxx_c, AUxx_r if the model estimates intensity) plus ours "
+                    "OpenFace 2.2's CSV layout (frame, face_id, timestamp, confidence, success, "
+                    "pose_Tx..pose_Rz, AUxx_r for every intensity the model estimates, AUxx_c) "
+                    "plus ours after them "
                     "(AUxx_p probability, face box, face_score), OUT/<input>.meta.json (what the "
                     "numbers mean) and OUT/predict_summary.json. See docs/predict.md.",
         formatter_class=HelpFormatter)
@@ -131,6 +133,11 @@ def _output_options(add: Any) -> None:
              "images: boxes, landmarks, AU probabilities")
     add("--landmarks", action="store_true",
         help="also write the 68 landmarks as x_0..x_67, y_0..y_67 (OpenFace names)")
+    add("--format", dest="csv_format", choices=FORMATS, default=DEFAULT_FORMAT,
+        help="openface (default): OpenFace 2.2 FeatureExtraction's CSV exactly (', ' "
+             "separators, its column order and decimals, every OpenFace AU column, no-face rows "
+             "as OpenFace writes them) with our columns after; plain: ',' separators, 4 decimals, "
+             "empty cells where no value exists")
     add("--skip-existing", action="store_true",
         help="skip inputs whose CSV exists (always on unless --force; kept for scripts)")
     add("--force", action="store_true",
@@ -154,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             upsample=args.upsample, min_score=args.min_score,
             min_confidence=args.min_confidence, decision_threshold=args.decision_threshold,
             calibrate=args.calibrate, smooth=args.smooth, fps=args.fps, plot=args.plot,
-            overlay=args.overlay, landmarks=args.landmarks, skip_existing=not args.force,
+            overlay=args.overlay, landmarks=args.landmarks, csv_format=args.csv_format,
+            skip_existing=not args.force,
             progress=not args.no_progress)
     except ValueError as err:
         log.error("%s", err)

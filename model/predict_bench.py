@@ -185,6 +185,7 @@ def postprocess_effect(demo: Path) -> list[dict[str, Any]]:
     from pipeline.shards import binarize
 
     from .evaluation.metrics import confusion_counts, metrics_from_counts
+    from .inference.csv_format import read_predictions
     from .inference.postprocess import postprocess
 
     report = json.loads((demo / "demo_summary.json").read_text())
@@ -197,7 +198,7 @@ def postprocess_effect(demo: Path) -> list[dict[str, Any]]:
         threshold = int(summary["checkpoint"]["threshold"])
         fold = {label: 0 for label in counts}
         for subject, result in zip(entry["subjects"], summary["inputs"]):
-            table = pd.read_csv(result["csv"])
+            table = read_predictions(result["csv"])
             truth = binarize(read_labels(layout.subjects[subject]), au_ids, threshold)
             videos += 1
             for label, options in POSTPROCESS_VARIANTS:

@@ -321,7 +321,7 @@ def test_predict_applies_the_checkpoints_transform(timm, tmp_path, monkeypatch) 
     assert predict(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "face.png"),
                     "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert used == [model.input_transform] and model.input_transform.name == "rgb01"
-    row = pd.read_csv(tmp_path / "out" / "face.csv").iloc[0]
+    row = pd.read_csv(tmp_path / "out" / "face.csv", skipinitialspace=True).iloc[0]
     probs = row[[f"AU{a:02d}_p" for a in model.config.au_ids]].to_numpy(float)
 
     face = FaceLandmarker().detect(image)

@@ -176,7 +176,7 @@ def _predict_matches_imagenet_input(checkpoint, tmp_path, predict) -> None:
     cv2.imwrite(str(tmp_path / "face.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     assert predict(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "face.png"),
                     "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
-    row = pd.read_csv(tmp_path / "pred" / "face.csv").iloc[0]
+    row = pd.read_csv(tmp_path / "pred" / "face.csv", skipinitialspace=True).iloc[0]
     probs = row[[f"AU{a:02d}_p" for a in meta["au_ids"]]].to_numpy(float)
     size = int(meta["image_size"])
     face = FaceLandmarker().detect(image)

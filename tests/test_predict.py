@@ -19,6 +19,7 @@ from model.predict import PredictConfig, TrainingPreprocess, main
 from model.predict_bench import astronaut_head, make_face_video
 from model.nets.transforms import to_model_input
 from model.nets.tranet import TRANetConfig, build_model
+from model.inference.csv_format import read_predictions
 from model.inference.video_io import VideoFrames
 from pipeline.alignment import AlignmentConfig, align_face
 from pipeline.face_landmarks import FaceLandmarker
@@ -82,7 +83,7 @@ def test_video_rows_face_pattern_and_predictions(tiny_checkpoint, face_video, tm
                  "--detect-every", "3", "--batch-size", "4", "--plot", "--overlay",
                  "--landmarks", "--no-progress"])
     assert code == 0
-    table = pd.read_csv(out / "clip.csv")
+    table = read_predictions(out / "clip.csv")
     assert len(table) == len(pattern)
     assert table["frame"].tolist() == list(range(1, len(pattern) + 1))
     np.testing.assert_allclose(table["timestamp"], np.arange(len(pattern)) / 20.0, atol=1e-4)
@@ -96,7 +97,9 @@ def test_video_rows_face_pattern_and_predictions(tiny_checkpoint, face_video, tm
     assert np.all((probs >= 0) & (probs <= 1))
     assert set(np.unique(decisions)) <= {0, 1}
     np.testing.assert_array_equal(decisions, (probs >= 0.5).astype(int))
-    assert without[_au_columns("p") + _au_columns("c") + ["face_x", "x_0"]].isna().all().all()
+    # no-face rows (the openface format): OpenFace's columns 0, as it writes them; ours empty
+    assert without[_au_columns("p") + ["face_x", "face_score"]].isna().all().all()
+    assert (without[_au_columns("c") + ["x_0", "pose_Rx", "confidence"]] == 0).all().all()
     # The face box is around the pasted 280 px head (face ~88 px) and landmarks are inside.
     assert with_face["face_w"].between(60, 130).all()
     inside = (with_face["x_30"] > with_face["face_x"]) & (
@@ -131,7 +134,7 @@ def test_decision_threshold_override(tiny_checkpoint, face_video, tmp_path) -> N
     video, _ = face_video
     assert main(["--checkpoint", str(tiny_checkpoint), "--video", str(video), "--out",
                  str(tmp_path), "--decision-threshold", "0.3", "--no-progress"]) == 0
-    table = pd.read_csv(tmp_path / "clip.csv").dropna(subset=["AU01_p"])
+    table = read_predictions(tmp_path / "clip.csv").dropna(subset=["AU01_p"])
     np.testing.assert_array_equal(table[_au_columns("c")].to_numpy(),
                                   (table[_au_columns("p")].to_numpy() >= 0.3).astype(int))
     assert json.loads((tmp_path / "predict_summary.json").read_text())["decision_threshold"] == 0.3
@@ -172,7 +175,7 @@ def test_images_directory_with_bad_files(tiny_checkpoint, tmp_path, caplog, caps
     assert code == 1  # one unreadable image: the run reports a failure...
     assert "c_broken.jpg" in caplog.text
     assert "c_broken.jpg" in capsys.readouterr().out
-    table = pd.read_csv(out / "shots.csv")  # ...but the readable images were processed
+    table = read_predictions(out / "shots.csv")  # ...but the readable images were processed
     assert table["file"].tolist() == ["a_face.png", "b_blank.jpg"]
     assert table["face_found"].tolist() == [1, 0]
     assert table["timestamp"].isna().all()
@@ -192,7 +195,7 @@ def test_loose_image_files_share_one_csv(tiny_checkpoint, tmp_path) -> None:
     code = main(["--checkpoint", str(tiny_checkpoint), "--images", *map(str, files),
                  "--out", str(tmp_path / "out"), "--fps", "10", "--no-progress"])
     assert code == 0
-    table = pd.read_csv(tmp_path / "out" / "images.csv")
+    table = read_predictions(tmp_path / "out" / "images.csv")
     assert table["file"].tolist() == ["img0.png", "img1.png"]
     assert table["face_found"].tolist() == [1, 1]
     np.testing.assert_allclose(table["timestamp"], [0.0, 0.1])
@@ -219,7 +222,7 @@ def test_bad_videos_are_reported_and_good_ones_processed(tiny_checkpoint, face_v
     for bad in (empty, garbage, header_only, missing):
         assert str(bad) in caplog.text
         assert not (out / f"{bad.stem}.csv").exists()
-    assert len(pd.read_csv(out / "clip.csv")) == len(pattern)
+    assert len(read_predictions(out / "clip.csv")) == len(pattern)
     summary = json.loads((out / "predict_summary.json").read_text())
     assert [r["status"] for r in summary["inputs"]] == ["failed"] * 4 + ["ok"]
     assert summary["failed"] == 4

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.engine.checkpoint import load_for_inference
-from model.inference.output import csv_columns
+from model.inference.csv_format import read_predictions, table_columns
 from model.nets.regions import ALL_AUS
 from model.nets.transforms import to_model_input
 from model.nets.tranet import TRANetConfig, build_model
@@ -45,10 +45,10 @@ def test_intensity_columns_are_written_and_clipped(intensity_checkpoint, video, 
     path, pattern = video
     out = tmp_path / "out"
     assert main(["--checkpoint", str(intensity_checkpoint), "--video", str(path), "--out",
-                 str(out), "--plot", "--no-progress"]) == 0
-    table = pd.read_csv(out / "clip.csv")
+                 str(out), "--plot", "--format", "plain", "--no-progress"]) == 0
+    table = read_predictions(out / "clip.csv")
     r_columns = [f"AU{a:02d}_r" for a in AUS]  # the occurrence AUs the head also covers
-    assert list(table.columns) == csv_columns(AUS, False, False, True)
+    assert list(table.columns) == table_columns(AUS, ALL_AUS, False, False)
     with_face = table[table["face_found"] == 1][r_columns].to_numpy()
     assert with_face.shape == (sum(pattern), len(AUS))
     assert np.all((with_face >= 0) & (with_face <= 5)) and with_face.std() > 0
@@ -76,9 +76,9 @@ def test_checkpoint_without_head_keeps_its_columns(tmp_path, video):
     ckpt = save(tmp_path / "occ.pt", build_model(config).eval(), config, None)
     out = tmp_path / "out"
     assert main(["--checkpoint", str(ckpt), "--video", str(video[0]), "--out", str(out),
-                 "--no-progress"]) == 0
-    columns = list(pd.read_csv(out / "clip.csv").columns)
-    assert columns == csv_columns(AUS, False, False)
+                 "--format", "plain", "--no-progress"]) == 0
+    columns = list(read_predictions(out / "clip.csv").columns)
+    assert columns == table_columns(AUS, [], False, False)
     assert not any(c.endswith("_r") for c in columns)
 
 

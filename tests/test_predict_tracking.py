@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from skimage import data
 
+from model.inference.csv_format import read_predictions
 from model.inference.pose import head_pose, project_generic_face
 from model.inference.postprocess import calibrate_probabilities, postprocess
 from model.inference.video_io import write_video
@@ -84,18 +85,18 @@ def test_openface_reader_expectations_and_sidecar(checkpoint, tmp_path, caplog) 
                             face_present=pattern)
     with caplog.at_level(logging.WARNING):
         assert _run(checkpoint, tmp_path / "out", "--video", str(video),
-                    extra=["--landmarks"]) == 0
+                    extra=["--landmarks", "--format", "plain"]) == 0
     assert "epoch 0" in caplog.text and "not a selected model" in caplog.text
     header = (tmp_path / "out" / "clip.csv").read_text().splitlines()[0].split(",")
-    assert [c.strip() for c in header] == header          # py-feat strips; nothing to strip
-    table = pd.read_csv(tmp_path / "out" / "clip.csv")
+    assert [c.strip() for c in header] == header          # plain: "," alone, nothing to strip
+    table = read_predictions(tmp_path / "out" / "clip.csv")
     assert header[:2] == ["frame", "face_id"] and header[2:5] == ["timestamp", "confidence",
                                                                   "success"]
     for column in PYFEAT_TIME_COLUMNS + PYFEAT_QUALITY_COLUMNS + PYFEAT_POSE_ROTATION:
         assert column in header
     assert [c for c in header if c.startswith(("x_", "y_"))] == PYFEAT_LANDMARKS
     au_columns = [c for c in header if OPENFACE_AU.match(c)]
-    assert au_columns == [f"AU{a:02d}_c" for a in AUS]     # no intensity head: no AUxx_r
+    assert au_columns == [f"AU{a:02d}_c" for a in AUS]     # plain, no intensity head: no AUxx_r
     assert [c for c in header if c.endswith("_p")] == [f"AU{a:02d}_p" for a in AUS]
     # one row per frame, 1-based, the no-face frames included with success = 0
     assert table["frame"].tolist() == list(range(1, len(pattern) + 1))
@@ -127,7 +128,7 @@ def test_two_crossing_faces_keep_their_ids(checkpoint, tmp_path) -> None:
     video, xs_a = _two_face_video(tmp_path / "two.avi", 16)
     assert _run(checkpoint, tmp_path / "out", "--video", str(video),
                 extra=["--faces", "all", "--detect-every", "3"]) == 0
-    table = pd.read_csv(tmp_path / "out" / "two.csv")
+    table = read_predictions(tmp_path / "out" / "two.csv")
     assert not table.duplicated(["frame", "face_id"]).any()
     assert sorted(table["frame"].unique()) == list(range(1, 17))
     found = table[table.face_found == 1]
@@ -146,7 +147,7 @@ def test_face_gone_ten_frames_keeps_its_id(checkpoint, tmp_path) -> None:
     video, _ = _two_face_video(tmp_path / "gap.avi", len(present), present, crossing=False)
     assert _run(checkpoint, tmp_path / "out", "--video", str(video),
                 extra=["--faces", "all", "--detect-every", "1"]) == 0
-    table = pd.read_csv(tmp_path / "out" / "gap.csv")
+    table = read_predictions(tmp_path / "out" / "gap.csv")
     top_ids = table[(table.face_found == 1) & (table.face_y < 100)]
     assert top_ids["face_id"].nunique() == 1
     a = int(top_ids["face_id"].iloc[0])
@@ -201,7 +202,7 @@ def test_min_confidence_marks_rows_and_single_image_bar_plot(checkpoint, tmp_pat
     cv2.imwrite(str(image), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
     assert _run(checkpoint, tmp_path / "out", "--images", str(image),
                 extra=["--plot", "--min-confidence", "0.99"]) == 0
-    table = pd.read_csv(tmp_path / "out" / "astronaut.csv")
+    table = read_predictions(tmp_path / "out" / "astronaut.csv")
     assert len(table) == 1 and table.face_found[0] == 1 and table.success[0] == 0
     assert table["AU01_p"].notna().all()                       # kept, only marked unreliable
     assert (tmp_path / "out" / "astronaut_bars.png").stat().st_size > 3000
@@ -227,8 +228,8 @@ def test_onnx_export_parity_and_backend(checkpoint, tmp_path) -> None:
     assert _run(onnx_path, tmp_path / "onnx", "--video", str(video),
                 extra=["--backend", "onnx"]) == 0
     p = [f"AU{a:02d}_p" for a in AUS]
-    a = pd.read_csv(tmp_path / "torch" / "clip.csv")[p].to_numpy()
-    b = pd.read_csv(tmp_path / "onnx" / "clip.csv")[p].to_numpy()
+    a = read_predictions(tmp_path / "torch" / "clip.csv")[p].to_numpy()
+    b = read_predictions(tmp_path / "onnx" / "clip.csv")[p].to_numpy()
     assert np.isfinite(a).all()
     np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -265,7 +266,7 @@ def test_batch_folder_corrupt_file_resume_and_jobs(checkpoint, tmp_path, monkeyp
     summary = json.loads((out / "predict_summary.json").read_text())
     status = {Path(r["input"]).name: r["status"] for r in summary["inputs"]}
     assert status == {"a.avi": "skipped", "b.avi": "ok", "broken.avi": "failed"}
-    assert len(pd.read_csv(out / "b.csv")) == 3
+    assert len(read_predictions(out / "b.csv")) == 3
     printed = capsys.readouterr().out
     assert "broken.avi" in printed and "proc fps" in printed
     assert _run(checkpoint, out, "--video", str(folder / "a.avi"), extra=["--force"]) == 0

@@ -2,8 +2,9 @@
 
 Both take aligned RGB uint8 crops ``[B, S, S, 3]`` and return ``(probabilities, intensities)``:
 sigmoid probabilities ``[B, K]`` and, for a model with an intensity head (issue 13), the
-predicted intensities ``[B, K]`` (else None). A model's forward may return the logits alone, a
-``(logits, intensities)`` tuple, or a dict with ``logits`` and ``intensity``/``intensities``.
+predicted intensities ``[B, J]`` for the head's J AUs (:func:`intensity_au_ids`; else None).
+A model's forward may return the logits alone, a ``(logits, intensities)`` tuple, or a dict
+with ``logits`` and ``intensity``/``intensities``.
 """
 from __future__ import annotations
 
@@ -44,13 +45,10 @@ class ProbabilityModel(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> Any:
         x = to_model_input(images, self.transform)
         if getattr(self.model, "has_intensity", False):
-            # TRA-Net's intensity head (model.train --task intensity|both) covers DISFA's 12 AUs;
-            # the CSV's AUxx_r columns follow the occurrence AUs, clipped to FACS's 0-5.
+            # TRA-Net's intensity head (model.train --task intensity|both): every AU it
+            # estimates (config.intensity_aus, DISFA's 12), clipped to FACS's 0-5.
             logits, intensity = self.model(x, with_intensity=True)
-            config = self.model.config
-            columns = [list(config.intensity_aus).index(a) for a in config.au_ids
-                       if a in config.intensity_aus]
-            intensity = intensity[:, columns].clamp(0.0, 5.0)
+            intensity = intensity.clamp(0.0, 5.0)
         else:
             logits, intensity = split_outputs(self.model(x))
         probabilities = torch.sigmoid(logits.float())
@@ -108,10 +106,26 @@ class OnnxBackend:
                                   f"(export it with python -m model.export)")
         self.meta = json.loads(props[ONNX_META_KEY])
         self.input_name = self.session.get_inputs()[0].name
+        # a second output is the intensity head's (see model.inference.onnx_export)
+        self.has_intensity = len(self.session.get_outputs()) > 1
 
     def __call__(self, aligned: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self.session.run(None, {self.input_name: np.stack(aligned)})
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+
+def intensity_au_ids(meta: dict[str, Any], width: int | None = None) -> list[int]:
+    """The AUs of a backend's intensity output: the head's ``intensity_aus`` (model config);
+    ``width`` (the output's columns) tells them from older exports that kept only the
+    occurrence AUs'."""
+    au_ids = [int(a) for a in meta["au_ids"]]
+    head = [int(a) for a in (meta.get("model_config") or {}).get("intensity_aus") or ()]
+    if width is None or width == len(head):
+        return head or au_ids
+    if width == len(au_ids):
+        return au_ids
+    raise CheckpointError(f"intensity output has {width} columns; the model's intensity AUs are "
+                          f"{head}, its occurrence AUs {au_ids}")
 
 
 def load_backend(path: Path, backend: str = "torch", device: str = "cpu",

@@ -183,7 +183,7 @@ def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, A
         if stats["frames"] == 0:
             raise InputError(f"{job.source}: no frame could be read")
         write_table(table, csv_path, {"input": str(job.source), **predictor.describe(),
-                                      "frames": stats["frames"]})
+                                      "frames": stats["frames"]}, cfg.csv_format)
         ok = True
     finally:
         if isinstance(source, VideoFrames):

@@ -2,9 +2,10 @@
 
 The exported graph is the whole network as ``model.predict`` runs it: aligned RGB uint8 crops
 ``[batch, S, S, 3]`` (dynamic batch) -> sigmoid probabilities ``[batch, K]`` (and intensities
-``[batch, K]`` for a model with an intensity head). The checkpoint's metadata (AU list, label and
-decision thresholds, the alignment/transform its training frames went through) is stored as JSON
-under the ONNX metadata key ``tranet_meta``, so the ONNX file alone is enough to predict.
+``[batch, J]``, every AU of the intensity head, for a model with one). The checkpoint's
+metadata (AU list, label and decision thresholds, the alignment/transform its training frames
+went through) is stored as JSON under the ONNX metadata key ``tranet_meta``, so the ONNX file
+alone is enough to predict.
 TorchScript-based exporter (``dynamo=False``): it needs no onnxscript.
 """
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """What ``model.predict`` writes: the per-frame CSV and its sidecar, the AU plots, the overlay.
 
-CSV columns follow OpenFace 2 where a counterpart exists (``frame`` 1-based, ``face_id``,
-``timestamp`` in seconds, ``confidence``, ``success``, ``pose_Rx/Ry/Rz`` in radians,
-``AU01_r`` intensity when the model has an intensity head, ``AU01_c`` 0/1,
-``x_0..x_67``/``y_0..y_67`` landmarks), so analysis code written for OpenFace output reads it.
-Ours, spelt the same way: ``face_found``, ``face_score``, ``face_x/y/w/h`` and ``AU01_p`` (the
-sigmoid probability). Every column is described in docs/predict.md.
+The CSV's columns and its formats (OpenFace 2.2's, or plain) are ``model.inference.csv_format``'s;
+every column is described in docs/predict.md.
 """
 from __future__ import annotations
 
@@ -18,29 +14,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-#: Columns every CSV starts with, in order (the AU and landmark columns follow).
-BASE_COLUMNS = ["frame", "face_id", "timestamp", "confidence", "success", "face_found",
-                "face_score", "face_x", "face_y", "face_w", "face_h",
-                "pose_Rx", "pose_Ry", "pose_Rz"]
+from .csv_format import DEFAULT_FORMAT, au_name, to_text
+
 #: Sidecar next to each CSV: ``<stem>.csv`` -> ``<stem>.meta.json``.
 SIDECAR_SUFFIX = ".meta.json"
-
-
-def au_name(au: int) -> str:
-    """OpenFace's zero-padded AU label: 1 -> "AU01"."""
-    return f"AU{int(au):02d}"
-
-
-def csv_columns(au_ids: Sequence[int], with_file: bool, with_landmarks: bool,
-                with_intensity: bool = False) -> list[str]:
-    """The CSV header for these AUs (docs/predict.md describes each column)."""
-    columns = BASE_COLUMNS[:2] + (["file"] if with_file else []) + BASE_COLUMNS[2:]
-    if with_intensity:
-        columns += [f"{au_name(a)}_r" for a in au_ids]
-    columns += [f"{au_name(a)}_c" for a in au_ids] + [f"{au_name(a)}_p" for a in au_ids]
-    if with_landmarks:
-        columns += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
-    return columns
 
 
 def sidecar_path(csv_path: Path) -> Path:
@@ -58,10 +35,14 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_table(table: pd.DataFrame, csv_path: Path, meta: dict[str, Any]) -> Path:
-    """The CSV, then its sidecar (which marks the CSV complete: a rerun skips such inputs)."""
-    _atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
-    meta = {**meta, "rows": int(len(table)), "csv_bytes": Path(csv_path).stat().st_size,
+def write_table(table: pd.DataFrame, csv_path: Path, meta: dict[str, Any],
+                fmt: str = DEFAULT_FORMAT) -> Path:
+    """The CSV in format ``fmt``, then its sidecar (which marks the CSV complete: a rerun skips
+    such inputs)."""
+    text = to_text(table, fmt)
+    _atomic_write(csv_path, lambda tmp: tmp.write_text(text))
+    meta = {**meta, "csv_format": fmt, "rows": int(len(table)),
+            "csv_bytes": Path(csv_path).stat().st_size,
             "complete": True}
     _atomic_write(sidecar_path(csv_path),
                   lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))

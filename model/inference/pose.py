@@ -12,20 +12,27 @@ The rotation matrix is split as OpenFace does, ``R = Rx(pose_Rx) @ Ry(pose_Ry) @
   drops).
 
 Without a calibrated camera the focal length is OpenFace's default guess (500 px at 640x480,
-scaled with the frame), so angles are approximate (a few degrees) and the translation is not
-reported. Only points that expressions barely move are used (brows' ends, eyes, nose, mouth
-corners, chin, jaw at ear level).
+scaled with the frame), as OpenFace's own is. Against OpenFace on its own landmarks (see
+:func:`openface_agreement`, docs/predict.md) yaw and roll agree within a degree; pitch differs
+by the generic face's misfit to the person (9.5 degrees on OpenFace's test clip). The points
+used are brows' ends, eyes, nose, mouth corners, chin and jaw at ear level; the translation
+``pose_T*`` is the model's origin (the nose bridge) in millimetres.
 
 ``confidence`` is how well that rigid face explains the landmarks: ``exp(-rms / (0.1 * iod))``
-with ``rms`` the reprojection error and ``iod`` the outer-eye-corner distance in pixels. A good
-frontal fit gives > 0.7; landmarks placed on something that is not a face, strong profile views
-or failed landmark fits give low values. It is not OpenFace's landmark-detector certainty.
+with ``rms`` the reprojection error and ``iod`` the outer-eye-corner distance in pixels. Clear
+near-frontal faces measured 0.45-0.71 (docs/predict.md); landmarks placed on something that
+is not a face, strong profile views or failed landmark fits give low values. It is not OpenFace's landmark-detector certainty.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: iBUG 68-point index -> generic 3D position (mm; x image-right, y down, z away from camera).
 GENERIC_FACE_3D: dict[int, tuple[float, float, float]] = {
@@ -58,9 +65,12 @@ def rotation_to_euler(matrix: np.ndarray) -> tuple[float, float, float]:
     return float(rx), float(ry), float(rz)
 
 
-def head_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
-              ) -> tuple[tuple[float, float, float], float]:
-    """``((pose_Rx, pose_Ry, pose_Rz), confidence)`` for one face; ``frame_size`` = (w, h)."""
+def estimate_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
+                  ) -> tuple[tuple[float, float, float], tuple[float, float, float], float]:
+    """``((pose_Rx, pose_Ry, pose_Rz), (pose_Tx, pose_Ty, pose_Tz), confidence)`` for one face;
+    ``frame_size`` = (w, h). The translation is the generic face's origin (the nose bridge) in
+    the camera frame, millimetres, under the default camera."""
+    nan3 = (float("nan"),) * 3
     points = np.asarray(landmarks68, dtype=np.float64)[_INDEX]
     camera = camera_matrix(*frame_size)
     ok, rvec, tvec = cv2.solvePnP(_MODEL, points, camera, None, flags=cv2.SOLVEPNP_EPNP)
@@ -68,12 +78,20 @@ def head_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
         ok, rvec, tvec = cv2.solvePnP(_MODEL, points, camera, None, rvec, tvec,
                                       useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
     if not ok or tvec[2, 0] <= 0:
-        return (float("nan"),) * 3, 0.0
+        return nan3, nan3, 0.0
     projected, _ = cv2.projectPoints(_MODEL, rvec, tvec, camera, None)
     rms = float(np.sqrt(np.mean(np.sum((projected[:, 0] - points) ** 2, axis=1))))
     iod = float(np.linalg.norm(points[_INDEX.tolist().index(45)] - points[_INDEX.tolist().index(36)]))
     confidence = float(np.exp(-rms / (FIT_SCALE * max(iod, 1.0))))
-    return rotation_to_euler(cv2.Rodrigues(rvec)[0]), confidence
+    translation = tuple(float(v) for v in tvec[:, 0])
+    return rotation_to_euler(cv2.Rodrigues(rvec)[0]), translation, confidence
+
+
+def head_pose(landmarks68: np.ndarray, frame_size: tuple[int, int]
+              ) -> tuple[tuple[float, float, float], float]:
+    """``((pose_Rx, pose_Ry, pose_Rz), confidence)`` for one face; ``frame_size`` = (w, h)."""
+    rotation, _, confidence = estimate_pose(landmarks68, frame_size)
+    return rotation, confidence
 
 
 def project_generic_face(angles: tuple[float, float, float], frame_size: tuple[int, int],
@@ -87,3 +105,22 @@ def project_generic_face(angles: tuple[float, float, float], frame_size: tuple[i
     out = np.full((68, 2), np.nan)
     out[_INDEX] = projected[:, 0]
     return out
+
+
+def openface_agreement(openface: "pd.DataFrame", frame_size: tuple[int, int]) -> dict[str, Any]:
+    """This module's pose and confidence on OpenFace's own 2D landmarks (rows of an OpenFace 2
+    CSV with ``x_0..y_67`` and ``pose_R*``), against OpenFace's pose for the same rows: the mean
+    absolute difference per axis in degrees, and the range of our confidence. The figures
+    docs/predict.md states come from this (tests/data/openface2_test_rows.csv)."""
+    xs = openface[[f"x_{i}" for i in range(68)]].to_numpy(float)
+    ys = openface[[f"y_{i}" for i in range(68)]].to_numpy(float)
+    fits = [estimate_pose(np.stack([x, y], axis=1), frame_size) for x, y in zip(xs, ys)]
+    ours = np.degrees(np.array([fit[0] for fit in fits]))
+    theirs = np.degrees(openface[["pose_Rx", "pose_Ry", "pose_Rz"]].to_numpy(float))
+    difference = np.abs(ours - theirs).mean(axis=0)
+    confidence = np.array([fit[2] for fit in fits])
+    return {"mean_abs_difference_deg": dict(zip(("pitch", "yaw", "roll"), difference.tolist())),
+            "mean_signed_difference_deg": dict(zip(("pitch", "yaw", "roll"),
+                                                   (ours - theirs).mean(axis=0).tolist())),
+            "confidence_range": (float(confidence.min()), float(confidence.max())),
+            "rows": len(fits)}

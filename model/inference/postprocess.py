@@ -16,13 +16,14 @@ The decisions ``AUxx_c`` are recomputed from the final probabilities.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import median_filter
 
-from .output import au_name
+from .csv_format import au_name
 
 CALIBRATION_PERCENTILE = 10.0
 NEUTRAL_PROBABILITY = 0.1
@@ -54,7 +55,10 @@ def postprocess(table: pd.DataFrame, au_ids: Sequence[int],
     """Calibrate and/or smooth per face, then recompute ``AUxx_c``; returns a new table."""
     table = table.copy()
     p_cols = [f"{au_name(a)}_p" for a in au_ids]
-    r_cols = [c for c in (f"{au_name(a)}_r" for a in au_ids) if c in table.columns]
+    r_cols = [c for c in table.columns if re.fullmatch(r"AU\d+_r", c)]  # every intensity
+    # float64: calibration and smoothing write float64 back, which pandas >= 3 refuses to put
+    # into a float32 column (a table built from float32 network outputs).
+    table[p_cols + r_cols] = table[p_cols + r_cols].astype("float64")
     for _, rows in table[table["face_found"] == 1].groupby("face_id").groups.items():
         probs = table.loc[rows, p_cols].to_numpy(dtype=float)
         if calibrate:

@@ -35,9 +35,9 @@ from pipeline.face_landmarks import DEFAULT_MIN_SCORE, FaceLandmarker
 from pipeline.shards import decode_jpeg, encode_jpeg
 
 from ..engine.checkpoint import CheckpointError
-from .backends import load_backend
-from .output import csv_columns, au_name
-from .pose import head_pose
+from .backends import intensity_au_ids, load_backend
+from .csv_format import DEFAULT_FORMAT, FORMATS, au_name, table_columns
+from .pose import estimate_pose
 from .postprocess import postprocess
 from .tracking import DEFAULT_MAX_GAP, BestFaceTracker, MultiFaceTracker, TrackedFace
 from .video_io import Frame
@@ -78,6 +78,7 @@ class PredictConfig:
     plot: bool = False
     overlay: bool = False
     landmarks: bool = False
+    csv_format: str = DEFAULT_FORMAT
     skip_existing: bool = True
     progress: bool = True
 
@@ -99,7 +100,8 @@ class PredictConfig:
                   (self.smooth == 0 or (self.smooth > 1 and self.smooth % 2 == 1),
                    "smooth must be 0 (off) or an odd window of 3 or more frames"),
                   (0 <= self.min_confidence <= 1, "min_confidence must be in [0, 1]"),
-                  (self.fps is None or self.fps > 0, "fps must be positive")]
+                  (self.fps is None or self.fps > 0, "fps must be positive"),
+                  (self.csv_format in FORMATS, f"format must be one of {', '.join(FORMATS)}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -121,6 +123,7 @@ class FaceRow:
     found: TrackedFace | None
     aligned: np.ndarray | None = None
     pose: tuple[float, float, float] = (float("nan"),) * 3
+    translation: tuple[float, float, float] = (float("nan"),) * 3
     confidence: float = 0.0
     probabilities: np.ndarray | None = None
     intensities: np.ndarray | None = None
@@ -180,15 +183,18 @@ class AUPredictor:
         self.preprocess = TrainingPreprocess.from_meta(self.meta, cfg.checkpoint)
         self.landmarker = FaceLandmarker(predictor_path=cfg.predictor, upsample=cfg.upsample,
                                          max_detect_width=cfg.detect_width, min_score=cfg.min_score)
-        # Known from the backend when it can tell (so a video with no face still gets the
-        # AUxx_r columns); otherwise after the first batch.
-        self.has_intensity: bool | None = getattr(self.backend, "has_intensity", None)
+        # The AUs with an AUxx_r column: known from the backend when it can tell (so a video
+        # with no face still gets them); otherwise after the first batch.
+        has_intensity = getattr(self.backend, "has_intensity", None)
+        self.intensity_aus: list[int] | None = (
+            None if has_intensity is None else
+            intensity_au_ids(self.meta) if has_intensity else [])
         self.last_tracker: BestFaceTracker | MultiFaceTracker | None = None
 
     def describe(self) -> dict[str, Any]:
         """What the numbers mean, for the sidecar and the summary."""
         return {"checkpoint": str(self.cfg.checkpoint), "backend": self.backend.name,
-                "au_ids": self.au_ids,
+                "au_ids": self.au_ids, "intensity_aus": self.intensity_aus,
                 "label_threshold": self.meta.get("threshold"),
                 "label_meaning": f"AUxx_c = 1: FACS intensity >= {self.meta.get('threshold')} "
                                  f"predicted (probability AUxx_p >= decision threshold)",
@@ -200,7 +206,8 @@ class AUPredictor:
 
     def classify(self, rows: Sequence[FaceRow]) -> None:
         probabilities, intensities = self.backend([r.aligned for r in rows])
-        self.has_intensity = intensities is not None
+        self.intensity_aus = ([] if intensities is None else
+                              intensity_au_ids(self.meta, intensities.shape[1]))
         for i, row in enumerate(rows):
             row.probabilities = probabilities[i]
             row.intensities = intensities[i] if intensities is not None else None
@@ -221,7 +228,7 @@ class AUPredictor:
             if row.found is not None:
                 try:
                     row.aligned = self.preprocess(frame.image, item.face.landmarks66)
-                    row.pose, row.confidence = head_pose(
+                    row.pose, row.translation, row.confidence = estimate_pose(
                         item.face.landmarks68, (frame.image.shape[1], frame.image.shape[0]))
                 except AlignmentError as err:  # degenerate landmarks: treat as no face
                     log.warning("frame %d: %s; written as no face", frame.index, err)
@@ -292,34 +299,46 @@ class AUPredictor:
     def to_table(self, rows: Sequence[FaceRow]) -> pd.DataFrame:
         """The CSV's columns for ``rows`` (then ``--min-confidence``, calibration, smoothing)."""
         with_file = any(r.frame.name for r in rows)
-        columns = csv_columns(self.au_ids, with_file, self.cfg.landmarks, bool(self.has_intensity))
-        table = pd.DataFrame([_row_values(r, self.au_ids, self.cfg.landmarks, with_file,
-                                          bool(self.has_intensity)) for r in rows],
-                             columns=columns)
-        for name in ("frame", "face_id", "success", "face_found"):
-            table[name] = table[name].astype("int64")
+        intensity_aus = self.intensity_aus or []
+        columns = table_columns(self.au_ids, intensity_aus, with_file, self.cfg.landmarks)
+        table = pd.DataFrame([_row_values(r, self.au_ids, intensity_aus, self.cfg.landmarks,
+                                          with_file) for r in rows], columns=columns)
+        for name in columns:
+            # float64 throughout: float32 columns (all rows with a face) refuse the float64
+            # values calibration writes back (pandas >= 3 raises on such silent upcasts).
+            table[name] = table[name].astype("int64" if name in _INT_COLUMNS else
+                                             "str" if name == "file" else "float64")
         table.loc[table["confidence"] < self.cfg.min_confidence, "success"] = 0
         return postprocess(table, self.au_ids, self.threshold, calibrate=self.cfg.calibrate,
                            smooth=self.cfg.smooth)
 
 
-def _row_values(row: FaceRow, au_ids: Sequence[int], landmarks: bool, with_file: bool,
-                with_intensity: bool) -> list[Any]:
-    nan = float("nan")
-    k = len(au_ids)
+_INT_COLUMNS = ("frame", "face_id", "success", "face_found")
+
+
+def _row_values(row: FaceRow, au_ids: Sequence[int], intensity_aus: Sequence[int],
+                landmarks: bool, with_file: bool) -> dict[str, Any]:
+    """One table row as ``{column: value}``; a column left out is empty (NaN)."""
     found = row.found is not None and row.probabilities is not None
-    values: list[Any] = [row.frame.index, row.face_id] + ([row.frame.name] if with_file else [])
-    values += [row.frame.timestamp, row.confidence if found else 0.0, int(found), int(found)]
-    if found:
-        face = row.found.face
-        values += [face.score, *face.box, *row.pose]
-        values += list(row.intensities) if with_intensity else []
-        values += [nan] * k + list(row.probabilities)   # AUxx_c: filled by postprocess
-        if landmarks:
-            values += list(face.landmarks68[:, 0]) + list(face.landmarks68[:, 1])
-    else:
-        values += [nan] * 8 + [nan] * (k * (3 if with_intensity else 2))
-        values += [nan] * 136 if landmarks else []
+    values: dict[str, Any] = {"frame": row.frame.index, "face_id": row.face_id,
+                              "timestamp": row.frame.timestamp,
+                              "confidence": row.confidence if found else 0.0,
+                              "success": int(found), "face_found": int(found)}
+    if with_file:
+        values["file"] = row.frame.name
+    if not found:
+        return values
+    face = row.found.face
+    values.update(zip(["face_score", "face_x", "face_y", "face_w", "face_h"],
+                      [face.score, *face.box]))
+    values.update(zip(["pose_Tx", "pose_Ty", "pose_Tz"], row.translation))
+    values.update(zip(["pose_Rx", "pose_Ry", "pose_Rz"], row.pose))
+    values.update({f"{au_name(a)}_p": p for a, p in zip(au_ids, row.probabilities)})
+    if row.intensities is not None:  # AUxx_c is filled by postprocess
+        values.update({f"{au_name(a)}_r": v for a, v in zip(intensity_aus, row.intensities)})
+    if landmarks:
+        values.update({f"x_{i}": v for i, v in enumerate(face.landmarks68[:, 0])})
+        values.update({f"y_{i}": v for i, v in enumerate(face.landmarks68[:, 1])})
     return values
 
 
