@@ -26,11 +26,16 @@ DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
 
 
-def method_line(resamples: int, seed: int, level: float = DEFAULT_LEVEL) -> str:
-    """The one line every table with intervals carries."""
+def method_line(resamples: int, seed: int, level: float = DEFAULT_LEVEL,
+                subjects: int | None = None) -> str:
+    """The line every table with intervals carries: the method, the unit resampled, how many
+    of them, and what the interval does not cover."""
+    counted = f"{subjects} test subjects in all" if subjects else "test subjects"
     return (f"[{100 * level:.0f}% CI]: subject-level bootstrap, {resamples} resamples of each "
             f"fold's test subjects with replacement (seed {seed}); frames of the drawn subjects "
-            "pooled and the metric recomputed (mean over folds per resample); percentile interval")
+            "pooled and the metric recomputed (mean over folds per resample); percentile "
+            f"interval; unit resampled: the subject ({counted}); not covered: training-seed "
+            "variance (one trained model per fold) and subjects outside these folds")
 
 
 @dataclass
@@ -113,49 +118,4 @@ def confidence_intervals(
         "mean_accuracy": percentile_interval(boot.mean_accuracy, level).tolist(),
         "resamples": int(resamples), "seed": int(seed), "level": float(level),
         "method": method_line(resamples, seed, level),
-    }
-
-
-def _two_sided_p(diff: np.ndarray) -> np.ndarray:
-    """Bootstrap p-value of "no difference": twice the smaller tail mass at 0 (with the +1
-    correction, so a finite number of resamples never claims p = 0)."""
-    b = diff.shape[0]
-    below = ((diff <= 0).sum(axis=0) + 1) / (b + 1)
-    above = ((diff >= 0).sum(axis=0) + 1) / (b + 1)
-    return np.minimum(1.0, 2 * np.minimum(below, above))
-
-
-def paired_difference(
-    fold_counts_a: Sequence[np.ndarray], fold_counts_b: Sequence[np.ndarray],
-    resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = DEFAULT_LEVEL,
-) -> dict[str, list | float]:
-    """Paired bootstrap of F1(A) - F1(B), per AU and for the mean over AUs.
-
-    Both models must have been tested on the same subjects in the same order per fold; each
-    replicate draws the subjects once and pools both models' counts with the same weights.
-    """
-    if len(fold_counts_a) != len(fold_counts_b) or not fold_counts_a:
-        raise ValueError("paired comparison needs the same (non-empty) folds for both models")
-    diff = point = None
-    for ca, cb, rng in zip(fold_counts_a, fold_counts_b, fold_rngs(seed, len(fold_counts_a))):
-        ca, cb = _check_counts(ca), _check_counts(cb)
-        if ca.shape != cb.shape:
-            raise ValueError(f"paired comparison: per-subject counts {ca.shape} and {cb.shape} "
-                             "differ (same subjects and AUs needed)")
-        w = subject_weights(ca.shape[0], resamples, rng)
-        d = _metrics_of_replicates(w, ca)[0] - _metrics_of_replicates(w, cb)[0]
-        p = f1_from_counts(ca.sum(0)) - f1_from_counts(cb.sum(0))
-        diff = d if diff is None else diff + d
-        point = p if point is None else point + p
-    n = len(fold_counts_a)
-    diff, point = diff / n, point / n
-    mean_diff = diff.mean(axis=1)
-    return {
-        "f1": point.tolist(), "f1_ci": percentile_interval(diff, level).tolist(),
-        "f1_p": _two_sided_p(diff).tolist(),
-        "mean_f1": float(point.mean()), "mean_f1_ci": percentile_interval(mean_diff, level).tolist(),
-        "mean_f1_p": float(_two_sided_p(mean_diff[:, None])[0]),
-        "resamples": int(resamples), "seed": int(seed), "level": float(level),
-        "method": ("paired " + method_line(resamples, seed, level)
-                   + "; p: two-sided bootstrap p-value of no difference"),
     }
