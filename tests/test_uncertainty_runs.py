@@ -3,6 +3,7 @@ on tiny runs (fixture shards, and a tiny twin with both cameras)."""
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,8 +125,66 @@ def test_compare_two_run_folders_without_training(cv, tmp_path):
     assert payload["difference"]["mean_f1"] == 0.0
     assert payload["difference"]["mean_f1_ci"] == [0.0, 0.0]
     assert payload["difference"]["mean_f1_p"] == 1.0
-    assert "Recipe (cv:tranet): variant tranet" in (out / "compare.md").read_text()
+    text = (out / "compare.md").read_text()
+    assert "Recipe (cv:tranet): variant tranet" in text
+    assert "Recipe differences: none recorded" in text and "Protocol of cv:tranet and" in text
+    assert "sign-flip permutation test over subjects" in text
+    assert "unit resampled: the subject, 6 test subjects in 2 fold(s)" in text
+    assert "not covered: training-seed variance" in text
+    assert payload["difference"]["f1_p_raw"] and not payload["protocol_mismatch"]
     assert not (out / "tranet").exists()                       # nothing trained
+
+
+def _relabel_threshold(cv, copy, threshold):
+    """A copy of the run folder ``cv`` whose runs say they were scored at ``threshold``."""
+    shutil.copytree(cv, copy)
+    report = json.loads((copy / "crossval.json").read_text())
+    for results in report["results"].values():
+        for r in results:
+            r["run_dir"] = str(copy / Path(r["run_dir"]).relative_to(cv))
+            config = json.loads((Path(r["run_dir"]) / "config.json").read_text())
+            config["data"]["threshold"] = threshold
+            (Path(r["run_dir"]) / "config.json").write_text(json.dumps(config))
+    (copy / "crossval.json").write_text(json.dumps(report))
+
+
+def test_compare_refuses_runs_scored_at_another_label_threshold(cv, tmp_path, caplog):
+    other = tmp_path / "cv_t2"
+    _relabel_threshold(cv, other, 2)
+    out = tmp_path / "cmp"
+    assert crossval_main(["--out", str(out), "--compare", str(cv), str(other),
+                          "--bootstrap", "100"]) == 1
+    assert "label threshold: 3 in cv:tranet, 2 in cv_t2:tranet" in caplog.text
+    assert "--allow-protocol-mismatch" in caplog.text and not (out / "compare.md").exists()
+    assert crossval_main(["--out", str(out), "--compare", str(cv), str(other), "--bootstrap",
+                          "100", "--allow-protocol-mismatch"]) == 0
+    assert "PROTOCOL MISMATCH" in (out / "compare.md").read_text()
+    assert json.loads((out / "compare.json").read_text())["protocol_mismatch"] == [
+        "label threshold: 3 in cv:tranet, 2 in cv_t2:tranet"]
+
+
+def test_compare_several_seeds_a_side(data, cv, tmp_path):
+    root, shards, manifest = data
+    seed1 = tmp_path / "cv_s1"
+    assert crossval_main(["--shards", str(shards), "--manifest", str(manifest), "--out",
+                          str(seed1), "--seed", "1", "--folds", "1", *CV]) == 0
+    out = tmp_path / "cmp"
+    assert crossval_main(["--out", str(out), "--compare", str(cv), str(seed1),
+                          "--bootstrap", "100"]) == 0
+    assert "Recipe differences: seed: 0 in cv:tranet, 1 in cv_s1:tranet" in (
+        out / "compare.md").read_text()
+    assert crossval_main(["--out", str(out), "--compare", f"{cv},{seed1}", f"{seed1},{cv}",
+                          "--bootstrap", "100"]) == 0
+    payload = json.loads((out / "compare.json").read_text())
+    diff = payload["difference"]
+    assert diff["runs"] == [2, 2] and diff["seed_variance"] == {
+        "included": True, "df": 2, "standard_error": diff["seed_variance"]["standard_error"]}
+    assert diff["mean_f1"] == pytest.approx(0, abs=1e-12)
+    text = (out / "compare.md").read_text()
+    assert "training seeds: included (2 and 2 runs a side" in text
+    assert "mean of 2 runs [lowest, highest run]" in text
+    assert "[95% CI]: subject-level bootstrap" not in text     # no column is an interval now
+    assert all(-1 <= v <= 1 for lo_hi in diff["f1_ci"] for v in lo_hi)
 
 
 def test_evaluate_reports_intervals_per_subject_results_and_tuned_rows(data, tmp_path):

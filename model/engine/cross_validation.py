@@ -306,6 +306,8 @@ def write_comparison(out: Path, names: Sequence[str], per_variant: dict[str, lis
     protocols = sorted({r["protocol"] for r in [*flat_a, *flat_b] if r.get("protocol")})
     lines = reports.header_lines({na: flat_a, nb: flat_b}, " / ".join(protocols), None,
                                  resamples, seed, paper=False)
+    if len(ra) > 1 and len(rb) > 1:    # the F1 columns are then ranges over runs, not intervals
+        lines = [n for n in lines if not n.startswith("[")]
     lines = lines + checks + detail["difference"]["method"]
     title = f"Paired comparison: {na} vs {nb}" + (" (PROTOCOL MISMATCH)" if mismatch else "")
     text = reports.write_table(out, "compare", title, lines, header, rows)

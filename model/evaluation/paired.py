@@ -142,7 +142,7 @@ def paired_runs(runs_a: Sequence[Run], runs_b: Sequence[Run], resamples: int = D
     boot = _bootstrap(folds, n_a, resamples, seed) + _seed_noise(se, df, resamples, noise_rng)
     observed, null = sign_flip_replicates(folds, n_a, resamples, seed)
     raw = permutation_p(observed, null + _seed_noise(se, df, resamples, noise_rng))
-    ci = percentile_interval(boot, level)
+    ci = np.clip(percentile_interval(boot, level), -1.0, 1.0)  # the t term has no bounds, F1 has
     subjects = sum(c.shape[1] for c in folds)
     return {
         "f1": point[:-1].tolist(), "f1_ci": ci[:-1].tolist(), "f1_p": holm(raw[:-1]),
