@@ -104,6 +104,10 @@ def test_crossval_tables_carry_intervals_recipe_and_difference_to_tranet(cv):
     assert [c[2:] for c in first_cells if c.startswith("# ")] == md_lines   # CSV = Markdown lines
     t2 = (cv / "table2.md").read_text()
     assert "difference to TRA-Net [95% CI], p" in t2 and "0 (reference)" in t2
+    for text in (t1, t2):       # what was resampled, how many, and what is not covered
+        assert "unit resampled: the subject (6 test subjects in all)" in text
+        assert "not covered: training-seed variance" in text
+    assert "Holm-corrected over the 1 variant(s) compared with TRA-Net" in t2
     report = json.loads((cv / "crossval.json").read_text())
     diff = report["table2"]["differences_to_tranet"]["senet50"]
     lo, hi = diff["mean_f1_ci"]
@@ -235,6 +239,7 @@ def test_cross_camera_on_a_tiny_twin_with_both_cameras(tmp_path):
     table = (tmp_path / "cv" / "cameras_tranet.md").read_text()
     assert "F1 right [95% CI]" in table and "F1 left [95% CI]" in table
     assert "right - left [95% CI]" in table and "trained on the left camera" in table
+    assert "sign-flip permutation test" in table and "2 test subjects in 1 fold(s)" in table
     assert (tmp_path / "cv" / "per_subject_tranet_right.png").is_file()
     report = json.loads((tmp_path / "cv" / "crossval.json").read_text())
     for r in report["results"]["tranet"]:
