@@ -63,7 +63,8 @@ def test_table2_refuses_a_variant_scored_at_another_threshold(tmp_path):
         run_dir.mkdir()
         (run_dir / "config.json").write_text(json.dumps(record(threshold=threshold)))
         per_variant[variant] = [{"fold": 1, "run_dir": str(run_dir)}]
-    with pytest.raises(DataError, match="label threshold: 2 in senet50, 3 in tranet.*"
+    with pytest.raises(DataError, match="Table 2: senet50 vs tranet: .*label threshold: 2 in "
+                                        "senet50, 3 in tranet.*"
                                         "--allow-protocol-mismatch"):
         table2_protocol(per_variant)
     lines, mismatched = table2_protocol(per_variant, allow_mismatch=True)

@@ -158,6 +158,7 @@ def test_compare_refuses_runs_scored_at_another_label_threshold(cv, tmp_path, ca
     out = tmp_path / "cmp"
     assert crossval_main(["--out", str(out), "--compare", str(cv), str(other),
                           "--bootstrap", "100"]) == 1
+    assert "--compare: cv:tranet vs cv_t2:tranet: not the same protocol" in caplog.text
     assert "label threshold: 3 in cv:tranet, 2 in cv_t2:tranet" in caplog.text
     assert "--allow-protocol-mismatch" in caplog.text and not (out / "compare.md").exists()
     assert crossval_main(["--out", str(out), "--compare", str(cv), str(other), "--bootstrap",

@@ -218,6 +218,10 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
                               "bootstrap": {"resamples": resamples, "seed": seed},
                               "results": {v: rs for v, rs in per_variant.items()}}
     texts = []
+    # Table 2 pairs every variant with TRA-Net: refused before any table is written if they
+    # were not scored the same way.
+    mismatch_lines, mismatched = reports.table2_protocol(
+        done, bool(getattr(args, "allow_protocol_mismatch", False)))
     lines = reports.header_lines(done, protocol, base.manifest, resamples, seed)
     if done.get("tranet"):
         tranet_lines = [n for n in lines if not n.startswith("Recipe (") or
@@ -229,8 +233,6 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
         report["table1"] = {"header": header, "rows": rows, "notes": tranet_lines}
         texts.append(text)
     if done and (args.ablations or len(done) > 1):
-        mismatch_lines, mismatched = reports.table2_protocol(
-            done, bool(getattr(args, "allow_protocol_mismatch", False)))
         t2_lines = lines + mismatch_lines + reports.table2_test_lines(done, resamples, seed)
         header, rows, text = table2(done, protocol, lines=t2_lines, resamples=resamples, seed=seed,
                                     mismatched=mismatched)
@@ -301,7 +303,8 @@ def write_comparison(out: Path, names: Sequence[str], per_variant: dict[str, lis
         raise ValueError("--compare takes two names: variants of this run or run folders")
     (na, ra), (nb, rb) = (comparison_side(name, per_variant) for name in names)
     flat_a, flat_b = [r for run in ra for r in run], [r for run in rb for r in run]
-    checks, mismatch = reports.comparability_lines(na, flat_a, nb, flat_b, allow_mismatch)
+    checks, mismatch = reports.comparability_lines(na, flat_a, nb, flat_b, allow_mismatch,
+                                                   context="--compare")
     header, rows, detail = reports.compare_rows(na, ra, nb, rb, resamples, seed)
     protocols = sorted({r["protocol"] for r in [*flat_a, *flat_b] if r.get("protocol")})
     lines = reports.header_lines({na: flat_a, nb: flat_b}, " / ".join(protocols), None,

@@ -117,15 +117,15 @@ def table1_rows(results: Sequence[dict[str, Any]], resamples: int, seed: int
 
 
 def comparability_lines(name_a: str, results_a: Sequence[dict[str, Any]], name_b: str,
-                        results_b: Sequence[dict[str, Any]], allow_mismatch: bool = False
-                        ) -> tuple[list[str], list[str]]:
+                        results_b: Sequence[dict[str, Any]], allow_mismatch: bool = False,
+                        context: str = "Table 2") -> tuple[list[str], list[str]]:
     """(note lines, protocol differences) of comparing two sides' runs. A difference in protocol
     raises a DataError naming each one unless ``allow_mismatch``; the lines then say so."""
     pairs_a = [(run_record(r), r) for r in results_a]
     pairs_b = [(run_record(r), r) for r in results_b]
     differences, unverified = protocol_differences(name_a, pairs_a, name_b, pairs_b)
     if differences and not allow_mismatch:
-        raise DataError(f"{name_a} vs {name_b}: not the same protocol, so the difference would "
+        raise DataError(f"{context}: {name_a} vs {name_b}: not the same protocol, so the difference would "
                         f"not mean what it says: {'; '.join(differences)}. Compare runs made the "
                         "same way, or pass --allow-protocol-mismatch to go on (then labelled)")
     lines = ([f"PROTOCOL MISMATCH (compared anyway, --allow-protocol-mismatch): "
