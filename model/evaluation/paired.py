@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .metrics import f1_from_counts
-from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, _check_counts, fold_rngs,
+from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_counts, fold_rngs,
                          percentile_interval, subject_weights)
 
 Run = Sequence[np.ndarray]          # one run: per fold, per-subject counts [S_f, K, 4]
@@ -64,7 +64,7 @@ def _check_runs(runs_a: Sequence[Run], runs_b: Sequence[Run]) -> list[np.ndarray
         raise ValueError("paired comparison needs the same (non-empty) folds for every run")
     stacked = []
     for f in range(n_folds):
-        counts = [_check_counts(run[f]) for run in [*runs_a, *runs_b]]
+        counts = [check_counts(run[f]) for run in [*runs_a, *runs_b]]
         if len({c.shape for c in counts}) != 1:
             raise ValueError(f"paired comparison: per-subject counts {sorted({c.shape for c in counts})} "
                              "differ (same subjects and AUs needed)")

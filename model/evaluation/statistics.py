@@ -10,8 +10,8 @@ counts, a replicate is a weighted sum of per-subject count vectors: ``weights [B
 
 With several folds (the mean-of-folds convention), each fold's subjects are resampled within
 that fold and the replicate's value is the mean of the per-fold values, like the point estimate.
-Intervals are percentile intervals. A paired comparison of two models on the same subjects uses
-the same draws for both models, so what they share (the difficulty of the drawn people) cancels.
+Intervals are percentile intervals. Paired comparisons of two models (their interval, p-value
+and training-seed variance) are in ``paired``.
 """
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class BootstrapSamples:
         return self.accuracy.mean(axis=1)
 
 
-def _check_counts(counts: np.ndarray) -> np.ndarray:
+def check_counts(counts: np.ndarray) -> np.ndarray:
+    """``counts`` as float ``[subjects, AUs, 4]``; a ValueError names any other shape."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 3 or counts.shape[2] != 4 or counts.shape[0] < 1:
         raise ValueError(f"per-subject counts must be [subjects, AUs, 4], got {counts.shape}")
@@ -88,7 +89,7 @@ def bootstrap_folds(
         raise ValueError("resamples must be >= 1")
     f1 = acc = None
     for counts, rng in zip(fold_counts, fold_rngs(seed, len(fold_counts))):
-        counts = _check_counts(counts)
+        counts = check_counts(counts)
         w = subject_weights(counts.shape[0], resamples, rng)
         f, a = _metrics_of_replicates(w, counts)
         f1 = f if f1 is None else f1 + f
