@@ -31,6 +31,10 @@ def test_same_protocol_other_recipe_lists_what_differs():
     recipe = recipe_differences("A", [r for r, _ in a], "B", [r for r, _ in b],
                                 ignore=("out", "device", "fold"))
     assert recipe == ["lr: 0.001 in A, 0.01 in B", "epochs: 100 in A, 20 in B"]
+    moved = runs(record(1, manifest="copy/folds.json"))
+    assert protocol_differences("A", a[:1], "B", moved) == ([], [])    # same subjects: same
+    assert recipe_differences("A", [a[0][0]], "B", [moved[0][0]], ignore=("out",)) == [
+        "manifest: None in A, copy/folds.json in B"]
 
 
 @pytest.mark.parametrize("change, named", [

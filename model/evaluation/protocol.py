@@ -17,7 +17,9 @@ from typing import Any, Iterable, Sequence
 Run = tuple[dict[str, Any], dict[str, Any]]     # (config.json record, result summary)
 
 #: train_config keys that are protocol facts (compared by ``protocol_differences``), not recipe.
-PROTOCOL_KEYS = ("threshold", "cameras", "task", "image_size", "select_on", "fold", "manifest")
+#: The manifest is compared by its folds' subjects; its path stays among the recipe differences
+#: (two copies of one folds.json are the same protocol).
+PROTOCOL_KEYS = ("threshold", "cameras", "task", "image_size", "select_on", "fold")
 
 
 def _known(*values: Any) -> Any:
