@@ -19,7 +19,7 @@ recipe (variant, preset, backbone and weights, image size, selection, folds) of 
 
     python -m model.crossval ... --compare senet50 tranet    # paired test of two variants
     python -m model.crossval --out runs/cmp --compare runs/cvA runs/cvB   # of two run folders
-    python -m model.crossval --out runs/cmp --compare runs/a0,runs/a1,runs/a2 runs/b0,runs/b1,runs/b2
+    python -m model.crossval --out runs/cmp --compare runs/a0,runs/a1 runs/b0,runs/b1  # seeds
     python -m model.crossval ... --test-camera right         # train left, test left and right
 """
 from __future__ import annotations

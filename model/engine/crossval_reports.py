@@ -125,13 +125,14 @@ def comparability_lines(name_a: str, results_a: Sequence[dict[str, Any]], name_b
     pairs_b = [(run_record(r), r) for r in results_b]
     differences, unverified = protocol_differences(name_a, pairs_a, name_b, pairs_b)
     if differences and not allow_mismatch:
-        raise DataError(f"{context}: {name_a} vs {name_b}: not the same protocol, so the difference would "
-                        f"not mean what it says: {'; '.join(differences)}. Compare runs made the "
-                        "same way, or pass --allow-protocol-mismatch to go on (then labelled)")
+        raise DataError(f"{context}: {name_a} vs {name_b}: not the same protocol, so the "
+                        f"difference would not mean what it says: {'; '.join(differences)}. "
+                        "Compare runs made the same way, or pass --allow-protocol-mismatch to go "
+                        "on (then labelled)")
     lines = ([f"PROTOCOL MISMATCH (compared anyway, --allow-protocol-mismatch): "
               f"{'; '.join(differences)}"] if differences else
-             [f"Protocol of {name_a} and {name_b}: the same (label threshold, folds' subjects, AUs, "
-              "camera, landmark source, task, input size, model selection)"])
+             [f"Protocol of {name_a} and {name_b}: the same (label threshold, folds' subjects, "
+              "AUs, camera, landmark source, task, input size, model selection)"])
     if unverified:
         lines.append(f"Protocol not recorded by every run, unverified: {', '.join(unverified)}")
     recipe = recipe_differences(name_a, [p[0] for p in pairs_a], name_b, [p[0] for p in pairs_b],

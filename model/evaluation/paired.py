@@ -65,9 +65,10 @@ def _check_runs(runs_a: Sequence[Run], runs_b: Sequence[Run]) -> list[np.ndarray
     stacked = []
     for f in range(n_folds):
         counts = [check_counts(run[f]) for run in [*runs_a, *runs_b]]
-        if len({c.shape for c in counts}) != 1:
-            raise ValueError(f"paired comparison: per-subject counts {sorted({c.shape for c in counts})} "
-                             "differ (same subjects and AUs needed)")
+        shapes = sorted({c.shape for c in counts})
+        if len(shapes) != 1:
+            raise ValueError(f"paired comparison: per-subject counts {shapes} differ (same "
+                             "subjects and AUs needed)")
         stacked.append(np.stack(counts))
     return stacked
 

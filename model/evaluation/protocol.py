@@ -92,8 +92,8 @@ def protocol_differences(name_a: str, runs_a: Sequence[Run], name_b: str, runs_b
         for key in sorted(set(va) & set(vb), key=str):
             if va[key] != vb[key]:
                 where = f" (fold {key})" if key is not None else ""
-                differences.append(f"{name}{where}: {' / '.join(sorted(map(_show, va[key])))} in "
-                                   f"{name_a}, {' / '.join(sorted(map(_show, vb[key])))} in {name_b}")
+                shown_a, shown_b = (" / ".join(sorted(map(_show, v[key]))) for v in (va, vb))
+                differences.append(f"{name}{where}: {shown_a} in {name_a}, {shown_b} in {name_b}")
         if not set(va) & set(vb):
             unverified.append(name)
     return differences, unverified
