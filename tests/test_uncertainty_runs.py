@@ -215,7 +215,9 @@ def test_evaluate_reports_intervals_per_subject_results_and_tuned_rows(data, tmp
                           "--bootstrap", "200"]) == 0
     text = (tmp_path / "ev" / "evaluation_test.md").read_text()
     for needle in ("F1 [95% CI]", "ROC-AUC", "| AP |", "F1 at tuned thresholds [95% CI]",
-                   "Recipe: variant tranet; preset small", "tuned on the held-out validation"):
+                   "Recipe: variant tranet; preset small", "tuned on the held-out validation",
+                   "unit resampled: the subject (3 test subjects in all)",
+                   "not covered: training-seed variance"):
         assert needle in text
     csv_text = (tmp_path / "ev" / "evaluation_test.csv").read_text()
     assert "# Recipe: variant tranet" in csv_text and "subject-level bootstrap" in csv_text
