@@ -19,6 +19,7 @@ recipe (variant, preset, backbone and weights, image size, selection, folds) of 
 
     python -m model.crossval ... --compare senet50 tranet    # paired test of two variants
     python -m model.crossval --out runs/cmp --compare runs/cvA runs/cvB   # of two run folders
+    python -m model.crossval --out runs/cmp --compare runs/a0,runs/a1 runs/b0,runs/b1  # seeds
     python -m model.crossval ... --test-camera right         # train left, test left and right
     python -m model.crossval ... --test-camera right --camera-frames all   # every frame each kept
 """
@@ -62,10 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=None, choices=list(TABLE2_ORDER),
                    help="variants to run (default: tranet; with --ablations: all of Table 2)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
-                   help="paired subject-level bootstrap of F1(A) - F1(B), per AU and mean, with "
-                        "95%% CI and p-value; A and B are variants (trained here if needed) or "
-                        "model.crossval output folders (then nothing is trained); writes "
-                        "OUT/compare.{md,csv,json} (default: no comparison)")
+                   help="paired comparison F1(A) - F1(B), per AU and mean: subject-bootstrap 95%% "
+                        "CI and sign-flip permutation p (per AU Holm-corrected); A and B are "
+                        "variants (trained here if needed) or model.crossval output folders, "
+                        "several joined by commas for several training seeds a side (then "
+                        "nothing is trained and seed variance is included); refused when the "
+                        "two sides differ in protocol; writes OUT/compare.{md,csv,json} "
+                        "(default: no comparison)")
+    p.add_argument("--allow-protocol-mismatch", action="store_true",
+                   help="compare (--compare, Table 2) sides that differ in label threshold, "
+                        "folds' subjects, AUs, camera, landmark source, task, input size or "
+                        "model selection; the output is labelled PROTOCOL MISMATCH (default: "
+                        "refuse, naming each difference)")
     p.add_argument("--test-camera", choices=["right"], default=None,
                    help="also test each fold's best.pt on the same held-out subjects filmed by "
                         "this camera (shards from pipeline.align --camera right) while training "

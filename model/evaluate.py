@@ -88,7 +88,9 @@ def report_lines(results: Sequence[dict], resamples: int, seed: int) -> list[str
     lines = [f"Protocol: {n}" for n in sorted({r["protocol"] for r in results})]
     lines += [f"Recipe: {n}" for n in dict.fromkeys(r["recipe"] for r in results)]
     if resamples:
-        lines.append(method_line(resamples, seed))
+        subjects = {(r.get("fold"), s) for r in results
+                    for s in (r["metrics"].get("per_subject") or {}).get("subjects", [])}
+        lines.append(method_line(resamples, seed, subjects=len(subjects) or None))
     tuned = {r["decision_thresholds"]["note"] for r in results if r.get("decision_thresholds")}
     lines += [f"Tuned rows: {n}" for n in sorted(tuned)]
     return lines

@@ -190,6 +190,7 @@ def test_report_shows_intervals_on_the_mean_row_and_none_for_old_results():
     assert mean_icc[1] == "ICC(3,1) [95% CI]" and "[" in mean_icc[-2]
     assert all("[" not in cell for r in rows if r[0] != "mean" for cell in r[2:])
     assert "subject-level bootstrap" in text
+    assert "unit resampled: the subject (8 test subjects in all)" in text   # 2 folds x 4
     old = [{k: v for k, v in d.items() if k != "per_subject"} for d in folds]
     _, rows, text = intensity_report([(1, old[0]), (2, old[1])], [1, 2], "T", "p")
     assert all("[" not in cell for r in rows for cell in r[2:])

@@ -3,6 +3,7 @@ on tiny runs (fixture shards, and a tiny twin with both cameras)."""
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,10 @@ def test_crossval_tables_carry_intervals_recipe_and_difference_to_tranet(cv):
     assert [c[2:] for c in first_cells if c.startswith("# ")] == md_lines   # CSV = Markdown lines
     t2 = (cv / "table2.md").read_text()
     assert "difference to TRA-Net [95% CI], p" in t2 and "0 (reference)" in t2
+    for text in (t1, t2):       # what was resampled, how many, and what is not covered
+        assert "unit resampled: the subject (6 test subjects in all)" in text
+        assert "not covered: training-seed variance" in text
+    assert "Holm-corrected over the 1 variant(s) compared with TRA-Net" in t2
     report = json.loads((cv / "crossval.json").read_text())
     diff = report["table2"]["differences_to_tranet"]["senet50"]
     lo, hi = diff["mean_f1_ci"]
@@ -124,8 +129,67 @@ def test_compare_two_run_folders_without_training(cv, tmp_path):
     assert payload["difference"]["mean_f1"] == 0.0
     assert payload["difference"]["mean_f1_ci"] == [0.0, 0.0]
     assert payload["difference"]["mean_f1_p"] == 1.0
-    assert "Recipe (cv:tranet): variant tranet" in (out / "compare.md").read_text()
+    text = (out / "compare.md").read_text()
+    assert "Recipe (cv:tranet): variant tranet" in text
+    assert "Recipe differences: none recorded" in text and "Protocol of cv:tranet and" in text
+    assert "sign-flip permutation test over subjects" in text
+    assert "unit resampled: the subject, 6 test subjects in 2 fold(s)" in text
+    assert "not covered: training-seed variance" in text
+    assert payload["difference"]["f1_p_raw"] and not payload["protocol_mismatch"]
     assert not (out / "tranet").exists()                       # nothing trained
+
+
+def _relabel_threshold(cv, copy, threshold):
+    """A copy of the run folder ``cv`` whose runs say they were scored at ``threshold``."""
+    shutil.copytree(cv, copy)
+    report = json.loads((copy / "crossval.json").read_text())
+    for results in report["results"].values():
+        for r in results:
+            r["run_dir"] = str(copy / Path(r["run_dir"]).relative_to(cv))
+            config = json.loads((Path(r["run_dir"]) / "config.json").read_text())
+            config["data"]["threshold"] = threshold
+            (Path(r["run_dir"]) / "config.json").write_text(json.dumps(config))
+    (copy / "crossval.json").write_text(json.dumps(report))
+
+
+def test_compare_refuses_runs_scored_at_another_label_threshold(cv, tmp_path, caplog):
+    other = tmp_path / "cv_t2"
+    _relabel_threshold(cv, other, 2)
+    out = tmp_path / "cmp"
+    assert crossval_main(["--out", str(out), "--compare", str(cv), str(other),
+                          "--bootstrap", "100"]) == 1
+    assert "--compare: cv:tranet vs cv_t2:tranet: not the same protocol" in caplog.text
+    assert "label threshold: 3 in cv:tranet, 2 in cv_t2:tranet" in caplog.text
+    assert "--allow-protocol-mismatch" in caplog.text and not (out / "compare.md").exists()
+    assert crossval_main(["--out", str(out), "--compare", str(cv), str(other), "--bootstrap",
+                          "100", "--allow-protocol-mismatch"]) == 0
+    assert "PROTOCOL MISMATCH" in (out / "compare.md").read_text()
+    assert json.loads((out / "compare.json").read_text())["protocol_mismatch"] == [
+        "label threshold: 3 in cv:tranet, 2 in cv_t2:tranet"]
+
+
+def test_compare_several_seeds_a_side(data, cv, tmp_path):
+    root, shards, manifest = data
+    seed1 = tmp_path / "cv_s1"
+    assert crossval_main(["--shards", str(shards), "--manifest", str(manifest), "--out",
+                          str(seed1), "--seed", "1", "--folds", "1", *CV]) == 0
+    out = tmp_path / "cmp"
+    assert crossval_main(["--out", str(out), "--compare", str(cv), str(seed1),
+                          "--bootstrap", "100"]) == 0
+    assert "Recipe differences: seed: 0 in cv:tranet, 1 in cv_s1:tranet" in (
+        out / "compare.md").read_text()
+    assert crossval_main(["--out", str(out), "--compare", f"{cv},{seed1}", f"{seed1},{cv}",
+                          "--bootstrap", "100"]) == 0
+    payload = json.loads((out / "compare.json").read_text())
+    diff = payload["difference"]
+    assert diff["runs"] == [2, 2] and diff["seed_variance"] == {
+        "included": True, "df": 2, "standard_error": diff["seed_variance"]["standard_error"]}
+    assert diff["mean_f1"] == pytest.approx(0, abs=1e-12)
+    text = (out / "compare.md").read_text()
+    assert "training seeds: included (2 and 2 runs a side" in text
+    assert "mean of 2 runs [lowest, highest run]" in text
+    assert "[95% CI]: subject-level bootstrap" not in text     # no column is an interval now
+    assert all(-1 <= v <= 1 for lo_hi in diff["f1_ci"] for v in lo_hi)
 
 
 def test_evaluate_reports_intervals_per_subject_results_and_tuned_rows(data, tmp_path):
@@ -151,7 +215,9 @@ def test_evaluate_reports_intervals_per_subject_results_and_tuned_rows(data, tmp
                           "--bootstrap", "200"]) == 0
     text = (tmp_path / "ev" / "evaluation_test.md").read_text()
     for needle in ("F1 [95% CI]", "ROC-AUC", "| AP |", "F1 at tuned thresholds [95% CI]",
-                   "Recipe: variant tranet; preset small", "tuned on the held-out validation"):
+                   "Recipe: variant tranet; preset small", "tuned on the held-out validation",
+                   "unit resampled: the subject (3 test subjects in all)",
+                   "not covered: training-seed variance"):
         assert needle in text
     csv_text = (tmp_path / "ev" / "evaluation_test.csv").read_text()
     assert "# Recipe: variant tranet" in csv_text and "subject-level bootstrap" in csv_text
@@ -176,6 +242,7 @@ def test_cross_camera_on_a_tiny_twin_with_both_cameras(tmp_path):
     table = (tmp_path / "cv" / "cameras_tranet.md").read_text()
     assert "F1 right [95% CI]" in table and "F1 left [95% CI]" in table
     assert "right - left [95% CI]" in table and "trained on the left camera" in table
+    assert "sign-flip permutation test" in table and "2 test subjects in 1 fold(s)" in table
     assert (tmp_path / "cv" / "per_subject_tranet_right.png").is_file()
     report = json.loads((tmp_path / "cv" / "crossval.json").read_text())
     for r in report["results"]["tranet"]:

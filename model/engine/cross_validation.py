@@ -91,11 +91,11 @@ def table1(results: Sequence[dict[str, Any]], protocol: str, *, lines: Sequence[
 
 
 def table2(per_variant: dict[str, list[dict[str, Any]]], protocol: str, *,
-           lines: Sequence[str] | None = None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
-           ) -> tuple[list[str], list[list[Any]], str]:
+           lines: Sequence[str] | None = None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+           mismatched: Sequence[str] | set[str] = ()) -> tuple[list[str], list[list[Any]], str]:
     """F1 per AU of each variant (ours, mean of folds, [CI], paired difference to TRA-Net) and
-    the paper's row below it."""
-    header, rows, _ = table2_rows(per_variant, resamples, seed)
+    the paper's row below it; ``mismatched`` variants' differences are labelled."""
+    header, rows, _ = table2_rows(per_variant, resamples, seed, mismatched)
     lines = list(lines) if lines is not None else [f"Ours: {protocol}", f"Paper: {PAPER_PROTOCOL}"]
     text = ("# Table 2: F1-frame (%) of the TRA-Net variants, mean of folds\n\n"
             + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n")
@@ -122,8 +122,9 @@ def crossval(args: argparse.Namespace, explicit: set[str] | None = None) -> dict
     resamples = int(getattr(args, "bootstrap", DEFAULT_RESAMPLES))
     seed = int(getattr(args, "bootstrap_seed", 0))
     compare = list(getattr(args, "compare", None) or [])
+    allow = bool(getattr(args, "allow_protocol_mismatch", False))
     if compare and not any(c in VARIANTS for c in compare):
-        return write_comparison(out, compare, {}, resamples, seed)   # two run folders
+        return write_comparison(out, compare, {}, resamples, seed, allow)   # run folders only
     if not args.shards or not args.manifest:
         raise ValueError("--shards and --manifest are needed (all but --compare FOLDER FOLDER)")
     folds = args.folds or fold_numbers(args.manifest)
@@ -148,7 +149,7 @@ def crossval(args: argparse.Namespace, explicit: set[str] | None = None) -> dict
                                    getattr(args, "camera_shards", None))
     report = write_reports(out, per_variant, failures, base, args, resamples, seed)
     if compare:
-        report["comparison"] = write_comparison(out, compare, per_variant, resamples, seed)
+        report["comparison"] = write_comparison(out, compare, per_variant, resamples, seed, allow)
         report["texts"].append(report["comparison"].pop("text"))
     return report
 
@@ -196,6 +197,10 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
                               "bootstrap": {"resamples": resamples, "seed": seed},
                               "results": {v: rs for v, rs in per_variant.items()}}
     texts = []
+    # Table 2 pairs every variant with TRA-Net: refused before any table is written if they
+    # were not scored the same way.
+    mismatch_lines, mismatched = reports.table2_protocol(
+        done, bool(getattr(args, "allow_protocol_mismatch", False)))
     lines = reports.header_lines(done, protocol, base.manifest, resamples, seed)
     if done.get("tranet"):
         tranet_lines = [n for n in lines if not n.startswith("Recipe (") or
@@ -207,10 +212,13 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
         report["table1"] = {"header": header, "rows": rows, "notes": tranet_lines}
         texts.append(text)
     if done and (args.ablations or len(done) > 1):
-        header, rows, text = table2(done, protocol, lines=lines, resamples=resamples, seed=seed)
-        write_csv(out / "table2.csv", header, [*note_rows(lines, len(header)), *rows])
+        t2_lines = lines + mismatch_lines + reports.table2_test_lines(done, resamples, seed)
+        header, rows, text = table2(done, protocol, lines=t2_lines, resamples=resamples, seed=seed,
+                                    mismatched=mismatched)
+        write_csv(out / "table2.csv", header, [*note_rows(t2_lines, len(header)), *rows])
         (out / "table2.md").write_text(text)
-        report["table2"] = {"header": header, "rows": rows, "notes": lines,
+        report["table2"] = {"header": header, "rows": rows, "notes": t2_lines,
+                            "protocol_mismatch": sorted(mismatched),
                             "differences_to_tranet": table2_rows(done, resamples, seed)[2]}
         texts.append(text)
     for variant, rs in done.items():
@@ -239,7 +247,7 @@ def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: 
     comparisons = [r["test_camera"]["comparison"] for r in tested]
     frames = comparisons[0]["frames"]
     header, rows, detail = reports.compare_rows(
-        camera, tested, "left", tested, resamples, seed, key_a="test_camera",
+        camera, [tested], "left", [tested], resamples, seed, key_a="test_camera",
         key_b="test_camera_left" if all("test_camera_left" in r for r in tested) else "test")
     detail["comparison"] = {"frames": frames, "landmarks": comparisons[0]["landmarks"],
                             "per_fold": {r["fold"]: c for r, c in zip(tested, comparisons)}}
@@ -254,36 +262,49 @@ def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: 
     title = (f"Cross-camera ({variant}): trained on the left camera, the same held-out subjects "
              f"tested on the left and the {camera} camera, {which}, mean of folds "
              f"{detail['folds']}")
-    lines = [n for n in lines if not n.startswith("Paper")] + describe(comparisons, camera)
+    lines = ([n for n in lines if not n.startswith("Paper")] + describe(comparisons, camera)
+             + detail["difference"]["method"])
     return reports.write_table(out, f"cameras_{variant}", title, lines, header, rows)
 
 
+def comparison_side(name: str, per_variant: dict[str, list[dict[str, Any]]]
+                    ) -> tuple[str, list[list[dict[str, Any]]]]:
+    """(label, runs) of one ``--compare`` side: a variant of this run, or one or more
+    model.crossval output folders joined by commas (runs of one recipe, e.g. training seeds)."""
+    if name in VARIANTS:
+        if not per_variant.get(name):
+            raise DataError(f"--compare {name}: no finished fold of that variant")
+        return name, [per_variant[name]]
+    runs, labels = [], []
+    for folder in [f for f in name.split(",") if f]:
+        variant, results = reports.load_run_folder(folder)
+        runs.append(results)
+        labels.append(f"{Path(folder).name}:{variant}")
+    if not runs:
+        raise DataError(f"--compare {name!r}: names no run folder")
+    return (labels[0] if len(labels) == 1 else "+".join(labels)), runs
+
+
 def write_comparison(out: Path, names: Sequence[str], per_variant: dict[str, list[dict[str, Any]]],
-                     resamples: int, seed: int) -> dict[str, Any]:
-    """``--compare A B``: each a variant of this run or a model.crossval output folder."""
+                     resamples: int, seed: int, allow_mismatch: bool = False) -> dict[str, Any]:
+    """``--compare A B``: each a variant of this run or model.crossval output folder(s)."""
     if len(names) != 2:
         raise ValueError("--compare takes two names: variants of this run or run folders")
-    sides = []
-    for name in names:
-        if name in VARIANTS:
-            if not per_variant.get(name):
-                raise DataError(f"--compare {name}: no finished fold of that variant")
-            sides.append((name, per_variant[name], {name: per_variant[name]}))
-        else:
-            variant, results = reports.load_run_folder(name)
-            label = f"{Path(name).name}:{variant}"
-            sides.append((label, results, {label: results}))
-    (na, ra, pa), (nb, rb, pb) = sides
+    (na, ra), (nb, rb) = (comparison_side(name, per_variant) for name in names)
+    flat_a, flat_b = [r for run in ra for r in run], [r for run in rb for r in run]
+    checks, mismatch = reports.comparability_lines(na, flat_a, nb, flat_b, allow_mismatch,
+                                                   context="--compare")
     header, rows, detail = reports.compare_rows(na, ra, nb, rb, resamples, seed)
-    protocols = sorted({r["protocol"] for r in [*ra, *rb] if r.get("protocol")})
-    lines = reports.header_lines({**pa, **pb}, " / ".join(protocols), None, resamples, seed,
-                                 paper=False)
-    lines.append("difference: paired, both models' counts pooled with the same subject draws; "
-                 "p: two-sided bootstrap p-value of no difference")
-    text = reports.write_table(out, "compare", f"Paired comparison: {na} vs {nb}", lines,
-                               header, rows)
+    protocols = sorted({r["protocol"] for r in [*flat_a, *flat_b] if r.get("protocol")})
+    lines = reports.header_lines({na: flat_a, nb: flat_b}, " / ".join(protocols), None,
+                                 resamples, seed, paper=False)
+    if len(ra) > 1 and len(rb) > 1:    # the F1 columns are then ranges over runs, not intervals
+        lines = [n for n in lines if not n.startswith("[")]
+    lines = lines + checks + detail["difference"]["method"]
+    title = f"Paired comparison: {na} vs {nb}" + (" (PROTOCOL MISMATCH)" if mismatch else "")
+    text = reports.write_table(out, "compare", title, lines, header, rows)
     payload = {"status": "finished", "a": na, "b": nb, "notes": lines, "header": header,
-               "rows": rows, **detail}
+               "rows": rows, "protocol_mismatch": mismatch, **detail}
     write_json(out / "compare.json", payload)
     return {**payload, "text": text, "texts": [text]}
 

@@ -10,20 +10,27 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
+
+import numpy as np
 
 from ..evaluation.paper_tables import PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1, TABLE2_ORDER
 from ..evaluation.plots import plot_subject_heatmap
 from ..evaluation.provenance import note_rows, recipe_line
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..evaluation.statistics import method_line
-from ..evaluation.tables import (difference, pct, pct_ci, signed, signed_ci, summary,
-                                 with_folds)
+from ..evaluation.paired import holm
+from ..evaluation.protocol import protocol_differences, recipe_differences
+from ..evaluation.tables import (difference, difference_runs, pct, pct_ci, signed, signed_ci,
+                                 summary, with_folds)
+from .config import RUNTIME_OPTIONS
 from .data import DataError, load_manifest
 
 log = logging.getLogger("model.crossval")
 
 Table = tuple[list[str], list[list[Any]], str]
+#: Settings left out of "what differs": how a run executed, and per-run bookkeeping.
+RECIPE_IGNORED = (*RUNTIME_OPTIONS, "fold", "out")
 
 
 def run_record(result: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +61,27 @@ def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
     if paper:
         lines.append(f"Paper: {PAPER_PROTOCOL}")
     if resamples:
-        lines.append(method_line(resamples, seed))
+        lines.append(method_line(resamples, seed, subjects=count_subjects(per_variant)))
     return lines
+
+
+def count_subjects(per_variant: dict[str, Sequence[dict[str, Any]]]) -> int | None:
+    """Distinct (fold, test subject) pairs of the runs; None when no run kept per-subject data."""
+    pairs = {(r.get("fold"), s) for rs in per_variant.values() for r in rs
+             for s, in zip(((r.get("test") or {}).get("per_subject") or {}).get("subjects", []))}
+    return len(pairs) or None
+
+
+def table2_test_lines(per_variant: dict[str, list[dict[str, Any]]], resamples: int, seed: int
+                      ) -> list[str]:
+    """How Table 2's difference column was made (empty without TRA-Net or resamples)."""
+    diffs = differences_to_tranet(per_variant, resamples, seed) if resamples else {}
+    if not diffs:
+        return []
+    first = next(iter(diffs.values()))["method"]
+    return [*first, f"Table 2: the difference column's p is Holm-corrected over "
+            f"the {len(diffs)} variant(s) compared with TRA-Net (raw as mean_f1_p_raw in "
+            "crossval.json)"]
 
 
 def write_table(out: Path, stem: str, title: str, lines: Sequence[str], header: list[str],
@@ -90,34 +116,91 @@ def table1_rows(results: Sequence[dict[str, Any]], resamples: int, seed: int
     return header, rows, s
 
 
-def _difference_cell(variant: str, per_variant: dict[str, list[dict[str, Any]]],
-                     resamples: int, seed: int) -> tuple[str, dict[str, Any] | None]:
+def comparability_lines(name_a: str, results_a: Sequence[dict[str, Any]], name_b: str,
+                        results_b: Sequence[dict[str, Any]], allow_mismatch: bool = False,
+                        context: str = "Table 2") -> tuple[list[str], list[str]]:
+    """(note lines, protocol differences) of comparing two sides' runs. A difference in protocol
+    raises a DataError naming each one unless ``allow_mismatch``; the lines then say so."""
+    pairs_a = [(run_record(r), r) for r in results_a]
+    pairs_b = [(run_record(r), r) for r in results_b]
+    differences, unverified = protocol_differences(name_a, pairs_a, name_b, pairs_b)
+    if differences and not allow_mismatch:
+        raise DataError(f"{context}: {name_a} vs {name_b}: not the same protocol, so the "
+                        f"difference would not mean what it says: {'; '.join(differences)}. "
+                        "Compare runs made the same way, or pass --allow-protocol-mismatch to go "
+                        "on (then labelled)")
+    lines = ([f"PROTOCOL MISMATCH (compared anyway, --allow-protocol-mismatch): "
+              f"{'; '.join(differences)}"] if differences else
+             [f"Protocol of {name_a} and {name_b}: the same (label threshold, folds' subjects, "
+              "AUs, camera, landmark source, task, input size, model selection)"])
+    if unverified:
+        lines.append(f"Protocol not recorded by every run, unverified: {', '.join(unverified)}")
+    recipe = recipe_differences(name_a, [p[0] for p in pairs_a], name_b, [p[0] for p in pairs_b],
+                                ignore=RECIPE_IGNORED)
+    lines.append(f"Recipe differences: {'; '.join(recipe)}" if recipe else
+                 "Recipe differences: none recorded (same training settings)")
+    return lines, differences
+
+
+def table2_protocol(per_variant: dict[str, list[dict[str, Any]]], allow_mismatch: bool = False
+                    ) -> tuple[list[str], set[str]]:
+    """Each variant against TRA-Net: (note lines of mismatches, variants that differ)."""
+    lines, mismatched = [], set()
+    for variant, results in per_variant.items():
+        if variant == "tranet" or not per_variant.get("tranet"):
+            continue
+        notes, differences = comparability_lines(variant, results, "tranet",
+                                                 per_variant["tranet"], allow_mismatch)
+        if differences:
+            lines.append(notes[0].replace("MISMATCH", f"MISMATCH ({variant} vs tranet)", 1))
+            mismatched.add(variant)
+    return lines, mismatched
+
+
+def _difference_cell(variant: str, diff: dict[str, Any] | None, per_variant: dict[str, Any],
+                     mismatched: Collection[str]) -> str:
     if variant == "tranet":
-        return "0 (reference)", None
+        return "0 (reference)"
     if not per_variant.get("tranet"):
-        return "n/a (TRA-Net not run)", None
-    diff = difference(with_folds(per_variant[variant]), with_folds(per_variant["tranet"]),
-                      resamples, seed)
+        return "n/a (TRA-Net not run)"
     if diff is None:
-        return "n/a (no per-subject counts)", None
-    return signed_ci(diff["mean_f1"], diff["mean_f1_ci"], diff["mean_f1_p"]), diff
+        return "n/a (no per-subject counts)"
+    cell = signed_ci(diff["mean_f1"], diff["mean_f1_ci"], diff["mean_f1_p"])
+    return f"{cell} (PROTOCOL MISMATCH)" if variant in mismatched else cell
 
 
-def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, seed: int
+def differences_to_tranet(per_variant: dict[str, list[dict[str, Any]]], resamples: int,
+                          seed: int) -> dict[str, Any]:
+    """Paired difference of each variant's mean F1 to TRA-Net; the mean's p Holm-corrected over
+    the variants compared (raw as ``mean_f1_p_raw``)."""
+    diffs = {}
+    if per_variant.get("tranet"):
+        for variant in TABLE2_ORDER:
+            if variant != "tranet" and per_variant.get(variant):
+                diff = difference(with_folds(per_variant[variant]),
+                                  with_folds(per_variant["tranet"]), resamples, seed)
+                if diff is not None:
+                    diffs[variant] = diff
+    adjusted = holm([d["mean_f1_p"] for d in diffs.values()])
+    for d, p in zip(diffs.values(), adjusted):
+        d["mean_f1_p_raw"], d["mean_f1_p"] = d["mean_f1_p"], p
+    return diffs
+
+
+def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, seed: int,
+                mismatched: Collection[str] = ()
                 ) -> tuple[list[str], list[list[Any]], dict[str, Any]]:
     """Ours (F1 [CI] per AU and mean, difference to TRA-Net) and the paper's row per variant."""
     aus = next(iter(per_variant.values()))[0]["test"]["au_ids"]
     header = ["Method", "source", *[f"AU{a}" for a in aus], "Avg",
-              "difference to TRA-Net [95% CI], p"]
-    rows, differences = [], {}
+              "difference to TRA-Net [95% CI], p (Holm over the variants)"]
+    rows, differences = [], differences_to_tranet(per_variant, resamples, seed)
     for variant in TABLE2_ORDER:
         name, paper_f1, paper_avg = TABLE2_F1[variant]
         if per_variant.get(variant):
             s = summary([r["test"] for r in per_variant[variant]], resamples, seed)
             ci = s["ci"]
-            cell, diff = _difference_cell(variant, per_variant, resamples, seed)
-            if diff is not None:
-                differences[variant] = diff
+            cell = _difference_cell(variant, differences.get(variant), per_variant, mismatched)
             rows.append([name, "ours",
                          *[pct_ci(v, ci["f1"][k] if ci else None) for k, v in enumerate(s["f1"])],
                          pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None), cell])
@@ -128,25 +211,44 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
     return header, rows, differences
 
 
-def compare_rows(name_a: str, results_a: Sequence[dict[str, Any]], name_b: str,
-                 results_b: Sequence[dict[str, Any]], resamples: int, seed: int,
+def _side_summary(runs: Sequence[Sequence[dict[str, Any]]], resamples: int, seed: int
+                  ) -> tuple[dict[str, Any], str]:
+    """One run: ``summary`` with its bootstrap intervals. Several runs (seeds): the mean over
+    runs, its "interval" the lowest and highest run (said so in the column's name)."""
+    if len(runs) == 1:
+        return summary(runs[0], resamples, seed), "[95% CI]"
+    per_run = [summary(run, 0, seed) for run in runs]
+    f1 = np.array([s["f1"] for s in per_run])
+    means = f1.mean(axis=1)
+    s = {**per_run[0], "f1": f1.mean(0).tolist(), "mean_f1": float(means.mean()),
+         "per_run_mean_f1": means.tolist(),
+         "ci": {"f1": np.stack([f1.min(0), f1.max(0)], 1).tolist(),
+                "mean_f1": [float(means.min()), float(means.max())]}}
+    return s, f"mean of {len(runs)} runs [lowest, highest run]"
+
+
+def compare_rows(name_a: str, runs_a: Sequence[Sequence[dict[str, Any]]], name_b: str,
+                 runs_b: Sequence[Sequence[dict[str, Any]]], resamples: int, seed: int,
                  key_a: str = "test", key_b: str = "test"
                  ) -> tuple[list[str], list[list[Any]], dict[str, Any]]:
-    """Per AU and mean: F1 of A and of B with intervals, and the paired difference A - B."""
-    ma, mb = with_folds(results_a, key_a), with_folds(results_b, key_b)
-    folds = sorted({m["_fold"] for m in ma} & {m["_fold"] for m in mb})
+    """Per AU and mean: F1 of A and of B, and the paired difference A - B. ``runs_x``: one list
+    of fold summaries per run (several runs a side: training seeds, whose spread the
+    difference's interval and p then include)."""
+    ma = [with_folds(run, key_a) for run in runs_a]
+    mb = [with_folds(run, key_b) for run in runs_b]
+    folds = sorted(set.intersection(*[{m["_fold"] for m in run} for run in [*ma, *mb]]))
     if not folds:
         raise DataError(f"{name_a} and {name_b} share no fold; a paired comparison needs the "
                         "same held-out subjects")
-    ma = [m for m in ma if m["_fold"] in folds]
-    mb = [m for m in mb if m["_fold"] in folds]
-    sa, sb = summary(ma, resamples, seed), summary(mb, resamples, seed)
-    diff = difference(ma, mb, resamples, seed)
+    ma = [[m for m in run if m["_fold"] in folds] for run in ma]
+    mb = [[m for m in run if m["_fold"] in folds] for run in mb]
+    (sa, ca), (sb, cb) = _side_summary(ma, resamples, seed), _side_summary(mb, resamples, seed)
+    diff = difference_runs(ma, mb, resamples, seed)
     if diff is None:
         raise DataError(f"{name_a} / {name_b}: per-subject counts are missing or the held-out "
                         "subjects differ; rerun the folds with this version to compare them")
-    header = ["AU", f"F1 {name_a} [95% CI]", f"F1 {name_b} [95% CI]",
-              f"{name_a} - {name_b} [95% CI]", "p"]
+    header = ["AU", f"F1 {name_a} {ca}", f"F1 {name_b} {cb}", f"{name_a} - {name_b} [95% CI]",
+              f"p (per AU: Holm over {len(sa['au_ids'])} AUs)"]
     rows = []
     labels = [f"AU{a}" for a in sa["au_ids"]] + ["Avg"]
     for k, label in enumerate(labels):

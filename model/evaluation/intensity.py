@@ -254,7 +254,8 @@ def intensity_intervals(per_fold: Sequence[dict], eval_aus: Sequence[int],
     aus = folds[0].au_ids
     chosen = [aus.index(int(a)) for a in eval_aus if int(a) in aus]
     out: dict = {"resamples": int(resamples), "seed": int(seed), "level": float(level),
-                 "method": method_line(resamples, seed, level)}
+                 "method": method_line(resamples, seed, level,
+                                       subjects=sum(len(f.subject_sums) for f in folds) or None)}
     for name, samples in zip(("icc", "pearson", "mae"),
                              bootstrap_intensity([f.subject_sums for f in folds], resamples, seed)):
         out[name] = percentile_interval(samples, level).tolist()

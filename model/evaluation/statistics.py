@@ -10,8 +10,8 @@ counts, a replicate is a weighted sum of per-subject count vectors: ``weights [B
 
 With several folds (the mean-of-folds convention), each fold's subjects are resampled within
 that fold and the replicate's value is the mean of the per-fold values, like the point estimate.
-Intervals are percentile intervals. A paired comparison of two models on the same subjects uses
-the same draws for both models, so what they share (the difficulty of the drawn people) cancels.
+Intervals are percentile intervals. Paired comparisons of two models (their interval, p-value
+and training-seed variance) are in ``paired``.
 """
 from __future__ import annotations
 
@@ -26,11 +26,16 @@ DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
 
 
-def method_line(resamples: int, seed: int, level: float = DEFAULT_LEVEL) -> str:
-    """The one line every table with intervals carries."""
+def method_line(resamples: int, seed: int, level: float = DEFAULT_LEVEL,
+                subjects: int | None = None) -> str:
+    """The line every table with intervals carries: the method, the unit resampled, how many
+    of them, and what the interval does not cover."""
+    counted = f"{subjects} test subjects in all" if subjects else "test subjects"
     return (f"[{100 * level:.0f}% CI]: subject-level bootstrap, {resamples} resamples of each "
             f"fold's test subjects with replacement (seed {seed}); frames of the drawn subjects "
-            "pooled and the metric recomputed (mean over folds per resample); percentile interval")
+            "pooled and the metric recomputed (mean over folds per resample); percentile "
+            f"interval; unit resampled: the subject ({counted}); not covered: training-seed "
+            "variance (one trained model per fold) and subjects outside these folds")
 
 
 @dataclass
@@ -49,7 +54,8 @@ class BootstrapSamples:
         return self.accuracy.mean(axis=1)
 
 
-def _check_counts(counts: np.ndarray) -> np.ndarray:
+def check_counts(counts: np.ndarray) -> np.ndarray:
+    """``counts`` as float ``[subjects, AUs, 4]``; a ValueError names any other shape."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 3 or counts.shape[2] != 4 or counts.shape[0] < 1:
         raise ValueError(f"per-subject counts must be [subjects, AUs, 4], got {counts.shape}")
@@ -83,7 +89,7 @@ def bootstrap_folds(
         raise ValueError("resamples must be >= 1")
     f1 = acc = None
     for counts, rng in zip(fold_counts, fold_rngs(seed, len(fold_counts))):
-        counts = _check_counts(counts)
+        counts = check_counts(counts)
         w = subject_weights(counts.shape[0], resamples, rng)
         f, a = _metrics_of_replicates(w, counts)
         f1 = f if f1 is None else f1 + f
@@ -113,49 +119,4 @@ def confidence_intervals(
         "mean_accuracy": percentile_interval(boot.mean_accuracy, level).tolist(),
         "resamples": int(resamples), "seed": int(seed), "level": float(level),
         "method": method_line(resamples, seed, level),
-    }
-
-
-def _two_sided_p(diff: np.ndarray) -> np.ndarray:
-    """Bootstrap p-value of "no difference": twice the smaller tail mass at 0 (with the +1
-    correction, so a finite number of resamples never claims p = 0)."""
-    b = diff.shape[0]
-    below = ((diff <= 0).sum(axis=0) + 1) / (b + 1)
-    above = ((diff >= 0).sum(axis=0) + 1) / (b + 1)
-    return np.minimum(1.0, 2 * np.minimum(below, above))
-
-
-def paired_difference(
-    fold_counts_a: Sequence[np.ndarray], fold_counts_b: Sequence[np.ndarray],
-    resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = DEFAULT_LEVEL,
-) -> dict[str, list | float]:
-    """Paired bootstrap of F1(A) - F1(B), per AU and for the mean over AUs.
-
-    Both models must have been tested on the same subjects in the same order per fold; each
-    replicate draws the subjects once and pools both models' counts with the same weights.
-    """
-    if len(fold_counts_a) != len(fold_counts_b) or not fold_counts_a:
-        raise ValueError("paired comparison needs the same (non-empty) folds for both models")
-    diff = point = None
-    for ca, cb, rng in zip(fold_counts_a, fold_counts_b, fold_rngs(seed, len(fold_counts_a))):
-        ca, cb = _check_counts(ca), _check_counts(cb)
-        if ca.shape != cb.shape:
-            raise ValueError(f"paired comparison: per-subject counts {ca.shape} and {cb.shape} "
-                             "differ (same subjects and AUs needed)")
-        w = subject_weights(ca.shape[0], resamples, rng)
-        d = _metrics_of_replicates(w, ca)[0] - _metrics_of_replicates(w, cb)[0]
-        p = f1_from_counts(ca.sum(0)) - f1_from_counts(cb.sum(0))
-        diff = d if diff is None else diff + d
-        point = p if point is None else point + p
-    n = len(fold_counts_a)
-    diff, point = diff / n, point / n
-    mean_diff = diff.mean(axis=1)
-    return {
-        "f1": point.tolist(), "f1_ci": percentile_interval(diff, level).tolist(),
-        "f1_p": _two_sided_p(diff).tolist(),
-        "mean_f1": float(point.mean()), "mean_f1_ci": percentile_interval(mean_diff, level).tolist(),
-        "mean_f1_p": float(_two_sided_p(mean_diff[:, None])[0]),
-        "resamples": int(resamples), "seed": int(seed), "level": float(level),
-        "method": ("paired " + method_line(resamples, seed, level)
-                   + "; p: two-sided bootstrap p-value of no difference"),
     }

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .statistics import confidence_intervals, paired_difference
+from .paired import paired_difference, paired_runs
+from .statistics import confidence_intervals
 
 
 def pct(value: float | None) -> str:
@@ -83,21 +84,30 @@ def metric_rows(label: Any, s: dict[str, Any]) -> list[list[Any]]:
 
 def difference(metrics_a: Sequence[dict[str, Any]], metrics_b: Sequence[dict[str, Any]],
                resamples: int, seed: int) -> dict[str, Any] | None:
-    """Paired bootstrap of F1(A) - F1(B) over the folds both have, subjects matched by name."""
-    by_fold_b = {m.get("_fold"): m for m in metrics_b}
-    pairs = [(a, by_fold_b[a.get("_fold")]) for a in metrics_a if a.get("_fold") in by_fold_b]
-    if not pairs or not resamples:
+    """Paired F1(A) - F1(B) over the folds both have, subjects matched by name."""
+    return difference_runs([metrics_a], [metrics_b], resamples, seed)
+
+
+def difference_runs(runs_a: Sequence[Sequence[dict[str, Any]]],
+                    runs_b: Sequence[Sequence[dict[str, Any]]], resamples: int, seed: int
+                    ) -> dict[str, Any] | None:
+    """Like ``difference`` with several runs (training seeds) a side: over the folds every run
+    has, subjects matched by name to the first run of A. None without per-subject counts."""
+    runs = [{m.get("_fold"): m for m in run} for run in [*runs_a, *runs_b]]
+    folds = [f for f in runs[0] if all(f in run for run in runs[1:])]
+    if not folds or not resamples:
         return None
-    ca, cb = [], []
-    for a, b in pairs:
-        pa, pb = a.get("per_subject"), b.get("per_subject")
-        if not pa or not pb or sorted(pa["subjects"]) != sorted(pb["subjects"]):
-            return None
-        order = [pb["subjects"].index(s) for s in pa["subjects"]]
-        ca.append(np.asarray(pa["counts"]))
-        cb.append(np.asarray(pb["counts"])[order])
-    result = paired_difference(ca, cb, resamples, seed)
-    result["folds"] = [a.get("_fold") for a, _ in pairs]
+    counts: list[list[np.ndarray]] = [[] for _ in runs]
+    for fold in folds:
+        first = runs[0][fold].get("per_subject")
+        for r, run in enumerate(runs):
+            per = run[fold].get("per_subject")
+            if not first or not per or sorted(first["subjects"]) != sorted(per["subjects"]):
+                return None
+            order = [per["subjects"].index(s) for s in first["subjects"]]
+            counts[r].append(np.asarray(per["counts"])[order])
+    result = paired_runs(counts[:len(runs_a)], counts[len(runs_a):], resamples, seed)
+    result["folds"] = folds
     return result
 
 
