@@ -327,8 +327,12 @@ def build_report(args: argparse.Namespace, watch: Stopwatch, data: dict[str, Any
                  folds: Sequence[int], results: list, runs: list, predictions: list
                  ) -> dict[str, Any]:
     """demo_summary.json: settings, wall times, folds, per-fold results and predictions."""
-    from .evaluate import mean_over_folds
+    from .evaluate import mean_over_folds, without_occurrence
     from .evaluation.intensity import mean_intensity_over_folds
+    from .evaluation.tasks import common_task, reports_intensity, reports_occurrence, task_record
+
+    task = common_task(results)
+    occurrence = reports_occurrence(task)
 
     report = {
         "wall_seconds": {**watch.stages, "total": watch.total},
@@ -338,15 +342,17 @@ def build_report(args: argparse.Namespace, watch: Stopwatch, data: dict[str, Any
         "alignment": data["align"].get("totals", {}),
         "folds": [{k: f[k] for k in ("fold", "train", "val", "test", "frames")}
                   for f in data["manifest"]["folds"] if f["fold"] in folds],
-        "protocol": results[0]["protocol"],
-        "results": results,
-        "mean_over_folds": mean_over_folds(results),
+        "protocol": results[0]["protocol"], **task_record(task),
+        "au_ids": results[0]["metrics"]["au_ids"],
+        # an untrained occurrence head's F1 would be that of random weights: left out
+        "results": results if occurrence else [without_occurrence(r) for r in results],
+        "mean_over_folds": mean_over_folds(results) if occurrence else None,
         "predict": predictions,
         "runs": [{"fold": r["fold"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
                   "run_dir": r["run_dir"], "train_seconds": r.get("train_seconds")}
                  for r in runs],
     }
-    if all("intensity" in r for r in results):
+    if reports_intensity(task) and all("intensity" in r for r in results):
         report["intensity_mean_over_folds"] = mean_intensity_over_folds(
             [r["intensity"] for r in results])
     return report
@@ -428,10 +434,12 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
         table = pd.read_csv(result["csv"])
         coded = read_labels(f)
         truth = binarize(coded, au_ids, threshold)
-        decided = table[[f"AU{au:02d}_c" for au in au_ids]].fillna(0).to_numpy()
-        if len(decided) != len(truth):
-            raise RuntimeError(f"{result['csv']}: {len(decided)} rows for {len(truth)} labels")
-        counts = counts + confusion_counts(decided.astype(np.float32), truth, from_logits=False)
+        if len(table) != len(truth):
+            raise RuntimeError(f"{result['csv']}: {len(table)} rows for {len(truth)} labels")
+        c_columns = [f"AU{au:02d}_c" for au in au_ids]
+        if all(c in table.columns for c in c_columns):  # not for an untrained occurrence head
+            decided = table[c_columns].fillna(0).to_numpy(np.float32)
+            counts = counts + confusion_counts(decided, truth, from_logits=False)
         if regression is not None:
             levels = table[[f"AU{au:02d}_r" for au in intensity_aus]].fillna(0).to_numpy()
             regression.update(levels, coded[:, au_columns(intensity_aus)],
@@ -442,10 +450,11 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
         log.warning("dlib found a face in only %d of %d frames: the twin's faces are too small "
                     "for its detector at this frame size (use --frame-width 320 or more)",
                     faces, frames)
-    metrics = metrics_from_counts(counts, au_ids)
     scored = {"checkpoint": str(checkpoint), "out": str(out), "subjects": list(subjects),
-              "frames": frames, "faces_found": faces, "metrics": metrics.as_dict(),
+              "frames": frames, "faces_found": faces,
               "processing_fps": [r.get("processing_fps") for r in summary["inputs"]]}
+    if not isinstance(counts, int):  # some AUxx_c were scored
+        scored["metrics"] = metrics_from_counts(counts, au_ids).as_dict()
     if regression is not None:
         scored["intensity"] = regression.compute().as_dict()
     return scored
@@ -456,13 +465,16 @@ def demo_markdown(report: dict[str, Any]) -> str:
     from .evaluation.records import markdown_table
     from .evaluation.statistics import DEFAULT_RESAMPLES, method_line
 
-    header, rows = results_rows(report["results"])
+    from .evaluation.tasks import task_line
+
     times = " | ".join(f"{k} {v:.0f} s" for k, v in report["wall_seconds"].items())
     plots = "\n".join(f"- {r['run_dir']}/{{loss,mean_f1,per_au_f1}}.png" for r in report["runs"])
     plots += "".join(f"\n- {Path(p['out'])}/*_timeline.png (model.predict)"
                      for p in report.get("predict", []))
-    predict = ""
-    if report.get("predict"):
+    predict, table = "", ""
+    if report.get("mean_over_folds") is not None:  # a trained occurrence head
+        table = "\n\n" + markdown_table(*results_rows(report["results"]))
+    if all("metrics" in p for p in report.get("predict") or [{}]) and report.get("predict"):
         aus = report["predict"][0]["metrics"]["au_ids"]
         head = ["fold", "subjects", "faces"] + [f"AU{a}" for a in aus] + ["Avg"]
         lines = [[str(p["fold"]), " ".join(p["subjects"]), f"{p['faces_found']}/{p['frames']}",
@@ -473,7 +485,8 @@ def demo_markdown(report: dict[str, Any]) -> str:
     notes = "".join(f"Recipe: {r}\n\n" for r in dict.fromkeys(
         x.get("recipe") for x in report["results"]) if r) + method_line(DEFAULT_RESAMPLES, 0)
     return (f"# Demo on the synthetic DISFA twin\n\nHeld-out test subjects of each fold; "
-            f"{report['protocol']}\n\n{notes}\n\n{markdown_table(header, rows)}{predict}\n\n"
+            f"{report['protocol']}\n\n{task_line(report.get('task', 'occurrence'))}\n\n"
+            f"{notes}{table}{predict}\n\n"
             f"{intensity_section(report)}"
             f"Wall time ({report['threads']} torch threads): {times}\n\nPlots:\n{plots}\n")
 
@@ -484,7 +497,7 @@ def intensity_section(report: dict[str, Any]) -> str:
 
     if not all("intensity" in r for r in report["results"]):
         return ""
-    eval_aus = report["results"][0]["metrics"]["au_ids"]
+    eval_aus = report.get("au_ids") or report["results"][0]["metrics"]["au_ids"]
     text = intensity_report([(r["fold"], r["intensity"]) for r in report["results"]], eval_aus,
                             "Intensity (0-5) on the held-out test shards", report["protocol"])[2]
     predicted = [p for p in report.get("predict", []) if "intensity" in p]
@@ -530,17 +543,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s (after changing demo settings, rerun with --fresh)", err)
         return 1
     print("\n" + demo_markdown(report))
-    mean = report["mean_over_folds"]
+    print_occurrence_summary(report)
+    print_intensity_summary(report)
+    print(f"total {report['wall_seconds']['total']:.0f} s; summary: "
+          f"{args.out / 'demo_summary.json'}")
+    return 0
+
+
+def print_occurrence_summary(report: dict[str, Any]) -> None:
+    """Mean F1 of the shards and of model.predict, when the occurrence head was trained."""
+    mean = report.get("mean_over_folds")
+    if mean is None:
+        return
     print(f"mean F1 on held-out synthetic subjects: {100 * mean['mean_f1']:.1f} "
-          f"(accuracy {100 * mean['mean_accuracy']:.1f}); total {report['wall_seconds']['total']:.0f} s")
-    if report["predict"]:
+          f"(accuracy {100 * mean['mean_accuracy']:.1f})")
+    if report["predict"] and all("metrics" in p for p in report["predict"]):
         f1 = [p["metrics"]["mean_f1"] for p in report["predict"]]
         n = sum(len(p["subjects"]) for p in report["predict"])
         print(f"model.predict (dlib landmarks) on {n} held-out test videos: mean F1 "
               f"{100 * sum(f1) / len(f1):.1f}")
-    print_intensity_summary(report)
-    print(f"summary: {args.out / 'demo_summary.json'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..evaluation.paper_tables import PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1, TABLE2_ORDER
+from ..evaluation.paper_tables import (PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1,
+                                       TABLE2_ORDER, comparison_line, paper_column)
 from ..evaluation.plots import plot_subject_heatmap
 from ..evaluation.provenance import note_rows, recipe_line
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..evaluation.statistics import method_line
+from ..evaluation.tasks import common_task, task_line
 from ..evaluation.tables import (difference, pct, pct_ci, signed, signed_ci, summary,
                                  with_folds)
 from .data import DataError, load_manifest
@@ -37,11 +39,17 @@ def run_record(result: dict[str, Any]) -> dict[str, Any]:
     return {**record, "epochs_run": result.get("epochs_run")}
 
 
+def run_thresholds(results: Sequence[dict[str, Any]]) -> list[int | None]:
+    """The label threshold each run recorded (None where its config.json is gone)."""
+    return [(run_record(r).get("data") or {}).get("threshold") for r in results]
+
+
 def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
                  manifest_path: Path | str | None, resamples: int, seed: int,
                  paper: bool = True) -> list[str]:
     """Protocol, recipes, (paper protocol), interval method: one entry a line."""
-    lines = [f"Ours: {protocol}"]
+    lines = [f"Ours: {protocol}",
+             task_line(common_task([r for rs in per_variant.values() for r in rs]))]
     for variant, results in per_variant.items():
         records = [run_record(r) for r in results]
         path = manifest_path or (records[0].get("train_config") or {}).get("manifest")
@@ -53,6 +61,8 @@ def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
         lines += [f"Recipe ({variant}): {r}" for r in recipes]
     if paper:
         lines.append(f"Paper: {PAPER_PROTOCOL}")
+        lines.append(comparison_line(
+            [t for rs in per_variant.values() for t in run_thresholds(rs)]))
     if resamples:
         lines.append(method_line(resamples, seed))
     return lines
@@ -71,8 +81,9 @@ def table1_rows(results: Sequence[dict[str, Any]], resamples: int, seed: int
                 ) -> tuple[list[str], list[list[Any]], dict[str, Any]]:
     s = summary([r["test"] for r in results], resamples, seed)
     ci = s["ci"]
-    header = ["AU", "F1 ours [95% CI]", "F1 paper", "Accuracy ours [95% CI]", "Accuracy paper",
-              "ROC-AUC ours", "AP ours"]
+    thresholds = run_thresholds(results)  # the paper columns say when labels differ
+    header = ["AU", "F1 ours [95% CI]", paper_column("F1", thresholds), "Accuracy ours [95% CI]",
+              paper_column("Accuracy", thresholds), "ROC-AUC ours", "AP ours"]
     rows = []
     for k, au in enumerate(s["au_ids"]):
         j = PAPER_AUS.index(au) if au in PAPER_AUS else None
@@ -110,6 +121,7 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
     header = ["Method", "source", *[f"AU{a}" for a in aus], "Avg",
               "difference to TRA-Net [95% CI], p"]
     rows, differences = [], {}
+    source = paper_column("", [t for rs in per_variant.values() for t in run_thresholds(rs)])
     for variant in TABLE2_ORDER:
         name, paper_f1, paper_avg = TABLE2_F1[variant]
         if per_variant.get(variant):
@@ -122,7 +134,7 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
                          *[pct_ci(v, ci["f1"][k] if ci else None) for k, v in enumerate(s["f1"])],
                          pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None), cell])
         paper = [f"{paper_f1[PAPER_AUS.index(a)]:.1f}" if a in PAPER_AUS else "" for a in aus]
-        rows.append([name, "paper", *paper, f"{paper_avg:.1f}",
+        rows.append([name, source.strip(), *paper, f"{paper_avg:.1f}",
                      "0 (reference)" if variant == "tranet"
                      else signed((paper_avg - TABLE1_TRA["f1_avg"]) / 100)])
     return header, rows, differences
