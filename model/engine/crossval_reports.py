@@ -121,7 +121,6 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
     header = ["Method", "source", *[f"AU{a}" for a in aus], "Avg",
               "difference to TRA-Net [95% CI], p"]
     rows, differences = [], {}
-    source = paper_column("", [t for rs in per_variant.values() for t in run_thresholds(rs)])
     for variant in TABLE2_ORDER:
         name, paper_f1, paper_avg = TABLE2_F1[variant]
         if per_variant.get(variant):
@@ -134,7 +133,7 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
                          *[pct_ci(v, ci["f1"][k] if ci else None) for k, v in enumerate(s["f1"])],
                          pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None), cell])
         paper = [f"{paper_f1[PAPER_AUS.index(a)]:.1f}" if a in PAPER_AUS else "" for a in aus]
-        rows.append([name, source.strip(), *paper, f"{paper_avg:.1f}",
+        rows.append([name, "paper", *paper, f"{paper_avg:.1f}",
                      "0 (reference)" if variant == "tranet"
                      else signed((paper_avg - TABLE1_TRA["f1_avg"]) / 100)])
     return header, rows, differences
