@@ -36,6 +36,10 @@ def test_intensity_run_writes_no_occurrence_numbers(runs):
     text = open(f"{run_dir}/results.md").read()
     assert "Task: intensity; trained heads: intensity" in text
     assert "ICC(3,1)" in text and "| F1 |" not in text
+    header = open(f"{run_dir}/metrics.csv").readline().strip().split(",")
+    assert "task" in header and "mean_icc" in header
+    assert not any(c.startswith(("f1_", "acc_", "mean_f1")) for c in header), header
+    assert json.loads(open(f"{run_dir}/metrics.json").read())["task"] == "intensity"
     occurrence = json.loads(open(f"{summaries['occurrence']['run_dir']}/results.json").read())
     assert occurrence["trained_heads"] == ["occurrence"] and "test_intensity" not in occurrence
     assert "| F1 |" in open(f"{summaries['occurrence']['run_dir']}/results.md").read()

@@ -46,6 +46,7 @@ from ..evaluation.ranking import tune_thresholds
 from ..evaluation.provenance import recipe_line
 from ..evaluation.records import write_json, write_metrics
 from ..evaluation.run_report import add_test_metrics, result_log_line, run_markdown
+from ..evaluation.tasks import task_record
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       task_frame_weights)
 from ..nets.backbones import default_frozen_blocks
@@ -1094,7 +1095,7 @@ def _metrics_header(run: TrainingRun) -> dict[str, Any]:
             "natural_positive_rate": data.natural_rate.tolist(),
             "expected_drawn_positive_rate": data.expected_rate.tolist(),
             "au_weights": data.au_weights.tolist(), "sampler": run.cfg.sampler,
-            "subjects": data.spec.subjects}
+            "subjects": data.spec.subjects, **task_record(run.cfg.task)}
 
 
 def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
