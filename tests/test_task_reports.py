@@ -40,6 +40,8 @@ def test_intensity_run_writes_no_occurrence_numbers(runs):
     assert "task" in header and "mean_icc" in header
     assert not any(c.startswith(("f1_", "acc_", "mean_f1")) for c in header), header
     assert json.loads(open(f"{run_dir}/metrics.json").read())["task"] == "intensity"
+    import os
+    assert os.path.isfile(f"{run_dir}/loss.png") and not os.path.exists(f"{run_dir}/mean_f1.png")
     occurrence = json.loads(open(f"{summaries['occurrence']['run_dir']}/results.json").read())
     assert occurrence["trained_heads"] == ["occurrence"] and "test_intensity" not in occurrence
     assert "| F1 |" in open(f"{summaries['occurrence']['run_dir']}/results.md").read()

@@ -294,7 +294,7 @@ def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: 
                           f"{variant}, {camera} camera: F1 (%) per held-out subject", lines)
     title = (f"Cross-camera ({variant}): trained on the left camera, the same held-out subjects "
              f"tested on the left and the {camera} camera, mean of folds {detail['folds']}")
-    lines = [n for n in lines if not n.startswith("Paper")]
+    lines = [n for n in lines if not n.startswith(("Paper", "Comparison"))]
     return reports.write_table(out, f"cameras_{variant}", title, lines, header, rows)
 
 

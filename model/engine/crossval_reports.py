@@ -191,7 +191,8 @@ def write_heatmap(entries: Sequence[dict[str, Any]], au_ids: Sequence[int], path
     try:
         return plot_subject_heatmap([f"{e['subject']} (fold {e['fold']})" for e in entries],
                                     au_ids, [e["f1"] for e in entries], path, title=title,
-                                    notes=[n for n in lines if not n.startswith("Paper")],
+                                    notes=[n for n in lines
+                                           if not n.startswith(("Paper", "Comparison"))],
                                     positives=_positives(entries))
     except Exception as err:  # a plotting problem must never cost the tables
         log.warning("could not draw %s: %s", path, err)

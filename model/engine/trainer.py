@@ -46,7 +46,7 @@ from ..evaluation.ranking import tune_thresholds
 from ..evaluation.provenance import recipe_line
 from ..evaluation.records import write_json, write_metrics
 from ..evaluation.run_report import add_test_metrics, result_log_line, run_markdown
-from ..evaluation.tasks import task_record
+from ..evaluation.tasks import reports_occurrence, task_record
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       task_frame_weights)
 from ..nets.backbones import default_frozen_blocks
@@ -1182,7 +1182,8 @@ def _plot(run_dir: Path, history, au_ids, cfg: TrainConfig) -> None:
 
     try:
         plot_history(history, au_ids, run_dir, split=cfg.select_on,
-                     title=f"fold {cfg.fold}, {cfg.variant}")
+                     title=f"fold {cfg.fold}, {cfg.variant}",
+                     occurrence=reports_occurrence(cfg.task))
     except Exception as err:  # a plotting problem must never cost a training run
         log.warning("could not draw the plots: %s", err)
 

@@ -380,7 +380,9 @@ def intensity_report(per_fold: Sequence[tuple[int, dict]], eval_aus: Sequence[in
     peers = ("" if PEER_INTENSITY else "\nPeers: no published per-AU DISFA intensity figure "
              "is listed yet (see docs/disfa.md).\n") + peer_means_note()
     method = f"{ci['method']}.\n\n" if ci else ""
-    text = (f"# {title}\n\n" + "".join(f"{n}\n\n" for n in notes) + f"Ours: {protocol}; predictions clipped to 0-5; ICC(3,1), Pearson r and "
+    lines = "".join(f"{n}\n\n" for n in notes)
+    text = (f"# {title}\n\n{lines}Ours: {protocol}; predictions clipped to 0-5; ICC(3,1), "
+            "Pearson r and "
             f"MAE pooled over all frames of each fold's held-out subjects; 'Avg ({len(eval_aus)})' "
             f"is the mean over the occurrence table's AUs.\n\n{method}{markdown_table(header, rows)}\n"
             f"{undefined_note([d for _, d in per_fold])}{peers}")
