@@ -170,3 +170,8 @@ def test_the_paper_protocol_is_stated_as_the_paper_states_it():
     assert "C-level (the paper does not give C)" in PAPER_PROTOCOL
     # the paper recipe trains at the threshold of the Table 1 numbers it is compared with
     assert load_recipe("paper").settings["threshold"] == PAPER_THRESHOLD == 2
+
+
+def test_tuning_thresholds_of_an_untrained_head_is_refused(runs, tmp_path):
+    with pytest.raises(ValueError, match="--task intensity trains no occurrence head"):
+        intensity_config(runs[0], tmp_path, task="intensity", tune_threshold="val")

@@ -104,6 +104,9 @@ class TrainConfig:
             raise ValueError("lr must be positive")
         if self.task not in ("occurrence", "intensity", "both"):
             raise ValueError("task must be 'occurrence', 'intensity' or 'both'")
+        if self.tune_threshold and self.task == "intensity":
+            raise ValueError("--tune-threshold tunes the occurrence head's decision thresholds; "
+                             "--task intensity trains no occurrence head")
         if self.intensity_weight <= 0:
             raise ValueError("intensity_weight must be positive")
         if self.intensity_loss not in ("mse", "ordinal"):
