@@ -51,6 +51,8 @@ import torch
 
 from pipeline.cli import HelpFormatter, int_range
 from .cli import CommandError, handle_errors
+from .demo_report import (build_report, demo_markdown, print_intensity_summary,
+                          print_occurrence_summary)
 
 log = logging.getLogger("model.demo")
 
@@ -323,35 +325,6 @@ def score_fold(args: argparse.Namespace, out: Path, data: dict[str, Any], fold: 
     return result, predicted
 
 
-def build_report(args: argparse.Namespace, watch: Stopwatch, data: dict[str, Any],
-                 folds: Sequence[int], results: list, runs: list, predictions: list
-                 ) -> dict[str, Any]:
-    """demo_summary.json: settings, wall times, folds, per-fold results and predictions."""
-    from .evaluate import mean_over_folds
-    from .evaluation.intensity import mean_intensity_over_folds
-
-    report = {
-        "wall_seconds": {**watch.stages, "total": watch.total},
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "twin": {"subjects": list(data["synth"]["subjects"]), "frames": args.frames},
-        "alignment": data["align"].get("totals", {}),
-        "folds": [{k: f[k] for k in ("fold", "train", "val", "test", "frames")}
-                  for f in data["manifest"]["folds"] if f["fold"] in folds],
-        "protocol": results[0]["protocol"],
-        "results": results,
-        "mean_over_folds": mean_over_folds(results),
-        "predict": predictions,
-        "runs": [{"fold": r["fold"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
-                  "run_dir": r["run_dir"], "train_seconds": r.get("train_seconds")}
-                 for r in runs],
-    }
-    if all("intensity" in r for r in results):
-        report["intensity_mean_over_folds"] = mean_intensity_over_folds(
-            [r["intensity"] for r in results])
-    return report
-
-
 def fold_config(args: argparse.Namespace, shards: Path, manifest: Path, fold: int, run_dir: Path,
                 threads: int | None = None, quiet: bool | None = None):
     """The training run of one fold: the cpu-demo recipe with the demo's options on top."""
@@ -429,10 +402,12 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
         table = read_predictions(result["csv"])
         coded = read_labels(f)
         truth = binarize(coded, au_ids, threshold)
-        decided = table[[f"AU{au:02d}_c" for au in au_ids]].fillna(0).to_numpy()
-        if len(decided) != len(truth):
-            raise RuntimeError(f"{result['csv']}: {len(decided)} rows for {len(truth)} labels")
-        counts = counts + confusion_counts(decided.astype(np.float32), truth, from_logits=False)
+        if len(table) != len(truth):
+            raise RuntimeError(f"{result['csv']}: {len(table)} rows for {len(truth)} labels")
+        c_columns = [f"AU{au:02d}_c" for au in au_ids]
+        if all(c in table.columns for c in c_columns):  # not for an untrained occurrence head
+            decided = table[c_columns].fillna(0).to_numpy(np.float32)
+            counts = counts + confusion_counts(decided, truth, from_logits=False)
         if regression is not None:
             levels = table[[f"AU{au:02d}_r" for au in intensity_aus]].fillna(0).to_numpy()
             regression.update(levels, coded[:, au_columns(intensity_aus)],
@@ -443,73 +418,14 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
         log.warning("dlib found a face in only %d of %d frames: the twin's faces are too small "
                     "for its detector at this frame size (use --frame-width 320 or more)",
                     faces, frames)
-    metrics = metrics_from_counts(counts, au_ids)
     scored = {"checkpoint": str(checkpoint), "out": str(out), "subjects": list(subjects),
-              "frames": frames, "faces_found": faces, "metrics": metrics.as_dict(),
+              "frames": frames, "faces_found": faces,
               "processing_fps": [r.get("processing_fps") for r in summary["inputs"]]}
+    if not isinstance(counts, int):  # some AUxx_c were scored
+        scored["metrics"] = metrics_from_counts(counts, au_ids).as_dict()
     if regression is not None:
         scored["intensity"] = regression.compute().as_dict()
     return scored
-
-
-def demo_markdown(report: dict[str, Any]) -> str:
-    from .evaluate import results_rows
-    from .evaluation.records import markdown_table
-    from .evaluation.statistics import DEFAULT_RESAMPLES, method_line
-
-    header, rows = results_rows(report["results"])
-    times = " | ".join(f"{k} {v:.0f} s" for k, v in report["wall_seconds"].items())
-    plots = "\n".join(f"- {r['run_dir']}/{{loss,mean_f1,per_au_f1}}.png" for r in report["runs"])
-    plots += "".join(f"\n- {Path(p['out'])}/*_timeline.png (model.predict)"
-                     for p in report.get("predict", []))
-    predict = ""
-    if report.get("predict"):
-        aus = report["predict"][0]["metrics"]["au_ids"]
-        head = ["fold", "subjects", "faces"] + [f"AU{a}" for a in aus] + ["Avg"]
-        lines = [[str(p["fold"]), " ".join(p["subjects"]), f"{p['faces_found']}/{p['frames']}",
-                  *[f"{100 * v:.1f}" for v in p["metrics"]["f1"]],
-                  f"{100 * p['metrics']['mean_f1']:.1f}"] for p in report["predict"]]
-        predict = ("\n\n`model.predict` on the raw test videos (dlib landmarks, no AAM), F1 per "
-                   f"AU against the twin's labels:\n\n{markdown_table(head, lines)}")
-    notes = "".join(f"Recipe: {r}\n\n" for r in dict.fromkeys(
-        x.get("recipe") for x in report["results"]) if r) + method_line(DEFAULT_RESAMPLES, 0)
-    return (f"# Demo on the synthetic DISFA twin\n\nHeld-out test subjects of each fold; "
-            f"{report['protocol']}\n\n{notes}\n\n{markdown_table(header, rows)}{predict}\n\n"
-            f"{intensity_section(report)}"
-            f"Wall time ({report['threads']} torch threads): {times}\n\nPlots:\n{plots}\n")
-
-
-def intensity_section(report: dict[str, Any]) -> str:
-    """The intensity tables (shards per fold and mean; model.predict per fold), if trained."""
-    from .evaluation.intensity import intensity_report
-
-    if not all("intensity" in r for r in report["results"]):
-        return ""
-    eval_aus = report["results"][0]["metrics"]["au_ids"]
-    text = intensity_report([(r["fold"], r["intensity"]) for r in report["results"]], eval_aus,
-                            "Intensity (0-5) on the held-out test shards", report["protocol"])[2]
-    predicted = [p for p in report.get("predict", []) if "intensity" in p]
-    if predicted:
-        text += "\n" + intensity_report(
-            [(p["fold"], p["intensity"]) for p in predicted], eval_aus,
-            "Intensity (AUxx_r) of model.predict on the raw held-out test videos",
-            "dlib landmarks, no AAM; a frame without a face counts as intensity 0")[2]
-    return text.replace("\n# ", "\n## ").replace("# ", "## ", 1) + "\n"
-
-
-def print_intensity_summary(report: dict[str, Any]) -> None:
-    """One line each for the shards' and model.predict's mean ICC over the 8 evaluated AUs."""
-    mean = report.get("intensity_mean_over_folds")
-    if mean is None:
-        return
-    per_fold = ", ".join(f"{r['intensity']['mean_icc']:.3f}" for r in report["results"])
-    print(f"intensity on held-out synthetic subjects: mean ICC(3,1) {mean['mean_icc']:.3f} over "
-          f"the {len(mean['mean_over'])} evaluated AUs (per fold {per_fold})")
-    predicted = [p["intensity"]["mean_icc"] for p in report.get("predict", []) if "intensity" in p]
-    if predicted:
-        print(f"model.predict AUxx_r on held-out test videos: mean ICC(3,1) "
-              f"{sum(predicted) / len(predicted):.3f} (per fold "
-              f"{', '.join(f'{v:.3f}' for v in predicted)})")
 
 
 @handle_errors("model.demo")
@@ -531,16 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s (after changing demo settings, rerun with --fresh)", err)
         return 1
     print("\n" + demo_markdown(report))
-    mean = report["mean_over_folds"]
-    print(f"mean F1 on held-out synthetic subjects: {100 * mean['mean_f1']:.1f} "
-          f"(accuracy {100 * mean['mean_accuracy']:.1f}); total {report['wall_seconds']['total']:.0f} s")
-    if report["predict"]:
-        f1 = [p["metrics"]["mean_f1"] for p in report["predict"]]
-        n = sum(len(p["subjects"]) for p in report["predict"])
-        print(f"model.predict (dlib landmarks) on {n} held-out test videos: mean F1 "
-              f"{100 * sum(f1) / len(f1):.1f}")
+    print_occurrence_summary(report)
     print_intensity_summary(report)
-    print(f"summary: {args.out / 'demo_summary.json'}")
+    print(f"total {report['wall_seconds']['total']:.0f} s; summary: "
+          f"{args.out / 'demo_summary.json'}")
     return 0
 
 

@@ -37,6 +37,8 @@ from .evaluation.plots import plot_subject_heatmap
 from .evaluation.provenance import note_rows
 from .evaluation.records import markdown_table, write_csv, write_json
 from .evaluation.statistics import DEFAULT_RESAMPLES, method_line
+from .evaluation.tasks import (common_task, reports_intensity, reports_occurrence, task_line,
+                               task_record)
 from .evaluation.tables import summary as summarise
 
 log = logging.getLogger("model.evaluate")
@@ -114,13 +116,16 @@ def write_subject_heatmap(results: Sequence[dict], path: Path, title: str,
 
 def write_intensity_report(results: Sequence[dict], out: Path, stem: str, split: str,
                            protocol: str, resamples: int = DEFAULT_RESAMPLES,
-                           seed: int = 0) -> None:
+                           seed: int = 0, notes: Sequence[str] = ()) -> None:
     """``<stem>_intensity.{csv,md}`` beside the occurrence tables: ICC(3,1), r and MAE, with
-    subject-bootstrap intervals on the mean over folds (on the fold, for one)."""
+    subject-bootstrap intervals on the mean over folds (on the fold, for one). ``notes``:
+    further header lines (the task line)."""
     header, rows, text = intensity_report(
         [(r["fold"], r["intensity"]) for r in results], results[0]["metrics"]["au_ids"],
-        f"Intensity on the {split} subjects ({results[0]['variant']})", protocol, resamples, seed)
-    write_csv(out / f"{stem}_intensity.csv", header, rows)
+        f"Intensity on the {split} subjects ({results[0]['variant']})", protocol, resamples,
+        seed, notes)
+    write_csv(out / f"{stem}_intensity.csv", header,
+              [*note_rows([f"Protocol: {protocol}", *notes], len(header)), *rows])
     (out / f"{stem}_intensity.md").write_text(text)
     print(text)
     print(f"saved {out / stem}_intensity.{{csv,md}}")
@@ -155,29 +160,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("checkpoints of different variants %s cannot be averaged; pass --variant",
                   sorted(variants))
         return 1
-    lines = report_lines(results, args.bootstrap, args.bootstrap_seed)
-    header, rows = results_rows(results, args.bootstrap, args.bootstrap_seed)
-    summary = {"split": args.split, "protocol": sorted({r["protocol"] for r in results}),
-               "recipe": list(dict.fromkeys(r["recipe"] for r in results)), "notes": lines,
-               "results": results,
-               "mean_over_folds": mean_over_folds(results) if len(results) > 1 else None,
-               "intervals": summarise([r["metrics"] for r in results], args.bootstrap,
-                                        args.bootstrap_seed)}
+    try:
+        task = common_task(results, "--checkpoint files")
+    except ValueError as err:
+        raise CommandError(str(err)) from err
     remove_stale_temp_files(check_out_dir(out))
     stem = f"evaluation_{args.split}"
+    lines = [*report_lines(results, args.bootstrap, args.bootstrap_seed), task_line(task)]
+    summary = {"split": args.split, **task_record(task),
+               "protocol": sorted({r["protocol"] for r in results}),
+               "recipe": list(dict.fromkeys(r["recipe"] for r in results)), "notes": lines}
+    if reports_occurrence(task):
+        summary.update(write_occurrence_report(results, out, stem, args, lines))
+    else:  # the occurrence head never trained: its F1 would be that of random weights
+        summary["results"] = [without_occurrence(r) for r in results]
+        log.info("task %s: no occurrence head was trained, so no F1/accuracy tables", task)
     write_json(out / f"{stem}.json", summary)
+    if reports_intensity(task) and all("intensity" in r for r in results):
+        write_intensity_report(results, out, stem, args.split, " / ".join(summary["protocol"]),
+                               args.bootstrap, args.bootstrap_seed, notes=[task_line(task)])
+    return 0
+
+
+def without_occurrence(result: dict) -> dict:
+    """An evaluation result less the numbers of an untrained occurrence head."""
+    return {k: v for k, v in result.items()
+            if k not in ("metrics", "metrics_tuned", "decision_thresholds")}
+
+
+def write_occurrence_report(results: Sequence[dict], out: Path, stem: str,
+                            args: argparse.Namespace, lines: list[str]) -> dict:
+    """``<stem>.{csv,md}`` (F1 and accuracy with intervals) and the per-subject heat map;
+    the JSON keys they add."""
+    header, rows = results_rows(results, args.bootstrap, args.bootstrap_seed)
     write_csv(out / f"{stem}.csv", header, [*note_rows(lines, len(header)), *rows])
     title = f"Evaluation on the {args.split} subjects ({results[0]['variant']})"
     text = f"# {title}\n\n" + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n"
     (out / f"{stem}.md").write_text(text)
     write_subject_heatmap(results, out / f"{stem}_subjects.png", f"{title}: F1 per subject",
-                          [n for n in lines if n.startswith(("Protocol", "Recipe"))])
+                          [n for n in lines if n.startswith(("Protocol", "Recipe", "Task"))])
     print(text)
     print(f"saved {out / stem}.{{json,csv,md}} and {stem}_subjects.png")
-    if all("intensity" in r for r in results):
-        write_intensity_report(results, out, stem, args.split, " / ".join(summary["protocol"]),
-                               args.bootstrap, args.bootstrap_seed)
-    return 0
+    return {"results": results,
+            "mean_over_folds": mean_over_folds(results) if len(results) > 1 else None,
+            "intervals": summarise([r["metrics"] for r in results], args.bootstrap,
+                                   args.bootstrap_seed)}
 
 
 if __name__ == "__main__":

@@ -40,8 +40,7 @@ from .engine.data import DataError
 from .engine.recipes import recipe_names
 from .weights.vggface2 import WeightsError
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
-from .evaluation.intensity import intensity_markdown
-from .evaluation.records import results_markdown
+from .evaluation.run_report import run_markdown
 from .nets.backbones import MAX_FROZEN_BLOCKS
 from .nets.transforms import TRANSFORMS
 from .nets.tranet import PRESETS, VARIANTS
@@ -285,11 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dist.destroy_process_group()
     if summary["status"] == "interrupted":
         return EXIT_INTERRUPTED
-    if "test" in summary and int(os.environ.get("RANK", "0")) == 0:
-        test = summary["test"]
-        print(f"\n{results_markdown(f'Fold {cfg.fold}, {cfg.variant}', test, summary['protocol'])}")
-        if summary.get("test_intensity"):
-            print(intensity_markdown(summary["test_intensity"]))
+    if ("test" in summary or "test_intensity" in summary) and int(os.environ.get("RANK", "0")) == 0:
+        print(f"\n{run_markdown(f'Fold {cfg.fold}, {cfg.variant}', summary, summary['protocol'])}")
         print(f"run folder: {summary['run_dir']} (metrics.csv, metrics.json, *.png, best.pt)")
     return EXIT_OK
 

@@ -99,6 +99,9 @@ def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, caps
     assert "56.9" in t1 and "95.9" in t1                        # the paper's TRA column
     assert "TEST subjects, trained on every other subject (the paper's protocol" in t1
     assert "intensity >= 2" in t1                                 # the paper's label threshold
+    assert "C-level (the paper does not give C)" in t1 and "FACS intensity >= 3" in t1
+    assert "NOT like for like" in t1 and "F1 paper (>= 2, other labels)" in t1  # ours at >= 3
+    assert "Task: occurrence; trained heads: occurrence" in t1
     t2 = (tmp_path / "cv" / "table2.csv").read_text()
     assert "SENet-50,ours" in t2 and "SENet-50,paper" in t2 and "47.0" in t2
     report = json.loads((tmp_path / "cv" / "crossval.json").read_text())
@@ -119,4 +122,6 @@ def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, caps
     assert crossval_main(args + ["--threshold", "2", "--variants", "tranet", "--fresh"]) == 0
     redone = json.loads((tmp_path / "cv" / "tranet" / "fold1" / "config.json").read_text())
     assert redone["train_config"]["threshold"] == 2
-    assert "labels: FACS intensity >= 2" in (tmp_path / "cv" / "table1.md").read_text()
+    like = (tmp_path / "cv" / "table1.md").read_text()
+    assert "here FACS intensity >= 2" in like and "(like for like on labels)" in like
+    assert "NOT like for like" not in like and "| F1 paper (>= 2) |" in like

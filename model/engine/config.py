@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..evaluation.metrics import PROBABILITY_THRESHOLD
+from ..evaluation.paper_tables import C_LEVEL
 from ..nets.backbones import MAX_FROZEN_BLOCKS, parse_backbone
 from ..nets.transforms import TRANSFORMS
 from ..nets.tranet import PRESETS, VARIANTS
@@ -103,6 +104,9 @@ class TrainConfig:
             raise ValueError("lr must be positive")
         if self.task not in ("occurrence", "intensity", "both"):
             raise ValueError("task must be 'occurrence', 'intensity' or 'both'")
+        if self.tune_threshold and self.task == "intensity":
+            raise ValueError("--tune-threshold tunes the occurrence head's decision thresholds; "
+                             "--task intensity trains no occurrence head")
         if self.intensity_weight <= 0:
             raise ValueError("intensity_weight must be positive")
         if self.intensity_loss not in ("mse", "ordinal"):
@@ -153,7 +157,9 @@ def protocol_note(select_on: str, threshold: int) -> str:
     selection = ("model selected on the TEST subjects, trained on every other subject (the paper's "
                  "protocol; optimistic, test-set leakage)" if select_on == "test" else
                  "model selected on the held-out validation subjects (test subjects unseen)")
-    return (f"labels: FACS intensity >= {threshold}; decision: sigmoid >= {PROBABILITY_THRESHOLD}; "
+    # The paper says only "C-level"; say so, and which intensity this run took it to be.
+    return (f"labels: positive at {C_LEVEL}, here FACS intensity >= {threshold}; "
+            f"decision: sigmoid >= {PROBABILITY_THRESHOLD}; "
             f"{selection}; F1/accuracy pooled over all frames of the split")
 
 

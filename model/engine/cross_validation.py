@@ -14,6 +14,7 @@ from ..evaluation.provenance import note_rows
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..nets.tranet import VARIANTS
 from ..evaluation.statistics import DEFAULT_RESAMPLES
+from ..evaluation.tasks import common_task, reports_intensity, reports_occurrence, task_record
 from .camera_eval import check_camera_options, describe, test_on_camera
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, config_from_args, recipe_differences
@@ -39,7 +40,7 @@ def run_fold(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     results = run_dir / "results.json"
     if results.is_file():
         summary = json.loads(results.read_text())
-        if summary.get("status") == "finished" and "test" in summary:
+        if summary.get("status") == "finished" and ("test" in summary or "test_intensity" in summary):
             log.info("%s: finished earlier with the same settings, reusing its results", run_dir)
             return summary
     if (run_dir / "last.pt").is_file():
@@ -103,13 +104,18 @@ def table2(per_variant: dict[str, list[dict[str, Any]]], protocol: str, *,
 
 
 def write_intensity_table(out: Path, variant: str, results: Sequence[dict[str, Any]],
-                          protocol: str, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> str:
-    """``OUT/intensity[_<variant>].{csv,md}`` beside table1: ICC(3,1) / r / MAE per fold and mean."""
+                          protocol: str, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                          notes: Sequence[str] = ()) -> str:
+    """``OUT/intensity[_<variant>].{csv,md}`` beside table1: ICC(3,1) / r / MAE per fold and mean.
+    ``notes``: further header lines (the task line)."""
+    first = results[0]
+    au_ids = first.get("au_ids") or first["test"]["au_ids"]  # older runs: the occurrence AUs
     header, rows, text = intensity_report(
-        [(r["fold"], r["test_intensity"]) for r in results], results[0]["test"]["au_ids"],
-        f"Intensity (0-5) of {variant} on the test subjects", protocol, resamples, seed)
+        [(r["fold"], r["test_intensity"]) for r in results], au_ids,
+        f"Intensity (0-5) of {variant} on the test subjects", protocol, resamples, seed, notes)
     stem = "intensity" if variant == "tranet" else f"intensity_{variant}"
-    write_csv(out / f"{stem}.csv", header, rows)
+    write_csv(out / f"{stem}.csv", header,
+              [*note_rows([f"Ours: {protocol}", *notes], len(header)), *rows])
     (out / f"{stem}.md").write_text(text)
     return text
 
@@ -196,12 +202,38 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
                               "paper_protocol": PAPER_PROTOCOL, "failures": failures,
                               "bootstrap": {"resamples": resamples, "seed": seed},
                               "results": {v: rs for v, rs in per_variant.items()}}
+    task = common_task([r for rs in done.values() for r in rs]) if done else base.task
+    report.update(task_record(task))
     texts = []
     # Table 2 pairs every variant with TRA-Net: refused before any table is written if they
     # were not scored the same way.
     mismatch_lines, mismatched = reports.table2_protocol(
         done, bool(getattr(args, "allow_protocol_mismatch", False)))
     lines = reports.header_lines(done, protocol, base.manifest, resamples, seed)
+    if reports_occurrence(task):
+        texts += occurrence_tables(out, done, protocol, lines, args, resamples, seed, report,
+                                   (mismatch_lines, mismatched))
+    for variant, rs in done.items():
+        mine = [n for n in lines if not n.startswith("Recipe (") or
+                n.startswith(f"Recipe ({variant})")]
+        if reports_occurrence(task):
+            texts += variant_reports(out, variant, rs, mine, resamples, seed, report)
+        if reports_intensity(task) and all("test_intensity" in r for r in rs):
+            texts.append(write_intensity_table(out, variant, rs, protocol, resamples, seed,
+                                               notes=[n for n in mine if n.startswith("Task")]))
+    write_json(out / "crossval.json", report)
+    report["texts"] = texts
+    return report
+
+
+def occurrence_tables(out: Path, done: dict[str, list[dict[str, Any]]], protocol: str,
+                      lines: list[str], args: argparse.Namespace, resamples: int, seed: int,
+                      report: dict[str, Any], mismatch: tuple[list[str], set[str]]) -> list[str]:
+    """Table 1 (TRA-Net beside the paper) and Table 2 (the variants), runs with a trained
+    occurrence head only; ``mismatch``: Table 2's protocol notes and the variants allowed to
+    differ from TRA-Net (``reports.table2_protocol``)."""
+    mismatch_lines, mismatched = mismatch
+    texts = []
     if done.get("tranet"):
         tranet_lines = [n for n in lines if not n.startswith("Recipe (") or
                         n.startswith("Recipe (tranet)")]
@@ -221,21 +253,20 @@ def write_reports(out: Path, per_variant: dict[str, list[dict[str, Any]]],
                             "protocol_mismatch": sorted(mismatched),
                             "differences_to_tranet": table2_rows(done, resamples, seed)[2]}
         texts.append(text)
-    for variant, rs in done.items():
-        report.setdefault("mean_over_folds", {})[variant] = mean_over_folds(
-            [{"fold": r["fold"], "metrics": r["test"]} for r in rs])
-        report.setdefault("per_subject", {})[variant] = entries = reports.per_subject(rs)
-        mine = [n for n in lines if not n.startswith("Recipe (") or
-                n.startswith(f"Recipe ({variant})")]
-        reports.write_heatmap(entries, rs[0]["test"]["au_ids"], out / f"per_subject_{variant}.png",
-                              f"{variant}: F1 (%) per held-out subject", mine)
-        if any("test_camera" in r for r in rs):
-            texts.append(camera_table(out, variant, rs, mine, resamples, seed, report))
-        if all("test_intensity" in r for r in rs):
-            texts.append(write_intensity_table(out, variant, rs, protocol, resamples, seed))
-    write_json(out / "crossval.json", report)
-    report["texts"] = texts
-    return report
+    return texts
+
+
+def variant_reports(out: Path, variant: str, rs: list[dict[str, Any]], mine: list[str],
+                    resamples: int, seed: int, report: dict[str, Any]) -> list[str]:
+    """One variant's occurrence results: mean over folds, per-subject F1, the camera table."""
+    report.setdefault("mean_over_folds", {})[variant] = mean_over_folds(
+        [{"fold": r["fold"], "metrics": r["test"]} for r in rs])
+    report.setdefault("per_subject", {})[variant] = entries = reports.per_subject(rs)
+    reports.write_heatmap(entries, rs[0]["test"]["au_ids"], out / f"per_subject_{variant}.png",
+                          f"{variant}: F1 (%) per held-out subject", mine)
+    if any("test_camera" in r for r in rs):
+        return [camera_table(out, variant, rs, mine, resamples, seed, report)]
+    return []
 
 
 def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: list[str],
@@ -262,8 +293,8 @@ def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: 
     title = (f"Cross-camera ({variant}): trained on the left camera, the same held-out subjects "
              f"tested on the left and the {camera} camera, {which}, mean of folds "
              f"{detail['folds']}")
-    lines = ([n for n in lines if not n.startswith("Paper")] + describe(comparisons, camera)
-             + detail["difference"]["method"])
+    lines = ([n for n in lines if not n.startswith(("Paper", "Comparison"))]
+             + describe(comparisons, camera) + detail["difference"]["method"])
     return reports.write_table(out, f"cameras_{variant}", title, lines, header, rows)
 
 

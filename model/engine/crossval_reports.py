@@ -14,13 +14,15 @@ from typing import Any, Collection, Sequence
 
 import numpy as np
 
-from ..evaluation.paper_tables import PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1, TABLE2_ORDER
+from ..evaluation.paper_tables import (PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1,
+                                       TABLE2_ORDER, comparison_line, paper_column)
 from ..evaluation.plots import plot_subject_heatmap
 from ..evaluation.provenance import note_rows, recipe_line
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..evaluation.statistics import method_line
 from ..evaluation.paired import holm
 from ..evaluation.protocol import protocol_differences, recipe_differences
+from ..evaluation.tasks import common_task, task_line
 from ..evaluation.tables import (difference, difference_runs, pct, pct_ci, signed, signed_ci,
                                  summary, with_folds)
 from .config import RUNTIME_OPTIONS
@@ -44,11 +46,17 @@ def run_record(result: dict[str, Any]) -> dict[str, Any]:
     return {**record, "epochs_run": result.get("epochs_run")}
 
 
+def run_thresholds(results: Sequence[dict[str, Any]]) -> list[int | None]:
+    """The label threshold each run recorded (None where its config.json is gone)."""
+    return [(run_record(r).get("data") or {}).get("threshold") for r in results]
+
+
 def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
                  manifest_path: Path | str | None, resamples: int, seed: int,
                  paper: bool = True) -> list[str]:
     """Protocol, recipes, (paper protocol), interval method: one entry a line."""
-    lines = [f"Ours: {protocol}"]
+    lines = [f"Ours: {protocol}",
+             task_line(common_task([r for rs in per_variant.values() for r in rs]))]
     for variant, results in per_variant.items():
         records = [run_record(r) for r in results]
         path = manifest_path or (records[0].get("train_config") or {}).get("manifest")
@@ -60,6 +68,8 @@ def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
         lines += [f"Recipe ({variant}): {r}" for r in recipes]
     if paper:
         lines.append(f"Paper: {PAPER_PROTOCOL}")
+        lines.append(comparison_line(
+            [t for rs in per_variant.values() for t in run_thresholds(rs)]))
     if resamples:
         lines.append(method_line(resamples, seed, subjects=count_subjects(per_variant)))
     return lines
@@ -97,8 +107,9 @@ def table1_rows(results: Sequence[dict[str, Any]], resamples: int, seed: int
                 ) -> tuple[list[str], list[list[Any]], dict[str, Any]]:
     s = summary([r["test"] for r in results], resamples, seed)
     ci = s["ci"]
-    header = ["AU", "F1 ours [95% CI]", "F1 paper", "Accuracy ours [95% CI]", "Accuracy paper",
-              "ROC-AUC ours", "AP ours"]
+    thresholds = run_thresholds(results)  # the paper columns say when labels differ
+    header = ["AU", "F1 ours [95% CI]", paper_column("F1", thresholds), "Accuracy ours [95% CI]",
+              paper_column("Accuracy", thresholds), "ROC-AUC ours", "AP ours"]
     rows = []
     for k, au in enumerate(s["au_ids"]):
         j = PAPER_AUS.index(au) if au in PAPER_AUS else None
@@ -282,7 +293,8 @@ def write_heatmap(entries: Sequence[dict[str, Any]], au_ids: Sequence[int], path
     try:
         return plot_subject_heatmap([f"{e['subject']} (fold {e['fold']})" for e in entries],
                                     au_ids, [e["f1"] for e in entries], path, title=title,
-                                    notes=[n for n in lines if not n.startswith("Paper")],
+                                    notes=[n for n in lines
+                                           if not n.startswith(("Paper", "Comparison"))],
                                     positives=_positives(entries))
     except Exception as err:  # a plotting problem must never cost the tables
         log.warning("could not draw %s: %s", path, err)

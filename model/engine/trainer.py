@@ -40,11 +40,13 @@ from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, effective_lr, protocol_no
 from .early_stopping import EarlyStopping
 from .losses import TaskLoss, region_loss_groups
 from .precision import Precision, choose_precision
-from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics, intensity_markdown
+from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
 from ..evaluation.ranking import tune_thresholds
 from ..evaluation.provenance import recipe_line
-from ..evaluation.records import results_markdown, write_json, write_metrics
+from ..evaluation.records import write_json, write_metrics
+from ..evaluation.run_report import add_test_metrics, result_log_line, run_markdown
+from ..evaluation.tasks import reports_occurrence, task_record
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       task_frame_weights)
 from ..nets.backbones import default_frozen_blocks
@@ -1093,7 +1095,7 @@ def _metrics_header(run: TrainingRun) -> dict[str, Any]:
             "natural_positive_rate": data.natural_rate.tolist(),
             "expected_drawn_positive_rate": data.expected_rate.tolist(),
             "au_weights": data.au_weights.tolist(), "sampler": run.cfg.sampler,
-            "subjects": data.spec.subjects}
+            "subjects": data.spec.subjects, **task_record(run.cfg.task)}
 
 
 def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
@@ -1116,21 +1118,17 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
     if status == "finished" and run.history:
         tested, intensity = final_test(run.model, run.run_dir, run.data, run.device, cfg,
                                        run.au_ids, run.criterion, info)
-        summary["test"] = tested.compute().as_dict()
-        if intensity is not None:
-            summary["test_intensity"] = intensity.as_dict()
+        add_test_metrics(summary, cfg.task, tested.compute().as_dict(),
+                         intensity.as_dict() if intensity is not None else None)
         if cfg.tune_threshold:
             summary.update(tune_decision_thresholds(run, tested))
         if info.is_main:
             write_json(run.run_dir / "results.json", summary)
-            text = results_markdown(f"Fold {cfg.fold}, {cfg.variant}: test subjects, best epoch "
-                                    f"{stopper.best_epoch}", summary["test"], run.note)
-            if intensity is not None:
-                text += intensity_markdown(summary["test_intensity"], run.au_ids)
-            (run.run_dir / "results.md").write_text(text)
-            log.info("fold %d test (best epoch %d): mean F1 %.4f, mean accuracy %.4f  [%s]",
-                     cfg.fold, stopper.best_epoch, summary["test"]["mean_f1"],
-                     summary["test"]["mean_accuracy"], run.note)
+            (run.run_dir / "results.md").write_text(run_markdown(
+                f"Fold {cfg.fold}, {cfg.variant}: test subjects, best epoch {stopper.best_epoch}",
+                summary, run.note, run.au_ids))
+            log.info("fold %d test (best epoch %d): %s  [%s]", cfg.fold, stopper.best_epoch,
+                     result_log_line(summary), run.note)
     if info.enabled:
         dist.barrier()
     return summary
@@ -1184,7 +1182,8 @@ def _plot(run_dir: Path, history, au_ids, cfg: TrainConfig) -> None:
 
     try:
         plot_history(history, au_ids, run_dir, split=cfg.select_on,
-                     title=f"fold {cfg.fold}, {cfg.variant}")
+                     title=f"fold {cfg.fold}, {cfg.variant}",
+                     occurrence=reports_occurrence(cfg.task))
     except Exception as err:  # a plotting problem must never cost a training run
         log.warning("could not draw the plots: %s", err)
 

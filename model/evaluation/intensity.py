@@ -365,12 +365,12 @@ def undefined_note(results: Sequence[dict]) -> str:
 
 
 def intensity_report(per_fold: Sequence[tuple[int, dict]], eval_aus: Sequence[int], title: str,
-                     protocol: str, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
-                     ) -> tuple[list[str], list[list[str]], str]:
+                     protocol: str, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                     notes: Sequence[str] = ()) -> tuple[list[str], list[list[str]], str]:
     """The intensity table written beside the occurrence table: each fold's ICC(3,1) / r / MAE
     per AU, the unweighted mean over folds with subject-bootstrap intervals (when the results
     keep per-subject sums and ``resamples`` > 0), then peers' published rows; as
-    (header, rows, md)."""
+    (header, rows, md). ``notes``: lines under the title (the task line)."""
     from .records import markdown_table
 
     labelled = [(f"fold {fold}", d) for fold, d in per_fold]
@@ -381,7 +381,9 @@ def intensity_report(per_fold: Sequence[tuple[int, dict]], eval_aus: Sequence[in
     peers = ("" if PEER_INTENSITY else "\nPeers: no published per-AU DISFA intensity figure "
              "is listed yet (see docs/disfa.md).\n") + peer_means_note()
     method = f"{ci['method']}.\n\n" if ci else ""
-    text = (f"# {title}\n\nOurs: {protocol}; predictions clipped to 0-5; ICC(3,1), Pearson r and "
+    lines = "".join(f"{n}\n\n" for n in notes)
+    text = (f"# {title}\n\n{lines}Ours: {protocol}; predictions clipped to 0-5; ICC(3,1), "
+            "Pearson r and "
             f"MAE pooled over all frames of each fold's held-out subjects; 'Avg ({len(eval_aus)})' "
             f"is the mean over the occurrence table's AUs.\n\n{method}{markdown_table(header, rows)}\n"
             f"{undefined_note([d for _, d in per_fold])}{peers}")

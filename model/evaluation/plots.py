@@ -21,9 +21,10 @@ def _save(fig, path: Path) -> Path:
 
 def plot_history(
     history: Sequence[dict[str, Any]], au_ids: Sequence[int], out_dir: Path | str,
-    *, split: str = "val", title: str = "",
+    *, split: str = "val", title: str = "", occurrence: bool = True,
 ) -> list[Path]:
-    """``loss.png``, ``mean_f1.png`` and ``per_au_f1.png`` from the per-epoch history rows.
+    """``loss.png``, ``mean_f1.png`` and ``per_au_f1.png`` from the per-epoch history rows
+    (the F1 plots only with ``occurrence``: a trained occurrence head).
 
     Each row needs ``epoch``, ``train_loss`` and ``eval`` (an ``AUMetrics.as_dict()`` of the
     selection split, ``loss`` optional); ``best_epoch`` in the last row is marked.
@@ -48,6 +49,8 @@ def plot_history(
     ax.legend()
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out_dir / "loss.png"))
+    if not occurrence:
+        return paths
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [100 * row["eval"]["mean_f1"] for row in history], marker="o",

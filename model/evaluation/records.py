@@ -9,18 +9,24 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .tasks import reports_occurrence
 
-def metrics_row(row: dict[str, Any], au_ids: Sequence[int]) -> dict[str, Any]:
+
+def metrics_row(row: dict[str, Any], au_ids: Sequence[int],
+                task: str = "occurrence") -> dict[str, Any]:
+    """One epoch of metrics.csv; F1/accuracy columns only for a trained occurrence head."""
     ev = row["eval"]
     out = {"epoch": row["epoch"], "train_loss": row["train_loss"], "lr": row.get("lr"),
            "seconds": row["seconds"],
-           "select_on": row["select_on"], "eval_loss": ev.get("loss"),
-           "mean_f1": ev["mean_f1"], "mean_accuracy": ev["mean_accuracy"],
-           "best_epoch": row["best_epoch"]}
-    for k, au in enumerate(au_ids):
-        out[f"f1_AU{au}"] = ev["f1"][k]
-    for k, au in enumerate(au_ids):
-        out[f"acc_AU{au}"] = ev["accuracy"][k]
+           "select_on": row["select_on"], "eval_loss": ev.get("loss")}
+    if reports_occurrence(task):
+        out.update(mean_f1=ev["mean_f1"], mean_accuracy=ev["mean_accuracy"])
+    out.update(best_epoch=row["best_epoch"], task=task)
+    if reports_occurrence(task):
+        for k, au in enumerate(au_ids):
+            out[f"f1_AU{au}"] = ev["f1"][k]
+        for k, au in enumerate(au_ids):
+            out[f"acc_AU{au}"] = ev["accuracy"][k]
     for k, au in enumerate(au_ids):
         out[f"drawn_rate_AU{au}"] = row["drawn_positive_rate"][k]
     for k, au in enumerate(au_ids):
@@ -35,7 +41,7 @@ def metrics_row(row: dict[str, Any], au_ids: Sequence[int]) -> dict[str, Any]:
 
 def write_metrics(run_dir: Path, history: list[dict], au_ids: Sequence[int],
                   header: dict[str, Any]) -> None:
-    rows = [metrics_row(r, au_ids) for r in history]
+    rows = [metrics_row(r, au_ids, header.get("task", "occurrence")) for r in history]
     tmp = run_dir / ".metrics.csv.tmp"
     with tmp.open("w", newline="") as handle:
         if rows:

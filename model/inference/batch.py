@@ -116,6 +116,7 @@ class _Overlay:
 
     def __init__(self, predictor: AUPredictor, job: Job, source: Any, out: Path) -> None:
         self.au_ids, self.threshold = predictor.au_ids, predictor.threshold
+        self.has_occurrence = predictor.has_occurrence
         self.writer = self.folder = None
         if job.kind == "video":
             self.writer = OverlayVideoWriter(out / f"{job.name}_overlay.avi", source.fps,
@@ -129,8 +130,9 @@ class _Overlay:
         picture = rows[0].frame.image
         for row in rows:
             face = row.found.face if row.found is not None else None
-            decisions = None if row.probabilities is None else row.probabilities >= self.threshold
-            picture = draw_overlay(picture, face, row.probabilities, decisions, self.au_ids)
+            probabilities = row.probabilities if self.has_occurrence else None
+            decisions = None if probabilities is None else probabilities >= self.threshold
+            picture = draw_overlay(picture, face, probabilities, decisions, self.au_ids)
         if self.writer is not None:
             self.writer.write(picture)
         else:
@@ -145,7 +147,8 @@ class _Overlay:
 def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
     p_cols = [f"{au_name(a)}_p" for a in predictor.au_ids]
     if job.kind == "images" and table["frame"].nunique() == 1:   # one image: a bar chart
-        return save_bar_plot(out / f"{job.name}_bars.png", table[p_cols].to_numpy(float)[0],
+        return save_bar_plot(out / f"{job.name}_bars.png",
+                             table.reindex(columns=p_cols).to_numpy(float)[0],
                              predictor.au_ids, predictor.threshold, job.name)
     first = table.sort_values(["frame", "face_id"]).drop_duplicates("frame")
     stamps = first["timestamp"].to_numpy(float)
@@ -155,7 +158,7 @@ def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
                    if any(c in first.columns for c in r_cols) else None)
     return save_timeline_plot(
         out / f"{job.name}_timeline.png", stamps if use_time else first["frame"].to_numpy(),
-        first[p_cols].to_numpy(float), predictor.au_ids, predictor.threshold,
+        first.reindex(columns=p_cols).to_numpy(float), predictor.au_ids, predictor.threshold,
         "time (s)" if use_time else "frame",
         f"{job.name}: {int(first['face_found'].sum())}/{len(first)} frames with a face",
         intensities=intensities)

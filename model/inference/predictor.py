@@ -35,6 +35,7 @@ from pipeline.face_landmarks import DEFAULT_MIN_SCORE, FaceLandmarker
 from pipeline.shards import decode_jpeg, encode_jpeg
 
 from ..engine.checkpoint import CheckpointError
+from ..evaluation.tasks import reports_occurrence, task_of, task_record
 from .backends import intensity_au_ids, load_backend
 from .csv_format import DEFAULT_FORMAT, FORMATS, au_name, table_columns
 from .pose import estimate_pose
@@ -190,14 +191,19 @@ class AUPredictor:
             None if has_intensity is None else
             intensity_au_ids(self.meta) if has_intensity else [])
         self.last_tracker: BestFaceTracker | MultiFaceTracker | None = None
+        # A --task intensity checkpoint's occurrence head never trained: no AUxx_c/AUxx_p.
+        self.task = task_of(self.meta)
+        self.has_occurrence = reports_occurrence(self.task)
 
     def describe(self) -> dict[str, Any]:
         """What the numbers mean, for the sidecar and the summary."""
+        meaning = (f"AUxx_c = 1: FACS intensity >= {self.meta.get('threshold')} predicted "
+                   "(probability AUxx_p >= decision threshold)" if self.has_occurrence else
+                   "no AUxx_c/AUxx_p: the checkpoint's occurrence head was never trained")
         return {"checkpoint": str(self.cfg.checkpoint), "backend": self.backend.name,
-                "au_ids": self.au_ids, "intensity_aus": self.intensity_aus,
-                "label_threshold": self.meta.get("threshold"),
-                "label_meaning": f"AUxx_c = 1: FACS intensity >= {self.meta.get('threshold')} "
-                                 f"predicted (probability AUxx_p >= decision threshold)",
+                **task_record(self.task), "au_ids": self.au_ids,
+                "intensity_aus": self.intensity_aus,
+                "label_threshold": self.meta.get("threshold"), "label_meaning": meaning,
                 "decision_threshold": np.asarray(self.threshold).tolist(),
                 "epoch": self.meta.get("epoch"), "selected": self.meta.get("selected"),
                 "faces": self.cfg.faces, "min_score": self.cfg.min_score,
@@ -309,8 +315,11 @@ class AUPredictor:
             table[name] = table[name].astype("int64" if name in _INT_COLUMNS else
                                              "str" if name == "file" else "float64")
         table.loc[table["confidence"] < self.cfg.min_confidence, "success"] = 0
-        return postprocess(table, self.au_ids, self.threshold, calibrate=self.cfg.calibrate,
-                           smooth=self.cfg.smooth)
+        table = postprocess(table, self.au_ids, self.threshold, calibrate=self.cfg.calibrate,
+                            smooth=self.cfg.smooth)
+        if not self.has_occurrence:
+            table = table.drop(columns=[f"{au_name(a)}_{s}" for s in "cp" for a in self.au_ids])
+        return table
 
 
 _INT_COLUMNS = ("frame", "face_id", "success", "face_found")
