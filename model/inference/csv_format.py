@@ -74,11 +74,13 @@ def table_columns(occurrence_aus: Sequence[int], intensity_aus: Sequence[int],
 
 
 def openface_layout(columns: Sequence[str]) -> list[str]:
-    """``columns`` with OpenFace's AU columns the model lacks added, in OpenFace's places."""
+    """``columns`` with OpenFace's AU columns the model lacks added, in OpenFace's places
+    (OpenFace's ``_c`` set only for a model with an occurrence head)."""
     r_cols = sorted({c for c in columns if re.fullmatch(r"AU\d+_r", c)}
                     | set(_au_block(OPENFACE_INTENSITY_AUS, "r")))
-    c_cols = sorted({c for c in columns if re.fullmatch(r"AU\d+_c", c)}
-                    | set(_au_block(OPENFACE_PRESENCE_AUS, "c")))
+    c_cols = sorted({c for c in columns if re.fullmatch(r"AU\d+_c", c)})
+    if c_cols:  # a model without a trained occurrence head writes no AUxx_c at all (#21)
+        c_cols = sorted(set(c_cols) | set(_au_block(OPENFACE_PRESENCE_AUS, "c")))
     head = [c for c in columns if c in OPENFACE_HEAD + POSE_COLUMNS or re.fullmatch(r"[xy]_\d+", c)]
     tail = [c for c in columns if c not in set(head) | set(r_cols) | set(c_cols)]
     return head + r_cols + c_cols + tail
