@@ -38,7 +38,7 @@ from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_fli
 from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, effective_lr, protocol_note,
                      threshold_note)
 from .early_stopping import EarlyStopping
-from .losses import TaskLoss, region_loss_groups
+from .losses import task_loss_for
 from .precision import Precision, choose_precision
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics, intensity_markdown
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
@@ -757,9 +757,8 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     loss_weights = (torch.as_tensor(data.au_weights, dtype=torch.float32, device=device)
                     if cfg.au_weights else None)
     # One loss for every variant: the paper's three AU groups, whichever head made the logits.
-    criterion = TaskLoss(cfg.task, region_loss_groups(au_ids),
-                         model.intensity_groups if model.has_intensity else (), loss_weights,
-                         cfg.intensity_weight, cfg.intensity_loss)
+    criterion = task_loss_for(cfg.task, au_ids, model_cfg.intensity_aus, loss_weights,
+                              cfg.intensity_weight, cfg.intensity_loss)
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,
