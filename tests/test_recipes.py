@@ -89,3 +89,29 @@ def test_recipe_lands_in_config_json(tmp_path, caplog):
     assert recorded["frozen"]["frozen_blocks"] == 0
     assert main(BASE + ["--recipe", "paper"]) == 1
     assert "--pretrained" in caplog.text
+
+
+def test_a_recipes_batch_is_global_and_an_explicit_batch_size_per_process():
+    """Issue 21 item 7: under torchrun --recipe paper trains the paper's global batch of 64
+    (64 / world per process), refused when the processes do not divide it; an explicit
+    --batch-size stays per process. config.json's "batch" says which it was."""
+    from model.engine.config import batch_record, effective_lr, hold_global_batch
+
+    paper = _config(BASE + ["--recipe", "cpu-demo"])
+    assert paper.batch_size == 64 and paper.recipe["global_batch"] == 64
+    for world in (1, 2, 4):
+        held = hold_global_batch(paper, world)
+        record = batch_record(held, world)
+        assert (record["per_process"], record["global"]) == (64 // world, 64)
+        assert "recipe cpu-demo" in record["set_by"]
+    with pytest.raises(ValueError, match=r"--recipe cpu-demo: .*64 does not divide over 3 .*1, 2, "
+                                         r"4, 8 or 16"):
+        hold_global_batch(paper, 3)
+    linear = _config(BASE + ["--recipe", "cpu-demo", "--lr-scaling", "linear"])
+    assert effective_lr(hold_global_batch(linear, 4), 4) == linear.lr  # the batch did not grow
+    mine = _config(BASE + ["--recipe", "cpu-demo", "--batch-size", "24"])
+    assert "global_batch" not in mine.recipe and hold_global_batch(mine, 4).batch_size == 24
+    assert batch_record(mine, 4)["global"] == 96
+    assert batch_record(mine, 4)["set_by"] == "--batch-size (per process)"
+    plain = TrainConfig(shards="", manifest="", fold=1, out="", batch_size=8)
+    assert hold_global_batch(plain, 3).batch_size == 8

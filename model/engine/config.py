@@ -27,7 +27,7 @@ class TrainConfig:
     input_transform: str = "auto"
     epochs: int = 100
     batches_per_epoch: int = 100
-    batch_size: int = 64              # per process (per GPU); global = batch_size * world
+    batch_size: int = 64              # per process (per GPU); a recipe's is global (below)
     lr: float = 0.001
     lr_scaling: str = "none"          # "linear": lr * world (the global batch over the per-GPU one)
     lr_schedule: str = "constant"
@@ -142,10 +142,53 @@ def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+#: Key of a recipe record (``TrainConfig.recipe``) whose batch size came from the recipe: that
+#: batch is the global one, split over the torchrun processes (``hold_global_batch``).
+GLOBAL_BATCH = "global_batch"
+
+
+def holds_global_batch(cfg: TrainConfig) -> bool:
+    """Whether the run's batch size is a recipe's global batch (not a per-process --batch-size)."""
+    return bool((cfg.recipe or {}).get(GLOBAL_BATCH))
+
+
+def hold_global_batch(cfg: TrainConfig, world: int) -> TrainConfig:
+    """``cfg`` with the per-process batch of a recipe's global batch over ``world`` processes.
+
+    A recipe describes one training (the paper's 64 frames a step), so under torchrun its batch
+    is split, not multiplied; a global batch the processes do not divide is refused. An explicit
+    ``--batch-size`` is per process, as in torchvision's and timm's references (unchanged here).
+    """
+    if not holds_global_batch(cfg):
+        return cfg
+    total = int(cfg.recipe[GLOBAL_BATCH])
+    if total % world:
+        raise ValueError(f"--recipe {cfg.recipe.get('name')}: its global batch of {total} does not "
+                         f"divide over {world} processes; run {_divisors(total)} processes, or "
+                         f"give --batch-size (per process: the global batch is it x {world})")
+    return dataclasses.replace(cfg, batch_size=total // world)
+
+
+def _divisors(n: int) -> str:
+    counts = [str(d) for d in range(1, min(n, 16) + 1) if n % d == 0]
+    return ", ".join(counts[:-1]) + f" or {counts[-1]}" if len(counts) > 1 else counts[0]
+
+
+def batch_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
+    """What config.json says of the batch: per process, processes, global, who set it, the lr."""
+    set_by = (f"recipe {cfg.recipe.get('name')} (global batch, split over the processes)"
+              if holds_global_batch(cfg) else "--batch-size (per process)")
+    return {"per_process": cfg.batch_size, "processes": world, "global": cfg.batch_size * world,
+            "set_by": set_by, "lr_rule": cfg.lr_scaling, "base_lr": cfg.lr,
+            "lr": effective_lr(cfg, world)}
+
+
 def effective_lr(cfg: TrainConfig, world: int) -> float:
     """The learning rate the optimiser uses: ``--lr``, times the process count under
-    ``--lr-scaling linear`` (Goyal et al.'s rule for a global batch ``world`` times larger)."""
-    return cfg.lr * world if cfg.lr_scaling == "linear" else cfg.lr
+    ``--lr-scaling linear`` (Goyal et al.'s rule for a global batch ``world`` times larger).
+    A recipe's global batch does not grow with the processes, so its lr is not scaled."""
+    scaled = cfg.lr_scaling == "linear" and not holds_global_batch(cfg)
+    return cfg.lr * world if scaled else cfg.lr
 
 
 def protocol_note(select_on: str, threshold: int) -> str:
@@ -179,7 +222,7 @@ def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None,
         recipe = load_recipe(values["recipe"])
         given = explicit if explicit is not None else _changed_from_defaults(values)
         values.update({k: v for k, v in recipe.settings.items() if k not in given})
-        values["recipe"] = recipe.record()
+        values["recipe"] = recipe.record(global_batch="batch_size" not in given)
     values.update({k: v for k, v in overrides.items() if k in known})
     return TrainConfig(**_typed(values))
 

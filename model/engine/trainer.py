@@ -3,7 +3,7 @@
 Layout follows torchvision's reference ``train.py``: ``load_data``, ``train_one_epoch``,
 ``evaluate`` and ``main`` are kept apart. Under ``torchrun`` every process trains on its own
 sampler stream (seeded by rank) with ``batch_size`` frames a step (``--batch-size`` is per GPU,
-as in torchvision and timm; the global batch is ``batch_size * world_size``), gradients are
+as in torchvision and timm; a recipe's batch is global and split), gradients are
 averaged by DDP, evaluation counts are summed over ranks, and only rank 0 writes files.
 """
 from __future__ import annotations
@@ -35,14 +35,14 @@ from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_fli
                    check_frame_counts, collate_frames, default_workers, evaluation_indices,
                    fold_spec, load_manifest, open_shards, single_threaded_opencv,
                    training_subjects)
-from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, effective_lr, protocol_note,
-                     threshold_note)
+from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_lr,
+                     hold_global_batch, protocol_note, threshold_note)
 from .early_stopping import EarlyStopping
 from .losses import task_loss_for
 from .precision import Precision, choose_precision
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics, intensity_markdown
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
-from ..evaluation.ranking import tune_thresholds
+from ..evaluation.ranking import logits_to_probabilities, tune_logit_thresholds
 from ..evaluation.provenance import recipe_line
 from ..evaluation.records import results_markdown, write_json, write_metrics
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
@@ -718,6 +718,8 @@ def prepare_runtime(cfg: TrainConfig, explicit: set[str]
     resume_state = None
     if cfg.resume:
         cfg, resume_state = _resume_config(cfg, explicit)
+    else:
+        cfg = hold_global_batch(cfg, info.world)  # a recipe's batch is global: split it
     device = resolve_device(cfg.device, info)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # so that nothing (no context) lands on GPU 0 by default
@@ -981,12 +983,6 @@ def _intensity_note(cfg: TrainConfig) -> str:
     return f" (intensity loss {weight}{cfg.intensity_loss})"
 
 
-def batch_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
-    """How many frames a step sees and the learning rate that goes with it (config.json)."""
-    return {"per_process": cfg.batch_size, "processes": world, "global": cfg.batch_size * world,
-            "lr_rule": cfg.lr_scaling, "base_lr": cfg.lr, "lr": effective_lr(cfg, world)}
-
-
 def checkpoint_state(run: TrainingRun, progress_epoch: int, accumulator: EpochAccumulator,
                      consumed: int | None) -> dict[str, Any]:
     """last.pt's content. Collective: every rank contributes its sampler and RNG streams."""
@@ -1155,17 +1151,17 @@ def tune_decision_thresholds(run: TrainingRun, tested: MetricAccumulator) -> dic
     tuned = run_evaluation(_unwrap(run.model), run.data.tune_loader, run.device, run.au_ids,
                            amp=cfg.amp, channels_last=cfg.channels_last, info=run.info,
                            desc=f"tune {cfg.tune_threshold}", quiet=True, scores=True)
-    scores, labels, _ = tuned.score_arrays()
-    values = tune_thresholds(scores, labels)
-    record = {"au_ids": run.au_ids, "values": values, "tuned_on": cfg.tune_threshold,
-              "note": threshold_note(cfg.tune_threshold)}
+    logits = tune_logit_thresholds(*tuned.score_arrays()[:2])  # float64: no saturated ties
+    values = logits_to_probabilities(logits)
+    record = {"au_ids": run.au_ids, "values": values, "logits": logits,
+              "tuned_on": cfg.tune_threshold, "note": threshold_note(cfg.tune_threshold)}
     if run.info.is_main:
         best = load_checkpoint(run.run_dir / "best.pt", map_location="cpu")
         save_checkpoint(run.run_dir / "best.pt", {**best, "decision_thresholds": record})
         log.info("decision thresholds tuned on %s: %s", cfg.tune_threshold,
                  _fmt_rates(run.au_ids, values))
     return {"decision_thresholds": record,
-            "test_tuned": tested.at_thresholds(values).compute().as_dict()}
+            "test_tuned": tested.at_thresholds(values, logits).compute().as_dict()}
 
 
 def best_weights(run_dir: Path, info: DistInfo) -> dict[str, torch.Tensor]:
