@@ -40,6 +40,7 @@ from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_l
 from .early_stopping import EarlyStopping
 from .losses import task_loss_for
 from .precision import Precision, choose_precision
+from .selection import selection_record
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics, intensity_markdown
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
 from ..evaluation.ranking import logits_to_probabilities, tune_logit_thresholds
@@ -131,6 +132,7 @@ class FoldData:
     expected_rate: np.ndarray
     select_frames: int
     test_frames: int
+    selection: dict[str, Any] = field(default_factory=dict)  # selection.selection_record
 
 
 def _loader_generator() -> torch.Generator:
@@ -274,6 +276,8 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
         au_weights=au_weights, natural_rate=train.natural_positive_rate(),
         expected_rate=expected_positive_rate(train.labels, weights),
         select_frames=len(select_idx), test_frames=len(test),
+        selection=selection_record(select, select_idx, spec.au_ids, cfg.select_on, spec.fold,
+                                   warn=info.is_main),
     )
 
 
@@ -939,7 +943,7 @@ def record_run_start(run: TrainingRun) -> None:
                     "natural_positive_rate": data.natural_rate.tolist(),
                     "expected_drawn_positive_rate": data.expected_rate.tolist()},
         "frames": {"train": len(data.train), "select": data.select_frames,
-                   "test": data.test_frames},
+                   "test": data.test_frames}, "selection": data.selection,
         "trainable_parameters": sum(p.numel() for p in params),
         "frozen": run.freezing, "recipe": cfg.recipe,
         "sync_batchnorm": run.sync_batchnorm or {"enabled": False, "note": "one process"},
