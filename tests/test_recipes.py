@@ -115,3 +115,23 @@ def test_a_recipes_batch_is_global_and_an_explicit_batch_size_per_process():
     assert batch_record(mine, 4)["set_by"] == "--batch-size (per process)"
     plain = TrainConfig(shards="", manifest="", fold=1, out="", batch_size=8)
     assert hold_global_batch(plain, 3).batch_size == 8
+
+
+def test_a_recipe_global_batch_run_resumes_only_on_its_process_count():
+    """Issue 21 item 7: last.pt stores the per-process share of a recipe's global batch, so
+    resuming on another process count would train another global batch: refused, like
+    --lr-scaling linear; a per-process --batch-size run may change count (warned)."""
+    from model.engine.checkpoint import CheckpointError
+    from model.engine.config import hold_global_batch
+    from model.engine.distributed import DistInfo
+    from model.engine.trainer import check_resume_world
+
+    state = {"world_size": 2, "progress": {"accumulator": {"batches": 0}}}
+    recipe = hold_global_batch(_config(BASE + ["--recipe", "cpu-demo"]), 2)
+    check_resume_world(state, recipe, DistInfo(rank=0, world=2))
+    with pytest.raises(CheckpointError, match="recipe cpu-demo's global batch of 64"):
+        check_resume_world(state, recipe, DistInfo(rank=0, world=4))
+    check_resume_world(state, _config(BASE + ["--batch-size", "8"]), DistInfo(rank=0, world=4))
+    with pytest.raises(CheckpointError, match="lr-scaling linear"):
+        check_resume_world(state, _config(BASE + ["--lr-scaling", "linear"]),
+                           DistInfo(rank=0, world=4))

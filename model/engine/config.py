@@ -169,6 +169,17 @@ def hold_global_batch(cfg: TrainConfig, world: int) -> TrainConfig:
     return dataclasses.replace(cfg, batch_size=total // world)
 
 
+def world_bound(cfg: TrainConfig) -> str:
+    """What of the run the process count fixes ('' if nothing): the linearly scaled learning
+    rate, or a recipe's global batch (its per-process share is stored; resuming on another
+    count would train another global batch)."""
+    if cfg.lr_scaling == "linear" and not holds_global_batch(cfg):
+        return "--lr-scaling linear (the learning rate)"
+    if holds_global_batch(cfg):
+        return f"recipe {cfg.recipe.get('name')}'s global batch of {cfg.recipe[GLOBAL_BATCH]}"
+    return ""
+
+
 def _divisors(n: int) -> str:
     counts = [str(d) for d in range(1, min(n, 16) + 1) if n % d == 0]
     return ", ".join(counts[:-1]) + f" or {counts[-1]}" if len(counts) > 1 else counts[0]

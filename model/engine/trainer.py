@@ -36,7 +36,7 @@ from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_fli
                    fold_spec, load_manifest, open_shards, single_threaded_opencv,
                    training_subjects)
 from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_lr,
-                     hold_global_batch, protocol_note, threshold_note)
+                     hold_global_batch, protocol_note, threshold_note, world_bound)
 from .early_stopping import EarlyStopping
 from .losses import task_loss_for
 from .precision import Precision, choose_precision
@@ -886,7 +886,7 @@ def with_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) -> None:
     """Resuming on another number of processes is allowed at an epoch boundary (labelled, not
     bit-exact: ranks beyond the saved ones start fresh sampler streams); mid-epoch, or with
-    --lr-scaling linear (the learning rate would change), it is refused."""
+    --lr-scaling linear or a recipe's global batch (lr or global batch would change), refused."""
     saved = int(state.get("world_size", 1))
     if saved == info.world:
         return
@@ -894,9 +894,9 @@ def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) 
     if int(state["progress"]["accumulator"].get("batches", 0)):
         raise CheckpointError(f"{path}: stopped mid-epoch with {saved} processes; resume with "
                               f"{saved} (got {info.world}) to continue that epoch exactly")
-    if cfg.lr_scaling == "linear":
-        raise CheckpointError(f"{path}: saved by {saved} processes under --lr-scaling linear; "
-                              f"resuming with {info.world} would change the learning rate")
+    if world_bound(cfg):
+        raise CheckpointError(f"{path}: saved by {saved} processes under {world_bound(cfg)}; "
+                              f"resuming with {info.world} would change it")
     if info.is_main:
         log.warning("%s: saved by %d processes, resumed with %d: global batch %d -> %d; the "
                     "continuation is not bit-identical to an uninterrupted run", path, saved,
