@@ -135,3 +135,20 @@ def test_a_recipe_global_batch_run_resumes_only_on_its_process_count():
     with pytest.raises(CheckpointError, match="lr-scaling linear"):
         check_resume_world(state, _config(BASE + ["--lr-scaling", "linear"]),
                            DistInfo(rank=0, world=4))
+
+
+def test_a_torchrun_run_of_a_recipe_is_the_same_recipe_for_reuse():
+    """A run of --recipe cpu-demo on 4 processes records batch_size 16 (its share of 64): the
+    same recipe on one process is the same training for crossval's reuse; a run whose 16 was a
+    per-process --batch-size is not."""
+    from dataclasses import asdict
+
+    from model.engine.config import hold_global_batch, recipe_differences
+
+    cfg = _config(BASE + ["--recipe", "cpu-demo"])
+    recorded = asdict(hold_global_batch(cfg, 4))
+    assert recorded["batch_size"] == 16 and recipe_differences(cfg, recorded) == []
+    other = _config(BASE + ["--recipe", "cpu-demo", "--batch-size", "16"])
+    assert recipe_differences(other, asdict(cfg)) == ["--batch-size 16 (run has 64)"]
+    assert recipe_differences(hold_global_batch(cfg, 2), asdict(other)) == [
+        "--batch-size 32 (run has 16)"]

@@ -129,13 +129,19 @@ def recipe_differences(cfg: TrainConfig, recorded: dict[str, Any]) -> list[str]:
     defaults = TrainConfig(shards="", manifest="", fold=1, out="")
     out = []
     for f in dataclasses.fields(TrainConfig):
-        if f.name in RUNTIME_OPTIONS:
+        if f.name in RUNTIME_OPTIONS or (f.name == "batch_size" and _same_global(cfg, recorded)):
             continue
         theirs = recorded.get(f.name, LEGACY_TRAIN_CONFIG.get(f.name, getattr(defaults, f.name)))
         mine = getattr(cfg, f.name)
         if _normal(mine) != _normal(theirs):
             out.append(f"--{f.name.replace('_', '-')} {mine!r} (run has {theirs!r})")
     return out
+
+
+def _same_global(cfg: TrainConfig, recorded: dict[str, Any]) -> bool:
+    """Both hold the same recipe global batch (the recorded batch_size is a torchrun share)."""
+    theirs = (recorded.get("recipe") or {}).get(GLOBAL_BATCH)
+    return holds_global_batch(cfg) and theirs == cfg.recipe[GLOBAL_BATCH]
 
 
 def _normal(value: Any) -> Any:
