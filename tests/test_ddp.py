@@ -34,19 +34,23 @@ def test_two_process_gloo_run(tmp_path):
     out = tmp_path / "run"
     script = tmp_path / "train_on_separate_disks.py"
     script.write_text(SEPARATE_DISKS)
+    recipe = tmp_path / "two.json"  # a recipe's batch is global: 16 = 8 per process x 2
+    recipe.write_text(json.dumps({"name": "two", "settings": {"batch_size": 16}}))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), "--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
            "--out", str(out), "--preset", "small", "--epochs", "2", "--batches-per-epoch", "2",
-           "--batch-size", "8", "--workers", "0", "--threads", "1", "--device", "cpu", "--quiet",
+           "--recipe", str(recipe), "--workers", "0", "--threads", "1", "--device", "cpu", "--quiet",
            "--lr", "0.05", "--task", "both"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
-    # --batch-size is per process: each rank draws 8 frames a step, the global batch is 16
+    # the recipe's batch of 16 is the global one: each rank draws 8 frames a step
     assert config["batch"] == {"per_process": 8, "processes": 2, "global": 16, "lr_rule": "none",
-                               "base_lr": 0.05, "lr": 0.05}
+                               "base_lr": 0.05, "lr": 0.05,
+                               "set_by": "recipe two (global batch, split over the processes)"}
+    assert config["train_config"]["batch_size"] == 8 and config["recipe"]["global_batch"] == 16
     assert "global batch 16" in proc.stderr
     # SyncBatchNorm is on by default under DDP; torch runs it on CUDA only, which is recorded
     assert config["train_config"]["sync_bn"] is True

@@ -189,3 +189,37 @@ def test_intensity_training_steps_make_no_host_syncs(intensity_loss):
     with pytest.raises(ValueError, match="frame index"):
         trainer.train_step(model, criterion, optimizer, precision.grad_scaler(), scheduler,
                            images, targets, torch.device("cpu"), cfg, precision)
+
+
+@pytest.mark.parametrize("intensity_loss", ["mse", "ordinal"])
+def test_single_and_three_branch_variants_train_one_intensity_loss(intensity_loss, tmp_path):
+    """Issue 21 item 2: the criterion the trainer builds sums the intensity loss over the AUs'
+    region groups for every variant, so a single-branch variant (one head for 12 AUs) gets the
+    same loss and gradient as TRA-Net on the same predictions, not one mean a third the size."""
+    from types import SimpleNamespace
+
+    from model.engine.losses import region_loss_groups
+    from model.engine.trainer import DistInfo, build_run
+    from model.nets.regions import ALL_AUS, EVAL_AUS
+
+    data = SimpleNamespace(spec=SimpleNamespace(au_ids=list(EVAL_AUS)), threshold=3,
+                           geometry={"image_size": 32, "nose_target": (16.0, 16.0)},
+                           au_weights=np.ones(len(EVAL_AUS)))
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, len(EVAL_AUS), generator=gen)
+    labels = (torch.rand(6, len(EVAL_AUS), generator=gen) > 0.5).float()
+    pred = torch.rand(6, len(ALL_AUS), generator=gen) * 5
+    codes = torch.randint(0, 6, (6, len(ALL_AUS)), generator=gen).float()
+    seen = {}
+    for variant in ("senet50", "senet50_cbam", "tranet"):
+        cfg = TrainConfig(shards="", manifest="", fold=1, out=str(tmp_path / variant),
+                          variant=variant, preset="small", task="intensity", quiet=True,
+                          intensity_loss=intensity_loss, device="cpu")
+        run = build_run(cfg, DistInfo(), torch.device("cpu"), data, None)
+        assert run.criterion.intensity_groups == region_loss_groups(ALL_AUS)
+        p = pred.clone().requires_grad_(True)
+        loss = run.criterion(logits, labels, p, codes)
+        loss.backward()
+        seen[variant] = (float(loss.detach()), float(p.grad.norm()))
+    assert seen["senet50"] == pytest.approx(seen["tranet"], rel=1e-6)
+    assert seen["senet50_cbam"] == pytest.approx(seen["tranet"], rel=1e-6)

@@ -89,3 +89,66 @@ def test_recipe_lands_in_config_json(tmp_path, caplog):
     assert recorded["frozen"]["frozen_blocks"] == 0
     assert main(BASE + ["--recipe", "paper"]) == 1
     assert "--pretrained" in caplog.text
+
+
+def test_a_recipes_batch_is_global_and_an_explicit_batch_size_per_process():
+    """Issue 21 item 7: under torchrun --recipe paper trains the paper's global batch of 64
+    (64 / world per process), refused when the processes do not divide it; an explicit
+    --batch-size stays per process. config.json's "batch" says which it was."""
+    from model.engine.config import batch_record, effective_lr, hold_global_batch
+
+    paper = _config(BASE + ["--recipe", "cpu-demo"])
+    assert paper.batch_size == 64 and paper.recipe["global_batch"] == 64
+    for world in (1, 2, 4):
+        held = hold_global_batch(paper, world)
+        record = batch_record(held, world)
+        assert (record["per_process"], record["global"]) == (64 // world, 64)
+        assert "recipe cpu-demo" in record["set_by"]
+    with pytest.raises(ValueError, match=r"--recipe cpu-demo: .*64 does not divide over 3 .*1, 2, "
+                                         r"4, 8 or 16"):
+        hold_global_batch(paper, 3)
+    linear = _config(BASE + ["--recipe", "cpu-demo", "--lr-scaling", "linear"])
+    assert effective_lr(hold_global_batch(linear, 4), 4) == linear.lr  # the batch did not grow
+    mine = _config(BASE + ["--recipe", "cpu-demo", "--batch-size", "24"])
+    assert "global_batch" not in mine.recipe and hold_global_batch(mine, 4).batch_size == 24
+    assert batch_record(mine, 4)["global"] == 96
+    assert batch_record(mine, 4)["set_by"] == "--batch-size (per process)"
+    plain = TrainConfig(shards="", manifest="", fold=1, out="", batch_size=8)
+    assert hold_global_batch(plain, 3).batch_size == 8
+
+
+def test_a_recipe_global_batch_run_resumes_only_on_its_process_count():
+    """Issue 21 item 7: last.pt stores the per-process share of a recipe's global batch, so
+    resuming on another process count would train another global batch: refused, like
+    --lr-scaling linear; a per-process --batch-size run may change count (warned)."""
+    from model.engine.checkpoint import CheckpointError
+    from model.engine.config import hold_global_batch
+    from model.engine.distributed import DistInfo
+    from model.engine.trainer import check_resume_world
+
+    state = {"world_size": 2, "progress": {"accumulator": {"batches": 0}}}
+    recipe = hold_global_batch(_config(BASE + ["--recipe", "cpu-demo"]), 2)
+    check_resume_world(state, recipe, DistInfo(rank=0, world=2))
+    with pytest.raises(CheckpointError, match="recipe cpu-demo's global batch of 64"):
+        check_resume_world(state, recipe, DistInfo(rank=0, world=4))
+    check_resume_world(state, _config(BASE + ["--batch-size", "8"]), DistInfo(rank=0, world=4))
+    with pytest.raises(CheckpointError, match="lr-scaling linear"):
+        check_resume_world(state, _config(BASE + ["--lr-scaling", "linear"]),
+                           DistInfo(rank=0, world=4))
+
+
+def test_a_torchrun_run_of_a_recipe_is_the_same_recipe_for_reuse():
+    """A run of --recipe cpu-demo on 4 processes records batch_size 16 (its share of 64): the
+    same recipe on one process is the same training for crossval's reuse; a run whose 16 was a
+    per-process --batch-size is not."""
+    from dataclasses import asdict
+
+    from model.engine.config import hold_global_batch, recipe_differences
+
+    cfg = _config(BASE + ["--recipe", "cpu-demo"])
+    recorded = asdict(hold_global_batch(cfg, 4))
+    assert recorded["batch_size"] == 16 and recipe_differences(cfg, recorded) == []
+    other = _config(BASE + ["--recipe", "cpu-demo", "--batch-size", "16"])
+    assert recipe_differences(other, asdict(cfg)) == ["--batch-size 16 (run has 64)"]
+    assert recipe_differences(hold_global_batch(cfg, 2), asdict(other)) == [
+        "--batch-size 32 (run has 16)"]

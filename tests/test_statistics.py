@@ -208,3 +208,37 @@ def test_per_au_p_values_are_holm_corrected_and_the_raw_ones_kept():
     assert "not covered: training-seed variance" in " ".join(result["method"])
     assert "54 test subjects" not in " ".join(result["method"])
     assert "9 test subjects" in " ".join(result["method"])
+
+
+def test_ranking_metrics_from_saturated_logits_equal_sklearn_on_float64_logits():
+    """Issue 21 item 9: logits above ~17 have a float32 sigmoid of exactly 1.0; AUC, AP and the
+    tuned thresholds come from the float64 logits, so confident frames keep their order."""
+    import torch
+    from sklearn.metrics import precision_recall_curve
+
+    from model.evaluation.metrics import MetricAccumulator
+
+    rng = np.random.default_rng(11)
+    y = rng.random((300, 2)) < [0.3, 0.6]
+    logits = (21 + rng.random((300, 2)) * 8 + y * rng.uniform(0.5, 3, 2)).astype(np.float32)
+    assert torch.sigmoid(torch.from_numpy(logits)).eq(1.0).all()  # saturated in float32
+    acc = MetricAccumulator([1, 2], keep_scores=True)
+    acc.update(torch.from_numpy(logits), torch.from_numpy(y.astype(np.float32)))
+    metrics = acc.compute()
+    exact = logits.astype(np.float64)
+    for k in range(2):
+        assert metrics.auc[k] == pytest.approx(roc_auc_score(y[:, k], exact[:, k]), abs=1e-12)
+        assert metrics.average_precision[k] == pytest.approx(
+            average_precision_score(y[:, k], exact[:, k]), abs=1e-12)
+    from model.evaluation.ranking import logits_to_probabilities, tune_logit_thresholds
+
+    cuts = tune_logit_thresholds(*acc.score_arrays()[:2])
+    probabilities = logits_to_probabilities(cuts)
+    assert all(0.5 < p < 1.0 for p in probabilities)  # shown as probabilities, not saturated
+    tuned = acc.at_thresholds(probabilities, cuts).compute()
+    for k in range(2):
+        precision, recall, _ = precision_recall_curve(y[:, k], exact[:, k])
+        best = np.max(np.divide(2 * precision * recall, precision + recall,
+                                out=np.zeros_like(precision), where=precision + recall > 0))
+        assert tuned.f1[k] == pytest.approx(best, abs=1e-12)
+        assert f1_score(y[:, k], exact[:, k] >= cuts[k]) == pytest.approx(best, abs=1e-12)

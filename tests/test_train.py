@@ -377,3 +377,30 @@ def test_resume_may_change_the_frame_cache(data, tmp_path):
                     explicit={"resume", "epochs", "cache_frames_mb"})
     assert summary["status"] == "finished" and summary["epochs_run"] == 2
     assert load_checkpoint(tmp_path / "run" / "last.pt")["train_config"]["cache_frames_mb"] == 0
+
+
+def test_selection_warns_of_an_au_without_positive_validation_frames(tmp_path, caplog):
+    """Issue 21 item 8: an AU the validation subjects never show has F1 0 for every model, so
+    selection is blind to it: the run warns naming the AU and the fold, and config.json lists
+    the validation positives per AU (counted here from the shard's own labels)."""
+    from pipeline.shards import ShardReader, shard_name
+    from trainer_fixtures import FIXTURE_RATES
+
+    no_au9 = list(FIXTURE_RATES)
+    no_au9[4] = 0.0                                       # EVAL_AUS[4] is AU9
+    shards = tmp_path / "shards"
+    for j, subject in enumerate(("SN001", "SN002", "SN003", "SN004")):
+        write_subject(shards / shard_name(subject, "left"), subject, 24, 32, j,
+                      rates=no_au9 if subject == "SN003" else FIXTURE_RATES)
+    manifest = write_manifest(tmp_path / "folds.json", shards,
+                              [(["SN001", "SN002"], ["SN003"], ["SN004"])], 32)
+    with caplog.at_level(logging.WARNING, logger="model.train"):
+        train(config((shards, manifest), tmp_path / "run", epochs=1, batches_per_epoch=1))
+    warned = [r.getMessage() for r in caplog.records if "no positive frame" in r.getMessage()]
+    assert len(warned) == 1 and "fold 1" in warned[0] and "AU9" in warned[0]
+    assert "SN003" in warned[0] and "AU12" not in warned[0]
+    selection = json.loads((tmp_path / "run" / "config.json").read_text())["selection"]
+    expected = ShardReader(shards / shard_name("SN003", "left")).labels.sum(axis=0)
+    assert selection["positives"] == expected.tolist() and selection["no_positive"] == [9]
+    assert selection["split"] == "val" and selection["positives_per_subject"] == {
+        "SN003": expected.tolist()}

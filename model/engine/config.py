@@ -28,7 +28,7 @@ class TrainConfig:
     input_transform: str = "auto"
     epochs: int = 100
     batches_per_epoch: int = 100
-    batch_size: int = 64              # per process (per GPU); global = batch_size * world
+    batch_size: int = 64              # per process (per GPU); a recipe's is global (below)
     lr: float = 0.001
     lr_scaling: str = "none"          # "linear": lr * world (the global batch over the per-GPU one)
     lr_schedule: str = "constant"
@@ -133,7 +133,7 @@ def recipe_differences(cfg: TrainConfig, recorded: dict[str, Any]) -> list[str]:
     defaults = TrainConfig(shards="", manifest="", fold=1, out="")
     out = []
     for f in dataclasses.fields(TrainConfig):
-        if f.name in RUNTIME_OPTIONS:
+        if f.name in RUNTIME_OPTIONS or (f.name == "batch_size" and _same_global(cfg, recorded)):
             continue
         theirs = recorded.get(f.name, LEGACY_TRAIN_CONFIG.get(f.name, getattr(defaults, f.name)))
         mine = getattr(cfg, f.name)
@@ -142,14 +142,74 @@ def recipe_differences(cfg: TrainConfig, recorded: dict[str, Any]) -> list[str]:
     return out
 
 
+def _same_global(cfg: TrainConfig, recorded: dict[str, Any]) -> bool:
+    """Both hold the same recipe global batch (the recorded batch_size is a torchrun share)."""
+    theirs = (recorded.get("recipe") or {}).get(GLOBAL_BATCH)
+    return holds_global_batch(cfg) and theirs == cfg.recipe[GLOBAL_BATCH]
+
+
 def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+#: Key of a recipe record (``TrainConfig.recipe``) whose batch size came from the recipe: that
+#: batch is the global one, split over the torchrun processes (``hold_global_batch``).
+GLOBAL_BATCH = "global_batch"
+
+
+def holds_global_batch(cfg: TrainConfig) -> bool:
+    """Whether the run's batch size is a recipe's global batch (not a per-process --batch-size)."""
+    return bool((cfg.recipe or {}).get(GLOBAL_BATCH))
+
+
+def hold_global_batch(cfg: TrainConfig, world: int) -> TrainConfig:
+    """``cfg`` with the per-process batch of a recipe's global batch over ``world`` processes.
+
+    A recipe describes one training (the paper's 64 frames a step), so under torchrun its batch
+    is split, not multiplied; a global batch the processes do not divide is refused. An explicit
+    ``--batch-size`` is per process, as in torchvision's and timm's references (unchanged here).
+    """
+    if not holds_global_batch(cfg):
+        return cfg
+    total = int(cfg.recipe[GLOBAL_BATCH])
+    if total % world:
+        raise ValueError(f"--recipe {cfg.recipe.get('name')}: its global batch of {total} does not "
+                         f"divide over {world} processes; run {_divisors(total)} processes, or "
+                         f"give --batch-size (per process: the global batch is it x {world})")
+    return dataclasses.replace(cfg, batch_size=total // world)
+
+
+def world_bound(cfg: TrainConfig) -> str:
+    """What of the run the process count fixes ('' if nothing): the linearly scaled learning
+    rate, or a recipe's global batch (its per-process share is stored; resuming on another
+    count would train another global batch)."""
+    if cfg.lr_scaling == "linear" and not holds_global_batch(cfg):
+        return "--lr-scaling linear (the learning rate)"
+    if holds_global_batch(cfg):
+        return f"recipe {cfg.recipe.get('name')}'s global batch of {cfg.recipe[GLOBAL_BATCH]}"
+    return ""
+
+
+def _divisors(n: int) -> str:
+    counts = [str(d) for d in range(1, min(n, 16) + 1) if n % d == 0]
+    return ", ".join(counts[:-1]) + f" or {counts[-1]}" if len(counts) > 1 else counts[0]
+
+
+def batch_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
+    """What config.json says of the batch: per process, processes, global, who set it, the lr."""
+    set_by = (f"recipe {cfg.recipe.get('name')} (global batch, split over the processes)"
+              if holds_global_batch(cfg) else "--batch-size (per process)")
+    return {"per_process": cfg.batch_size, "processes": world, "global": cfg.batch_size * world,
+            "set_by": set_by, "lr_rule": cfg.lr_scaling, "base_lr": cfg.lr,
+            "lr": effective_lr(cfg, world)}
+
+
 def effective_lr(cfg: TrainConfig, world: int) -> float:
     """The learning rate the optimiser uses: ``--lr``, times the process count under
-    ``--lr-scaling linear`` (Goyal et al.'s rule for a global batch ``world`` times larger)."""
-    return cfg.lr * world if cfg.lr_scaling == "linear" else cfg.lr
+    ``--lr-scaling linear`` (Goyal et al.'s rule for a global batch ``world`` times larger).
+    A recipe's global batch does not grow with the processes, so its lr is not scaled."""
+    scaled = cfg.lr_scaling == "linear" and not holds_global_batch(cfg)
+    return cfg.lr * world if scaled else cfg.lr
 
 
 def protocol_note(select_on: str, threshold: int) -> str:
@@ -185,7 +245,7 @@ def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None,
         recipe = load_recipe(values["recipe"])
         given = explicit if explicit is not None else _changed_from_defaults(values)
         values.update({k: v for k, v in recipe.settings.items() if k not in given})
-        values["recipe"] = recipe.record()
+        values["recipe"] = recipe.record(global_batch="batch_size" not in given)
     values.update({k: v for k, v in overrides.items() if k in known})
     return TrainConfig(**_typed(values))
 

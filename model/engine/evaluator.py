@@ -113,7 +113,9 @@ def _add_extras(result: dict[str, Any], acc: Any, regression: Any,
     tuned = state.get("decision_thresholds")
     if tuned:
         result["decision_thresholds"] = tuned
-        result["metrics_tuned"] = acc.at_thresholds(tuned["values"]).compute().as_dict()
+        # the logits where recorded: a probability near 1 cannot say which logits pass
+        result["metrics_tuned"] = acc.at_thresholds(tuned["values"],
+                                                    tuned.get("logits")).compute().as_dict()
     return result
 
 

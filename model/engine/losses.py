@@ -129,12 +129,28 @@ def branch_ordinal_loss(predictions: torch.Tensor, targets: torch.Tensor,
 TASKS = ("occurrence", "intensity", "both")
 
 
+def task_loss_for(task: str, au_ids: Sequence[int], intensity_aus: Sequence[int] = (),
+                  au_weights: torch.Tensor | None = None, intensity_weight: float = 1.0,
+                  intensity_loss: str = "mse") -> "TaskLoss":
+    """The :class:`TaskLoss` of every variant: both terms summed over the region groups of their
+    AUs (occurrence ``au_ids``, intensity ``intensity_aus``), not over the model's heads.
+
+    A single-branch variant's one intensity head would otherwise be one mean over 12 AUs, about
+    a third of the region-summed loss of the three-branch variants (as the BCE was before), and
+    an intensity ablation would compare learning rates instead of modules.
+    """
+    return TaskLoss(task, region_loss_groups(au_ids),
+                    region_loss_groups(intensity_aus) if intensity_aus else (), au_weights,
+                    intensity_weight, intensity_loss)
+
+
 class TaskLoss:
     """The training loss of ``--task`` (and ``--intensity-loss``).
 
     * occurrence: :func:`branch_bce_loss` (the paper);
     * intensity: the intensity loss alone: :func:`branch_intensity_loss` (``mse``, MSE per
-      branch, summed) or :func:`branch_ordinal_loss` (``ordinal``);
+      region group, summed) or :func:`branch_ordinal_loss` (``ordinal``); build it with
+      :func:`task_loss_for` so the groups are the AUs' regions whatever the model's heads;
     * both: BCE + ``intensity_weight`` x the intensity loss. Each term is a sum over the same
       branches of a per-branch mean (BCE of a 0/1 label; squared error of intensity / 5, or the
       mean BCE of the five thresholds). The MSE of a head that predicts the mean is about the

@@ -5,6 +5,8 @@ A recipe is ``{"name", "description", "requires_pretrained", "settings": {option
 ``model.train --recipe paper`` starts from ``model/recipes/paper.json``; ``--recipe FILE.json``
 from a copy a user edited. Options given on the command line override the recipe, and the
 recipe's name, file and settings are recorded in the run's config.json (``train_config.recipe``).
+A recipe's ``batch_size`` is the global batch: under torchrun each process trains on its share
+(``config.hold_global_batch``); an explicit ``--batch-size`` is per process.
 """
 from __future__ import annotations
 
@@ -28,10 +30,16 @@ class Recipe:
     requires_pretrained: bool
     settings: dict[str, Any]
 
-    def record(self) -> dict[str, Any]:
-        """What config.json keeps of the recipe."""
-        return {"name": self.name, "source": self.source, "description": self.description,
-                "requires_pretrained": self.requires_pretrained, "settings": dict(self.settings)}
+    def record(self, global_batch: bool = True) -> dict[str, Any]:
+        """What config.json keeps of the recipe; with ``global_batch`` (the batch size is the
+        recipe's, not the command line's) its batch is held as the global one under torchrun."""
+        from .config import GLOBAL_BATCH
+
+        out = {"name": self.name, "source": self.source, "description": self.description,
+               "requires_pretrained": self.requires_pretrained, "settings": dict(self.settings)}
+        if global_batch and "batch_size" in self.settings:
+            out[GLOBAL_BATCH] = int(self.settings["batch_size"])
+        return out
 
 
 def recipe_names() -> list[str]:
@@ -77,4 +85,5 @@ def config_with_recipe(recipe: Recipe | str, **values: Any):
     from .config import TrainConfig
 
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
-    return TrainConfig(**{**recipe.settings, **values, "recipe": recipe.record()})
+    return TrainConfig(**{**recipe.settings, **values,
+                          "recipe": recipe.record(global_batch="batch_size" not in values)})

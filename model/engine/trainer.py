@@ -3,7 +3,7 @@
 Layout follows torchvision's reference ``train.py``: ``load_data``, ``train_one_epoch``,
 ``evaluate`` and ``main`` are kept apart. Under ``torchrun`` every process trains on its own
 sampler stream (seeded by rank) with ``batch_size`` frames a step (``--batch-size`` is per GPU,
-as in torchvision and timm; the global batch is ``batch_size * world_size``), gradients are
+as in torchvision and timm; a recipe's batch is global and split), gradients are
 averaged by DDP, evaluation counts are summed over ranks, and only rank 0 writes files.
 """
 from __future__ import annotations
@@ -35,14 +35,15 @@ from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_fli
                    check_frame_counts, collate_frames, default_workers, evaluation_indices,
                    fold_spec, load_manifest, open_shards, single_threaded_opencv,
                    training_subjects)
-from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, effective_lr, protocol_note,
-                     threshold_note)
+from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_lr,
+                     hold_global_batch, protocol_note, threshold_note, world_bound)
 from .early_stopping import EarlyStopping
-from .losses import TaskLoss, region_loss_groups
+from .losses import task_loss_for
 from .precision import Precision, choose_precision
+from .selection import selection_record
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
-from ..evaluation.ranking import tune_thresholds
+from ..evaluation.ranking import logits_to_probabilities, tune_logit_thresholds
 from ..evaluation.provenance import recipe_line
 from ..evaluation.records import write_json, write_metrics
 from ..evaluation.run_report import add_test_metrics, result_log_line, run_markdown
@@ -133,6 +134,7 @@ class FoldData:
     expected_rate: np.ndarray
     select_frames: int
     test_frames: int
+    selection: dict[str, Any] = field(default_factory=dict)  # selection.selection_record
 
 
 def _loader_generator() -> torch.Generator:
@@ -276,6 +278,8 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
         au_weights=au_weights, natural_rate=train.natural_positive_rate(),
         expected_rate=expected_positive_rate(train.labels, weights),
         select_frames=len(select_idx), test_frames=len(test),
+        selection=selection_record(select, select_idx, spec.au_ids, cfg.select_on, spec.fold,
+                                   warn=info.is_main),
     )
 
 
@@ -720,6 +724,8 @@ def prepare_runtime(cfg: TrainConfig, explicit: set[str]
     resume_state = None
     if cfg.resume:
         cfg, resume_state = _resume_config(cfg, explicit)
+    else:
+        cfg = hold_global_batch(cfg, info.world)  # a recipe's batch is global: split it
     device = resolve_device(cfg.device, info)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # so that nothing (no context) lands on GPU 0 by default
@@ -759,9 +765,8 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     loss_weights = (torch.as_tensor(data.au_weights, dtype=torch.float32, device=device)
                     if cfg.au_weights else None)
     # One loss for every variant: the paper's three AU groups, whichever head made the logits.
-    criterion = TaskLoss(cfg.task, region_loss_groups(au_ids),
-                         model.intensity_groups if model.has_intensity else (), loss_weights,
-                         cfg.intensity_weight, cfg.intensity_loss)
+    criterion = task_loss_for(cfg.task, au_ids, model_cfg.intensity_aus, loss_weights,
+                              cfg.intensity_weight, cfg.intensity_loss)
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,
@@ -883,7 +888,7 @@ def with_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
 def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) -> None:
     """Resuming on another number of processes is allowed at an epoch boundary (labelled, not
     bit-exact: ranks beyond the saved ones start fresh sampler streams); mid-epoch, or with
-    --lr-scaling linear (the learning rate would change), it is refused."""
+    --lr-scaling linear or a recipe's global batch (lr or global batch would change), refused."""
     saved = int(state.get("world_size", 1))
     if saved == info.world:
         return
@@ -891,9 +896,9 @@ def check_resume_world(state: dict[str, Any], cfg: TrainConfig, info: DistInfo) 
     if int(state["progress"]["accumulator"].get("batches", 0)):
         raise CheckpointError(f"{path}: stopped mid-epoch with {saved} processes; resume with "
                               f"{saved} (got {info.world}) to continue that epoch exactly")
-    if cfg.lr_scaling == "linear":
-        raise CheckpointError(f"{path}: saved by {saved} processes under --lr-scaling linear; "
-                              f"resuming with {info.world} would change the learning rate")
+    if world_bound(cfg):
+        raise CheckpointError(f"{path}: saved by {saved} processes under {world_bound(cfg)}; "
+                              f"resuming with {info.world} would change it")
     if info.is_main:
         log.warning("%s: saved by %d processes, resumed with %d: global batch %d -> %d; the "
                     "continuation is not bit-identical to an uninterrupted run", path, saved,
@@ -940,7 +945,7 @@ def record_run_start(run: TrainingRun) -> None:
                     "natural_positive_rate": data.natural_rate.tolist(),
                     "expected_drawn_positive_rate": data.expected_rate.tolist()},
         "frames": {"train": len(data.train), "select": data.select_frames,
-                   "test": data.test_frames},
+                   "test": data.test_frames}, "selection": data.selection,
         "trainable_parameters": sum(p.numel() for p in params),
         "frozen": run.freezing, "recipe": cfg.recipe,
         "sync_batchnorm": run.sync_batchnorm or {"enabled": False, "note": "one process"},
@@ -982,12 +987,6 @@ def _intensity_note(cfg: TrainConfig) -> str:
         return ""
     weight = f"{cfg.intensity_weight:g} x " if cfg.task == "both" else ""
     return f" (intensity loss {weight}{cfg.intensity_loss})"
-
-
-def batch_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
-    """How many frames a step sees and the learning rate that goes with it (config.json)."""
-    return {"per_process": cfg.batch_size, "processes": world, "global": cfg.batch_size * world,
-            "lr_rule": cfg.lr_scaling, "base_lr": cfg.lr, "lr": effective_lr(cfg, world)}
 
 
 def checkpoint_state(run: TrainingRun, progress_epoch: int, accumulator: EpochAccumulator,
@@ -1154,17 +1153,17 @@ def tune_decision_thresholds(run: TrainingRun, tested: MetricAccumulator) -> dic
     tuned = run_evaluation(_unwrap(run.model), run.data.tune_loader, run.device, run.au_ids,
                            amp=cfg.amp, channels_last=cfg.channels_last, info=run.info,
                            desc=f"tune {cfg.tune_threshold}", quiet=True, scores=True)
-    scores, labels, _ = tuned.score_arrays()
-    values = tune_thresholds(scores, labels)
-    record = {"au_ids": run.au_ids, "values": values, "tuned_on": cfg.tune_threshold,
-              "note": threshold_note(cfg.tune_threshold)}
+    logits = tune_logit_thresholds(*tuned.score_arrays()[:2])  # float64: no saturated ties
+    values = logits_to_probabilities(logits)
+    record = {"au_ids": run.au_ids, "values": values, "logits": logits,
+              "tuned_on": cfg.tune_threshold, "note": threshold_note(cfg.tune_threshold)}
     if run.info.is_main:
         best = load_checkpoint(run.run_dir / "best.pt", map_location="cpu")
         save_checkpoint(run.run_dir / "best.pt", {**best, "decision_thresholds": record})
         log.info("decision thresholds tuned on %s: %s", cfg.tune_threshold,
                  _fmt_rates(run.au_ids, values))
     return {"decision_thresholds": record,
-            "test_tuned": tested.at_thresholds(values).compute().as_dict()}
+            "test_tuned": tested.at_thresholds(values, logits).compute().as_dict()}
 
 
 def best_weights(run_dir: Path, info: DistInfo) -> dict[str, torch.Tensor]:

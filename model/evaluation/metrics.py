@@ -119,7 +119,9 @@ def grouped_counts(
     probabilities: np.ndarray, targets: np.ndarray, groups: np.ndarray, n_groups: int,
     thresholds: float | Sequence[float] = PROBABILITY_THRESHOLD,
 ) -> np.ndarray:
-    """``[G, K, 4]`` counts (TP, FP, TN, FN) per group (subject) of ``[N, K]`` probabilities."""
+    """``[G, K, 4]`` counts (TP, FP, TN, FN) per group (subject) of ``[N, K]`` scores decided
+    by ``score >= threshold`` (probabilities and probability thresholds, or logits and logit
+    thresholds)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     n, k = probabilities.shape
     pred = probabilities >= np.asarray(thresholds, dtype=np.float64)
@@ -159,16 +161,24 @@ class MetricAccumulator:
 
     With ``subjects`` (names) each ``update`` also gets the subject index of every frame, and
     the counts are kept per subject (their sum is the pooled counts). ``keep_scores`` keeps the
-    probabilities and labels for ROC-AUC/AP. ``counts_tensor``/``load_counts_tensor`` let DDP
-    ranks all-reduce the totals; kept scores are gathered separately (``extend_scores``).
+    float64 logits and labels for ROC-AUC/AP and threshold tuning (a float32 probability is 1.0
+    above a logit of ~17: confident frames would tie). Decisions are made on the logits too,
+    at the logits of the probability ``thresholds`` (or at ``logit_thresholds`` when given).
+    ``counts_tensor``/``load_counts_tensor`` let DDP ranks all-reduce the totals; kept scores are gathered separately (``extend_scores``).
     """
 
     def __init__(self, au_ids: Sequence[int], subjects: Sequence[str] | None = None,
                  keep_scores: bool = False,
-                 thresholds: float | Sequence[float] = PROBABILITY_THRESHOLD) -> None:
+                 thresholds: float | Sequence[float] = PROBABILITY_THRESHOLD,
+                 logit_thresholds: float | Sequence[float] | None = None) -> None:
+        from .ranking import probabilities_to_logits
+
         self.au_ids = [int(a) for a in au_ids]
         self.subjects = [str(s) for s in subjects] if subjects else []
         self.thresholds = thresholds
+        self.logit_thresholds = np.asarray(
+            probabilities_to_logits(thresholds) if logit_thresholds is None else logit_thresholds,
+            dtype=np.float64)
         self.subject_counts = np.zeros((max(len(self.subjects), 1), len(self.au_ids), 4),
                                        dtype=np.int64)
         self.keep_scores = keep_scores
@@ -186,15 +196,15 @@ class MetricAccumulator:
         self, logits: torch.Tensor, targets: torch.Tensor, loss: float | None = None,
         groups: np.ndarray | None = None,
     ) -> None:
-        probs = torch.sigmoid(torch.as_tensor(logits).detach().float().cpu()).numpy()
+        scores = torch.as_tensor(logits).detach().cpu().double().numpy()
         truth = torch.as_tensor(targets).detach().cpu().numpy() > 0
-        if probs.shape != truth.shape or probs.ndim != 2:
-            raise ValueError(f"scores {probs.shape} and targets {truth.shape} must both be [N, K]")
-        groups = np.zeros(len(probs), np.int64) if groups is None else np.asarray(groups)
-        self.subject_counts += grouped_counts(probs, truth, groups, len(self.subject_counts),
-                                              self.thresholds)
+        if scores.shape != truth.shape or scores.ndim != 2:
+            raise ValueError(f"scores {scores.shape} and targets {truth.shape} must both be [N, K]")
+        groups = np.zeros(len(scores), np.int64) if groups is None else np.asarray(groups)
+        self.subject_counts += grouped_counts(scores, truth, groups, len(self.subject_counts),
+                                              self.logit_thresholds)
         if self.keep_scores:
-            self.scores.append(probs.astype(np.float32))
+            self.scores.append(scores)
             self.targets.append(truth.astype(np.uint8))
             self.groups.append(groups.astype(np.int64))
         if loss is not None:
@@ -216,10 +226,10 @@ class MetricAccumulator:
         self.loss_frames = int(round(float(values[n + 1])))
 
     def score_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Kept ``[N, K]`` probabilities, ``[N, K]`` labels and ``[N]`` subject indices."""
+        """Kept ``[N, K]`` float64 logits, ``[N, K]`` labels and ``[N]`` subject indices."""
         k = len(self.au_ids)
         if not self.scores:
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.uint8), np.zeros(0, np.int64)
+            return np.zeros((0, k), np.float64), np.zeros((0, k), np.uint8), np.zeros(0, np.int64)
         return (np.concatenate(self.scores), np.concatenate(self.targets),
                 np.concatenate(self.groups))
 
@@ -228,12 +238,15 @@ class MetricAccumulator:
         self.scores, self.targets, self.groups = (list(x) for x in zip(*parts)) if parts \
             else ([], [], [])
 
-    def at_thresholds(self, thresholds: Sequence[float]) -> "MetricAccumulator":
-        """The kept scores decided again at per-AU ``thresholds`` (counts per subject)."""
-        again = MetricAccumulator(self.au_ids, self.subjects, thresholds=list(thresholds))
+    def at_thresholds(self, thresholds: Sequence[float],
+                      logits: Sequence[float] | None = None) -> "MetricAccumulator":
+        """The kept scores decided again at per-AU probability ``thresholds`` (counts per
+        subject), compared as ``logits`` when given (exact where the probability is ~1)."""
+        again = MetricAccumulator(self.au_ids, self.subjects, thresholds=list(thresholds),
+                                  logit_thresholds=None if logits is None else list(logits))
         scores, labels, groups = self.score_arrays()
         again.subject_counts = grouped_counts(scores, labels, groups, len(again.subject_counts),
-                                              list(thresholds))
+                                              again.logit_thresholds)
         return again
 
     def compute(self) -> AUMetrics:

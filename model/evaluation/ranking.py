@@ -14,6 +14,11 @@ score ``t`` the rule ``score >= t`` gives cumulative true and false positives.
 
 An AU whose frames are all one class has no ROC curve: AUC and AP are NaN there (reported
 as "n/a"), and its tuned threshold stays at the default.
+
+The scores are the model's logits, in float64 (``MetricAccumulator`` keeps them so): the ranking
+is the sigmoid's, but a float32 sigmoid is exactly 1.0 above a logit of about 17 and would tie
+every confident frame; thresholds are tuned on the logits (``tune_logit_thresholds``) and shown
+as float64 probabilities (``logits_to_probabilities``), which stay below 1 up to a logit of ~36.
 """
 from __future__ import annotations
 
@@ -60,8 +65,11 @@ def per_au(fn, scores: np.ndarray, labels: np.ndarray) -> list[float]:
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray,
-                         default: float = PROBABILITY_THRESHOLD) -> float:
-    """The probability threshold that maximises F1 of ``score >= threshold`` on these frames."""
+                         default: float = PROBABILITY_THRESHOLD, floor: float | None = 0.0,
+                         below: float = 1e-6) -> float:
+    """The threshold that maximises F1 of ``score >= threshold`` on these frames: probabilities
+    by default; logits with ``default=0``, ``floor=None`` (``tune_logit_thresholds``). When the
+    lowest score is the best cut, the threshold lies ``below`` under it (not under ``floor``)."""
     scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel() > 0
     pos = int(labels.sum())
     if pos == 0 or pos == len(labels):
@@ -69,10 +77,36 @@ def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray,
     distinct, tps, fps = _sweep(scores, labels)
     f1 = 2 * tps / (tps + fps + pos)
     best = int(np.argmax(f1))
-    lower = distinct[best + 1] if best + 1 < len(distinct) else max(distinct[best] - 1e-6, 0.0)
+    if best + 1 < len(distinct):
+        lower = distinct[best + 1]
+    else:
+        lower = distinct[best] - below
+        lower = lower if floor is None else max(lower, floor)
     return float((distinct[best] + lower) / 2)
 
 
 def tune_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[float]:
     """Per-AU F1-optimal thresholds for ``[N, K]`` probabilities and 0/1 labels."""
     return [f1_optimal_threshold(scores[:, k], labels[:, k]) for k in range(scores.shape[1])]
+
+
+def tune_logit_thresholds(logits: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Per-AU F1-optimal thresholds on ``[N, K]`` float64 logits (0, i.e. probability 0.5, where
+    an AU's frames are all one class); halfway between two distinct logits, so no tie."""
+    logits = np.asarray(logits, np.float64)
+    return [f1_optimal_threshold(logits[:, k], labels[:, k], default=0.0, floor=None, below=1.0)
+            for k in range(logits.shape[1])]
+
+
+def logits_to_probabilities(logits) -> list[float]:
+    """The float64 sigmoid of each logit (what reports and ``model.predict`` show)."""
+    values = np.asarray(logits, np.float64)
+    with np.errstate(over="ignore"):  # exp(800) = inf gives probability 0, as it should
+        return (1.0 / (1.0 + np.exp(-values))).tolist()
+
+
+def probabilities_to_logits(probabilities) -> np.ndarray:
+    """The logit of each probability threshold (0.5 -> 0 exactly; 1 -> +inf: nothing passes)."""
+    p = np.asarray(probabilities, np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
