@@ -2,6 +2,7 @@
 shows no F1, Table 1 or AUxx_c/AUxx_p; every report names the task and its heads; the paper's
 protocol is stated as the paper states it."""
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -20,10 +21,38 @@ def runs(tmp_path_factory):
     """One tiny run per task on the same four subjects (2 train, 1 val, 1 test)."""
     root = tmp_path_factory.mktemp("tasks")
     data = make_intensity_dataset(root, frames=24, size=32)
-    summaries = {task: train(intensity_config(data, root / task, task=task, epochs=1,
-                                              batches_per_epoch=2, plot_every=100))
-                 for task in ("intensity", "occurrence")}
+    summaries = {}
+    for task in ("intensity", "occurrence"):
+        handler, logger = _Lines(), logging.getLogger("model.train")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            summaries[task] = train(intensity_config(data, root / task, task=task, epochs=1,
+                                                     batches_per_epoch=2, plot_every=100))
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        EPOCH_LINES[task] = [m for m in handler.messages if m.startswith("epoch ")]
     return data, summaries
+
+
+EPOCH_LINES: dict[str, list[str]] = {}
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_epoch_lines_show_only_the_trained_heads_scores(runs):
+    assert EPOCH_LINES["intensity"] and EPOCH_LINES["occurrence"]
+    assert all("ICC" in line and "F1" not in line for line in EPOCH_LINES["intensity"])
+    assert all("F1" in line and "ICC" not in line for line in EPOCH_LINES["occurrence"])
 
 
 def test_intensity_run_writes_no_occurrence_numbers(runs):
@@ -175,3 +204,13 @@ def test_the_paper_protocol_is_stated_as_the_paper_states_it():
 def test_tuning_thresholds_of_an_untrained_head_is_refused(runs, tmp_path):
     with pytest.raises(ValueError, match="--task intensity trains no occurrence head"):
         intensity_config(runs[0], tmp_path, task="intensity", tune_threshold="val")
+
+
+def test_compare_of_intensity_runs_names_the_missing_occurrence_head(runs, tmp_path):
+    from model.engine.cross_validation import write_comparison
+
+    _, summaries = runs
+    per_variant = {"tranet": [summaries["intensity"]], "senet50": [summaries["intensity"]]}
+    with pytest.raises(ValueError, match="no trained occurrence head \\(task intensity\\)"):
+        write_comparison(tmp_path, ["tranet", "senet50"], per_variant, 20, 0)
+    assert not (tmp_path / "compare.md").exists()

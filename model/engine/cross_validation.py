@@ -325,6 +325,11 @@ def write_comparison(out: Path, names: Sequence[str], per_variant: dict[str, lis
     flat_a, flat_b = [r for run in ra for r in run], [r for run in rb for r in run]
     checks, mismatch = reports.comparability_lines(na, flat_a, nb, flat_b, allow_mismatch,
                                                    context="--compare")
+    for name, flat in ((na, flat_a), (nb, flat_b)):
+        if not any("test" in r for r in flat):  # an intensity run: no occurrence head to pair
+            raise ValueError(f"--compare pairs occurrence F1, and {name} has no trained "
+                             f"occurrence head (task {common_task(flat)}): compare intensity "
+                             "runs by their intensity tables (intensity_<variant>.md)")
     header, rows, detail = reports.compare_rows(na, ra, nb, rb, resamples, seed)
     protocols = sorted({r["protocol"] for r in [*flat_a, *flat_b] if r.get("protocol")})
     lines = reports.header_lines({na: flat_a, nb: flat_b}, " / ".join(protocols), None,

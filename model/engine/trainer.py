@@ -1081,11 +1081,12 @@ def end_of_epoch(run: TrainingRun, epoch: int) -> None:
     if epoch % max(cfg.plot_every, 1) == 0:
         _plot(run.run_dir, run.history, au_ids, cfg)
     # One short line an epoch; the drawn positive rates per AU go to metrics.csv/json.
-    log.info("epoch %d: loss %.4f | %s F1 %.4f%s | best %.4f (epoch %d)%s | %.0fs", epoch,
-             train_loss, cfg.select_on, metrics.mean_f1,
-             f" ICC {intensity.mean_icc:.3f}" if intensity is not None else "",
-             run.stopper.best_score, run.stopper.best_epoch, " *" if improved else "",
-             row["seconds"])
+    # an intensity run's occurrence head never trains: its F1 is not shown (#21)
+    shown = [f"F1 {metrics.mean_f1:.4f}"] if reports_occurrence(cfg.task) else []
+    shown += [f"ICC {intensity.mean_icc:.3f}"] if intensity is not None else []
+    log.info("epoch %d: loss %.4f | %s %s | best %.4f (epoch %d)%s | %.0fs", epoch, train_loss,
+             cfg.select_on, " ".join(shown), run.stopper.best_score, run.stopper.best_epoch,
+             " *" if improved else "", row["seconds"])
 
 
 def _metrics_header(run: TrainingRun) -> dict[str, Any]:
