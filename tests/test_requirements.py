@@ -50,18 +50,19 @@ def test_readme_and_ci_install_with_the_constraints():
     readme = (REPO / "README.md").read_text()
     assert 'pip install -c constraints.txt -e ".[test]" && python -m pytest -q' in readme
     run = (REPO / ".ci" / "run").read_text()
-    assert "suite constraints -c constraints.txt" in run and "suite latest -U" in run
+    assert "install constraints -c constraints.txt" in run and "install latest -U" in run
     assert "TRANET_REQUIRE_FIXTURES=1" in run
     assert ".ci/venv-*/" in (REPO / ".gitignore").read_text().splitlines()
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python: '-m venv --clear DIR' makes DIR/bin/python (this script); in a venv
-# '-m pip' succeeds and '-m pytest' exits with $FAKE_RC_<VENV NAME> (default 0).
+# '-m pip install' exits with $FAKE_PIP_<VENV NAME> and '-m pytest' with $FAKE_RC_<VENV NAME>.
 if [ "$1 $2" = "-m venv" ]; then mkdir -p "$4/bin" && cp "$0" "$4/bin/python"; exit 0; fi
 name=$(basename "$(dirname "$(dirname "$0")")")
-var="FAKE_RC_${name#venv-}"
-[ "$2" = pytest ] && echo "$name ran pytest" && exit "${!var:-0}"
+rc="FAKE_RC_${name#venv-}" pip="FAKE_PIP_${name#venv-}"
+[ "$2 $3" = "pip install" ] && exit "${!pip:-0}"
+[ "$2" = pytest ] && echo "$name ran pytest" && exit "${!rc:-0}"
 exit 0
 """
 
@@ -70,16 +71,26 @@ exit 0
     (0, 0, False), (1, 0, True), (0, 1, True), (5, 0, True), (0, 5, True)])
 def test_ci_run_fails_when_either_run_fails_or_collects_nothing(tmp_path, constraints, latest,
                                                                fails):
+    done = _fake_ci(tmp_path, FAKE_RC_constraints=str(constraints), FAKE_RC_latest=str(latest))
+    assert (done.returncode != 0) == fails, done.stdout + done.stderr
+    # both runs always happen, so one CI run reports both
+    assert "venv-constraints ran pytest" in done.stdout and "venv-latest ran pytest" in done.stdout
+
+
+def test_ci_run_fails_when_an_install_fails_and_still_runs_the_other(tmp_path):
+    done = _fake_ci(tmp_path, FAKE_PIP_latest="1")
+    assert done.returncode != 0 and "latest: install failed" in done.stdout
+    assert "venv-constraints ran pytest" in done.stdout
+    assert "venv-latest ran pytest" not in done.stdout
+
+
+def _fake_ci(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """.ci/run in a copy of its folder, with FAKE_PYTHON standing in for python."""
     (tmp_path / ".ci").mkdir()
     run = tmp_path / ".ci" / "run"
     run.write_text((REPO / ".ci" / "run").read_text())
     fake = tmp_path / "fakepython"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PYTHON": str(fake), "FAKE_RC_constraints": str(constraints),
-           "FAKE_RC_latest": str(latest)}
-    done = subprocess.run(["bash", str(run)], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert (done.returncode != 0) == fails, done.stdout + done.stderr
-    # both runs always happen, so one CI run reports both
-    assert "venv-constraints ran pytest" in done.stdout and "venv-latest ran pytest" in done.stdout
+    return subprocess.run(["bash", str(run)], env={**os.environ, "PYTHON": str(fake), **env},
+                          capture_output=True, text=True, timeout=60)
