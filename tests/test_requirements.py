@@ -23,20 +23,24 @@ def _requirements() -> list[Requirement]:
     return [Requirement(line) for line in lines if line.strip()]
 
 
-def _pins() -> dict[str, str]:
-    pins = {}
+def _pins(python: str) -> list[tuple[str, str]]:
+    """(name, version) of each pin in constraints.txt that applies on Python ``python``."""
+    pins = []
     for line in (REPO / "constraints.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             req = Requirement(line)
             spec = list(req.specifier)
             assert len(spec) == 1 and spec[0].operator == "==", f"not an exact pin: {line}"
-            pins[canonicalize_name(req.name)] = spec[0].version
+            if req.marker is None or req.marker.evaluate({"python_version": python}):
+                pins.append((canonicalize_name(req.name), spec[0].version))
     return pins
 
 
-def test_constraints_pin_every_requirement_inside_setup_cfg():
-    pins = _pins()
+@pytest.mark.parametrize("python", ["3.10", "3.11", "3.12", "3.13"])
+def test_constraints_pin_every_requirement_inside_setup_cfg(python):
+    pins = dict(_pins(python))
+    assert len(pins) == len(_pins(python)), "a package pinned twice for one Python"
     for req in _requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"constraints.txt does not pin {req.name}"
