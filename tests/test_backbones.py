@@ -259,7 +259,8 @@ def test_training_records_weights_and_transform_and_evaluation_uses_them(
                       epochs=4, batches_per_epoch=6, batch_size=16, workers=0, quiet=True,
                       lr=0.1, lr_schedule="cosine"))
     losses = [e["train_loss"] for e in json.loads((out / "metrics.json").read_text())["epochs"]]
-    assert losses[-1] < 0.8 * losses[0], losses  # it learns
+    # it learns: seeds 0-4 (2-core EPYC, torch 2.13) end at 0.65-0.69 of epoch 1; lr 1e-9 at 1.00
+    assert losses[-1] < 0.8 * losses[0], losses
     expected = transform_from_mean_std(fake_timm.MEAN, fake_timm.STD).as_dict()
     config = json.loads((out / "config.json").read_text())
     assert config["pretrained"]["source"] == weights and config["pretrained"]["tensors"] > 0

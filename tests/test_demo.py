@@ -13,7 +13,7 @@ def test_small_demo_chain_learns(tmp_path):
     old = torch.get_num_threads()
     argv = ["--out", str(tmp_path / "demo"), "--n-subjects", "8", "--frames", "120",
             "--frame-width", "320", "--frame-height", "240", "--size", "64", "--k", "4",
-            "--val-subjects", "1", "--folds", "1", "--epochs", "12", "--batches-per-epoch", "20",
+            "--val-subjects", "1", "--folds", "1", "--epochs", "20", "--batches-per-epoch", "20",
             "--batch-size", "32", "--jobs", "1", "--threads", "1", "--predict-subjects", "1",
             "--quiet"]
     out = tmp_path / "demo"
@@ -22,7 +22,7 @@ def test_small_demo_chain_learns(tmp_path):
         summary = (out / "demo_summary.json").read_text()
         # a rerun with other training settings is refused, not answered with the old run
         shorter = argv[:argv.index("--epochs") + 1] + ["3"] + argv[argv.index("--epochs") + 2:]
-        with pytest.raises(ValueError, match=r"--epochs 3 \(run has 12\).*--fresh"):
+        with pytest.raises(ValueError, match=r"--epochs 3 \(run has 20\).*--fresh"):
             run_demo(build_parser().parse_args(shorter))
         assert (out / "demo_summary.json").read_text() == summary
         fewer = argv[:argv.index("--frames") + 1] + ["100"] + argv[argv.index("--frames") + 2:]
@@ -44,6 +44,8 @@ def test_small_demo_chain_learns(tmp_path):
     rates = np.array(test["positive_rate"])
     present = rates > 0
     chance = np.mean(2 * rates[present] / (1 + rates[present]))  # always answering "present"
+    # --seed 0-2 (2-core EPYC, torch 2.13), F1 over chance / shards' ICC: 12 epochs +0.06-0.20 /
+    # 0.35-0.60, 20 epochs +0.10-0.33 / 0.32-0.70; train loss falls to 0.09-0.11 of epoch 1's.
     assert np.mean(np.array(test["f1"])[present]) > chance, (test["f1"], chance)
     fold = report["folds"][0]
     assert not set(fold["test"]) & (set(fold["train"]) | set(fold["val"]))

@@ -11,7 +11,7 @@ from model.engine.config import TrainConfig, recipe_differences
 from model.engine.losses import (ORDINAL_TEMPERATURE, TaskLoss, branch_bce_loss,
                                  branch_ordinal_loss)
 from model.train import StopRequest, build_parser, config_from_args, train
-from trainer_fixtures import intensity_config, make_intensity_dataset
+from trainer_fixtures import INTENSITY_LEARNING_RUN, intensity_config, make_intensity_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
@@ -159,9 +159,9 @@ def test_resume_refuses_another_intensity_loss(visible, tmp_path):
 def test_both_task_with_the_ordinal_loss_learns(visible, tmp_path):
     """The fixture and schedule of test_intensity_train's MSE run, with the ordinal loss at
     weight 1 (its scale; docs/disfa.md)."""
-    summary = train(config(visible, tmp_path / "ord", epochs=12, batches_per_epoch=12,
-                           batch_size=16, lr=0.1, lr_schedule="cosine", select_on="test",
-                           intensity_weight=1.0))
+    summary = train(config(visible, tmp_path / "ord", intensity_weight=1.0,
+                           **INTENSITY_LEARNING_RUN))
     icc = summary["test_intensity"]
+    # Seeds 0-2 (2-core EPYC, torch 2.13): mean ICC 0.76-0.94, mean F1 0.82-0.96.
     assert icc["mean_icc"] > 0.5, icc
     assert summary["test"]["mean_f1"] > 0.5

@@ -83,6 +83,8 @@ def test_short_run_loss_falls_and_f1_beats_chance(data, tmp_path, caplog):
     assert "augmentation: flip" in block and "lr 0.05" in block and "from scratch" in block
     history = json.loads((out / "metrics.json").read_text())
     losses = [e["train_loss"] for e in history["epochs"]]
+    # seeds 0-2 (2-core EPYC, torch 2.13): loss ratio 0.34-0.43, F1 over chance +0.31-0.37;
+    # lr 1e-9: ratio 1.01, F1 0.13 below chance
     assert losses[-1] < 0.7 * losses[0]
     test = summary["test"]
     rates = np.array(test["positive_rate"])
