@@ -67,6 +67,8 @@ name=$(basename "$(dirname "$(dirname "$0")")")
 rc="FAKE_RC_${name#venv-}" pip="FAKE_PIP_${name#venv-}"
 [ "$2 $3" = "pip install" ] && exit "${!pip:-0}"
 [ "$2" = pytest ] && echo "$name ran pytest" && exit "${!rc:-0}"
+[ "$2" = model.demo ] && echo "$name ran the demo" && exit "${FAKE_DEMO:-0}"
+[ "$2" = model.readme_figures ] && echo "$name checked the figures" && exit "${FAKE_FIGURES:-0}"
 exit 0
 """
 
@@ -86,6 +88,16 @@ def test_ci_run_fails_when_an_install_fails_and_still_runs_the_other(tmp_path):
     assert done.returncode != 0 and "latest: install failed" in done.stdout
     assert "venv-constraints ran pytest" in done.stdout
     assert "venv-latest ran pytest" not in done.stdout
+    assert "ran the demo" not in done.stdout
+
+
+@pytest.mark.parametrize("env, fails", [({}, False), ({"FAKE_FIGURES": "1"}, True),
+                                        ({"FAKE_DEMO": "1"}, True)])
+def test_ci_run_runs_the_main_job_and_checks_the_readme_figures(tmp_path, env, fails):
+    done = _fake_ci(tmp_path, **env)
+    assert (done.returncode != 0) == fails, done.stdout + done.stderr
+    assert "venv-latest ran the demo" in done.stdout
+    assert ("venv-latest checked the figures" in done.stdout) != ("FAKE_DEMO" in env)
 
 
 def _fake_ci(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
