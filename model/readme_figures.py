@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reference figures the README block is rendered from")
     p.add_argument("--write", action="store_true",
                    help="write the run's figures into --figures and the README block")
+    p.add_argument("--machine", default=None, metavar="TEXT",
+                   help="with --write: how busy the machine was during the run, shown beside "
+                        "its wall time (e.g. 'idle', 'busy: other jobs running')")
     return p
 
 
@@ -68,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         raise CommandError(f"--readme {args.readme}: {err}") from None
     if args.write:
+        if args.machine:
+            run["machine"] = args.machine
         _write_atomic(args.figures, json.dumps(run, indent=1) + "\n")
         _write_atomic(args.readme, readme.replace(block, rf.render(run)))
         print(f"wrote {args.figures} and the block in {args.readme}")

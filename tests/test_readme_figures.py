@@ -89,8 +89,9 @@ def test_check_fails_for_other_figures_and_write_adopts_them(tmp_path, capsys):
     assert command.main(args) == 1
     out = capsys.readouterr().out
     assert "occurrence.mean.mean_f1" in out and "differ" in out
-    assert command.main(args + ["--write"]) == 0
+    assert command.main(args + ["--write", "--machine", "idle"]) == 0
     text = readme.read_text()
+    assert "on 2 cores, idle (" in text and json.loads(reference.read_text())["machine"] == "idle"
     assert text.startswith("# Title\n\nbefore") and text.endswith("after\n")
     assert command.main(args) == 0
 

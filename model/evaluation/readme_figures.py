@@ -21,7 +21,7 @@ from .tables import pct, summary
 BEGIN = "<!-- demo-figures:begin -->"
 END = "<!-- demo-figures:end -->"
 #: Keys of the figures that describe how long a run took, not what it computed.
-TIMING_KEYS = ("wall_seconds", "threads", "cpu_count")
+TIMING_KEYS = ("wall_seconds", "threads", "cpu_count", "machine")
 
 
 def _round(values: Any, digits: int) -> Any:
@@ -121,8 +121,9 @@ def render(figures: dict[str, Any]) -> str:
                      f"frames, mean F1 {folds} per fold.")
     wall = figures.get("wall_seconds") or {}
     if wall:
+        machine = f", {figures['machine']}" if figures.get("machine") else ""
         parts.append(f"Wall time of the run these figures come from: **{wall['total']:.0f} s** on "
-                     f"{figures.get('cpu_count')} cores ({_stage_times(wall)}).")
+                     f"{figures.get('cpu_count')} cores{machine} ({_stage_times(wall)}).")
     return "\n".join([BEGIN, "\n\n".join(parts), END])
 
 
