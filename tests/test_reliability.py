@@ -28,6 +28,9 @@ from pipeline.cli import EXIT_INTERRUPTED, FolderLock, handle_errors
 from pipeline.release import ReleaseError, read_landmark_mat
 from pipeline.shards import ShardReader, shard_name
 
+#: Every test here proves a guarantee of docs/reliability.md (pytest -m reliability).
+pytestmark = pytest.mark.reliability
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--preset", "small", "--epochs", "1", "--batches-per-epoch", "2", "--batch-size",
               "8", "--workers", "0", "--device", "cpu", "--quiet", "--eval-batch-size", "16"]
