@@ -709,3 +709,42 @@ def test_synth_refuses_a_rate_below_the_video_writers_minimum(tmp_path):
         "writer accepts), got 0.1")
     with pytest.raises(ValueError, match="fps must be a finite number >= 1"):
         synth.SynthConfig(fps=0.5)
+
+
+# --------------------------------------------------------------------------- 9. the document
+
+
+def _reliability_tests() -> set[str]:
+    """``FILE::TEST`` of every test marked ``reliability`` (module ``pytestmark`` or decorator)."""
+    import ast
+
+    def marked(node) -> bool:
+        return "mark.reliability" in ast.unparse(node)
+
+    found = set()
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        whole = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark"
+                                                      for t in n.targets) and marked(n.value)
+                    for n in tree.body)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith(
+                    ("test_", "Test")):
+                if whole or any(marked(d) for d in node.decorator_list):
+                    found.add(f"{path.name}::{node.name}")
+    return found
+
+
+def test_reliability_doc_names_every_reliability_test_and_only_real_ones():
+    import re
+
+    text = (REPO / "docs" / "reliability.md").read_text()
+    named = {f"{Path(f).name}::{t}" for f, t in
+             re.findall(r"`(?:tests/)?(test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`", text)}
+    marked = _reliability_tests()
+    assert len(named) >= 20 and "test_reliability.py::test_option_ranges_are_usage_errors" in marked
+    assert sorted(named - marked) == [], "named in docs/reliability.md, no such reliability test"
+    assert sorted(marked - named) == [], "reliability tests docs/reliability.md does not name"
+    for heading in ("Data safety", "One writer", "named by input", "Every value is checked",
+                    "Bounded memory", "self-contained", "No tracebacks", "Task-aware"):
+        assert re.search(rf"^## .*{heading}", text, re.M | re.I), heading
