@@ -591,6 +591,23 @@ def test_export_refuses_an_opset_outside_the_supported_range(small_checkpoint, t
     assert not list(tmp_path.iterdir())
 
 
+def test_export_at_an_opset_the_model_needs_more_than_is_one_line(small_checkpoint, tmp_path,
+                                                                  monkeypatch, capsys):
+    from model import export
+
+    def missing_operator(*args, **kwargs):  # what the exporter raises for a missing operator
+        raise torch.onnx.errors.UnsupportedOperatorError("aten::flip", 12, 13)
+
+    monkeypatch.setattr(torch.onnx, "export", missing_operator)
+    out = tmp_path / "m.onnx"
+    assert export.main(["--checkpoint", str(small_checkpoint), "--out", str(out),
+                        "--opset", "12"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"model.export: error: {small_checkpoint}: cannot be exported at "
+                           "--opset 12: ") and "aten::flip" in line
+    assert not list(tmp_path.iterdir())
+
+
 def _onnx_with_meta(src: Path, value: str, out: Path) -> Path:
     import onnx
 
