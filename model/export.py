@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.cli import HelpFormatter
-from .engine.checkpoint import CheckpointError
+from pipeline.cli import CommandError, HelpFormatter, check_out_dir, int_range
+from .cli import handle_errors
+from .inference.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 
 log = logging.getLogger("model.export")
 
@@ -30,28 +31,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="checkpoint written by model.train (best.pt)")
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--opset", type=int_range(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
+                        help=f"ONNX opset version ({MIN_OPSET}..{MAX_OPSET})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     return parser
 
 
+def check_out_file(out: Path, force: bool) -> Path:
+    """``out`` as a file this command may write, checked before the (slow) export starts."""
+    if out.is_dir():
+        raise CommandError(f"--out {out}: is a folder; give the ONNX file's name")
+    if out.exists() and not force:
+        raise CommandError(f"--out {out}: exists; --force overwrites it")
+    try:
+        check_out_dir(out.parent, "folder")
+    except CommandError as err:
+        raise CommandError(f"--out {out}: cannot write there; {err}") from None
+    return out
+
+
+@handle_errors("model.export")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.out.exists() and not args.force:
-        log.error("%s exists; --force overwrites it", args.out)
-        return 2
+    out = check_out_file(args.out, args.force)
     try:
-        from .inference.onnx_export import export_onnx
-
-        meta = export_onnx(args.checkpoint, args.out, args.opset)
+        import onnx  # noqa: F401  (export_onnx needs it; checked before the slow part)
     except ImportError as err:
-        log.error("ONNX export needs the onnx package (pip install 'tranet-au[onnx]'): %s", err)
-        return 2
-    except CheckpointError as err:
-        log.error("%s", err)
-        return 2
-    log.info("wrote %s (%d AUs, input %dx%d uint8 RGB)", args.out, len(meta["au_ids"]),
+        raise CommandError(f"ONNX export needs the onnx package (pip install "
+                           f"'tranet-au[onnx]'): {err}") from err
+    meta = export_onnx(args.checkpoint, out, args.opset)
+    log.info("wrote %s (%d AUs, input %dx%d uint8 RGB)", out, len(meta["au_ids"]),
              meta["image_size"], meta["image_size"])
     return 0
 

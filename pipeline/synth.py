@@ -56,6 +56,9 @@ TRUTH_JSON = "synth_truth.json"
 TMP_DIR = ".synth_tmp"
 PARTS_DIR = ".synth_parts"
 #: The frame whose landmark file the release lacks (SN031, l0 scheme, 1-based).
+#: The lowest --fps: OpenCV's own MJPG/AVI writer asserts fps >= 1 (the FFMPEG backend takes
+#: less, but not every OpenCV build has it); at 0.1 the AU schedule used to loop for ever.
+MIN_FPS = 1.0
 MISSING_FRAME_REAL = 3631
 DEFAULT_FRAMES = 300
 
@@ -86,8 +89,8 @@ class SynthConfig:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.width < 32 or self.height < 24:
             raise ValueError(f"frame size {self.width}x{self.height} is too small (min 32x24)")
-        if not (self.fps > 0 and math.isfinite(self.fps)):  # fps 0 would never finish a video
-            raise ValueError(f"fps must be a finite number > 0, got {self.fps}")
+        if not (self.fps >= MIN_FPS and math.isfinite(self.fps)):  # see MIN_FPS
+            raise ValueError(f"fps must be a finite number >= {MIN_FPS:g}, got {self.fps}")
         if self.width > 4096 or self.height > 4096:
             raise ValueError(f"frame size {self.width}x{self.height} is too large (max 4096)")
         if self.jobs < 1 or not 1 <= self.jpeg_quality <= 100:
@@ -290,7 +293,8 @@ def au_schedule(n: int, rng: np.random.Generator, fps: float = disfa.FPS) -> np.
                     col = ALL_AUS.index(au)
                     out[start:stop, col] = np.maximum(out[start:stop, col],
                                                       values[: stop - start])
-            t += onset + hold + offset + int(rng.integers(6, 41) * k)
+            # at least a frame: durations scaled to a very low rate round to 0 (an endless loop)
+            t += max(1, onset + hold + offset + int(rng.integers(6, 41) * k))
     return out
 
 
@@ -744,8 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame width, 32..4096")
     p.add_argument("--height", type=int_range(24, 4096), default=disfa.FRAME_SIZE[1],
                    help="frame height, 24..4096")
-    p.add_argument("--fps", type=positive_float, default=disfa.FPS,
-                   help="video frame rate (> 0)")
+    p.add_argument("--fps", type=video_fps, default=disfa.FPS,
+                   help=f"video frame rate (>= {MIN_FPS:g})")
     p.add_argument("--jobs", type=int_range(1), default=1, help="subjects rendered in parallel")
     p.add_argument("--no-right-camera", action="store_true",
                    help="skip the right-camera videos (faster; the pipeline uses the left)")
@@ -754,6 +758,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save OUT/preview.png: frames with landmarks, AUs, an AU gallery")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def video_fps(text: str) -> float:
+    """An argparse ``type`` for --fps: a finite rate the video writer accepts (>= MIN_FPS)."""
+    value = positive_float(text)
+    if value < MIN_FPS:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_FPS:g} (the lowest rate OpenCV's "
+                                         f"MJPG/AVI writer accepts), got {text}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:

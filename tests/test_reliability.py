@@ -28,6 +28,9 @@ from pipeline.cli import EXIT_INTERRUPTED, FolderLock, handle_errors
 from pipeline.release import ReleaseError, read_landmark_mat
 from pipeline.shards import ShardReader, shard_name
 
+#: Every test here proves a guarantee of docs/reliability.md (pytest -m reliability).
+pytestmark = pytest.mark.reliability
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--preset", "small", "--epochs", "1", "--batches-per-epoch", "2", "--batch-size",
               "8", "--workers", "0", "--device", "cpu", "--quiet", "--eval-batch-size", "16"]
@@ -507,3 +510,258 @@ def test_a_really_full_disk_fails_cleanly(tiny_disk, tmp_path):
     assert f"disk full: {tiny_disk / 'shards' / 'SN001_left.h5'}" in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("pipeline.align: error: disk full: ")
     assert not list((tiny_disk / "shards").glob(".*"))  # no temporary file, no lock left
+
+
+# --------------------------------------------------------------------------- 7. export, ONNX, faults
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory, one_torch_thread):
+    from model.predict_bench import make_untrained_checkpoint
+
+    return make_untrained_checkpoint(tmp_path_factory.mktemp("ck") / "small.pt", "small", 64)
+
+
+@pytest.fixture(scope="module")
+def exported(small_checkpoint, tmp_path_factory):
+    from model import export
+
+    out = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    assert export.main(["--checkpoint", str(small_checkpoint), "--out", str(out)]) == 0
+    return out
+
+
+def _full_disk_at(path: Path) -> None:
+    """Make the next write of ``path`` (through its ``.NAME.tmp-PID`` file) hit a full disk:
+    the temporary name is a link to /dev/full, where every write fails with ENOSPC."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    os.symlink("/dev/full", path.with_name(f".{path.name}.tmp-{os.getpid()}"))
+
+
+def _export_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "old.onnx").write_text("old")
+    return {
+        "below a file": (["--out", str(tmp_path / "a_file" / "m.onnx")],
+                         f"--out {tmp_path / 'a_file' / 'm.onnx'}: cannot write there"),
+        "a folder": (["--out", str(tmp_path)], f"--out {tmp_path}: is a folder"),
+        "exists": (["--out", str(tmp_path / "old.onnx")], "exists; --force overwrites it"),
+        "disk full": (["--out", str(tmp_path / "old.onnx"), "--force"],
+                      f"disk full: {tmp_path / 'old.onnx'}"),
+    }
+
+
+@pytest.mark.parametrize("case", ["below a file", "a folder", "exists", "disk full"])
+def test_export_faults_are_one_line(case, small_checkpoint, tmp_path, capsys):
+    from model import export
+
+    argv, words = _export_cases(tmp_path)[case]
+    if case == "disk full":
+        _full_disk_at(tmp_path / "old.onnx")
+    code = export.main(["--checkpoint", str(small_checkpoint), *argv])
+    line = _error_line(capsys)
+    assert code == (1 if case == "disk full" else 2)
+    assert line.startswith("model.export: error: ") and words in line, line
+    assert (tmp_path / "old.onnx").read_text() == "old"  # a failed export replaces nothing
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name and p.exists()]
+
+
+def test_export_to_a_read_only_folder_is_one_line(read_only_disk, small_checkpoint, capsys):
+    from model import export
+
+    out = read_only_disk / "m.onnx"
+    assert export.main(["--checkpoint", str(small_checkpoint), "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"model.export: error: --out {out}: ") and "not writable" in line
+
+
+def test_export_refuses_an_opset_outside_the_supported_range(small_checkpoint, tmp_path, capsys):
+    from model import export
+    from model.inference.onnx_export import ExportError, export_onnx
+
+    for opset in ("5", "10", "21"):
+        with pytest.raises(SystemExit) as exit_info:
+            export.main(["--checkpoint", str(small_checkpoint), "--out",
+                         str(tmp_path / "m.onnx"), "--opset", opset])
+        assert exit_info.value.code == 2
+        assert f"--opset: must be 11..20, got {opset}" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="--opset 9: must be 11..20"):  # the library as well
+        export_onnx(small_checkpoint, tmp_path / "m.onnx", opset=9)
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_at_an_opset_the_model_needs_more_than_is_one_line(small_checkpoint, tmp_path,
+                                                                  monkeypatch, capsys):
+    from model import export
+
+    def missing_operator(*args, **kwargs):  # what the exporter raises for a missing operator
+        raise torch.onnx.errors.UnsupportedOperatorError("aten::flip", 12, 13)
+
+    monkeypatch.setattr(torch.onnx, "export", missing_operator)
+    out = tmp_path / "m.onnx"
+    assert export.main(["--checkpoint", str(small_checkpoint), "--out", str(out),
+                        "--opset", "12"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"model.export: error: {small_checkpoint}: cannot be exported at "
+                           "--opset 12: ") and "aten::flip" in line
+    assert not list(tmp_path.iterdir())
+
+
+def _onnx_with_meta(src: Path, value: str, out: Path) -> Path:
+    import onnx
+
+    graph = onnx.load(str(src))
+    graph.metadata_props[0].value = value
+    onnx.save(graph, str(out))
+    return out
+
+
+def _foreign_graph(meta_of: Path, out: Path, dtype: int, shape: list) -> Path:
+    """Another model's graph (Identity) carrying a copy of a real export's metadata."""
+    import onnx
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", dtype, shape)
+    y = helper.make_tensor_value_info("y", dtype, shape)
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
+                                                "other", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "tranet_meta", onnx.load(str(meta_of)).metadata_props[0].value
+    onnx.save(model, str(out))
+    return out
+
+
+def _onnx_cases(exported: Path, small_checkpoint: Path, tmp_path: Path) -> dict:
+    from onnx import TensorProto
+
+    meta = json.loads(__import__("onnx").load(str(exported)).metadata_props[0].value)
+    del meta["au_ids"]
+    return {
+        "a .pt": (small_checkpoint, "a PyTorch checkpoint, not an ONNX model; use --backend torch"),
+        "bad JSON": (_onnx_with_meta(exported, "{not json", tmp_path / "j.onnx"),
+                     "'tranet_meta' metadata is not JSON"),
+        "a JSON list": (_onnx_with_meta(exported, "[1, 2]", tmp_path / "l.onnx"),
+                        "metadata is a JSON list, not an object"),
+        "no au_ids": (_onnx_with_meta(exported, json.dumps(meta), tmp_path / "k.onnx"),
+                      "metadata lacks ['au_ids']"),
+        "float graph": (_foreign_graph(exported, tmp_path / "f.onnx", TensorProto.FLOAT,
+                                       ["b", 3, 64, 64]), "not a graph written by"),
+        "uint8 graph": (_foreign_graph(exported, tmp_path / "u.onnx", TensorProto.UINT8,
+                                       ["b", 64, 64, 3]), "not a graph written by"),
+    }
+
+
+@pytest.mark.parametrize("case", ["a .pt", "bad JSON", "a JSON list", "no au_ids",
+                                  "float graph", "uint8 graph"])
+def test_predict_onnx_refuses_what_is_not_an_export(case, exported, small_checkpoint, tmp_path,
+                                                     caplog):
+    path, words = _onnx_cases(exported, small_checkpoint, tmp_path)[case]
+    (tmp_path / "imgs").mkdir()
+    code = predict.main(["--checkpoint", str(path), "--backend", "onnx", "--images",
+                         str(tmp_path / "imgs"), "--out", str(tmp_path / "out")])
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 2 and len(errors) == 1, errors
+    assert words in errors[0] and str(path) in errors[0] and "\n" not in errors[0]
+
+
+def test_onnx_graph_that_fails_on_a_batch_is_one_line(exported):
+    from model.engine.checkpoint import CheckpointError
+    from model.inference.backends import OnnxBackend
+
+    backend = OnnxBackend(exported)
+    with pytest.raises(CheckpointError, match=r"small.onnx: the ONNX model failed on a batch"):
+        backend([np.zeros((32, 32, 3), np.uint8)])  # crops of another size than the graph's
+
+
+def test_unknown_variant_in_a_checkpoint_is_one_line(small_checkpoint, tmp_path, capsys, caplog):
+    from model import export
+
+    state = load_checkpoint(small_checkpoint)
+    state["model_config"]["variant"] = "nonesuch"
+    bad = save_checkpoint(tmp_path / "bad.pt", state)
+    assert export.main(["--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"model.export: error: {bad}: ") and "unknown variant 'nonesuch'" in line
+    (tmp_path / "imgs").mkdir()
+    assert predict.main(["--checkpoint", str(bad), "--images", str(tmp_path / "imgs"), "--out",
+                         str(tmp_path / "out")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "unknown variant 'nonesuch'" in errors[0]
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_old_one(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.ones(3)}, "epoch": 1})
+    _full_disk_at(path)
+
+    @handle_errors("model.train")
+    def save_epoch_2(argv=None):
+        save_checkpoint(path, {"model": {"w": torch.zeros(10_000)}, "epoch": 2})
+        return 0
+
+    assert save_epoch_2() == 1
+    assert _error_line(capsys) == f"model.train: error: disk full: {path}"
+    assert torch.load(path, weights_only=True)["epoch"] == 1  # the previous one, intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_a_really_full_disk_while_saving_a_checkpoint(tiny_disk):
+    path = save_checkpoint(tiny_disk / "last.pt", {"model": {"w": torch.ones(3)}, "epoch": 1})
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}, "epoch": 2})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tiny_disk.iterdir()] == ["last.pt"]
+
+
+def test_synth_refuses_a_rate_below_the_video_writers_minimum(tmp_path):
+    # A subprocess with a timeout: at --fps 0.1 synth used to loop for ever.
+    done = subprocess.run([sys.executable, "-m", "pipeline.synth", "--out", str(tmp_path / "s"),
+                           "--n-subjects", "1", "--frames", "5", "--fps", "0.1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        f"argument --fps: must be >= {synth.MIN_FPS:g} (the lowest rate OpenCV's MJPG/AVI "
+        "writer accepts), got 0.1")
+    with pytest.raises(ValueError, match="fps must be a finite number >= 1"):
+        synth.SynthConfig(fps=0.5)
+
+
+# --------------------------------------------------------------------------- 9. the document
+
+
+def _reliability_tests() -> set[str]:
+    """``FILE::TEST`` of every test marked ``reliability`` (module ``pytestmark`` or decorator)."""
+    import ast
+
+    def marked(node) -> bool:
+        return "mark.reliability" in ast.unparse(node)
+
+    found = set()
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        whole = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark"
+                                                      for t in n.targets) and marked(n.value)
+                    for n in tree.body)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith(
+                    ("test_", "Test")):
+                if whole or any(marked(d) for d in node.decorator_list):
+                    found.add(f"{path.name}::{node.name}")
+    return found
+
+
+def test_reliability_doc_names_every_reliability_test_and_only_real_ones():
+    import re
+
+    text = (REPO / "docs" / "reliability.md").read_text()
+    named = {f"{Path(f).name}::{t}" for f, t in
+             re.findall(r"`(?:tests/)?(test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`", text)}
+    marked = _reliability_tests()
+    assert len(named) >= 20 and "test_reliability.py::test_option_ranges_are_usage_errors" in marked
+    assert sorted(named - marked) == [], "named in docs/reliability.md, no such reliability test"
+    assert sorted(marked - named) == [], "reliability tests docs/reliability.md does not name"
+    for heading in ("Data safety", "One writer", "named by input", "Every value is checked",
+                    "Bounded memory", "self-contained", "No tracebacks", "Task-aware"):
+        assert re.search(rf"^## .*{heading}", text, re.M | re.I), heading

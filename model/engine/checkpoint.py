@@ -25,11 +25,47 @@ def save_checkpoint(path: Path | str, payload: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     try:
-        torch.save(data, tmp)
+        _save_keeping_errno(data, tmp)
         os.replace(tmp, path)
+    except OSError as err:  # name the checkpoint, not its temporary file ("disk full: last.pt")
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+class _ErrnoKeepingFile:
+    """A file for ``torch.save`` that remembers the OSError of a failed write: torch's writer
+    turns it into ``RuntimeError('[enforce fail ...] unexpected pos ...')``, losing the errno."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.error = raw, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _save_keeping_errno(data: dict[str, Any], tmp: Path) -> None:
+    """``torch.save`` to ``tmp``; a full disk is an OSError (ENOSPC), not torch's RuntimeError.
+    fsync: a delayed-allocation file system reports a full disk only then, and the rename that
+    follows must not replace a good checkpoint with a short one."""
+    with open(tmp, "wb") as raw:
+        sink = _ErrnoKeepingFile(raw)
+        try:
+            torch.save(data, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+        raw.flush()
+        os.fsync(raw.fileno())
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -140,7 +176,7 @@ def load_for_inference(
     try:
         config = config_from_record(data["model_config"])
         model = build_model(config)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # ValueError: an unknown variant, preset, AU...
         raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err
     except BackboneError as err:
         raise CheckpointError(f"{path}: its backbone cannot be built here: {err}") from err

@@ -92,6 +92,7 @@ class OnnxBackend:
         except ImportError as err:
             raise CheckpointError(f"{path}: --backend onnx needs onnxruntime "
                                   f"(pip install 'tranet-au[onnx]')") from err
+        refuse_torch_file(path)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -99,19 +100,85 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
-            raise CheckpointError(f"{path}: not a readable ONNX model ({err})") from err
-        props = self.session.get_modelmeta().custom_metadata_map
-        if ONNX_META_KEY not in props:
-            raise CheckpointError(f"{path}: ONNX model lacks '{ONNX_META_KEY}' metadata "
-                                  f"(export it with python -m model.export)")
-        self.meta = json.loads(props[ONNX_META_KEY])
+            raise CheckpointError(f"{path}: not a readable ONNX model ({_ort_reason(err)})") from err
+        self.path = Path(path)
+        self.meta = read_onnx_meta(self.session, path)
+        check_onnx_graph(self.session, self.meta, path)
         self.input_name = self.session.get_inputs()[0].name
         # a second output is the intensity head's (see model.inference.onnx_export)
         self.has_intensity = len(self.session.get_outputs()) > 1
 
     def __call__(self, aligned: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        outputs = self.session.run(None, {self.input_name: np.stack(aligned)})
+        try:
+            outputs = self.session.run(None, {self.input_name: np.stack(aligned)})
+        except Exception as err:  # onnxruntime's own types: a graph that is not what it claims
+            raise CheckpointError(f"{self.path}: the ONNX model failed on a batch of aligned "
+                                  f"faces ({_ort_reason(err)})") from err
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+
+#: What ``model.predict`` reads from an export's metadata before anything else.
+REQUIRED_META = ("au_ids", "image_size", "nose_target", "chin_target")
+#: How a PyTorch checkpoint begins: a zip archive (torch.save) or a bare pickle (legacy).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x04")
+
+
+def refuse_torch_file(path: Path) -> None:
+    """A CheckpointError for a PyTorch checkpoint given to ``--backend onnx`` (onnxruntime would
+    only say that protobuf parsing failed)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return  # onnxruntime says what is wrong with the path
+    if head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(f"{path}: a PyTorch checkpoint, not an ONNX model; use "
+                              f"--backend torch for it (or export it with python -m model.export)")
+
+
+def read_onnx_meta(session: Any, path: Path) -> dict[str, Any]:
+    """The checkpoint metadata stored by ``model.export`` (a CheckpointError if absent or not
+    a JSON object with the entries prediction needs)."""
+    props = session.get_modelmeta().custom_metadata_map
+    if ONNX_META_KEY not in props:
+        raise CheckpointError(f"{path}: ONNX model lacks '{ONNX_META_KEY}' metadata "
+                              f"(export it with python -m model.export)")
+    try:
+        meta = json.loads(props[ONNX_META_KEY])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its '{ONNX_META_KEY}' metadata is not JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its '{ONNX_META_KEY}' metadata is a JSON "
+                              f"{type(meta).__name__}, not an object")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: its '{ONNX_META_KEY}' metadata lacks {missing}")
+    return meta
+
+
+def check_onnx_graph(session: Any, meta: dict[str, Any], path: Path) -> None:
+    """Refuse a graph that is not ``model.export``'s (another model's, with copied metadata):
+    uint8 ``[batch, S, S, 3]`` in, ``[batch, K]`` probabilities out."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    problem = None
+    if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4 \
+            or inputs[0].shape[3] != 3:
+        problem = "input " + ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+    elif not 1 <= len(outputs) <= 2 or any(len(o.shape) != 2 for o in outputs):
+        problem = "output " + ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs)
+    elif isinstance(inputs[0].shape[1], int) and inputs[0].shape[1:3] != [meta["image_size"]] * 2:
+        problem = f"input {inputs[0].shape} for image_size {meta['image_size']}"
+    elif isinstance(outputs[0].shape[1], int) and outputs[0].shape[1] != len(meta["au_ids"]):
+        problem = f"{outputs[0].shape[1]} probabilities for {len(meta['au_ids'])} AUs"
+    if problem:
+        raise CheckpointError(f"{path}: not a graph written by python -m model.export ({problem}; "
+                              f"expected uint8 [batch, S, S, 3] in, [batch, K] out)")
+
+
+def _ort_reason(err: Exception) -> str:
+    """onnxruntime's message without its code prefix and repeated path, on one line."""
+    text = " ".join(str(err).split())
+    return text.split("failed:", 1)[-1].strip() if "failed:" in text else text
 
 
 def intensity_au_ids(meta: dict[str, Any], width: int | None = None) -> list[int]:

@@ -18,17 +18,28 @@ from typing import Any
 
 import torch
 
+from pipeline.cli import CommandError
 from .backends import ONNX_META_KEY, ProbabilityModel, split_outputs
 from ..engine.checkpoint import load_checkpoint, load_for_inference
 from ..nets.transforms import to_model_input
 
 DEFAULT_OPSET = 17
+#: 11 is the first opset whose Resize matches torch's interpolation (at 10 the graph exports but
+#: computes other numbers; below, operators are missing); 20 is the TorchScript exporter's last.
+MIN_OPSET, MAX_OPSET = 11, 20
+
+
+class ExportError(CommandError):
+    """A checkpoint that cannot be exported as asked (an opset out of range or too old for it)."""
 
 
 def export_onnx(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Write ``out`` (atomically); returns the metadata stored in it."""
+    """Write ``out`` (atomically); returns the metadata stored in it. A failed write (disk full)
+    is an OSError naming ``out``; the previous ``out`` stays as it was."""
     import onnx
 
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise ExportError(f"--opset {opset}: must be {MIN_OPSET}..{MAX_OPSET}")
     state = load_checkpoint(checkpoint, map_location="cpu")
     model, meta = load_for_inference(checkpoint, state=state)
     meta = {**meta, "selected": "metrics" in state, "source_checkpoint": str(checkpoint)}
@@ -41,19 +52,31 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = DEFAULT_OPSET) -> dict
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        with warnings.catch_warnings():
-            # The input layout is fixed (NHWC uint8): the tracer's shape checks are constants.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deliberate
-            torch.onnx.export(ProbabilityModel(model).eval(), (example,), str(tmp),
-                              input_names=["images"], output_names=outputs,
-                              opset_version=opset, dynamo=False,
-                              dynamic_axes={n: {0: "batch"} for n in ["images", *outputs]})
-        graph = onnx.load(str(tmp))
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = ONNX_META_KEY, json.dumps(meta, default=str)
-        onnx.save(graph, str(tmp))
+        _write_graph(model, meta, example, outputs, tmp, opset)
         os.replace(tmp, out)
+    except OSError as err:  # name the file asked for, not the temporary one
+        raise OSError(err.errno, err.strerror or str(err), str(out)) from err
+    except torch.onnx.errors.OnnxExporterError as err:  # an operator this opset lacks
+        raise ExportError(f"{checkpoint}: cannot be exported at --opset {opset}: "
+                          f"{str(err).splitlines()[0]}") from err
     finally:
         tmp.unlink(missing_ok=True)
     return meta
+
+
+def _write_graph(model: torch.nn.Module, meta: dict[str, Any], example: torch.Tensor,
+                 outputs: list[str], tmp: Path, opset: int) -> None:
+    import onnx
+
+    with warnings.catch_warnings():
+        # The input layout is fixed (NHWC uint8): the tracer's shape checks are constants.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deliberate
+        torch.onnx.export(ProbabilityModel(model).eval(), (example,), str(tmp),
+                          input_names=["images"], output_names=outputs,
+                          opset_version=opset, dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in ["images", *outputs]})
+    graph = onnx.load(str(tmp))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = ONNX_META_KEY, json.dumps(meta, default=str)
+    onnx.save(graph, str(tmp))
