@@ -55,10 +55,10 @@ ERROR_LOG = "Error_LOG_Sheet.csv"
 TRUTH_JSON = "synth_truth.json"
 TMP_DIR = ".synth_tmp"
 PARTS_DIR = ".synth_parts"
-#: The frame whose landmark file the release lacks (SN031, l0 scheme, 1-based).
 #: The lowest --fps: OpenCV's own MJPG/AVI writer asserts fps >= 1 (the FFMPEG backend takes
 #: less, but not every OpenCV build has it); at 0.1 the AU schedule used to loop for ever.
 MIN_FPS = 1.0
+#: The frame whose landmark file the release lacks (SN031, l0 scheme, 1-based).
 MISSING_FRAME_REAL = 3631
 DEFAULT_FRAMES = 300
 
