@@ -97,7 +97,7 @@ def scan_shards(shards_dir: Path, camera: str) -> tuple[dict[str, SubjectStats],
         try:
             reader = ShardReader(path)
         except ShardError as err:
-            raise FoldError(f"{path}: {err}") from err
+            raise FoldError(str(err)) from err  # the message names the shard
         with reader:
             settings = {"au_ids": [int(a) for a in reader.au_ids],
                         "threshold": int(reader.attrs["threshold"]),
