@@ -238,3 +238,21 @@ def test_build_folds_refuses_a_shard_with_an_external_link(tmp_path, outside, ca
     assert build_folds_main(["--shards", str(shards), "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert "SN001_left.h5" in err and "external link" in err and "secret.h5" in err
+
+
+def test_training_refuses_a_shard_larger_than_its_manifest_before_reading(tmp_path):
+    """open_shards with the fold's spec gives each shard the manifest's frame count as its
+    limit: more frames than recorded is refused (a crafted or realigned shard), fewer is left
+    to check_frame_counts' "changed since the folds were built"."""
+    from model.engine.data import DataError, fold_spec, open_shards
+    from trainer_fixtures import make_dataset
+
+    shards, path = make_dataset(tmp_path, subjects=("SN001", "SN002", "SN003"), frames=6,
+                                size=16)
+    manifest_data = json.loads(path.read_text())
+    manifest_data["folds"][0]["frames_per_subject"] = {"SN001": 6, "SN002": 6, "SN003": 4}
+    path.write_text(json.dumps(manifest_data))
+    spec = fold_spec(path, 1)
+    assert len(open_shards(shards, ["SN001"], ["left"], "t", spec)) == 1
+    with pytest.raises(DataError, match=r"SN003_left.h5: declares 6 frames.*rebuild the folds"):
+        open_shards(shards, ["SN003"], ["left"], "t", spec)
