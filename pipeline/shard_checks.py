@@ -62,6 +62,8 @@ def check_structure(f: h5py.File, path: Path | str, max_frames: int | None = Non
             _check_storage(f[name], name, file_size)
     except ShardStructureError as err:
         raise ShardStructureError(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # h5py on odd types/layouts
+        raise ShardStructureError(f"{path}: not a readable shard ({err})") from None
     return n
 
 

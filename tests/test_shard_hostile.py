@@ -256,3 +256,26 @@ def test_training_refuses_a_shard_larger_than_its_manifest_before_reading(tmp_pa
     assert len(open_shards(shards, ["SN001"], ["left"], "t", spec)) == 1
     with pytest.raises(DataError, match=r"SN003_left.h5: declares 6 frames.*rebuild the folds"):
         open_shards(shards, ["SN003"], ["left"], "t", spec)
+
+
+def test_compressed_dataset_mostly_unwritten_is_refused(shard):
+    """A deflated dataset whose chunks were mostly never written reads as fill values: its
+    declared bytes exceed 1032x what the file stores for it."""
+    n = 60_000
+    with h5py.File(shard, "r+") as f:
+        for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
+            old = f[name]
+            tail, dtype = old.shape[1:], old.dtype
+            del f[name]
+            d = f.create_dataset(name, shape=(n, *tail), dtype=dtype, compression="gzip",
+                                 chunks=(64, *tail))
+            if name != "images":
+                d[:6] = 1
+    refused(shard, "dataset 'images' declares", "stores")
+
+
+def test_labels_that_are_not_numbers_are_refused(shard):
+    """Opaque bytes where labels belong are refused by type, naming the dataset."""
+    replace_dataset(shard, "labels", lambda f, name, old: f.create_dataset(
+        name, data=np.zeros(old.shape, dtype="V1")))
+    refused(shard, "dataset 'labels' has type", "not a number")
