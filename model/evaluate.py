@@ -30,7 +30,7 @@ from pipeline.cli import CommandError, check_out_dir, int_range, remove_stale_te
 
 from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
-from .engine.data import DataError
+from .engine.data import MAX_WORKERS, DataError
 from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
 from .evaluation.intensity import intensity_report
 from .evaluation.plots import plot_subject_heatmap
@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="folder for evaluation_<split>.{json,csv,md} (default: the first checkpoint's)")
     p.add_argument("--batch-size", type=int_range(1), default=128, help="frames per forward pass")
-    p.add_argument("--workers", type=int_range(0), default=None,
-                   help="DataLoader worker processes (default: from the CPU count, at most 8)")
+    p.add_argument("--workers", type=int_range(0, MAX_WORKERS), default=None,
+                   help=f"DataLoader worker processes, 0..{MAX_WORKERS} (default: from the CPU "
+                        "count, at most 8)")
     p.add_argument("--device", type=device_arg, default="auto",
                    help="auto (cuda when torch sees one, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],

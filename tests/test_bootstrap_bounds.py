@@ -18,12 +18,14 @@ def counts(subjects: int = 3, aus: int = 8, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("command", ["model.evaluate", "model.crossval"])
 @pytest.mark.parametrize("option, value", [("--bootstrap", "100000000"), ("--bootstrap", "-1"),
-                                           ("--bootstrap-seed", "-3")])
+                                           ("--bootstrap-seed", "-3"), ("--folds", "0")])
 def test_bootstrap_options_refused_while_parsing(tmp_path, capsys, command, option, value):
     """Refused by argparse (exit 2, naming the option and its range) before any checkpoint,
     manifest or shard is opened: none of the paths given exist."""
     import importlib
 
+    if option == "--folds" and command == "model.evaluate":
+        option = "--fold"
     main = importlib.import_module(command).main
     missing = str(tmp_path / "missing")
     argv = (["--checkpoint", missing, "--shards", missing, "--manifest", missing]
@@ -33,8 +35,20 @@ def test_bootstrap_options_refused_while_parsing(tmp_path, capsys, command, opti
         main([*argv, option, value])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument {option}" in err and "must be 0.." in err
+    assert f"argument {option}" in err and "must be " in err
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_workers_bounded(tmp_path, capsys):
+    from model.engine.data import MAX_WORKERS
+    from model.evaluate import main
+
+    missing = str(tmp_path / "missing")
+    with pytest.raises(SystemExit) as info:
+        main(["--checkpoint", missing, "--shards", missing, "--manifest", missing,
+              "--workers", str(MAX_WORKERS + 1)])
+    assert info.value.code == 2 and f"argument --workers: must be 0..{MAX_WORKERS}" in \
+        capsys.readouterr().err
 
 
 def test_max_resamples_still_parses_and_runs():

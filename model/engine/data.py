@@ -368,6 +368,11 @@ def evaluation_indices(n: int, max_frames: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, max_frames).round().astype(np.int64))
 
 
+#: Most DataLoader workers an option may ask for (``--workers``): each is a process holding
+#: its own shard handles; far more than any machine's useful parallelism for decoding.
+MAX_WORKERS = 64
+
+
 def default_workers(processes_per_node: int = 1) -> int:
     """DataLoader workers for one training process: the CPU cores this process may use, shared
     among the processes of the node, one core kept for the training loop itself, at most 8."""
