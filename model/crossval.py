@@ -33,7 +33,7 @@ from typing import Sequence
 
 
 from pipeline.cli import HelpFormatter
-from pipeline.cli import check_out_dir
+from pipeline.cli import check_out_dir, int_range
 
 from .cli import handle_errors, setup_logging
 from .engine.camera_eval import CAMERA_FRAMES
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "names two run folders)")
     p.add_argument("--manifest", help="folds.json (pipeline.build_folds); required like --shards")
     p.add_argument("--out", required=True, help="folder for the runs and the tables")
-    p.add_argument("--folds", type=int, nargs="+", default=None,
+    p.add_argument("--folds", type=int_range(1), nargs="+", default=None,
                    help="folds to run (default: every fold of the manifest)")
     p.add_argument("--ablations", action="store_true",
                    help="also train every Table 2 variant and write table2")

@@ -30,13 +30,13 @@ from pipeline.cli import CommandError, check_out_dir, int_range, remove_stale_te
 
 from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
-from .engine.data import DataError
+from .engine.data import MAX_WORKERS, DataError
 from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
 from .evaluation.intensity import intensity_report
 from .evaluation.plots import plot_subject_heatmap
 from .evaluation.provenance import note_rows
 from .evaluation.records import markdown_table, write_csv, write_json
-from .evaluation.statistics import DEFAULT_RESAMPLES, method_line
+from .evaluation.statistics import DEFAULT_RESAMPLES, MAX_RESAMPLES, method_line
 from .evaluation.tasks import (common_task, reports_intensity, reports_occurrence, task_line,
                                task_record)
 from .evaluation.tables import summary as summarise
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best.pt of one run, or one per fold")
     p.add_argument("--shards", required=True, help="folder of aligned shards")
     p.add_argument("--manifest", required=True, help="folds.json")
-    p.add_argument("--fold", type=int, nargs="+", default=None,
+    p.add_argument("--fold", type=int_range(1), nargs="+", default=None,
                    help="fold of each checkpoint (default: the fold each was trained on)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"],
                    help="which subjects of the fold to evaluate on")
@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="folder for evaluation_<split>.{json,csv,md} (default: the first checkpoint's)")
     p.add_argument("--batch-size", type=int_range(1), default=128, help="frames per forward pass")
-    p.add_argument("--workers", type=int_range(0), default=None,
-                   help="DataLoader worker processes (default: from the CPU count, at most 8)")
+    p.add_argument("--workers", type=int_range(0, MAX_WORKERS), default=None,
+                   help=f"DataLoader worker processes, 0..{MAX_WORKERS} (default: from the CPU "
+                        "count, at most 8)")
     p.add_argument("--device", type=device_arg, default="auto",
                    help="auto (cuda when torch sees one, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
@@ -78,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_bootstrap_options(p: argparse.ArgumentParser) -> None:
     """--bootstrap/--bootstrap-seed (shared with model.crossval)."""
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+    p.add_argument("--bootstrap", type=int_range(0, MAX_RESAMPLES), default=DEFAULT_RESAMPLES,
+                   metavar="N",
                    help="subject-level bootstrap resamples for the 95%% confidence intervals "
-                        "(0: no intervals)")
-    p.add_argument("--bootstrap-seed", type=int, default=0,
+                        f"(0: no intervals; at most {MAX_RESAMPLES})")
+    p.add_argument("--bootstrap-seed", type=int_range(0, 2**63 - 1), default=0,
                    help="seed of the bootstrap draws (same seed, same intervals)")
 
 

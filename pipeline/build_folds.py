@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .disfa import standard_folds
+from .disfa import SUBJECT_PATTERN, is_subject_name, standard_folds
 from .shards import ShardError, ShardReader
 from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
@@ -97,7 +97,7 @@ def scan_shards(shards_dir: Path, camera: str) -> tuple[dict[str, SubjectStats],
         try:
             reader = ShardReader(path)
         except ShardError as err:
-            raise FoldError(f"{path}: {err}") from err
+            raise FoldError(str(err)) from err  # the message names the shard
         with reader:
             settings = {"au_ids": [int(a) for a in reader.au_ids],
                         "threshold": int(reader.attrs["threshold"]),
@@ -233,14 +233,35 @@ def load_folds(path: Path | str) -> dict[str, Any]:
         raise FoldError(f"{path}: no folds manifest (run python -m pipeline.build_folds)") from None
     except ValueError as err:
         raise FoldError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise FoldError(f"{path}: not a folds manifest (a JSON object)")
     for key in ("scheme", "au_ids", "threshold", "image_size", "folds"):
         if key not in manifest:
             raise FoldError(f"{path}: key {key!r} missing; not a folds manifest")
+    if not isinstance(manifest["folds"], list):
+        raise FoldError(f"{path}: 'folds' is not a list")
     for fold in manifest["folds"]:
+        if not isinstance(fold, dict):
+            raise FoldError(f"{path}: a fold is {type(fold).__name__}, not an object")
         for key in ("fold", "train", "val", "test", "au_weights"):
             if key not in fold:
                 raise FoldError(f"{path}: fold {fold.get('fold', '?')} lacks {key!r}")
+        _check_fold_subjects(fold, path)
     return manifest
+
+
+def _check_fold_subjects(fold: dict[str, Any], path: Path) -> None:
+    """Every subject a fold names is a subject name: shard paths are built from them, so
+    ``../elsewhere/SN003`` must not reach a file outside the shards folder."""
+    number = fold.get("fold", "?")
+    for key in ("train", "val", "test", "frames_per_subject"):
+        names = fold.get(key) or []
+        if not isinstance(names, (list, dict)):
+            raise FoldError(f"{path}: fold {number}: {key!r} is not a list of subjects")
+        bad = [s for s in names if not is_subject_name(s)]
+        if bad:
+            raise FoldError(f"{path}: fold {number}: {key} names {bad[0]!r}, which is not a "
+                            f"subject name ({SUBJECT_PATTERN.pattern})")
 
 
 def format_folds(manifest: dict[str, Any]) -> str:

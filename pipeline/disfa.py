@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,6 +25,10 @@ EVAL_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)
 SUBJECTS: tuple[str, ...] = tuple(
     f"SN{n:03d}" for n in (*range(1, 14), 16, 17, 18, 21, *range(23, 33))
 )
+#: What a subject name may be: DISFA's ``SN0dd``. Names from manifests and shard attrs build
+#: file names (``SN001_left.h5``), so nothing else is accepted: no path component can come from a
+#: file. Another dataset changes this one pattern.
+SUBJECT_PATTERN = re.compile(r"SN0\d\d")
 FRAMES_PER_SUBJECT = 4845
 FRAMES_EXCEPTIONS = {"SN010": 4844}
 FPS = 20.0
@@ -41,6 +46,11 @@ NOSE_ROOT, NOSE_TIP, CHIN = 27, 30, 8  # indices in DISFA's 66-point order
 def n_frames(subject: str) -> int:
     """Frames in the left-camera video of ``subject`` in the real release."""
     return FRAMES_EXCEPTIONS.get(subject, FRAMES_PER_SUBJECT)
+
+
+def is_subject_name(name: object) -> bool:
+    """Whether ``name`` is a subject name of the dataset (:data:`SUBJECT_PATTERN`, whole)."""
+    return isinstance(name, str) and SUBJECT_PATTERN.fullmatch(name) is not None
 
 
 def parse_threshold(value: str | int) -> int:

@@ -36,7 +36,8 @@ import cv2
 import h5py
 import numpy as np
 
-from .disfa import ALL_AUS, EVAL_AUS, N_LANDMARKS, au_columns
+from .disfa import ALL_AUS, EVAL_AUS, N_LANDMARKS, SUBJECT_PATTERN, au_columns, is_subject_name
+from .shard_checks import ShardStructureError, check_structure
 from .cli import CommandError
 
 SCHEMA_VERSION = 1
@@ -309,7 +310,9 @@ class ShardReader:
     can be handed to several DataLoader workers.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, max_frames: int | None = None) -> None:
+        """``max_frames``: refuse, before reading, a shard declaring more frames (e.g. more than
+        a folds manifest recorded for its subject)."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ShardError(f"{self.path}: no such shard")
@@ -321,23 +324,20 @@ class ShardReader:
                 self.attrs = _read_attrs(f)
                 if not self.attrs.get("complete", False):
                     raise ShardError(f"{self.path}: shard is incomplete (no 'complete' attr)")
-                for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
-                    if name not in f:
-                        raise ShardError(f"{self.path}: dataset '{name}' is missing")
+                _check_structure(f, self.path, max_frames)
                 self.frame_index = f["frame_index"][()]
                 self.intensity = f["intensity"][()]
                 self.labels = f["labels"][()]
                 self.landmarks = f["landmarks"][()]
                 self.encoding = str(f["images"].attrs.get("encoding", "raw"))
-                n_images = f["images"].shape[0]
         except OSError as err:
             raise ShardError(f"{self.path}: not a readable HDF5 shard ({err})") from err
-        n = len(self.frame_index)
-        if not (n_images == n == len(self.intensity) == len(self.labels) == len(self.landmarks)):
-            raise ShardError(f"{self.path}: datasets disagree in length")
         self.au_ids = tuple(int(a) for a in self.attrs["au_ids"])
         self.image_size = int(self.attrs["image_size"])
         self.subject = str(self.attrs["subject"])
+        if not is_subject_name(self.subject):
+            raise ShardError(f"{self.path}: subject {self.subject!r} is not a subject name "
+                             f"({SUBJECT_PATTERN.pattern})")
         self.camera = str(self.attrs["camera"])
 
     def __len__(self) -> int:
@@ -379,6 +379,14 @@ class ShardReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_structure(f: h5py.File, path: Path, max_frames: int | None) -> None:
+    """:func:`pipeline.shard_checks.check_structure` as a ShardError."""
+    try:
+        check_structure(f, path, max_frames)
+    except ShardStructureError as err:
+        raise ShardError(str(err)) from None
 
 
 def _read_attrs(f: h5py.File) -> dict[str, Any]:

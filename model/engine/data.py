@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from pipeline.disfa import ALL_AUS, au_columns
+from pipeline.disfa import ALL_AUS, SUBJECT_PATTERN, au_columns, is_subject_name
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
 
 from .augment import AlignmentJitter
@@ -127,21 +127,30 @@ def fold_numbers(manifest_path: Path | str) -> list[int]:
 
 
 def open_shards(
-    shards_dir: Path | str, subjects: Sequence[str], cameras: Sequence[str], context: str
+    shards_dir: Path | str, subjects: Sequence[str], cameras: Sequence[str], context: str,
+    spec: FoldSpec | None = None,
 ) -> list[ShardReader]:
-    """Open the shard of every subject and camera; a missing or corrupt one is a DataError."""
+    """Open the shard of every subject and camera; a missing or corrupt one is a DataError.
+
+    With ``spec``, a shard declaring more frames than the manifest recorded for its subject is
+    refused before its data is read (a crafted shard cannot make the reader allocate more)."""
     shards_dir = Path(shards_dir)
+    expected = manifest_frames(spec) if spec is not None else {}
     readers = []
     for subject in subjects:
+        check_subject_names([subject], context)
         for camera in cameras:
             path = shards_dir / shard_name(subject, camera)
             if not path.exists():
                 raise DataError(f"{context} lists subject {subject}, but its shard {path} "
                                 "does not exist (align that subject, or rebuild the folds)")
             try:
-                reader = ShardReader(path)
+                reader = ShardReader(path, max_frames=expected.get(subject))
             except ShardError as err:
-                raise DataError(f"corrupt shard: {err}") from err
+                hint = (f" ({spec.manifest} records {expected[subject]} frames for {subject}: "
+                        "rebuild the folds if the shard was realigned)"
+                        if subject in expected and "expected" in str(err) else "")
+                raise DataError(f"corrupt shard: {err}{hint}") from err
             try:
                 # Decoding the first and last frame catches truncated or corrupt image data
                 # before training starts rather than hours into it.
@@ -158,6 +167,25 @@ def open_shards(
                 raise DataError(f"{path}: shard says subject {reader.subject!r}, expected {subject}")
             readers.append(reader)
     return readers
+
+
+def manifest_frames(spec: FoldSpec) -> dict[str, int]:
+    """``frames_per_subject`` of a fold (subject -> frames); entries that are not counts are
+    left out (the shard's own limit then applies)."""
+    counts = spec.raw.get("frames_per_subject")
+    if not isinstance(counts, Mapping):
+        return {}
+    return {str(s): int(n) for s, n in counts.items()
+            if isinstance(n, int) and not isinstance(n, bool) and n >= 0}
+
+
+def check_subject_names(subjects: Sequence[object], source: object) -> None:
+    """A DataError naming ``source`` for any subject that is not a subject name (a shard file
+    name is built from it, so ``../elsewhere/SN003`` would read outside the shards folder)."""
+    bad = [s for s in subjects if not is_subject_name(s)]
+    if bad:
+        raise DataError(f"{source}: subject {bad[0]!r} is not a subject name "
+                        f"({SUBJECT_PATTERN.pattern})")
 
 
 def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec) -> dict[str, Any]:
@@ -338,6 +366,11 @@ def evaluation_indices(n: int, max_frames: int | None) -> np.ndarray:
     if max_frames is None or max_frames >= n:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, max_frames).round().astype(np.int64))
+
+
+#: Most DataLoader workers an option may ask for (``--workers``): each is a process holding
+#: its own shard handles; far more than any machine's useful parallelism for decoding.
+MAX_WORKERS = 64
 
 
 def default_workers(processes_per_node: int = 1) -> int:

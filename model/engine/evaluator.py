@@ -62,7 +62,7 @@ def evaluate_checkpoint(
         raise DataError(f"{checkpoint} was trained or selected on {', '.join(seen)}, which the "
                         f"{split} split of fold {fold} evaluates; pass --allow-seen to evaluate "
                         "anyway (the numbers are then optimistic and labelled so)")
-    readers = open_shards(shards, subjects, cameras, f"{spec.manifest} fold {fold}")
+    readers = open_shards(shards, subjects, cameras, f"{spec.manifest} fold {fold}", spec)
     geometry = check_consistent(readers, spec)
     data = state["data"]
     size = int(data["image_size"])

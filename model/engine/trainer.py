@@ -250,7 +250,7 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
     context = f"{spec.manifest} fold {spec.fold}"
     _check_subjects(spec, cfg, context)
     threshold = cfg.threshold if cfg.threshold is not None else spec.threshold
-    readers = {split: open_shards(cfg.shards, spec.subjects[split], cfg.cameras, context)
+    readers = {split: open_shards(cfg.shards, spec.subjects[split], cfg.cameras, context, spec)
                for split in ("train", "val", "test")}
     geometry, alignment = _geometry(cfg, spec, readers, context)
     jitter = AlignmentJitter(cfg.jitter_scale, cfg.jitter_degrees, cfg.jitter_shift)

@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, fold_rngs, method_line,
-                         percentile_interval, subject_weights)
+from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_resamples, fold_rngs,
+                         method_line, percentile_interval, subject_weights)
 
 #: FACS intensity range (A..E coded 1..5; 0 = absent).
 INTENSITY_MIN, INTENSITY_MAX = 0.0, 5.0
@@ -225,13 +225,15 @@ def bootstrap_intensity(fold_sums: Sequence[np.ndarray], resamples: int = DEFAUL
 
     The draws are :mod:`.statistics`' (same seed, same per-fold streams), so the intensity and
     the occurrence intervals of one evaluation resample the same people."""
-    if resamples < 1 or not fold_sums:
-        raise ValueError("intensity bootstrap needs resamples >= 1 and at least one fold")
-    total = None
-    for sums, rng in zip(fold_sums, fold_rngs(seed, len(fold_sums))):
-        sums = np.asarray(sums, dtype=np.float64)
+    if not fold_sums:
+        raise ValueError("intensity bootstrap needs at least one fold")
+    fold_sums = [np.asarray(sums, dtype=np.float64) for sums in fold_sums]
+    for sums in fold_sums:
         if sums.ndim != 3 or sums.shape[2] != _N_SUMS:
             raise ValueError(f"per-subject sums must be [subjects, AUs, 7], got {sums.shape}")
+        check_resamples(resamples, sums.shape[0], sums.shape[1] * _N_SUMS)
+    total = None
+    for sums, rng in zip(fold_sums, fold_rngs(seed, len(fold_sums))):
         s, k, _ = sums.shape
         weights = subject_weights(s, resamples, rng)
         pooled = (weights @ sums.reshape(s, k * _N_SUMS)).reshape(-1, k, _N_SUMS)

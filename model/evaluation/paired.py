@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from .metrics import f1_from_counts
-from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_counts, fold_rngs,
-                         percentile_interval, subject_weights)
+from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_counts, check_resamples,
+                         fold_rngs, percentile_interval, subject_weights)
 
 Run = Sequence[np.ndarray]          # one run: per fold, per-subject counts [S_f, K, 4]
 
@@ -132,9 +132,9 @@ def paired_runs(runs_a: Sequence[Run], runs_b: Sequence[Run], resamples: int = D
     ``runs_x[r][f]`` is run r's per-subject counts ``[S_f, K, 4]`` on fold f; subjects must be in
     the same order in every run of both sides. A side's F1 is the mean over its runs.
     """
-    if resamples < 1:
-        raise ValueError("resamples must be >= 1")
     folds = _check_runs(runs_a, runs_b)
+    for counts in folds:  # [R, S, K, 4]: the draws are [B, S], the pooled counts [B, R, K*4]
+        check_resamples(resamples, counts.shape[1], counts.shape[0] * counts.shape[2] * 4)
     n_a = len(runs_a)
     per_run = _with_mean(np.mean([_pooled_f1(c) for c in folds], axis=0))   # [R, K + 1]
     point = per_run[:n_a].mean(0) - per_run[n_a:].mean(0)

@@ -24,6 +24,28 @@ from .metrics import accuracy_from_counts, f1_from_counts
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.95
+#: Most resamples a bootstrap takes (``--bootstrap``'s maximum): 100x the default, far past
+#: where percentile intervals stop moving.
+MAX_RESAMPLES = 100_000
+#: Most memory the replicate arrays of one bootstrap may take (estimated before allocating).
+MAX_BOOTSTRAP_BYTES = 256 * 2**20
+
+
+def check_resamples(resamples: int, subjects: int, columns: int) -> None:
+    """A ValueError, before any allocation, if ``resamples`` is not 1..MAX_RESAMPLES or the
+    replicate arrays (``[B, subjects]`` draws and a few ``[B, columns]`` float64 arrays, columns
+    = values per subject: AUs x counts, x runs for paired) would exceed MAX_BOOTSTRAP_BYTES."""
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)):
+        raise ValueError(f"resamples must be an integer, got {resamples!r}")
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise ValueError(f"resamples must be 1..{MAX_RESAMPLES}, got {resamples}")
+    per_replicate = 8 * (int(subjects) + 3 * int(columns))
+    if int(resamples) * per_replicate > MAX_BOOTSTRAP_BYTES:
+        most = MAX_BOOTSTRAP_BYTES // per_replicate
+        raise ValueError(f"{resamples} resamples of {subjects} subjects x {columns} values need "
+                         f"about {resamples * per_replicate / 2**20:.0f} MiB, more than the "
+                         f"{MAX_BOOTSTRAP_BYTES // 2**20} MiB a bootstrap may take; use at most "
+                         f"{most} resamples")
 
 
 def method_line(resamples: int, seed: int, level: float = DEFAULT_LEVEL,
@@ -85,11 +107,11 @@ def bootstrap_folds(
     fold_counts: Sequence[np.ndarray], resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> BootstrapSamples:
     """Replicates of the mean-over-folds metrics; ``fold_counts[f]`` is ``[S_f, K, 4]``."""
-    if resamples < 1:
-        raise ValueError("resamples must be >= 1")
+    fold_counts = [check_counts(c) for c in fold_counts]
+    for counts in fold_counts:
+        check_resamples(resamples, counts.shape[0], counts.shape[1] * 4)
     f1 = acc = None
     for counts, rng in zip(fold_counts, fold_rngs(seed, len(fold_counts))):
-        counts = check_counts(counts)
         w = subject_weights(counts.shape[0], resamples, rng)
         f, a = _metrics_of_replicates(w, counts)
         f1 = f if f1 is None else f1 + f
