@@ -33,7 +33,7 @@ from typing import Sequence
 
 
 from pipeline.cli import HelpFormatter
-from pipeline.cli import check_out_dir
+from .engine.run_folder import RunFolder
 
 from .cli import handle_errors, setup_logging
 from .engine.camera_eval import CAMERA_FRAMES
@@ -102,9 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
-    check_out_dir(args.out)
     try:
-        report = crossval(args, explicit_options(parser, argv))
+        with RunFolder(args.out, "model.crossval"):  # one writer; its fold runs lock theirs
+            report = crossval(args, explicit_options(parser, argv))
     except (DataError, CheckpointError, WeightsError, ValueError) as err:
         log.error("%s", err)
         return 1

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.cli import HelpFormatter
+from pipeline.cli import FailureError, HelpFormatter
+from pipeline.folder_lock import FolderLock
 from .engine.checkpoint import CheckpointError
 
 log = logging.getLogger("model.export")
@@ -44,7 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from .inference.onnx_export import export_onnx
 
-        meta = export_onnx(args.checkpoint, args.out, args.opset)
+        # One writer per output file (its lock beside it, where the folder exists).
+        lock = FolderLock.for_file(args.out) if args.out.parent.is_dir() else nullcontext()
+        with lock:
+            meta = export_onnx(args.checkpoint, args.out, args.opset)
+    except FailureError as err:  # a live writer of the same file
+        log.error("%s", err)
+        return err.exit_code
     except ImportError as err:
         log.error("ONNX export needs the onnx package (pip install 'tranet-au[onnx]'): %s", err)
         return 2
