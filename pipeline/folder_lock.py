@@ -99,14 +99,28 @@ class FolderLock:
     def acquire(self) -> "FolderLock":
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                self._create()
             except FileExistsError:
                 self._refuse_or_clear()
                 continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.record(), handle)
             return self
         raise FailureError(f"{self.path}: cannot take the lock (another run keeps taking it)")
+
+    def _create(self) -> None:
+        """Create the lock file with its content in one step (a hard link of a written temporary
+        file): another process never reads an empty lock and takes it for a stale one."""
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.record()))
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: exclusive create, then write
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(tmp.read_text())
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _refuse_or_clear(self) -> None:
         owner = read_owner(self.path)
