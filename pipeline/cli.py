@@ -1,6 +1,7 @@
 """What every command (pipeline.* and model.*) shares: the error types a user can cause, the one
 top-level handler that turns them into a one-line message and an exit code, option ranges,
-run-folder locks and the clean-up of temporary files left by killed runs.
+atomic writes and the clean-up of temporary files left by killed runs (the run-folder lock is
+:mod:`pipeline.folder_lock`).
 
 Exit codes: 0 done, 1 failed (the machine's state: full disk, a subject that failed), 2 bad input
 or usage (an option out of range, a file that is not what it should be), 130 interrupted.

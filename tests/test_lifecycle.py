@@ -150,7 +150,7 @@ try:
     _acquire = folder_lock.FolderLock.acquire
     def _slow(self):
         taken = _acquire(self)
-        time.sleep(2)  # the winner keeps the lock while the other process gets there
+        time.sleep(3)  # the winner keeps the lock while the other process gets there
         return taken
     folder_lock.FolderLock.acquire = _slow
 except ImportError:

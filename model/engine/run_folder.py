@@ -80,7 +80,6 @@ class RunFolder:
         self.legacy_files = tuple(legacy_files)
         self.path = self.out
         self.lock: FolderLock | None = None
-        self._staged: FolderLock | None = None
 
     def check(self) -> "RunFolder":
         """Refuse (CommandError naming the folder) a ``fresh`` replacement of a folder this tool
@@ -101,19 +100,27 @@ class RunFolder:
         created = not self.out.exists() or is_empty(self.out)
         check_out_dir(self.out, self.option)
         self.lock = FolderLock(self.out).acquire()
-        _remove_dead_stages(self.out)
-        if self.fresh and not created:
-            stage = self.out.with_name(f".{self.out.name}.new-{os.getpid()}")
-            shutil.rmtree(stage, ignore_errors=True)
-            stage.mkdir()
-            self._staged = FolderLock(stage, stage / FolderLock.NAME)
-            self._staged.token = self.lock.token  # after the swap, OUT/.lock is this run's
-            self._staged.acquire()
-            write_marker(stage, self.tool)
-            self.path = stage
-        elif created:
-            write_marker(self.out, self.tool)  # a folder we made (or found empty) is ours
+        try:
+            _remove_dead_stages(self.out)
+            if self.fresh and not created:
+                self.path = self._stage()
+            elif created:
+                write_marker(self.out, self.tool)  # a folder we made (or found empty) is ours
+        except BaseException:
+            self.close()
+            raise
         return self.path
+
+    def _stage(self) -> Path:
+        """``.OUT.new-PID`` beside OUT, carrying the marker and this run's lock."""
+        stage = self.out.with_name(f".{self.out.name}.new-{os.getpid()}")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        staged = FolderLock(stage)
+        staged.token = self.lock.token  # after the swap, OUT/.lock is this run's
+        staged.acquire()
+        write_marker(stage, self.tool)
+        return stage
 
     def commit(self) -> Path:
         """Swap the new run in (once it has started cleanly) and delete the old one."""
@@ -126,7 +133,6 @@ class RunFolder:
             os.rename(stage, self.out)
             stage = aside
         shutil.rmtree(stage, ignore_errors=True)  # the old run, now beside
-        self._staged = None
         log.info("%s: the earlier run was replaced (--fresh)", self.out)
         return self.out
 
