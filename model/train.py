@@ -240,13 +240,15 @@ def prepare_out(out: str, fresh: bool) -> RunFolder:
     """Refuse an --out that holds a run (a typo must not overwrite days of training) unless
     --fresh; lock it (one writer) and remove temporary files of killed runs. Removes nothing:
     a --fresh run is built beside the old one, which it replaces once it started cleanly."""
-    folder = RunFolder(out, "model.train", fresh=fresh, legacy_files=RUN_FILES).check()
+    folder = RunFolder(out, "model.train", fresh=fresh, tools=("model.crossval",),
+                       legacy_files=RUN_FILES)
+    folder.open()  # a live writer is named first: its run is not one to resume
     path = Path(out)
     existing = [name for name in RUN_FILES if (path / name).exists()]
     if existing and not fresh:
+        folder.close()
         raise CommandError(f"--out {out} already holds a run ({', '.join(existing[:3])}...); "
                            f"continue it with --resume {out}, or replace it with --fresh")
-    folder.open()
     remove_stale_temp_files(path)
     return folder
 
