@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "by side finish sooner than folds in turn")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads in all (None: one per core)")
-    p.add_argument("--fresh", action="store_true", help="delete OUT's previous results first")
+    p.add_argument("--fresh", action="store_true", help="start over: replace OUT (only a demo folder this tool made) "
+                   "once every option is checked")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

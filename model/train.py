@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue RUN (its last.pt) exactly where it stopped")
     p.add_argument("--fresh", action="store_true",
-                   help="start over in an --out that already holds a run, replacing its files "
-                        "(without it such an --out is refused)")
+                   help="start over in an --out that already holds a run made by this tool; the "
+                        "old run is replaced once the new one has started (without it such an "
+                        "--out is refused)")
     add_training_options(p)
     return p
 
