@@ -64,10 +64,12 @@ def owner_state(owner: dict[str, Any] | None) -> str:
 
 
 def describe_owner(owner: dict[str, Any]) -> str:
+    """``pid N, command '...', since ...`` (a long command line shortened)."""
     since = owner.get("since")
     words = [f"pid {owner['pid']}"]
-    if owner.get("command"):
-        words.append(f"command {owner['command']!r}")
+    command = str(owner.get("command") or "")
+    if command:
+        words.append(f"command {command if len(command) <= 200 else command[:197] + '...'!r}")
     if since:
         words.append(f"since {since}")
     return ", ".join(words)
@@ -133,7 +135,23 @@ class FolderLock:
                    "process started later", "live": "left by this process"}[state]
             log.warning("%s: stale lock (%s; %s), taking it over", self.path,
                         describe_owner(owner), why)
-        self.path.unlink(missing_ok=True)
+        self._clear(owner)
+
+    def _clear(self, stale: dict[str, Any] | None) -> None:
+        """Remove the stale lock ``stale``; if another run replaced it meanwhile (it cleared the
+        same stale lock first), the lock moved aside is that run's and is put back."""
+        grave = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return
+        moved = read_owner(grave)
+        if stale is not None and moved is not None and moved.get("token") != stale.get("token"):
+            try:
+                os.link(grave, self.path)
+            except OSError:
+                pass
+        grave.unlink(missing_ok=True)
 
     def held(self) -> bool:
         """Whether the lock still belongs to this lock's run (False once a new run took it)."""
