@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One writer per output file (its lock beside it, where the folder exists).
         lock = FolderLock.for_file(args.out) if args.out.parent.is_dir() else nullcontext()
         with lock:
+            if args.out.exists() and not args.force:  # written by a run that just finished
+                log.error("%s exists; --force overwrites it", args.out)
+                return 2
             meta = export_onnx(args.checkpoint, args.out, args.opset)
     except FailureError as err:  # a live writer of the same file
         log.error("%s", err)
