@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "is read from there, so both sides share dlib's landmarks")
     add_bootstrap_options(p)
     p.add_argument("--fresh", action="store_true",
-                   help="retrain the runs of the chosen variants and folds, replacing each once its "
-                        "new run has started (needed when their recorded settings or fold "
-                        "subjects differ from this command's)")
+                   help="retrain the runs of the chosen variants and folds, replacing each "
+                        "once its new run has started (needed when their recorded settings or "
+                        "fold subjects differ from this command's)")
     add_training_options(p)
     return p
 

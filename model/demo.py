@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "by side finish sooner than folds in turn")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads in all (None: one per core)")
-    p.add_argument("--fresh", action="store_true", help="start over: replace OUT (only a demo folder this tool made) "
-                   "once every option is checked")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: replace OUT (only a demo folder this tool made) once every "
+                        "option is checked")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -362,9 +363,11 @@ def check_demo_options(args: argparse.Namespace) -> None:
     folder is touched."""
     for name in COUNT_OPTIONS:
         if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, "
+                               f"got {getattr(args, name)}")
     if args.k > args.n_subjects:
-        raise CommandError(f"--k {args.k}: more folds than subjects (--n-subjects {args.n_subjects})")
+        raise CommandError(f"--k {args.k}: more folds than subjects "
+                           f"(--n-subjects {args.n_subjects})")
     wrong = [f for f in (args.folds or []) if not 1 <= f <= args.k]
     if wrong:
         raise CommandError(f"--folds {' '.join(map(str, wrong))}: folds are 1..{args.k} (--k)")

@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from pipeline.cli import HelpFormatter
 from pipeline.folder_lock import FolderLock
-from pipeline.cli import (CommandError, check_out_dir, int_range, positive_float,
+from pipeline.cli import (CommandError, int_range, positive_float,
                           remove_stale_temp_files, threshold_arg)
 
 from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging

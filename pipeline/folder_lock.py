@@ -128,8 +128,9 @@ class FolderLock:
         owner = read_owner(self.path)
         state = owner_state(owner)
         if state == "live" and owner["pid"] != os.getpid():
-            raise FailureError(f"{self.folder}: another run is writing here ({describe_owner(owner)}); "
-                               f"wait for it or stop it (lock {self.path})")
+            raise FailureError(f"{self.folder}: another run is writing here "
+                               f"({describe_owner(owner)}); wait for it or stop it "
+                               f"(lock {self.path})")
         if owner is not None:
             why = {"gone": "its process is gone", "reused": "its pid now belongs to another "
                    "process started later", "live": "left by this process"}[state]
