@@ -312,3 +312,24 @@ def test_crossval_notices_a_manifest_rebuilt_at_the_same_path(trained, dataset, 
     rebuilt.write_text(json.dumps(folds))
     with pytest.raises(ValueError, match="now has subjects"):
         cross_validation.run_fold(cfg)
+
+
+def test_crossval_command_refuses_a_run_of_other_subjects(trained, dataset, tmp_path, caplog):
+    shards, manifest = dataset
+    rebuilt = tmp_path / "folds.json"
+    folds = json.loads(Path(manifest).read_text())
+    entry = folds["folds"][0]
+    entry["train"], entry["test"] = entry["test"], entry["train"]  # rebuilt: other subjects
+    rebuilt.write_text(json.dumps(folds))
+    run = tmp_path / "cv" / "tranet" / "fold1"
+    shutil.copytree(trained, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train_config"]["manifest"] = str(rebuilt)  # the same path, rebuilt since
+    (run / "config.json").write_text(json.dumps(config))
+    stamp = (run / "best.pt").stat().st_mtime_ns
+    code = crossval.main(["--shards", str(shards), "--manifest", str(rebuilt), "--folds", "1",
+                          "--out", str(tmp_path / "cv"), *TINY_TRAIN])
+    assert code == 1
+    assert "now has subjects" in caplog.text and "--fresh" in caplog.text
+    assert (run / "best.pt").stat().st_mtime_ns == stamp
+    assert not (tmp_path / "cv" / "table1.md").exists()
