@@ -33,11 +33,13 @@ from typing import Sequence
 
 
 from pipeline.cli import HelpFormatter
-from pipeline.cli import check_out_dir, int_range
+from pipeline.cli import int_range
+
 
 from .cli import handle_errors, setup_logging
 from .engine.camera_eval import CAMERA_FRAMES
 from .engine.checkpoint import CheckpointError
+from .engine.run_folder import RunFolder
 from .engine.cross_validation import crossval, run_fold, table1, table2  # noqa: F401  (re-exported)
 from .engine.data import DataError
 from .weights.vggface2 import WeightsError
@@ -90,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "is read from there, so both sides share dlib's landmarks")
     add_bootstrap_options(p)
     p.add_argument("--fresh", action="store_true",
-                   help="delete and retrain the runs of the chosen variants and folds (needed "
-                        "when their recorded settings differ from this command's)")
+                   help="retrain the runs of the chosen variants and folds, replacing each "
+                        "once its new run has started (needed when their recorded settings or "
+                        "fold subjects differ from this command's)")
     add_training_options(p)
     return p
 
@@ -102,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
-    check_out_dir(args.out)
     try:
-        report = crossval(args, explicit_options(parser, argv))
+        with RunFolder(args.out, "model.crossval"):  # one writer; its fold runs lock theirs
+            report = crossval(args, explicit_options(parser, argv))
     except (DataError, CheckpointError, WeightsError, ValueError) as err:
         log.error("%s", err)
         return 1

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -51,6 +50,7 @@ import torch
 
 from pipeline.cli import HelpFormatter, int_range
 from .cli import CommandError, handle_errors
+from .engine.run_folder import RunFolder
 from .demo_report import (build_report, demo_markdown, print_intensity_summary,
                           print_occurrence_summary)
 
@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "by side finish sooner than folds in turn")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads in all (None: one per core)")
-    p.add_argument("--fresh", action="store_true", help="delete OUT's previous results first")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: replace OUT (only a demo folder this tool made) once every "
+                        "option is checked")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -147,14 +149,20 @@ class Stopwatch:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Every stage in order (each resumes); returns the report also written to OUT."""
+    """Every stage in order (each resumes), OUT locked; returns the report also written to OUT."""
+    out: Path = args.out
+    check_demo_options(args)  # every option is checked before anything is touched
+    with RunFolder(out, "model.demo", fresh=args.fresh, legacy_files=DEMO_FILES) as folder:
+        # A --fresh demo starts beside the old one; the swap comes once its settings are written
+        # (the stages record paths, so they run in OUT itself).
+        check_demo_settings(folder.path, args)
+        folder.commit()
+        return _run_stages(args, out)
+
+
+def _run_stages(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from .evaluation.records import write_json
 
-    out: Path = args.out
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_demo_settings(out, args)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     watch = Stopwatch()
     data = prepare_data(args, out, watch)
@@ -342,6 +350,29 @@ def fold_config(args: argparse.Namespace, shards: Path, manifest: Path, fold: in
 
 #: Demo options that make the twin, the shards and the folds; the training ones are checked per
 #: run against its config.json (``model.engine.cross_validation.check_same_recipe``).
+#: What a demo folder holds (a folder made before run markers is recognised by these).
+DEMO_FILES = ("disfa_twin", "shards", "folds.json", "runs", "predictions", "demo.md",
+              "demo_summary.json", "demo_settings.json")
+#: Options that count things: each must be >= 1.
+COUNT_OPTIONS = ("n_subjects", "frames", "frame_width", "frame_height", "size", "k", "epochs",
+                 "batches_per_epoch", "batch_size", "jobs")
+
+
+def check_demo_options(args: argparse.Namespace) -> None:
+    """Refuse options that cannot make a demo (CommandError naming the option), before any
+    folder is touched."""
+    for name in COUNT_OPTIONS:
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, "
+                               f"got {getattr(args, name)}")
+    if args.k > args.n_subjects:
+        raise CommandError(f"--k {args.k}: more folds than subjects "
+                           f"(--n-subjects {args.n_subjects})")
+    wrong = [f for f in (args.folds or []) if not 1 <= f <= args.k]
+    if wrong:
+        raise CommandError(f"--folds {' '.join(map(str, wrong))}: folds are 1..{args.k} (--k)")
+
+
 DATA_SETTINGS = ("n_subjects", "frames", "frame_width", "frame_height", "seed", "size", "k",
                  "val_subjects")
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.cli import CommandError, HelpFormatter, check_out_dir, int_range
+
 from .cli import handle_errors
+from pipeline.folder_lock import FolderLock
+
 from .inference.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 
 log = logging.getLogger("model.export")
@@ -60,7 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as err:
         raise CommandError(f"ONNX export needs the onnx package (pip install "
                            f"'tranet-au[onnx]'): {err}") from err
-    meta = export_onnx(args.checkpoint, out, args.opset)
+    # One writer per output file: its lock beside it (check_out_file made sure the folder is
+    # writable); a file another run finished meanwhile is not overwritten without --force.
+    lock = FolderLock.for_file(out) if out.parent.is_dir() else nullcontext()
+    with lock:
+        if out.exists() and not args.force:
+            raise CommandError(f"--out {out}: exists; --force overwrites it")
+        meta = export_onnx(args.checkpoint, out, args.opset)
     log.info("wrote %s (%d AUs, input %dx%d uint8 RGB)", out, len(meta["au_ids"]),
              meta["image_size"], meta["image_size"])
     return 0

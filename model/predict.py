@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.folder_lock import FolderLock
 from pipeline.cli import HelpFormatter
 from pipeline.cli import check_out_dir, int_range, positive_float
 from pipeline.face_landmarks import DEFAULT_MIN_SCORE, PredictorNotFoundError
@@ -169,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     check_out_dir(args.out)
     try:
-        summary = run_predict(cfg)
+        with FolderLock(args.out):  # one writer per output folder (the summary, resumed CSVs)
+            summary = run_predict(cfg)
     except (CheckpointError, PredictorNotFoundError) as err:
         log.error("%s", err)
         return 2

@@ -25,12 +25,14 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import torch.distributed as dist
 
 from pipeline.cli import HelpFormatter
-from pipeline.cli import (CommandError, check_out_dir, int_range, positive_float,
+from pipeline.folder_lock import FolderLock
+from pipeline.cli import (CommandError, int_range, positive_float,
                           remove_stale_temp_files, threshold_arg)
 
 from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging
@@ -38,6 +40,7 @@ from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
 from .engine.data import DataError
 from .engine.recipes import recipe_names
+from .engine.run_folder import TRAIN_RUN_FILES, RunFolder
 from .weights.vggface2 import WeightsError
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
 from .evaluation.run_report import run_markdown
@@ -63,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue RUN (its last.pt) exactly where it stopped")
     p.add_argument("--fresh", action="store_true",
-                   help="start over in an --out that already holds a run, replacing its files "
-                        "(without it such an --out is refused)")
+                   help="start over in an --out that already holds a run made by this tool; the "
+                        "old run is replaced once the new one has started (without it such an "
+                        "--out is refused)")
     add_training_options(p)
     return p
 
@@ -230,21 +234,24 @@ def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> se
 
 
 #: What a run folder holds; their presence means --out is a run already.
-RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.csv", "metrics.json", "results.json",
-             "results.md", "loss.png", "mean_f1.png", "per_au_f1.png")
+RUN_FILES = TRAIN_RUN_FILES
 
 
-def prepare_out(out: str, fresh: bool) -> None:
+def prepare_out(out: str, fresh: bool) -> RunFolder:
     """Refuse an --out that holds a run (a typo must not overwrite days of training) unless
-    --fresh, which removes that run's files; remove temporary files of killed runs."""
-    folder = check_out_dir(out)
-    existing = [name for name in RUN_FILES if (folder / name).exists()]
+    --fresh; lock it (one writer) and remove temporary files of killed runs. Removes nothing:
+    a --fresh run is built beside the old one, which it replaces once it started cleanly."""
+    folder = RunFolder(out, "model.train", fresh=fresh, tools=("model.crossval",),
+                       legacy_files=RUN_FILES)
+    folder.open()  # a live writer is named first: its run is not one to resume
+    path = Path(out)
+    existing = [name for name in RUN_FILES if (path / name).exists()]
     if existing and not fresh:
+        folder.close()
         raise CommandError(f"--out {out} already holds a run ({', '.join(existing[:3])}...); "
                            f"continue it with --resume {out}, or replace it with --fresh")
-    for name in existing:
-        (folder / name).unlink()
-    remove_stale_temp_files(folder)
+    remove_stale_temp_files(path)
+    return folder
 
 
 @handle_errors("model.train")
@@ -252,22 +259,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    folder = None
     if not args.resume:
         missing = [f"--{n}" for n in ("shards", "manifest", "fold", "out") if getattr(args, n) is None]
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)}")
         if int(os.environ.get("RANK", "0")) == 0:
-            prepare_out(args.out, args.fresh)
+            folder = prepare_out(args.out, args.fresh)
     else:
         # Placeholders: the stored configuration of the run supplies what was not given.
         for name, placeholder in (("shards", ""), ("manifest", ""), ("fold", 0), ("out", "")):
             if getattr(args, name) is None:
                 setattr(args, name, placeholder)
+        if int(os.environ.get("RANK", "0")) == 0 and Path(args.resume).is_dir():  # one writer
+            folder = RunFolder(args.resume, "model.train", option="--resume")
+            folder.lock = FolderLock(args.resume).acquire()
     setup_logging(args.quiet, int(os.environ.get("RANK", "0")))
     try:
         explicit = explicit_options(parser, argv)
         cfg = config_from_args(args, explicit)
-        summary = train(cfg, explicit=explicit)
+        summary = train(cfg, explicit=explicit, stage=folder)
     except (DataError, CheckpointError, WeightsError) as err:
         raise CommandError(str(err)) from err  # the shared handler: one line, exit 2
     except ValueError as err:
@@ -280,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("aborted")
         return EXIT_INTERRUPTED
     finally:
+        if folder is not None:
+            folder.close()
         if dist.is_initialized():
             dist.destroy_process_group()
     if summary["status"] == "interrupted":

@@ -1,6 +1,7 @@
 """What every command (pipeline.* and model.*) shares: the error types a user can cause, the one
 top-level handler that turns them into a one-line message and an exit code, option ranges,
-run-folder locks and the clean-up of temporary files left by killed runs.
+atomic writes and the clean-up of temporary files left by killed runs (the run-folder lock is
+:mod:`pipeline.folder_lock`).
 
 Exit codes: 0 done, 1 failed (the machine's state: full disk, a subject that failed), 2 bad input
 or usage (an option out of range, a file that is not what it should be), 130 interrupted.
@@ -14,7 +15,6 @@ import functools
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -234,60 +234,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-class FolderLock:
-    """``FOLDER/.lock``: one writer per output folder. The file holds the owner's PID; a lock whose
-    process is gone (a killed run) is taken over. Workers compare :meth:`held` before committing,
-    so an orphaned worker of a killed run never overwrites the next run's files."""
+def __getattr__(name: str) -> object:
+    """The folder lock lives in :mod:`pipeline.folder_lock`; ``from pipeline.cli import
+    FolderLock`` keeps working (a lazy import: that module imports this one)."""
+    if name in ("FolderLock", "lock_holds"):
+        from . import folder_lock
 
-    NAME = ".lock"
-
-    def __init__(self, folder: Path | str) -> None:
-        self.path = Path(folder) / self.NAME
-        self.token = f"{os.getpid()} {time.time():.6f}"
-
-    def acquire(self) -> "FolderLock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and pid_alive(owner):
-                    raise FailureError(f"{self.path.parent}: another run (pid {owner}) is writing "
-                                       f"here; wait for it or stop it (lock {self.path})")
-                self.path.unlink(missing_ok=True)  # stale: its run was killed
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.token)
-            return self
-        raise FailureError(f"{self.path}: cannot take the folder lock")
-
-    def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def held(self) -> bool:
-        """Whether the lock still belongs to this lock's run (False once a new run took it)."""
-        return lock_holds(self.path, self.token)
-
-    def release(self) -> None:
-        if self.held():
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> "FolderLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def lock_holds(path: Path | str, token: str) -> bool:
-    """Whether the lock file at ``path`` still carries ``token`` (callable in worker processes)."""
-    try:
-        return Path(path).read_text() == token
-    except OSError:
-        return False
+        return getattr(folder_lock, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

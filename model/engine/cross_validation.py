@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,9 +17,10 @@ from ..evaluation.tasks import common_task, reports_intensity, reports_occurrenc
 from .camera_eval import check_camera_options, describe, test_on_camera
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, config_from_args, recipe_differences
-from .data import DataError, fold_numbers
+from .data import DataError, fold_numbers, fold_spec, training_subjects
 from .distributed import DistInfo
 from .evaluator import mean_over_folds
+from .run_folder import TRAIN_RUN_FILES, RunFolder
 from .trainer import RESUME_OVERRIDABLE, load_data, train
 from .crossval_reports import table1_rows, table2_rows
 from . import crossval_reports as reports
@@ -30,39 +30,82 @@ log = logging.getLogger("model.crossval")
 
 def run_fold(cfg: TrainConfig, fresh: bool = False) -> dict[str, Any]:
     """Train one (variant, fold), reusing a finished run or resuming an interrupted one made with
-    the same settings; ``fresh`` deletes the run folder first. A run made with other settings is
-    refused (ValueError naming them), never silently reused."""
+    the same settings on the same fold subjects; ``fresh`` replaces the run (built beside, swapped
+    in once started; only a folder a tool of ours made). A run made with other settings or on
+    other subjects is refused (ValueError naming them), never silently reused."""
     run_dir = Path(cfg.out)
-    if fresh and run_dir.exists():
-        log.info("%s: --fresh, deleting the earlier run", run_dir)
-        shutil.rmtree(run_dir)
-    check_same_recipe(cfg, run_dir)
-    results = run_dir / "results.json"
-    if results.is_file():
-        summary = json.loads(results.read_text())
-        if summary.get("status") == "finished" and ("test" in summary or "test_intensity" in summary):
-            log.info("%s: finished earlier with the same settings, reusing its results", run_dir)
-            return summary
-    if (run_dir / "last.pt").is_file():
-        log.info("%s: resuming", run_dir)
-        cfg = TrainConfig(**{**cfg.__dict__, "resume": str(run_dir)})
-        # The run's stored settings win, except those that may change on resume (which the
-        # caller's config then sets: epochs, device, threads, the frame cache ...).
-        return train(cfg, explicit=set(RESUME_OVERRIDABLE) - {"out", "shards", "manifest",
-                                                              "compile"})
-    return train(cfg)
+    with fold_folder(run_dir, fresh) as folder:  # one writer per run folder
+        if fresh:
+            return train(cfg, stage=folder)
+        check_same_recipe(cfg, run_dir)
+        results = run_dir / "results.json"
+        if results.is_file():
+            summary = json.loads(results.read_text())
+            if summary.get("status") == "finished" and ("test" in summary
+                                                        or "test_intensity" in summary):
+                log.info("%s: finished earlier with the same settings, reusing its results",
+                         run_dir)
+                return summary
+        if (run_dir / "last.pt").is_file():
+            log.info("%s: resuming", run_dir)
+            cfg = TrainConfig(**{**cfg.__dict__, "resume": str(run_dir)})
+            # The run's stored settings win, except those that may change on resume (which the
+            # caller's config then sets: epochs, device, threads, the frame cache ...).
+            return train(cfg, explicit=set(RESUME_OVERRIDABLE) - {"out", "shards", "manifest",
+                                                                  "compile"}, stage=folder)
+        return train(cfg, stage=folder)
+
+
+def fold_folder(run_dir: Path, fresh: bool = False) -> RunFolder:
+    """The folder of one (variant, fold) run: any of our tools' runs may be replaced."""
+    return RunFolder(run_dir, "model.crossval", fresh=fresh, option="run folder",
+                     tools=("model.train", "model.demo"), legacy_files=TRAIN_RUN_FILES)
 
 
 def check_same_recipe(cfg: TrainConfig, run_dir: Path) -> None:
-    """Refuse to reuse ``run_dir`` when the run recorded there was made with other settings."""
+    """Refuse to reuse ``run_dir`` when the run recorded there was made with other settings, or
+    on other subjects than the manifest's fold names now (a manifest rebuilt at the same path)."""
     recorded = recorded_train_config(run_dir)
     if recorded is None:
         return
-    differing = recipe_differences(cfg, recorded)
+    differing = recipe_differences(cfg, recorded) + fold_differences(cfg, run_dir)
     if differing:
         raise ValueError(f"{run_dir} holds a run made with other settings: {'; '.join(differing)}. "
-                         "Rerun with --fresh to redo it (its folder is deleted), or choose "
+                         "Rerun with --fresh to redo it (its folder is replaced), or choose "
                          "another --out")
+
+
+def fold_differences(cfg: TrainConfig, run_dir: Path) -> list[str]:
+    """What the manifest's fold says now (subjects per split, AUs) that differs from what the run
+    in ``run_dir`` recorded it was trained and tested on."""
+    recorded = recorded_data(run_dir)
+    if not recorded:
+        return []
+    spec = training_subjects(fold_spec(cfg.manifest, cfg.fold), cfg.select_on)
+    now = {"subjects": spec.subjects, "au_ids": list(spec.au_ids)}
+    out = []
+    for key, value in now.items():
+        theirs = recorded.get(key)
+        if key == "subjects" and isinstance(theirs, dict):
+            value = {k: v for k, v in value.items() if v or theirs.get(k)}
+            theirs = {k: v for k, v in theirs.items() if v or value.get(k)}
+        if theirs is not None and theirs != value:
+            out.append(f"the manifest {cfg.manifest} fold {cfg.fold} now has {key} {value} "
+                       f"(run has {theirs})")
+    return out
+
+
+def recorded_data(run_dir: Path) -> dict[str, Any] | None:
+    """The ``data`` record (fold subjects, AUs) of the run in ``run_dir``."""
+    config = run_dir / "config.json"
+    try:
+        if config.is_file():
+            return json.loads(config.read_text()).get("data")
+        if (run_dir / "last.pt").is_file():
+            return load_checkpoint(run_dir / "last.pt").get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
 
 
 def recorded_train_config(run_dir: Path) -> dict[str, Any] | None:
@@ -167,8 +210,10 @@ def train_all(base: TrainConfig, out: Path, variants: Sequence[str], folds: Sequ
     configs = {(variant, fold): TrainConfig(**{**base.__dict__, "variant": variant, "fold": fold,
                                                "out": str(out / variant / f"fold{fold}")})
                for variant in variants for fold in folds}
-    if not fresh:  # refuse before anything trains or any table is rewritten
-        for cfg in configs.values():
+    for cfg in configs.values():  # refuse before anything trains or any table is rewritten
+        if fresh:
+            fold_folder(Path(cfg.out), fresh).check()
+        else:
             check_same_recipe(cfg, Path(cfg.out))
     per_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     failures: list[dict[str, Any]] = []

@@ -685,21 +685,23 @@ class TrainingRun:
 
 
 def train(
-    cfg: TrainConfig,
-    *,
+    cfg: TrainConfig, *,
     explicit: set[str] | None = None,
     on_batch_end: Callable[[int, int, float], None] | None = None,
     stop: StopRequest | None = None,
+    stage: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) one training run; returns the summary also written to results.json.
 
     Raises DataError/CheckpointError/ValueError on bad input before training starts, and
     NonFiniteLossError if the loss turns NaN/inf. A stop request (SIGINT/SIGTERM or ``stop``)
-    saves last.pt and returns with ``status == "interrupted"``.
+    saves last.pt and returns with ``status == "interrupted"``. ``stage`` (a RunFolder):
+    where a --fresh run is written until it has started cleanly.
     """
     cfg, info, device, resume_state = prepare_runtime(cfg, explicit or set())
     data = load_data(cfg, info, device)
     run = build_run(cfg, info, device, data, resume_state)
+    run.run_dir = stage.path if stage is not None else run.run_dir  # run_folder.RunFolder
     if resume_state is not None:
         resume_run(run, resume_state)
     if info.enabled:
@@ -708,6 +710,7 @@ def train(
         run.model = torch.compile(run.model)
     if info.is_main:
         record_run_start(run)
+        run.run_dir = stage.commit() if stage is not None else run.run_dir  # started cleanly
     status = run_epochs(run, stop or StopRequest(), on_batch_end)
     return finish_run(run, status)
 
