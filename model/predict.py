@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from pipeline.cli import HelpFormatter
 from pipeline.cli import check_out_dir, int_range, positive_float
 from pipeline.face_landmarks import DEFAULT_MIN_SCORE, PredictorNotFoundError
+from pipeline.image_limits import DEFAULT_MAX_PIXELS
 
 from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
@@ -90,6 +91,9 @@ def _input_options(add: Any) -> None:
     add("--threads", type=int_range(1), default=None,
         help="torch CPU threads (default: cores - 1, one core is left to the frame reader)")
     add("--jobs", type=int_range(1), default=1, help="inputs processed in parallel (worker processes)")
+    add("--max-pixels", type=int_range(1), default=DEFAULT_MAX_PIXELS, metavar="N",
+        help="refuse images and video frames above N pixels, read from the file's header "
+             "before decoding (a small file can declare gigabytes)")
     add("--fps", type=positive_float, default=None,
         help="frame rate for image sequences' timestamps, and for videos that declare none "
              "(default 30 for those)")
@@ -162,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_confidence=args.min_confidence, decision_threshold=args.decision_threshold,
             calibrate=args.calibrate, smooth=args.smooth, fps=args.fps, plot=args.plot,
             overlay=args.overlay, landmarks=args.landmarks, csv_format=args.csv_format,
-            skip_existing=not args.force,
+            skip_existing=not args.force, max_pixels=args.max_pixels,
             progress=not args.no_progress)
     except ValueError as err:
         log.error("%s", err)
