@@ -56,11 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model.predict",
         description="Per-frame AU probabilities and 0/1 decisions for videos or images, with a "
-                    "trained checkpoint (or its ONNX export). Writes OUT/<input>.csv with "
+                    "trained checkpoint (or its ONNX export). Writes OUT/<name>.csv (<name>: the "
+                    "input's path below the folder given, e.g. day2/a) with "
                     "OpenFace 2.2's CSV layout (frame, face_id, timestamp, confidence, success, "
                     "pose_Tx..pose_Rz, AUxx_r for every intensity the model estimates, AUxx_c) "
                     "plus ours after them "
-                    "(AUxx_p probability, face box, face_score), OUT/<input>.meta.json (what the "
+                    "(AUxx_p probability, face box, face_score), OUT/<name>.meta.json (what the "
                     "numbers mean) and OUT/predict_summary.json. See docs/predict.md.",
         formatter_class=HelpFormatter)
     _input_options(parser.add_argument)
@@ -76,7 +77,8 @@ def _input_options(add: Any) -> None:
         help="run the network with PyTorch or onnxruntime (onnx needs --checkpoint X.onnx)")
     add("--video", type=Path, nargs="+", default=[], metavar="FILE|DIR|LIST",
         help="video files, folders (searched recursively) or list files (.txt/.lst, one path a "
-             "line); one CSV per video, named after the file")
+             "line); one CSV per video, named by its path below the folder given (its stem "
+             "for a file given directly)")
     add("--images", type=Path, nargs="+", default=[], metavar="DIR|FILE",
         help="image folders (searched recursively; one CSV per folder holding images, sorted "
              "by name) and/or image files (one CSV for all of them)")

@@ -31,8 +31,11 @@ def _png(head: bytes) -> tuple[int, int] | None:
 def _jpeg(head: bytes) -> tuple[int, int] | None:
     pos = 2
     while pos + 9 <= len(head):
-        if head[pos] != 0xFF:
-            return None
+        if head[pos] != 0xFF:   # stray bytes before a marker: libjpeg skips them too
+            pos = head.find(b"\xff", pos)
+            if pos < 0:
+                return None
+            continue
         marker = head[pos + 1]
         if marker == 0xFF:          # fill byte
             pos += 1
