@@ -182,8 +182,7 @@ def test_a_killed_worker_fails_its_input_only_and_resume_retries_it(checkpoint, 
                                                                     monkeypatch) -> None:
     folder = tmp_path / "videos"
     folder.mkdir()
-    # Two workers: the victim (long enough to be killed mid-way) and a, then d in a new pool.
-    for name, frames in (("a", 2), ("b_victim", 12), ("d", 2)):
+    for name, frames in (("a", 2), ("b_victim", 12), ("c", 2), ("d", 2)):
         make_face_video(folder / f"{name}.avi", frames, size=(320, 300), fps=10.0, face_scale=0.5)
     killed: list[int] = []
     original = workers.job_started
@@ -203,9 +202,14 @@ def test_a_killed_worker_fails_its_input_only_and_resume_retries_it(checkpoint, 
     assert results["b_victim"]["status"] == "failed"
     assert "worker process died" in results["b_victim"]["error"]
     assert not (out / "b_victim.csv").exists()
-    assert results["d"]["status"] == "ok" and (out / "d.csv").is_file()   # the batch went on
+    # Only the inputs in progress when the worker died (at most one a worker) are lost: the
+    # batch went on with the others, in new workers where needed.
+    failed = [r for r in results.values() if r["status"] == "failed"]
+    assert len(failed) <= 2 and all("worker process died" in r["error"] for r in failed)
+    assert sum(r["status"] == "ok" for r in results.values()) >= len(results) - 2
     monkeypatch.undo()
     assert _run(checkpoint, out, "--video", str(folder)) == 0                # resume retries it
     statuses = {Path(r["input"]).stem: r["status"] for r in
                 json.loads((out / "predict_summary.json").read_text())["inputs"]}
     assert statuses["b_victim"] == "ok"
+    assert set(statuses.values()) <= {"ok", "skipped"}
