@@ -202,11 +202,10 @@ def test_a_killed_worker_fails_its_input_only_and_resume_retries_it(checkpoint, 
     assert results["b_victim"]["status"] == "failed"
     assert "worker process died" in results["b_victim"]["error"]
     assert not (out / "b_victim.csv").exists()
-    # Only the inputs in progress when the worker died (at most one a worker) are lost: the
-    # batch went on with the others, in new workers where needed.
-    failed = [r for r in results.values() if r["status"] == "failed"]
-    assert len(failed) <= 2 and all("worker process died" in r["error"] for r in failed)
-    assert sum(r["status"] == "ok" for r in results.values()) >= len(results) - 2
+    # Only its input is lost: the batch went on with the others (the one the other worker was
+    # processing, stopped with the broken pool, included), in new workers where needed.
+    assert {n: r["status"] for n, r in results.items() if n != "b_victim"} == {
+        "a": "ok", "c": "ok", "d": "ok"}
     monkeypatch.undo()
     assert _run(checkpoint, out, "--video", str(folder)) == 0                # resume retries it
     statuses = {Path(r["input"]).stem: r["status"] for r in

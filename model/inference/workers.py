@@ -2,15 +2,16 @@
 
 A worker killed from outside (the out-of-memory killer, a user's ``kill``) or crashed in native
 code breaks a :class:`ProcessPoolExecutor`: every pending input would fail with it. Here each
-worker reports the input it starts; when the pool breaks, the inputs then in progress are
-reported failed (they have no CSV, so a rerun retries them) and the inputs not yet started go
-on in a fresh pool.
+worker reports the input it starts; when the pool breaks, the input whose worker died is
+reported failed (it has no CSV, so a rerun retries it) and the others, those the pool stopped
+with it included, go on in a fresh pool.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
@@ -51,10 +52,12 @@ def _drain(notices: Any, started: dict[str, int]) -> None:
 def _one_pool(names: Sequence[str], items: Sequence[Any], run: Callable[[Any], dict],
               processes: int, init: Callable[..., None], init_args: tuple,
               results: dict[str, dict]) -> set[str]:
-    """Run ``items`` in one pool, filling ``results``; the names in progress when it broke."""
+    """Run ``items`` in one pool, filling ``results``; the names whose worker died if it broke
+    (not those whose worker the pool stopped because another died: they are retried)."""
     context = multiprocessing.get_context("spawn")
     notices = context.SimpleQueue()   # a new queue per pool: a killed writer may hold its lock
     started: dict[str, int] = {}
+    seen: dict[int, Any] = {}         # pid -> its Process, to read how each worker ended
     broken = False
     with ProcessPoolExecutor(processes, mp_context=context, initializer=init,
                              initargs=(*init_args, notices)) as pool:
@@ -63,6 +66,7 @@ def _one_pool(names: Sequence[str], items: Sequence[Any], run: Callable[[Any], d
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            seen.update(getattr(pool, "_processes", None) or {})
             _drain(notices, started)
             for future in done:
                 try:
@@ -70,7 +74,15 @@ def _one_pool(names: Sequence[str], items: Sequence[Any], run: Callable[[Any], d
                 except BrokenProcessPool:
                     broken = True
     _drain(notices, started)
-    return {n for n in started if n not in results} if broken else set()
+    if not broken:
+        return set()
+    in_progress = {n: pid for n, pid in started.items() if n not in results}
+    # The pool ends the surviving workers with SIGTERM; the one that broke it died otherwise.
+    stopped = {n for n, pid in in_progress.items()
+               if getattr(seen.get(pid), "exitcode", None) == -signal.SIGTERM}
+    for name in sorted(stopped):
+        log.warning("%s: stopped with the broken pool; retried in new workers", name)
+    return set(in_progress) - stopped
 
 
 def run_pool(names: Sequence[str], items: Sequence[Any], run: Callable[[Any], dict],
@@ -86,9 +98,9 @@ def run_pool(names: Sequence[str], items: Sequence[Any], run: Callable[[Any], di
     idle_breaks = 0
     while todo:
         before = len(results)
-        in_progress = _one_pool(list(todo), list(todo.values()), run, min(processes, len(todo)),
-                                init, init_args, results)
-        for name in in_progress:
+        died = _one_pool(list(todo), list(todo.values()), run,
+                                   min(processes, len(todo)), init, init_args, results)
+        for name in died:
             reason = ("a worker process died while processing it (killed, or out of memory); "
                       "a rerun retries it")
             log.error("%s: %s", name, reason)
@@ -102,6 +114,6 @@ def run_pool(names: Sequence[str], items: Sequence[Any], run: Callable[[Any], di
                 results[name] = lost(item, reason)
             break
         if todo:
-            log.warning("a worker process died; %d input(s) not yet started go on in new "
-                        "workers", len(todo))
+            log.warning("a worker process died; %d unfinished input(s) go on in new workers",
+                        len(todo))
     return results
