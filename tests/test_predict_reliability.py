@@ -121,6 +121,13 @@ def test_image_folder_goes_on_past_empty_corrupt_and_oversized_files(checkpoint,
     assert "d_large.png" in capsys.readouterr().out
 
 
+def test_max_pixels_must_be_positive(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", "c.pt", "--images", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--max-pixels", "0"])
+    assert exit_info.value.code == 2 and "--max-pixels" in capsys.readouterr().err
+
+
 def test_video_frames_above_the_pixel_limit_are_refused(checkpoint, tmp_path, caplog) -> None:
     video = make_face_video(tmp_path / "clip.avi", 2, size=(320, 300), fps=10.0, face_scale=0.5)
     with caplog.at_level(logging.ERROR):
