@@ -163,6 +163,14 @@ def test_same_stem_in_two_folders_and_resume_after_adding_one(checkpoint, tmp_pa
     csvs = sorted(p.name for p in out.glob("clip*.csv"))
     assert len(csvs) == 2 and all(n.startswith("clip-") for n in csvs)
 
+    # Another input whose name is taken by a finished CSV (of an earlier run) gets its own.
+    solo = tmp_path / "solo"
+    assert _run(checkpoint, solo, "--video", str(rec / "day2" / "clip.avi")) == 0
+    assert _run(checkpoint, solo, "--video", str(rec / "day1" / "clip.avi")) == 0
+    assert len(read_predictions(solo / "clip.csv")) == 2                   # day2's, untouched
+    (tagged,) = solo.glob("clip-*.csv")
+    assert len(read_predictions(tagged)) == 3
+
     # A changed input is redone, not skipped.
     make_face_video(rec / "day2" / "clip.avi", 4, size=(320, 300), fps=10.0, face_scale=0.5)
     assert _run(checkpoint, out, "--video", str(rec)) == 0

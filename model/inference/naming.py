@@ -4,8 +4,8 @@ An output is named by its input's path relative to the folder it was found in, m
 OUT (``--video rec/`` finds ``rec/day2/a.avi`` -> ``OUT/day2/a.csv``), never by its position
 in the batch: adding an input never renames another's output. The sidecar records the input's
 path, size and modification time (:func:`fingerprint`); a rerun skips only a CSV whose sidecar
-matches its input now, so a changed input, or another input that would take the same name, is
-processed.
+matches its input now: a changed input is redone in place, and another input that would take
+the name of a finished CSV gets a name of its own (:func:`settle_clashes`).
 """
 from __future__ import annotations
 
@@ -79,22 +79,32 @@ def resume_state(csv_path: Path, current: dict[str, Any] | None) -> str:
 
 
 def owner_path(csv_path: Path) -> str | None:
-    """The input path a finished CSV was made from, per its sidecar."""
-    source = recorded_source(csv_path)
-    return source.get("path") if source else None
+    """The resolved input path a finished CSV was made from, per its sidecar (``input`` for
+    sidecars written before ``source`` existed)."""
+    try:
+        meta = json.loads(sidecar_path(csv_path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    source = meta.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        return source["path"]
+    return str(Path(meta["input"]).resolve()) if isinstance(meta.get("input"), str) else None
 
 
 def settle_clashes(names: list[str], sources: list[Path], out: Path) -> list[str]:
-    """Names made unique without depending on order: of inputs that would share a name, the one
-    that already owns the finished CSV keeps it, the others get ``name-<6 hex of their path>``."""
+    """Names made unique without depending on order. The input that owns the finished CSV at a
+    name keeps it; another input that would take that name (in this run, or a CSV an earlier
+    run made from another input) gets ``name-<6 hex of its path>`` instead of overwriting it."""
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         groups.setdefault(name.casefold(), []).append(i)   # case-insensitive file systems
     settled = list(names)
     for members in groups.values():
-        if len(members) < 2:
-            continue
         owner = owner_path(out / f"{names[members[0]]}.csv")
+        if len(members) < 2 and owner is None:
+            continue
         for i in members:
             resolved = str(Path(sources[i]).resolve())
             if resolved != owner:
