@@ -19,6 +19,7 @@ from pipeline.folder_lock import FolderLock
 from pipeline.cli import HelpFormatter
 from pipeline.cli import check_out_dir, int_range, positive_float
 from pipeline.face_landmarks import DEFAULT_MIN_SCORE, PredictorNotFoundError
+from pipeline.image_limits import DEFAULT_MAX_PIXELS
 
 from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
@@ -56,11 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model.predict",
         description="Per-frame AU probabilities and 0/1 decisions for videos or images, with a "
-                    "trained checkpoint (or its ONNX export). Writes OUT/<input>.csv with "
+                    "trained checkpoint (or its ONNX export). Writes OUT/<name>.csv (<name>: the "
+                    "input's path below the folder given, e.g. day2/a) with "
                     "OpenFace 2.2's CSV layout (frame, face_id, timestamp, confidence, success, "
                     "pose_Tx..pose_Rz, AUxx_r for every intensity the model estimates, AUxx_c) "
                     "plus ours after them "
-                    "(AUxx_p probability, face box, face_score), OUT/<input>.meta.json (what the "
+                    "(AUxx_p probability, face box, face_score), OUT/<name>.meta.json (what the "
                     "numbers mean) and OUT/predict_summary.json. See docs/predict.md.",
         formatter_class=HelpFormatter)
     _input_options(parser.add_argument)
@@ -76,7 +78,8 @@ def _input_options(add: Any) -> None:
         help="run the network with PyTorch or onnxruntime (onnx needs --checkpoint X.onnx)")
     add("--video", type=Path, nargs="+", default=[], metavar="FILE|DIR|LIST",
         help="video files, folders (searched recursively) or list files (.txt/.lst, one path a "
-             "line); one CSV per video, named after the file")
+             "line); one CSV per video, named by its path below the folder given (its stem "
+             "for a file given directly)")
     add("--images", type=Path, nargs="+", default=[], metavar="DIR|FILE",
         help="image folders (searched recursively; one CSV per folder holding images, sorted "
              "by name) and/or image files (one CSV for all of them)")
@@ -91,6 +94,9 @@ def _input_options(add: Any) -> None:
     add("--threads", type=int_range(1), default=None,
         help="torch CPU threads (default: cores - 1, one core is left to the frame reader)")
     add("--jobs", type=int_range(1), default=1, help="inputs processed in parallel (worker processes)")
+    add("--max-pixels", type=int_range(1), default=DEFAULT_MAX_PIXELS, metavar="N",
+        help="refuse images and video frames above N pixels, read from the file's header "
+             "before decoding (a small file can declare gigabytes)")
     add("--fps", type=positive_float, default=None,
         help="frame rate for image sequences' timestamps, and for videos that declare none "
              "(default 30 for those)")
@@ -163,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_confidence=args.min_confidence, decision_threshold=args.decision_threshold,
             calibrate=args.calibrate, smooth=args.smooth, fps=args.fps, plot=args.plot,
             overlay=args.overlay, landmarks=args.landmarks, csv_format=args.csv_format,
-            skip_existing=not args.force,
+            skip_existing=not args.force, max_pixels=args.max_pixels,
             progress=not args.no_progress)
     except ValueError as err:
         log.error("%s", err)

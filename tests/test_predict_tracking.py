@@ -257,7 +257,7 @@ def test_batch_folder_corrupt_file_resume_and_jobs(checkpoint, tmp_path, monkeyp
     monkeypatch.setattr(predictor_module.AUPredictor, "run_sequence", interrupted)
     assert _run(checkpoint, out, "--video", str(folder)) == 130  # one line, not a traceback
     monkeypatch.undo()
-    assert (out / "a.csv").is_file() and not (out / "b.csv").exists()
+    assert (out / "a.csv").is_file() and not (out / "day2" / "b.csv").exists()
     assert not list(out.glob(".*tmp*"))                   # no half-written file left behind
 
     listing = tmp_path / "inputs.txt"
@@ -266,7 +266,7 @@ def test_batch_folder_corrupt_file_resume_and_jobs(checkpoint, tmp_path, monkeyp
     summary = json.loads((out / "predict_summary.json").read_text())
     status = {Path(r["input"]).name: r["status"] for r in summary["inputs"]}
     assert status == {"a.avi": "skipped", "b.avi": "ok", "broken.avi": "failed"}
-    assert len(read_predictions(out / "b.csv")) == 3
+    assert len(read_predictions(out / "day2" / "b.csv")) == 3
     printed = capsys.readouterr().out
     assert "broken.avi" in printed and "proc fps" in printed
     assert _run(checkpoint, out, "--video", str(folder / "a.avi"), extra=["--force"]) == 0
@@ -327,10 +327,12 @@ def test_plan_jobs_folders_glob_and_lists(tmp_path) -> None:
     cfg = PredictConfig(checkpoint=tmp_path / "c.pt", out=tmp_path / "o",
                         videos=[tmp_path / "v", listing], images=[shots])
     jobs = plan_jobs(cfg)
+    # Named by the path below the folder searched (a list's entries: below the list's folder),
+    # never by position in the batch.
     assert [(j.kind, j.name) for j in jobs] == [
-        ("video", "a"), ("video", "b"), ("video", "c"), ("video", "a_2"), ("video", "missing"),
-        ("images", "shots"), ("images", "shots__s1")]
+        ("video", "a"), ("video", "sub/b"), ("video", "sub/c"), ("video", "v/a"),
+        ("video", "missing"), ("images", "shots"), ("images", "shots/s1")]
     assert [p.name for p in jobs[-1].files] == ["y.jpg"]
     only_mp4 = PredictConfig(checkpoint=tmp_path / "c.pt", out=tmp_path / "o",
                              videos=[tmp_path / "v"], glob="*.mp4")
-    assert [j.name for j in plan_jobs(only_mp4)] == ["a", "b"]
+    assert [j.name for j in plan_jobs(only_mp4)] == ["a", "sub/b"]

@@ -44,7 +44,8 @@ class AUDetector:
 
     def predict_video(self, path: Path | str) -> pd.DataFrame:
         """Every frame of a video file."""
-        source = VideoFrames(path, default_fps=self.config.fps or 30.0)
+        source = VideoFrames(path, default_fps=self.config.fps or 30.0,
+                             max_pixels=self.config.max_pixels)
         try:
             return self.predictor.run_sequence(source, source.declared_frames, str(path))[0]
         finally:
@@ -52,7 +53,8 @@ class AUDetector:
 
     def predict_image(self, path: Path | str) -> pd.DataFrame:
         """One image file (searched whole; with a ``file`` column)."""
-        return self.predictor.run_sequence(ImageFrames([Path(path)], self.config.fps), 1,
+        return self.predictor.run_sequence(ImageFrames([Path(path)], self.config.fps,
+                                                       self.config.max_pixels), 1,
                                            str(path), detect_every=1)[0]
 
     def predict_frame(self, rgb: np.ndarray, index: int = 1,

@@ -12,17 +12,18 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 import cv2
 import numpy as np
 import torch
 
-from .output import (au_name, draw_overlay, is_complete, save_bar_plot, save_timeline_plot,
+from .output import (au_name, draw_overlay, save_bar_plot, save_timeline_plot,
                      write_table)
+from . import workers
+from .naming import fingerprint, prepare_parent, relative_name, resume_state, settle_clashes
 from .predictor import AUPredictor, FaceRow, PredictConfig
 from .video_io import IMAGE_SUFFIXES, ImageFrames, InputError, OverlayVideoWriter, VideoFrames
 
@@ -37,78 +38,108 @@ LIST_SUFFIXES = frozenset({".txt", ".lst"})
 @dataclass
 class Job:
     kind: str            # "video" | "images"
-    name: str            # output stem
+    name: str            # output path inside OUT without ".csv" (POSIX; may hold folders)
     source: Path         # the video, the directory, or the first loose image
     files: list[Path] = field(default_factory=list)
 
+    def fingerprint(self) -> dict[str, Any] | None:
+        return fingerprint(self.source, self.files)
+
 
 def _read_list(path: Path) -> list[Path]:
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    """The paths a list file names; :class:`InputError` for a file that is not a text list."""
+    data = path.read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1,
+                                     "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a text list of paths (binary bytes at offset {err.start}); "
+                         "a list file holds one path a line") from None
+    lines = [line.strip() for line in text.splitlines()]
     return [(path.parent / line) if not Path(line).is_absolute() else Path(line)
             for line in lines if line and not line.startswith("#")]
 
 
+def check_glob(glob: str | None) -> None:
+    """``--glob`` is matched inside each folder: a path (absolute, or climbing out) is refused."""
+    if glob is not None and (Path(glob).is_absolute() or ".." in Path(glob).parts or not glob):
+        raise InputError(f"--glob {glob!r}: must be a file pattern matched inside the given "
+                         "folders, such as '*.mp4' or 'day*/*.avi', not a path")
+
+
 def expand_videos(paths: Iterable[Path], glob: str | None) -> list[Path]:
     """Video files from files, folders (recursive) and list files, in the order given."""
-    found: list[Path] = []
+    return [video for video, _ in _video_inputs(paths, glob)]
+
+
+def _video_inputs(paths: Iterable[Path], glob: str | None,
+                  lists: tuple[Path, ...] = (), root: Path | None = None
+                  ) -> list[tuple[Path, Path | None]]:
+    """``(video, root)``: each video with the folder its output name is relative to (the folder
+    searched, or a list file's folder; none for a file named directly)."""
+    check_glob(glob)
+    found: list[tuple[Path, Path | None]] = []
     for path in map(Path, paths):
         if path.is_dir():
             pattern = glob or "*"
-            found += sorted(p for p in path.rglob(pattern) if p.is_file()
-                            and (glob or p.suffix.lower() in VIDEO_SUFFIXES))
+            found += [(p, path) for p in sorted(path.rglob(pattern)) if p.is_file()
+                      and (glob or p.suffix.lower() in VIDEO_SUFFIXES)]
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            found += expand_videos(_read_list(path), glob)
+            if path.resolve() in lists:   # a list naming itself, directly or through others
+                chain = " -> ".join(str(p) for p in (*lists, path.resolve()))
+                raise InputError(f"{path}: list file names itself ({chain})")
+            found += _video_inputs(_read_list(path), glob, (*lists, path.resolve()), path.parent)
         else:
-            found.append(path)  # missing files fail later, with the others still processed
+            found.append((path, root))  # missing files fail later, the others still processed
     return found
 
 
 def _image_folders(root: Path, glob: str | None) -> list[tuple[Path, list[Path]]]:
     """Every folder under ``root`` (itself included) that holds images, with its images."""
     folders: dict[Path, list[Path]] = {}
+    check_glob(glob)
     for p in sorted(root.rglob(glob or "*")):
         if p.is_file() and (glob or p.suffix.lower() in IMAGE_SUFFIXES):
             folders.setdefault(p.parent, []).append(p)
     return sorted(folders.items())
 
 
-def _unique(stem: str, taken: set[str]) -> str:
-    """``stem``, or ``stem_2``, ``stem_3``... if an earlier input already used it."""
-    name, n = stem, 1
-    while name in taken:
-        n += 1
-        name = f"{stem}_{n}"
-    taken.add(name)
-    return name
-
-
 def plan_jobs(cfg: PredictConfig) -> list[Job]:
-    """One job per video, per image folder, and one for all loose image files."""
-    taken: set[str] = set()
-    jobs = [Job("video", _unique(p.stem, taken), p) for p in expand_videos(cfg.videos, cfg.glob)]
+    """One job per video, per image folder, and one for all loose image files, each named by
+    its input's path (see :mod:`model.inference.naming`)."""
+    jobs = [Job("video", relative_name(p, root), p) for p, root in _video_inputs(cfg.videos,
+                                                                                 cfg.glob)]
     loose = [p for p in cfg.images if not p.is_dir()]
     for root in (p for p in cfg.images if p.is_dir()):
         folders = _image_folders(root, cfg.glob)
+        top = root.resolve().name or "images"
         if not folders:
-            jobs.append(Job("images", _unique(root.resolve().name or "images", taken), root, []))
+            jobs.append(Job("images", top, root, []))
         for folder, files in folders:
-            rel = folder.relative_to(root)
-            stem = "__".join((root.resolve().name, *rel.parts)) or "images"
-            jobs.append(Job("images", _unique(stem, taken), folder, files))
+            name = PurePosixPath(top, *folder.relative_to(root).parts).as_posix()
+            jobs.append(Job("images", name, folder, files))
     if loose:
         stem = cfg.images_name or (loose[0].stem if len(loose) == 1 else "images")
-        jobs.append(Job("images", _unique(stem, taken), loose[0], loose))
+        if Path(stem).is_absolute() or ".." in Path(stem).parts:
+            raise InputError(f"--images-name {stem!r}: must be a name inside --out, not a path "
+                             "out of it")
+        jobs.append(Job("images", stem, loose[0], loose))
+    names = settle_clashes([j.name for j in jobs], [j.source for j in jobs], cfg.out)
+    for job, name in zip(jobs, names):
+        job.name = name
     return jobs
 
 
 def _open_frames(job: Job, cfg: PredictConfig) -> tuple[Any, int | None, dict[str, Any]]:
     if job.kind == "video":
-        source = VideoFrames(job.source, default_fps=cfg.fps or 30.0)
+        source = VideoFrames(job.source, default_fps=cfg.fps or 30.0, max_pixels=cfg.max_pixels)
         return source, source.declared_frames, {"video_fps": source.fps, "width": source.width,
                                                  "height": source.height}
     if not job.files:
         raise InputError(f"{job.source}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ImageFrames(job.files, fps=cfg.fps), len(job.files), {}
+    return ImageFrames(job.files, fps=cfg.fps, max_pixels=cfg.max_pixels), len(job.files), {}
 
 
 class _Overlay:
@@ -168,13 +199,10 @@ def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, A
     """One input -> its CSV (+ sidecar, plot, overlay); the result row of the summary."""
     csv_path = cfg.out / f"{job.name}.csv"
     result: dict[str, Any] = {"input": str(job.source), "kind": job.kind, "csv": str(csv_path)}
-    if cfg.skip_existing and csv_path.exists():
-        if is_complete(csv_path):
-            log.info("%s: %s is complete, skipped (--force redoes it)", job.source, csv_path)
-        else:  # our writes are atomic: a CSV without its sidecar was made by someone else
-            log.warning("%s: %s exists but was not written by a finished model.predict run; "
-                        "left alone (--force overwrites it)", job.source, csv_path)
+    current = job.fingerprint()
+    if _skipped(job, csv_path, current, cfg):
         return {**result, "status": "skipped"}
+    prepare_parent(csv_path)
     source, total, info = _open_frames(job, cfg)
     result.update(info)
     overlay = _Overlay(predictor, job, source, cfg.out) if cfg.overlay else None
@@ -185,8 +213,9 @@ def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, A
                                               detect_every=1 if job.kind == "images" else None)
         if stats["frames"] == 0:
             raise InputError(f"{job.source}: no frame could be read")
-        write_table(table, csv_path, {"input": str(job.source), **predictor.describe(),
-                                      "frames": stats["frames"]}, cfg.csv_format)
+        write_table(table, csv_path, {"input": str(job.source), "source": current,
+                                      **predictor.describe(), "frames": stats["frames"]},
+                    cfg.csv_format)
         ok = True
     finally:
         if isinstance(source, VideoFrames):
@@ -204,6 +233,25 @@ def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, A
     return result
 
 
+def _skipped(job: Job, csv_path: Path, current: dict[str, Any] | None,
+             cfg: PredictConfig, quiet: bool = False) -> bool:
+    """Whether a rerun leaves this input's CSV as it is (logging why, unless ``quiet``)."""
+    if not cfg.skip_existing:
+        return False
+    state = resume_state(csv_path, current)
+    if quiet or state == "missing":
+        return state in ("done", "foreign")
+    if state == "done":
+        log.info("%s: %s is complete, skipped (--force redoes it)", job.source, csv_path)
+    elif state == "foreign":  # our writes are atomic: a CSV without its sidecar is someone else's
+        log.warning("%s: %s exists but was not written by a finished model.predict run; "
+                    "left alone (--force overwrites it)", job.source, csv_path)
+    else:
+        log.info("%s: %s was made from another input or an older version of this one; redone",
+                 job.source, csv_path)
+    return state in ("done", "foreign")
+
+
 def _safe_run(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, Any]:
     try:
         return run_job(predictor, job, cfg)
@@ -216,8 +264,9 @@ def _safe_run(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str,
 _WORKER: AUPredictor | None = None
 
 
-def _worker_init(cfg: PredictConfig, threads: int) -> None:
+def _worker_init(cfg: PredictConfig, threads: int, notices: Any) -> None:
     global _WORKER
+    workers.worker_setup(notices)
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _WORKER = AUPredictor(cfg)
@@ -225,18 +274,23 @@ def _worker_init(cfg: PredictConfig, threads: int) -> None:
 
 def _worker_run(job: Job) -> dict[str, Any]:
     assert _WORKER is not None
+    workers.report_start(job.name)
     return _safe_run(_WORKER, job, _WORKER.cfg)
 
 
-def _run_parallel(cfg: PredictConfig, jobs: list[Job]) -> list[dict[str, Any]]:
-    """``--jobs N``: N worker processes, each with its own loaded network and face finder."""
-    import multiprocessing
+def _lost(job: Job, reason: str) -> dict[str, Any]:
+    return {"input": str(job.source), "kind": job.kind, "status": "failed", "error": reason}
 
+
+def _run_parallel(cfg: PredictConfig, jobs: list[Job]) -> list[dict[str, Any]]:
+    """``--jobs N``: N worker processes, each with its own loaded network and face finder; a
+    worker that dies fails only the input it was processing."""
     threads = max(1, (cfg.threads or os.cpu_count() or 2) // cfg.jobs)
     worker_cfg = PredictConfig(**{**cfg.__dict__, "progress": False})
-    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(worker_cfg, threads)) as pool:
-        return list(pool.map(_worker_run, jobs))
+    names = [j.name for j in jobs]
+    done = workers.run_pool(names, jobs, _worker_run, cfg.jobs, _worker_init,
+                            (worker_cfg, threads), _lost)
+    return [done[name] for name in names]
 
 
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
@@ -254,7 +308,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         cfg.out.mkdir(parents=True, exist_ok=True)
         jobs = plan_jobs(cfg)
         start = time.perf_counter()
-        todo = [j for j in jobs if not (cfg.skip_existing and (cfg.out / f"{j.name}.csv").exists())]
+        todo = [j for j in jobs
+                if not _skipped(j, cfg.out / f"{j.name}.csv", j.fingerprint(), cfg, quiet=True)]
         if cfg.jobs > 1 and len(todo) > 1:
             done = dict(zip((j.name for j in todo), _run_parallel(cfg, todo)))
             results = [done.get(j.name) or _safe_run(predictor, j, cfg) for j in jobs]

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline.alignment import AlignmentConfig, AlignmentError, align_face
 from pipeline.face_landmarks import DEFAULT_MIN_SCORE, FaceLandmarker
+from pipeline.image_limits import DEFAULT_MAX_PIXELS
 from pipeline.shards import decode_jpeg, encode_jpeg
 
 from ..engine.checkpoint import CheckpointError
@@ -82,6 +83,7 @@ class PredictConfig:
     csv_format: str = DEFAULT_FORMAT
     skip_existing: bool = True
     progress: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         self.checkpoint = Path(self.checkpoint)
@@ -102,6 +104,7 @@ class PredictConfig:
                    "smooth must be 0 (off) or an odd window of 3 or more frames"),
                   (0 <= self.min_confidence <= 1, "min_confidence must be in [0, 1]"),
                   (self.fps is None or self.fps > 0, "fps must be positive"),
+                  (self.max_pixels >= 1, "max_pixels must be >= 1"),
                   (self.csv_format in FORMATS, f"format must be one of {', '.join(FORMATS)}")]
         for ok, message in checks:
             if not ok:

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 from pipeline.cli import CommandError
+from pipeline.image_limits import DEFAULT_MAX_PIXELS, ImageSizeError, check_image_size
 from pipeline.shards import jpeg_is_whole
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class VideoFrames:
     warning) when the container does not declare a usable rate.
     """
 
-    def __init__(self, path: Path | str, default_fps: float = 30.0) -> None:
+    def __init__(self, path: Path | str, default_fps: float = 30.0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file")
@@ -54,6 +56,7 @@ class VideoFrames:
         self._capture = cv2.VideoCapture(str(self.path))
         if not self._capture.isOpened():
             raise InputError(f"{self.path}: cannot be opened as a video (unknown format or corrupt)")
+        self._check_frame_size(max_pixels)
         ok, first = self._capture.read()
         if not ok or first is None:
             self._capture.release()
@@ -68,6 +71,16 @@ class VideoFrames:
         self.height, self.width = first.shape[:2]
         declared = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.declared_frames = declared if declared > 0 else None
+
+    def _check_frame_size(self, max_pixels: int) -> None:
+        # The container's declared size, known before any frame is decoded (and allocated).
+        width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width * height > max_pixels:
+            self._capture.release()
+            raise InputError(f"{self.path}: frames of {width} x {height} = {width * height:,} "
+                             f"pixels, above the limit of {max_pixels:,} (--max-pixels); "
+                             "not decoded")
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
@@ -108,14 +121,24 @@ def list_images(paths: Sequence[Path | str]) -> list[Path]:
     return files
 
 
-def read_image_rgb(path: Path) -> np.ndarray:
-    """Read one image file as RGB uint8; :class:`InputError` naming the file if it cannot."""
+def read_image_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file as RGB uint8; :class:`InputError` naming the file if it cannot.
+
+    The header's width x height is checked against ``max_pixels`` before decoding (a small
+    file can declare a picture of gigabytes)."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     data = path.read_bytes()
+    try:
+        check_image_size(data, max_pixels)
+    except ImageSizeError as err:
+        raise InputError(f"{path}: {err}") from None
     if data[:2] == b"\xff\xd8" and not jpeg_is_whole(data):
         raise InputError(f"{path}: truncated JPEG (no end marker); not scored")
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as err:  # OpenCV 5 raises on some corrupt files where 4.x returned None
+        raise InputError(f"{path}: not a readable image ({str(err).strip().splitlines()[-1]})")
     if bgr is None:
         raise InputError(f"{path}: not a readable image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -128,9 +151,11 @@ class ImageFrames:
     frames), NaN otherwise. ``failures`` collects ``(path, message)`` of the files skipped.
     """
 
-    def __init__(self, files: Sequence[Path], fps: float | None = None) -> None:
+    def __init__(self, files: Sequence[Path], fps: float | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.files = [Path(f) for f in files]
         self.fps = fps
+        self.max_pixels = max_pixels
         self.failures: list[tuple[Path, str]] = []
 
     def __len__(self) -> int:
@@ -139,7 +164,7 @@ class ImageFrames:
     def __iter__(self) -> Iterator[Frame]:
         for index, path in enumerate(self.files, start=1):
             try:
-                image = read_image_rgb(path)
+                image = read_image_rgb(path, self.max_pixels)
             except InputError as err:
                 log.error("%s", err)
                 self.failures.append((path, str(err)))
