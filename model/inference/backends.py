@@ -15,7 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pipeline.validation import ValidationError
+
 from ..engine.checkpoint import CheckpointError, load_checkpoint, load_for_inference
+from ..engine.validation import check_onnx_meta
 from ..nets.transforms import VGGFACE2, to_model_input
 
 #: ONNX metadata key holding the checkpoint's metadata (JSON).
@@ -104,7 +107,13 @@ class OnnxBackend:
         if ONNX_META_KEY not in props:
             raise CheckpointError(f"{path}: ONNX model lacks '{ONNX_META_KEY}' metadata "
                                   f"(export it with python -m model.export)")
-        self.meta = json.loads(props[ONNX_META_KEY])
+        try:  # the same table as a checkpoint's values, before anything is sized from them
+            self.meta = json.loads(props[ONNX_META_KEY])
+            check_onnx_meta(self.meta, path)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: '{ONNX_META_KEY}' metadata is not JSON ({err})") from err
+        except ValidationError as err:
+            raise CheckpointError(str(err)) from err
         self.input_name = self.session.get_inputs()[0].name
         # a second output is the intensity head's (see model.inference.onnx_export)
         self.has_intensity = len(self.session.get_outputs()) > 1
