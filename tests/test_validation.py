@@ -247,7 +247,7 @@ def test_predict_refuses_occurrence_options_on_an_intensity_model(intensity_chec
                          "--out", str(tmp_path / "out"), *option])
     assert code == 2
     line = _error_line(capsys)
-    assert option[0] in line and f"{intensity_checkpoint} was trained with --task intensity" in line
+    assert option[0] in line and f"{intensity_checkpoint}: trained with --task intensity" in line
 
 
 def test_crossval_refuses_test_camera_on_an_intensity_run(tmp_path, caplog):
@@ -255,4 +255,4 @@ def test_crossval_refuses_test_camera_on_an_intensity_run(tmp_path, caplog):
                           "intensity", "--test-camera", "right"])
     assert code != 0
     assert "--test-camera reports the occurrence F1" in caplog.text
-    assert "--task intensity, which trains no occurrence head" in caplog.text
+    assert "--task intensity trains no occurrence head" in caplog.text

@@ -171,14 +171,18 @@ TASK_RULES: dict[str, tuple[tuple[str, ...], str]] = {
 _WHY_NOT = {"occurrence": "trains no intensity head", "intensity": "trains no occurrence head"}
 
 
-def check_task_options(task: str, given: Mapping[str, Any], where: str = "--task") -> None:
+def check_task_options(task: str, given: Mapping[str, Any], source: str = "") -> None:
     """Refuse each option in ``given`` (name -> value; None/False = not given) that cannot apply
-    to ``task``, naming both. ``where`` says where the task came from (a checkpoint)."""
+    to ``task``, naming both; ``source``: the checkpoint the task was read from, if any."""
     for name, value in given.items():
         if value is None or value is False or name not in TASK_RULES:
             continue
         tasks, acts_on = TASK_RULES[name]
         if task not in tasks:
             why = _WHY_NOT.get(task, "has a single head")
-            raise ValidationError(f"--{name.replace('_', '-')} {acts_on}; {where} {task}, which "
-                                  f"{why} (it applies to --task {' or '.join(tasks)})")
+            option = f"--{name.replace('_', '-')}"
+            applies = f"it applies to --task {' or '.join(tasks)}"
+            if source:
+                raise ValidationError(f"{source}: trained with --task {task}, which {why}; "
+                                      f"{option} {acts_on} ({applies})")
+            raise ValidationError(f"{option} {acts_on}; --task {task} {why} ({applies})")

@@ -181,7 +181,7 @@ class AUPredictor:
         # Occurrence options on a model whose occurrence head never trained: refused, not ignored.
         check_task_options(task_of(self.meta), {"decision_threshold": cfg.decision_threshold,
                                                 "calibrate": cfg.calibrate},
-                           where=f"{cfg.checkpoint} was trained with --task")
+                           source=str(cfg.checkpoint))
         for problem in checkpoint_warnings(self.meta, cfg.checkpoint):
             log.warning("%s; its outputs mean little", problem)
         self.au_ids: list[int] = [int(a) for a in self.meta["au_ids"]]
