@@ -109,8 +109,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                         "override it; recorded in config.json (default: none, i.e. the values "
                         "shown here)")
     add_model_options(p, d)
-    p.add_argument("--epochs", type=_field("epochs"), default=d.epochs, help="maximum number of epochs")
-    p.add_argument("--batches-per-epoch", type=_field("batches_per_epoch"), default=d.batches_per_epoch,
+    p.add_argument("--epochs", type=_field("epochs"), default=d.epochs,
+                   help="maximum number of epochs")
+    p.add_argument("--batches-per-epoch", type=_field("batches_per_epoch"),
+                   default=d.batches_per_epoch,
                    help="optimiser steps that make one epoch (the sampler draws with replacement, "
                         "so an epoch is a number of batches, not a pass over the data)")
     p.add_argument("--batch-size", type=_field("batch_size"), default=d.batch_size,
@@ -135,7 +137,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="occurrence = the paper's detector (default); intensity = regress the "
                         "0-5 intensities of DISFA's 12 AUs (a head beside each branch's FC); both "
                         "= the two heads together. Sampler and early-stopping score follow it")
-    p.add_argument("--intensity-weight", type=_field("intensity_weight"), default=d.intensity_weight,
+    p.add_argument("--intensity-weight", type=_field("intensity_weight"),
+                   default=d.intensity_weight,
                    help="with --task both: loss = BCE + this x the intensity loss "
                         "(--intensity-loss; default 4, which brings the MSE of intensity / 5 of "
                         "an untrained head to the BCE's scale)")
@@ -209,7 +212,8 @@ def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
                    help="under DDP on CUDA, BatchNorm statistics are synchronised over the "
                         "processes (SyncBatchNorm) by default; this keeps them per process")
-    p.add_argument("--threads", type=_field("threads"), default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=_field("threads"), default=None,
+                   help="torch CPU threads per process")
     p.add_argument("--cache-frames-mb", type=_field("cache_frames_mb"), default=d.cache_frames_mb,
                    help="decode the training and selection frames into memory once, before the "
                         "first epoch, when they take at most this many MB in each training "

@@ -71,7 +71,8 @@ def _typed(value: Any, field: Field) -> Any:
             raise ValueError
         return value
     if field.kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
             raise ValueError
         return float(value)
     if field.kind is str:

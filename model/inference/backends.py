@@ -111,7 +111,8 @@ class OnnxBackend:
             self.meta = json.loads(props[ONNX_META_KEY])
             check_onnx_meta(self.meta, path)
         except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path}: '{ONNX_META_KEY}' metadata is not JSON ({err})") from err
+            raise CheckpointError(f"{path}: '{ONNX_META_KEY}' metadata is not JSON "
+                                  f"({err})") from err
         except ValidationError as err:
             raise CheckpointError(str(err)) from err
         self.input_name = self.session.get_inputs()[0].name
