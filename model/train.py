@@ -26,14 +26,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch.distributed as dist
 
-from pipeline.cli import HelpFormatter
+from pipeline.cli import CommandError, HelpFormatter, remove_stale_temp_files
 from pipeline.folder_lock import FolderLock
-from pipeline.cli import (CommandError, int_range, positive_float,
-                          remove_stale_temp_files, threshold_arg)
+from pipeline.validation import arg_type
 
 from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging
 from .engine.checkpoint import CheckpointError
@@ -41,6 +40,7 @@ from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa:
 from .engine.data import DataError
 from .engine.recipes import recipe_names
 from .engine.run_folder import TRAIN_RUN_FILES, RunFolder
+from .engine.validation import TRAIN_FIELDS
 from .weights.vggface2 import WeightsError
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
 from .evaluation.run_report import run_markdown
@@ -49,6 +49,11 @@ from .nets.transforms import TRANSFORMS
 from .nets.tranet import PRESETS, VARIANTS
 
 log = logging.getLogger("model.train")
+
+
+def _field(name: str) -> Callable[[str], Any]:
+    """The argparse type of a training option: its row of the one validation table."""
+    return arg_type(TRAIN_FIELDS[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,24 +112,26 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                         "override it; recorded in config.json (default: none, i.e. the values "
                         "shown here)")
     add_model_options(p, d)
-    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum number of epochs")
-    p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch,
+    p.add_argument("--epochs", type=_field("epochs"), default=d.epochs,
+                   help="maximum number of epochs")
+    p.add_argument("--batches-per-epoch", type=_field("batches_per_epoch"),
+                   default=d.batches_per_epoch,
                    help="optimiser steps that make one epoch (the sampler draws with replacement, "
                         "so an epoch is a number of batches, not a pass over the data)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
+    p.add_argument("--batch-size", type=_field("batch_size"), default=d.batch_size,
                    help="frames per optimiser step PER PROCESS (per GPU); under torchrun the "
                         "global batch is this times the process count (printed and recorded)")
-    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate")
+    p.add_argument("--lr", type=_field("lr"), default=d.lr, help="SGD learning rate")
     p.add_argument("--lr-scaling", default=d.lr_scaling, choices=["none", "linear"],
                    help="none: --lr whatever the process count; linear: --lr times the process "
                         "count (for the larger global batch)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"],
                    help="constant (the paper) or cosine decay to 0 over --epochs, stepped "
                         "every batch")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    p.add_argument("--momentum", type=_field("momentum"), default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=_field("weight_decay"), default=d.weight_decay,
                    help="SGD weight decay (L2 penalty)")
-    p.add_argument("--patience", type=int, default=d.patience,
+    p.add_argument("--patience", type=_field("patience"), default=d.patience,
                    help="stop after this many epochs without a better mean F1")
     p.add_argument("--select-on", default=d.select_on, choices=["val", "test"],
                    help="split for early stopping / best.pt; 'test' is the paper's protocol "
@@ -133,7 +140,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="occurrence = the paper's detector (default); intensity = regress the "
                         "0-5 intensities of DISFA's 12 AUs (a head beside each branch's FC); both "
                         "= the two heads together. Sampler and early-stopping score follow it")
-    p.add_argument("--intensity-weight", type=positive_float, default=d.intensity_weight,
+    p.add_argument("--intensity-weight", type=_field("intensity_weight"),
+                   default=d.intensity_weight,
                    help="with --task both: loss = BCE + this x the intensity loss "
                         "(--intensity-loss; default 4, which brings the MSE of intensity / 5 of "
                         "an untrained head to the BCE's scale)")
@@ -149,24 +157,24 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="weighted = the paper's sampler (model.sampler); uniform for comparison")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="turn off the random horizontal flip (on by default, as in the paper)")
-    p.add_argument("--jitter-scale", type=float, default=d.jitter_scale,
+    p.add_argument("--jitter-scale", type=_field("jitter_scale"), default=d.jitter_scale,
                    help="alignment jitter (model.augment): random scale 1 +- this (default 0, "
                         "the paper's recipe; ~0.05 makes a model tolerant of dlib-aligned faces)")
-    p.add_argument("--jitter-degrees", type=float, default=d.jitter_degrees,
+    p.add_argument("--jitter-degrees", type=_field("jitter_degrees"), default=d.jitter_degrees,
                    help="alignment jitter: random rotation +- this many degrees (default 0)")
-    p.add_argument("--jitter-shift", type=float, default=d.jitter_shift,
+    p.add_argument("--jitter-shift", type=_field("jitter_shift"), default=d.jitter_shift,
                    help="alignment jitter: random shift +- this fraction of the size (default 0)")
     p.add_argument("--tune-threshold", default=None, choices=["val", "test"],
                    help="after selection, tune a per-AU decision threshold (F1-optimal) on the "
                         "validation subjects, store it in best.pt for model.predict and report "
                         "the test F1 at it beside 0.5; 'test' only with --select-on test, "
                         "labelled as leakage (default: off, sigmoid >= 0.5)")
-    p.add_argument("--threshold", type=threshold_arg, default=None,
+    p.add_argument("--threshold", type=_field("threshold"), default=None,
                    help="positive label = intensity >= this (FACS letter A-E or 1-5); default: the "
                         "manifest's")
     p.add_argument("--cameras", nargs="+", default=d.cameras, choices=["left", "right"],
                    help="cameras whose shards are used")
-    p.add_argument("--image-size", type=int_range(32, 1024), default=None,
+    p.add_argument("--image-size", type=_field("image_size"), default=None,
                    help="network input size; frames are resized on the fly when the shards "
                         "differ (default: the shards' size)")
     add_evaluation_options(p, d)
@@ -174,22 +182,22 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 def add_evaluation_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     """How each epoch is evaluated, the decoder's SE form and the seed."""
-    p.add_argument("--eval-batches", type=int, default=None,
+    p.add_argument("--eval-batches", type=_field("eval_batches"), default=None,
                    help="per-epoch evaluation on at most this many batches, spread evenly over "
                         "the split (final test evaluation always uses every frame)")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+    p.add_argument("--eval-batch-size", type=_field("eval_batch_size"), default=d.eval_batch_size,
                    help="frames per forward pass when evaluating")
     p.add_argument("--decoder-se", default=d.decoder_se, choices=["residual", "plain"],
                    help="the decoder's SE gates: residual = the paper's Eq. 3 (O = S*U + U), "
                         "plain = S*U")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=_field("seed"), default=d.seed,
                    help="seed of the initial weights, the sampler and the augmentation")
     add_runtime_options(p, d)
 
 
 def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     """Where and how the run executes: loader, device, precision, layout, DDP, threads, progress."""
-    p.add_argument("--workers", type=int_range(0), default=d.workers,
+    p.add_argument("--workers", type=_field("workers"), default=d.workers,
                    help="DataLoader worker processes per training process (default: the CPU "
                         "cores this process may use, shared among the node's processes, minus "
                         "one, at most 8)")
@@ -207,14 +215,15 @@ def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
                    help="under DDP on CUDA, BatchNorm statistics are synchronised over the "
                         "processes (SyncBatchNorm) by default; this keeps them per process")
-    p.add_argument("--threads", type=int_range(1), default=None, help="torch CPU threads per process")
-    p.add_argument("--cache-frames-mb", type=int_range(0), default=d.cache_frames_mb,
+    p.add_argument("--threads", type=_field("threads"), default=None,
+                   help="torch CPU threads per process")
+    p.add_argument("--cache-frames-mb", type=_field("cache_frames_mb"), default=d.cache_frames_mb,
                    help="decode the training and selection frames into memory once, before the "
                         "first epoch, when they take at most this many MB in each training "
                         "process (0: never; may change on --resume); the demo's 64-pixel twin "
                         "fits, a real DISFA fold at 224 px (~13 GB) does not")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--plot-every", type=int, default=d.plot_every,
+    p.add_argument("--plot-every", type=_field("plot_every"), default=d.plot_every,
                    help="redraw the PNG curves every N epochs (always at the end)")
 
 
@@ -281,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = train(cfg, explicit=explicit, stage=folder)
     except (DataError, CheckpointError, WeightsError) as err:
         raise CommandError(str(err)) from err  # the shared handler: one line, exit 2
+    except CommandError:
+        raise  # a ValidationError (also a ValueError): the shared handler, exit 2
     except ValueError as err:
         log.error("%s", err)
         return EXIT_ERROR

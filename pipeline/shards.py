@@ -39,6 +39,7 @@ import numpy as np
 from .disfa import ALL_AUS, EVAL_AUS, N_LANDMARKS, SUBJECT_PATTERN, au_columns, is_subject_name
 from .shard_checks import ShardStructureError, check_structure
 from .cli import CommandError
+from .validation import DATA_FIELDS, ValidationError, check_au_list, check_value
 
 SCHEMA_VERSION = 1
 ENCODINGS = ("jpeg", "raw")
@@ -332,6 +333,7 @@ class ShardReader:
                 self.encoding = str(f["images"].attrs.get("encoding", "raw"))
         except OSError as err:
             raise ShardError(f"{self.path}: not a readable HDF5 shard ({err})") from err
+        self._check_attr_values()
         self.au_ids = tuple(int(a) for a in self.attrs["au_ids"])
         self.image_size = int(self.attrs["image_size"])
         self.subject = str(self.attrs["subject"])
@@ -339,6 +341,18 @@ class ShardReader:
             raise ShardError(f"{self.path}: subject {self.subject!r} is not a subject name "
                              f"({SUBJECT_PATTERN.pattern})")
         self.camera = str(self.attrs["camera"])
+
+    def _check_attr_values(self) -> None:
+        """The attrs training and inference size things by: the one validation's data fields
+        (an image_size of 100000 would be a 30 GB frame), a ShardError naming file and field."""
+        try:
+            for name in ("image_size", "threshold"):
+                if name not in self.attrs:
+                    raise ShardError(f"{self.path}: attribute '{name}' is missing")
+                check_value(name, self.attrs[name], DATA_FIELDS[name], str(self.path))
+            check_au_list("au_ids", self.attrs.get("au_ids"), str(self.path))
+        except ValidationError as err:
+            raise ShardError(str(err)) from err
 
     def __len__(self) -> int:
         return len(self.frame_index)

@@ -112,7 +112,7 @@ def test_intensity_loss_is_a_recipe_option():
     for command in ("model.train", "model.crossval"):
         parser = build_parser() if command == "model.train" else _crossval_parser()
         args = parser.parse_args(["--shards", "s", "--manifest", "m", "--out", "o",
-                                  "--intensity-loss", "ordinal"]
+                                  "--intensity-loss", "ordinal", "--task", "both"]
                                  + (["--fold", "1"] if command == "model.train" else []))
         assert config_from_args(args, fold=1).intensity_loss == "ordinal"
         with pytest.raises(SystemExit):

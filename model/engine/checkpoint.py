@@ -9,6 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from pipeline.cli import CommandError
+from pipeline.validation import ValidationError
+
+from .validation import check_checkpoint_record
 
 CHECKPOINT_FORMAT = "tranet-au-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -87,6 +90,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     for key in ("model", "model_config", "data"):
         if key not in data:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry")
+    try:  # every recorded value, before a model is built or a frame prepared from it
+        check_checkpoint_record(data, path)
+    except ValidationError as err:
+        raise CheckpointError(str(err)) from err
     return data
 
 

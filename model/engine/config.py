@@ -8,9 +8,8 @@ from typing import Any
 
 from ..evaluation.metrics import PROBABILITY_THRESHOLD
 from ..evaluation.paper_tables import C_LEVEL
-from ..nets.backbones import MAX_FROZEN_BLOCKS, parse_backbone
-from ..nets.transforms import TRANSFORMS
-from ..nets.tranet import PRESETS, VARIANTS
+from ..nets.backbones import parse_backbone
+from .validation import TRAIN_FIELDS, check_task_options, check_train_values
 
 
 @dataclass
@@ -70,19 +69,12 @@ class TrainConfig:
     recipe: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; choose one of {list(VARIANTS)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
+        # One table (engine.validation) checks types and ranges, whoever built the config:
+        # the command line, a recipe, a checkpoint's train_config on --resume, a test.
+        known = {k: v for k, v in self.__dict__.items() if k in TRAIN_FIELDS}
+        for name, value in check_train_values(known, "training option").items():
+            setattr(self, name, list(value) if name == "cameras" else value)
         parse_backbone(self.backbone)  # a BackboneError (ValueError) names the problem
-        if self.frozen_blocks is not None and not 0 <= self.frozen_blocks <= MAX_FROZEN_BLOCKS:
-            raise ValueError(f"frozen_blocks must be 0 to {MAX_FROZEN_BLOCKS}")
-        if self.input_transform != "auto" and self.input_transform not in TRANSFORMS:
-            raise ValueError(f"input_transform must be auto or one of {sorted(TRANSFORMS)}")
-        if self.select_on not in ("val", "test"):
-            raise ValueError("select_on must be 'val' or 'test'")
-        if self.tune_threshold not in (None, "val", "test"):
-            raise ValueError("tune_threshold must be 'val', 'test' or None")
         if self.tune_threshold == "test" and self.select_on != "test":
             raise ValueError("--tune-threshold test tunes on the test subjects; it is only allowed "
                              "with --select-on test (the paper's leaky protocol), where it is "
@@ -91,28 +83,10 @@ class TrainConfig:
             raise ValueError("--tune-threshold val with --select-on test: under the paper's protocol "
                              "the validation subjects train too, so none are left to tune on; use "
                              "--tune-threshold test (labelled as leaky) or --select-on val")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError("lr_schedule must be 'constant' or 'cosine'")
-        if self.lr_scaling not in ("none", "linear"):
-            raise ValueError("lr_scaling must be 'none' or 'linear'")
-        if self.sampler not in ("weighted", "uniform"):
-            raise ValueError("sampler must be 'weighted' or 'uniform'")
-        for name in ("epochs", "batches_per_epoch", "batch_size", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
-        if self.task not in ("occurrence", "intensity", "both"):
-            raise ValueError("task must be 'occurrence', 'intensity' or 'both'")
-        if self.tune_threshold and self.task == "intensity":
-            raise ValueError("--tune-threshold tunes the occurrence head's decision thresholds; "
-                             "--task intensity trains no occurrence head")
-        if self.intensity_weight <= 0:
-            raise ValueError("intensity_weight must be positive")
-        if self.intensity_loss not in ("mse", "ordinal"):
-            raise ValueError("intensity_loss must be 'mse' or 'ordinal'")
-        if self.decoder_se not in ("residual", "plain"):
-            raise ValueError("decoder_se must be 'residual' or 'plain'")
+        # Task rules: an intensity option left at its default is no option given.
+        check_task_options(self.task, {"tune_threshold": self.tune_threshold, **{
+            name: getattr(self, name) for name in ("intensity_loss", "intensity_weight")
+            if getattr(self, name) != getattr(TrainConfig, name)}})
         if self.recipe and self.recipe.get("requires_pretrained") and not self.pretrained \
                 and not self.resume:
             raise ValueError(f"--recipe {self.recipe['name']} trains from VGGFace2 SENet-50 weights: "
@@ -247,7 +221,10 @@ def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None,
         values.update({k: v for k, v in recipe.settings.items() if k not in given})
         values["recipe"] = recipe.record(global_batch="batch_size" not in given)
     values.update({k: v for k, v in overrides.items() if k in known})
-    return TrainConfig(**_typed(values))
+    cfg = TrainConfig(**_typed(values))
+    # An option the command line gave that the task cannot use is refused even at its default.
+    check_task_options(cfg.task, {k: getattr(cfg, k) for k in (explicit or ()) if k in known})
+    return cfg
 
 
 def _typed(values: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from .distributed import DistInfo
 from .evaluator import mean_over_folds
 from .run_folder import TRAIN_RUN_FILES, RunFolder
 from .trainer import RESUME_OVERRIDABLE, load_data, train
+from .validation import check_task_options
 from .crossval_reports import table1_rows, table2_rows
 from . import crossval_reports as reports
 
@@ -182,6 +183,7 @@ def crossval(args: argparse.Namespace, explicit: set[str] | None = None) -> dict
     base = config_from_args(args, explicit, fold=folds[0], out=str(out), variant=variants[0])
     test_camera = getattr(args, "test_camera", None)
     check_camera_options(test_camera, getattr(args, "camera_shards", None))
+    check_task_options(base.task, {"test_camera": test_camera})
     if test_camera and test_camera in base.cameras:
         raise ValueError(f"--test-camera {test_camera}: the models also train on that camera "
                          f"(--cameras {' '.join(base.cameras)}); train on the other one")

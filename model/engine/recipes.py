@@ -59,15 +59,18 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise ValueError(f"{path}: not a readable recipe ({err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
         raise ValueError(f"{path}: a recipe is a JSON object with a 'settings' object")
-    _check_settings(path, data["settings"])
+    settings = _check_settings(path, data["settings"])
     return Recipe(name=str(data.get("name") or path.stem), source=str(path),
                   description=str(data.get("description", "")),
                   requires_pretrained=bool(data.get("requires_pretrained", False)),
-                  settings=dict(data["settings"]))
+                  settings=settings)
 
 
-def _check_settings(path: Path, settings: dict[str, Any]) -> None:
+def _check_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings, each checked by the table the command line uses (``validation``) and
+    normalised (``"threshold": "B"`` -> 2); a ValidationError names the file and the field."""
     from .config import TrainConfig
+    from .validation import check_train_values
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
@@ -78,6 +81,7 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     if placed:
         raise ValueError(f"{path}: {placed} cannot be part of a recipe (give them on the command "
                          "line)")
+    return check_train_values(settings, str(path))
 
 
 def config_with_recipe(recipe: Recipe | str, **values: Any):

@@ -15,7 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pipeline.validation import ValidationError
+
 from ..engine.checkpoint import CheckpointError, load_checkpoint, load_for_inference
+from ..engine.validation import check_onnx_meta
 from ..nets.transforms import VGGFACE2, to_model_input
 
 #: ONNX metadata key holding the checkpoint's metadata (JSON).
@@ -103,6 +106,10 @@ class OnnxBackend:
             raise CheckpointError(f"{path}: not a readable ONNX model ({_ort_reason(err)})") from err
         self.path = Path(path)
         self.meta = read_onnx_meta(self.session, path)
+        try:  # the same table as a checkpoint's values, before anything is sized from them
+            check_onnx_meta(self.meta, path)
+        except ValidationError as err:
+            raise CheckpointError(str(err)) from err
         check_onnx_graph(self.session, self.meta, path)
         self.input_name = self.session.get_inputs()[0].name
         # a second output is the intensity head's (see model.inference.onnx_export)

@@ -36,6 +36,7 @@ from pipeline.image_limits import DEFAULT_MAX_PIXELS
 from pipeline.shards import decode_jpeg, encode_jpeg
 
 from ..engine.checkpoint import CheckpointError
+from ..engine.validation import check_task_options
 from ..evaluation.tasks import reports_occurrence, task_of, task_record
 from .backends import intensity_au_ids, load_backend
 from .csv_format import DEFAULT_FORMAT, FORMATS, au_name, table_columns
@@ -180,6 +181,10 @@ class AUPredictor:
         self.cfg = cfg
         self.backend = load_backend(cfg.checkpoint, cfg.backend, cfg.device, cfg.threads)
         self.meta = self.backend.meta
+        # Occurrence options on a model whose occurrence head never trained: refused, not ignored.
+        check_task_options(task_of(self.meta), {"decision_threshold": cfg.decision_threshold,
+                                                "calibrate": cfg.calibrate},
+                           source=str(cfg.checkpoint))
         for problem in checkpoint_warnings(self.meta, cfg.checkpoint):
             log.warning("%s; its outputs mean little", problem)
         self.au_ids: list[int] = [int(a) for a in self.meta["au_ids"]]
