@@ -43,7 +43,8 @@ from .cli import (HelpFormatter, FolderLock, atomic_write_text, check_out_dir, d
 from .alignment import (BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION,
                         AlignmentConfig, alignment_matrices)
 from .disfa import (BAD_FRAMES_CSV, CHIN, DEFAULT_THRESHOLD, EVAL_AUS, NOSE_ROOT, NOSE_TIP,
-                    FrameRange, au_columns, bad_frame_mask, bad_frame_ranges, parse_threshold)
+                    FrameRange, au_columns, bad_frame_mask, bad_frame_ranges, is_subject_name,
+                    parse_threshold)
 from .release import (ReleaseError, ReleaseLayout, SubjectFiles, discover, read_error_log,
                       read_labels, read_landmarks)
 from .shards import (DEFAULT_JPEG_QUALITY, ENCODINGS, ShardError, ShardReader, ShardWriter,
@@ -815,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "dlib for the right; dlib: dlib for both cameras, no error log, e.g. "
                         "into another --out for model.crossval --camera-shards, so a "
                         "cross-camera test compares cameras only (default: auto)")
-    p.add_argument("--subjects", nargs="+", metavar="SN0xx",
+    p.add_argument("--subjects", nargs="+", metavar="SN0xx", type=subject_arg,
                    help="only these subjects (default: every subject found)")
     p.add_argument("--jobs", type=int_range(1), default=1,
                    help="subjects aligned in parallel (default: 1)")
@@ -874,6 +875,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "a video and its labels, instead of failing the subject (default: off)")
     p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     return p
+
+
+def subject_arg(text: str) -> str:
+    """An argparse ``type`` for --subjects: a subject name, never a path (it names the shard)."""
+    if not is_subject_name(text):
+        raise argparse.ArgumentTypeError(f"must be a DISFA subject name like SN001, got {text!r}")
+    return text
 
 
 def config_from_args(args: argparse.Namespace) -> AlignConfig:

@@ -213,6 +213,7 @@ def test_mat_bomb_in_a_release_fails_only_its_subject(tmp_path, capsys):
     (align, ["--disfa-root", ".", "--threshold", "0"], "--threshold: must be a FACS letter"),
     (align, ["--disfa-root", ".", "--nose-target", "1.5,0.4"], "--nose-target: must lie inside"),
     (align, ["--disfa-root", ".", "--chin-target", "0.5,-1"], "--chin-target: must lie inside"),
+    (align, ["--disfa-root", ".", "--subjects", "../x"], "--subjects: must be a DISFA subject"),
     (train_cmd, ["--shards", "s", "--manifest", "m", "--fold", "1", "--device", "gpu0"],
      "--device: not a device torch knows"),
     (train_cmd, ["--shards", "s", "--manifest", "m", "--fold", "1", "--threshold", "F"],
