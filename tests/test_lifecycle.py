@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer_fixtures import make_dataset
+from test_reliability import TINY_TRAIN, dataset, trained  # noqa: F401  (the same fixtures)
 from model import crossval, demo, export, predict, train as train_cmd
 from model.engine import cross_validation, trainer
 from model.engine.config import TrainConfig
@@ -23,8 +23,6 @@ from pipeline.cli import FolderLock
 pytestmark = pytest.mark.reliability  # docs/reliability.md names every test here
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["--preset", "small", "--epochs", "1", "--batches-per-epoch", "2", "--batch-size",
-              "8", "--workers", "0", "--device", "cpu", "--quiet", "--eval-batch-size", "16"]
 MARKER = ".tranet-run.json"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -51,20 +49,6 @@ def held_lock(target: Path, kind: str = "folder"):
     finally:
         proc.kill()
         proc.wait()
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory, one_torch_thread):
-    shards, manifest = dataset
-    run = tmp_path_factory.mktemp("run") / "fold1"
-    assert train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold", "1",
-                           "--out", str(run), *TINY_TRAIN]) == 0
-    return run
 
 
 def _error_line(capsys) -> str:
@@ -135,12 +119,12 @@ def test_predict_refuses_a_folder_another_writer_holds(trained, tmp_path, capsys
     assert not list(out.glob("*.json")) and not list(out.glob("*.csv"))
 
 
-def test_export_refuses_a_file_another_writer_holds(trained, tmp_path, caplog):
+def test_export_refuses_a_file_another_writer_holds(trained, tmp_path, capsys):
     pytest.importorskip("onnx")
     out = tmp_path / "model.onnx"
     with held_lock(out, "file") as holder:
         assert export.main(["--checkpoint", str(trained / "best.pt"), "--out", str(out)]) == 1
-    _refused_by(caplog.text, holder)
+    _refused_by(capsys.readouterr().err, holder)  # the shared handler's one line
     assert not out.exists()
 
 
