@@ -60,6 +60,11 @@ def png_bomb(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def gif_header(width: int, height: int) -> bytes:
+    """A GIF89a's signature and logical screen descriptor (no colour table, no image)."""
+    return b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b";"
+
+
 @pytest.mark.parametrize("ending", [".png", ".jpg", ".bmp", ".tif", ".webp", ".ppm", ".pgm",
                                     ".pam", ".pfm", ".ras", ".hdr", ".gif", ".jp2"])
 def test_header_size_of_every_format_opencv_writes(ending) -> None:
@@ -68,7 +73,12 @@ def test_header_size_of_every_format_opencv_writes(ending) -> None:
         picture = picture.astype(np.float32) / 255
     elif ending == ".pgm":
         picture = picture[..., 0]
-    ok, data = cv2.imencode(ending, picture)
+    try:
+        ok, data = cv2.imencode(ending, picture)
+    except cv2.error:  # OpenCV before 4.11 writes no GIF (it reads them): the header by hand
+        if ending != ".gif":
+            raise
+        ok, data = True, np.frombuffer(gif_header(53, 37), np.uint8)
     assert ok
     assert image_size(data.tobytes())[1:] == (53, 37)
     assert check_image_size(data.tobytes(), 53 * 37) == (53, 37)

@@ -684,12 +684,14 @@ def test_unknown_variant_in_a_checkpoint_is_one_line(small_checkpoint, tmp_path,
     bad = save_checkpoint(tmp_path / "bad.pt", state)
     assert export.main(["--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
     line = _error_line(capsys)
-    assert line.startswith(f"model.export: error: {bad}: ") and "unknown variant 'nonesuch'" in line
+    # the validation table refuses it when the checkpoint is read, before a model is built
+    assert line.startswith(f"model.export: error: {bad}: ") and "variant must be one of" in line
+    assert "got 'nonesuch'" in line
     (tmp_path / "imgs").mkdir()
     assert predict.main(["--checkpoint", str(bad), "--images", str(tmp_path / "imgs"), "--out",
                          str(tmp_path / "out")]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "unknown variant 'nonesuch'" in errors[0]
+    assert len(errors) == 1 and "got 'nonesuch'" in errors[0]
 
 
 def test_full_disk_while_saving_a_checkpoint_keeps_the_old_one(tmp_path, capsys):

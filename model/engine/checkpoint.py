@@ -183,10 +183,10 @@ def load_for_inference(
     try:
         config = config_from_record(data["model_config"])
         model = build_model(config)
+    except BackboneError as err:  # first: a BackboneError is a ValueError too
+        raise CheckpointError(f"{path}: its backbone cannot be built here: {err}") from err
     except (TypeError, ValueError) as err:  # ValueError: an unknown variant, preset, AU...
         raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err
-    except BackboneError as err:
-        raise CheckpointError(f"{path}: its backbone cannot be built here: {err}") from err
     check_shapes(model, data["model"], path)
     missing, unexpected = model.load_state_dict(data["model"], strict=False)
     if missing or unexpected:

@@ -106,10 +106,6 @@ class OnnxBackend:
             raise CheckpointError(f"{path}: not a readable ONNX model ({_ort_reason(err)})") from err
         self.path = Path(path)
         self.meta = read_onnx_meta(self.session, path)
-        try:  # the same table as a checkpoint's values, before anything is sized from them
-            check_onnx_meta(self.meta, path)
-        except ValidationError as err:
-            raise CheckpointError(str(err)) from err
         check_onnx_graph(self.session, self.meta, path)
         self.input_name = self.session.get_inputs()[0].name
         # a second output is the intensity head's (see model.inference.onnx_export)
@@ -144,8 +140,9 @@ def refuse_torch_file(path: Path) -> None:
 
 
 def read_onnx_meta(session: Any, path: Path) -> dict[str, Any]:
-    """The checkpoint metadata stored by ``model.export`` (a CheckpointError if absent or not
-    a JSON object with the entries prediction needs)."""
+    """The checkpoint metadata stored by ``model.export`` (a CheckpointError if absent, not a
+    JSON object, holding a value the validation table refuses, or lacking an entry prediction
+    needs)."""
     props = session.get_modelmeta().custom_metadata_map
     if ONNX_META_KEY not in props:
         raise CheckpointError(f"{path}: ONNX model lacks '{ONNX_META_KEY}' metadata "
@@ -157,6 +154,10 @@ def read_onnx_meta(session: Any, path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its '{ONNX_META_KEY}' metadata is a JSON "
                               f"{type(meta).__name__}, not an object")
+    try:  # the same table as a checkpoint's values, before anything is sized from them
+        check_onnx_meta(meta, path)
+    except ValidationError as err:
+        raise CheckpointError(str(err)) from err
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise CheckpointError(f"{path}: its '{ONNX_META_KEY}' metadata lacks {missing}")
