@@ -98,8 +98,8 @@ def run_pool(names: Sequence[str], items: Sequence[Any], run: Callable[[Any], di
     idle_breaks = 0
     while todo:
         before = len(results)
-        died = _one_pool(list(todo), list(todo.values()), run,
-                                   min(processes, len(todo)), init, init_args, results)
+        died = _one_pool(list(todo), list(todo.values()), run, min(processes, len(todo)),
+                         init, init_args, results)
         for name in died:
             reason = ("a worker process died while processing it (killed, or out of memory); "
                       "a rerun retries it")
