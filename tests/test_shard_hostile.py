@@ -40,6 +40,23 @@ def replace_dataset(path: Path, name: str, make) -> None:
         make(f, name, old)
 
 
+FRAME_DATASETS = ("images", "frame_index", "intensity", "labels", "landmarks")
+
+
+def redeclare(f: h5py.File, frames: int, chunk_rows: int | None = None,
+              **options) -> dict[str, h5py.Dataset]:
+    """Every per-frame dataset of the open shard ``f`` declared anew with ``frames`` rows (same
+    row shape and type; ``chunk_rows`` rows a chunk, or contiguous), nothing written."""
+    made = {}
+    for name in FRAME_DATASETS:
+        tail, dtype = f[name].shape[1:], f[name].dtype
+        del f[name]
+        chunks = (chunk_rows, *tail) if chunk_rows else None
+        made[name] = f.create_dataset(name, shape=(frames, *tail), dtype=dtype, chunks=chunks,
+                                      **options)
+    return made
+
+
 @pytest.fixture
 def shard(tmp_path):
     return write_shard(tmp_path / "shards" / "SN001_left.h5")
@@ -103,24 +120,14 @@ def test_declared_shape_without_data_is_refused(shard):
     """A contiguous dataset declaring 4000 frames that the file never stored reads as 4000
     frames of fill values: refused as not backed by the file."""
     with h5py.File(shard, "r+") as f:
-        for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
-            old = f[name]
-            shape, dtype = (4000, *old.shape[1:]), old.dtype
-            del f[name]
-            f.create_dataset(name, shape=shape, dtype=dtype)
-            if name == "images":
-                f[name].attrs["encoding"] = "jpeg"
+        redeclare(f, 4000)["images"].attrs["encoding"] = "jpeg"
     refused(shard, "declares", "stores")
 
 
 def test_frames_beyond_the_limit_are_refused_before_reading(shard):
     n = MAX_SHARD_FRAMES + 1
     with h5py.File(shard, "r+") as f:
-        for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
-            old = f[name]
-            tail, dtype = old.shape[1:], old.dtype
-            del f[name]
-            f.create_dataset(name, shape=(n, *tail), dtype=dtype, chunks=(1024, *tail))
+        redeclare(f, n, 1024)
     refused(shard, f"declares {n} frames", "limit")
 
 
@@ -200,11 +207,7 @@ def test_2_to_the_40_frames_one_line_bounded_memory(tmp_path):
     shards = tmp_path / "shards"
     path = write_shard(shards / shard_name("SN001", "left"))
     with h5py.File(path, "r+") as f:
-        for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
-            old = f[name]
-            tail, dtype = old.shape[1:], old.dtype
-            del f[name]
-            f.create_dataset(name, shape=(2**40, *tail), dtype=dtype, chunks=(64, *tail))
+        redeclare(f, 2**40, 64)
     proc, peak = run_build_folds(shards, tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
@@ -220,12 +223,7 @@ def test_compressed_shard_declaring_many_frames_bounded_memory(tmp_path):
     path = write_shard(shards / shard_name("SN001", "left"))
     n = MAX_SHARD_FRAMES + 1
     with h5py.File(path, "r+") as f:
-        for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
-            old = f[name]
-            tail, dtype = old.shape[1:], old.dtype
-            del f[name]
-            d = f.create_dataset(name, shape=(n, *tail), dtype=dtype, compression="gzip",
-                                 chunks=(min(n, 65536), *tail))
+        for name, d in redeclare(f, n, min(n, 65536), compression="gzip").items():
             if name != "images":
                 for start in range(0, n, 65536):
                     d[start:start + 65536] = 0
@@ -270,12 +268,7 @@ def test_compressed_dataset_mostly_unwritten_is_refused(shard):
     declared bytes exceed 1032x what the file stores for it."""
     n = 60_000
     with h5py.File(shard, "r+") as f:
-        for name in ("images", "frame_index", "intensity", "labels", "landmarks"):
-            old = f[name]
-            tail, dtype = old.shape[1:], old.dtype
-            del f[name]
-            d = f.create_dataset(name, shape=(n, *tail), dtype=dtype, compression="gzip",
-                                 chunks=(64, *tail))
+        for name, d in redeclare(f, n, 64, compression="gzip").items():
             if name != "images":
                 d[:6] = 1
     refused(shard, "dataset 'images' declares", "stores")
