@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.cli import CommandError, HelpFormatter
+from pipeline.cli import CommandError, HelpFormatter, atomic_write_text
 
 from .cli import EXIT_ERROR, EXIT_OK, handle_errors
 from .evaluation import readme_figures as rf
@@ -50,12 +50,6 @@ def _read_json(path: Path) -> dict:
         raise CommandError(f"{path}: not a JSON file ({err})") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 @handle_errors("model.readme_figures")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -73,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         if args.machine:
             run["machine"] = args.machine
-        _write_atomic(args.figures, json.dumps(run, indent=1) + "\n")
-        _write_atomic(args.readme, readme.replace(block, rf.render(run)))
+        atomic_write_text(args.figures, json.dumps(run, indent=1) + "\n")
+        atomic_write_text(args.readme, readme.replace(block, rf.render(run)))
         print(f"wrote {args.figures} and the block in {args.readme}")
         return EXIT_OK
     reference = _read_json(args.figures)
