@@ -154,3 +154,16 @@ def test_hub_probe_is_not_reached_for_a_file(tmp_path, monkeypatch) -> None:
     _small_backbone_weights(weights)
     monkeypatch.setattr(hub, "host_reachable", lambda *a, **k: pytest.fail("probed the network"))
     assert check_pretrained_option(str(weights), "senet50").size_bytes == weights.stat().st_size
+
+
+def test_crossval_checks_pretrained_before_any_fold(tmp_path, capsys, monkeypatch) -> None:
+    from model import crossval as crossval_cmd
+
+    monkeypatch.setattr(crossval_cmd, "crossval",
+                        lambda *a, **k: pytest.fail("folds started before --pretrained was checked"))
+    missing = tmp_path / "senet50_ft_weight.pkl"
+    code = crossval_cmd.main(["--shards", str(tmp_path / "no-shards"), "--manifest",
+                              str(tmp_path / "folds.json"), "--out", str(tmp_path / "cv"),
+                              "--pretrained", str(missing)])
+    assert code == 2 and f"--pretrained {missing}: no such weight file" in _error_line(capsys)
+    assert not (tmp_path / "cv").exists()
