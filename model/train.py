@@ -101,7 +101,8 @@ def add_model_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="backbone weights: the VGGFace2 file senet50_ft_weight.pkl, a torch "
                         "state_dict of the backbone, or 'hub' to let timm download its published "
                         "weights (fails at once offline, naming the file to bring); None = random "
-                        "init")
+                        "init. Checked before any data is read; a file's sha256 and size are "
+                        "logged and recorded in config.json (docs/model.md, 'Backbone weights')")
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:

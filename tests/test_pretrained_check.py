@@ -60,6 +60,7 @@ def _absent_run(tmp_path) -> list[str]:
             "--fold", "1", "--out", str(tmp_path / "run"), *TINY]
 
 
+@pytest.mark.reliability  # docs/reliability.md names it
 def test_missing_pretrained_fails_fast_before_data_and_leaves_no_run_folder(
         tmp_path, capsys, no_data_read) -> None:
     missing = tmp_path / "senet50_ft_weight.pkl"

@@ -107,7 +107,7 @@ def _load_senet(model: nn.Module, spec: str) -> PretrainedReport:
     if spec == HUB:
         raise WeightsError(f"--pretrained hub: the VGGFace2 SENet-50 weights of the senet50 backbone "
                            f"are on no hub; bring the release file {VGGFACE2_FILE} (docs/model.md, "
-                           "'Licences') and pass --pretrained FILE, or choose a timm backbone")
+                           "'Backbone weights') and pass --pretrained FILE, or choose a timm backbone")
     report = load_vggface2_weights(model.backbone, spec)
     return PretrainedReport(source=str(spec), format=weight_file_format(spec), backbone=SENET50,
                             tensors=len(report["loaded"]), unexpected=list(report["skipped"]),
