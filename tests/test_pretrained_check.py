@@ -168,3 +168,18 @@ def test_crossval_checks_pretrained_before_any_fold(tmp_path, capsys, monkeypatc
                               "--pretrained", str(missing)])
     assert code == 2 and f"--pretrained {missing}: no such weight file" in _error_line(capsys)
     assert not (tmp_path / "cv").exists()
+
+
+@pytest.mark.parametrize("protocol", range(0, 6))
+def test_every_pickle_protocol_of_a_weight_dict_passes_the_early_check(protocol, tmp_path) -> None:
+    """The release pickle's protocol is not published; none may be refused before loading."""
+    import collections
+    import pickle
+
+    import numpy as np
+
+    for i, obj in enumerate(({"conv1.weight": np.ones((2, 2), np.float32)},
+                             collections.OrderedDict(bias=np.zeros(3, np.float32)))):
+        path = tmp_path / f"w{i}.pkl"
+        path.write_bytes(pickle.dumps(obj, protocol=protocol))
+        assert check_pretrained_option(str(path), "senet50").size_bytes == path.stat().st_size
