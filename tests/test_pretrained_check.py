@@ -183,3 +183,22 @@ def test_every_pickle_protocol_of_a_weight_dict_passes_the_early_check(protocol,
         path = tmp_path / f"w{i}.pkl"
         path.write_bytes(pickle.dumps(obj, protocol=protocol))
         assert check_pretrained_option(str(path), "senet50").size_bytes == path.stat().st_size
+
+
+def test_an_unreadable_file_is_one_line_before_the_run(tmp_path, capsys, monkeypatch,
+                                                       no_data_read) -> None:
+    import pathlib
+
+    weights = tmp_path / "w.pth"
+    _small_backbone_weights(weights)
+    real_open = pathlib.Path.open
+
+    def refuse(self, *args, **kwargs):  # chmod 000 does not stop root, so refuse the open here
+        if self == weights:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", refuse)
+    assert train_cmd.main([*_absent_run(tmp_path), "--pretrained", str(weights)]) == 2
+    assert f"--pretrained {weights}: cannot be read (Permission denied)" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
