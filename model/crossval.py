@@ -42,6 +42,7 @@ from .engine.checkpoint import CheckpointError
 from .engine.run_folder import RunFolder
 from .engine.cross_validation import crossval, run_fold, table1, table2  # noqa: F401  (re-exported)
 from .engine.data import DataError
+from .weights.precheck import check_pretrained_option
 from .weights.vggface2 import WeightsError
 from .evaluation.paper_tables import TABLE2_ORDER
 from .evaluate import add_bootstrap_options
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.quiet)
+    check_pretrained_option(args.pretrained, args.backbone)  # before any fold reads data
     try:
         with RunFolder(args.out, "model.crossval"):  # one writer; its fold runs lock theirs
             report = crossval(args, explicit_options(parser, argv))

@@ -41,6 +41,7 @@ from .engine.data import DataError
 from .engine.recipes import recipe_names
 from .engine.run_folder import TRAIN_RUN_FILES, RunFolder
 from .engine.validation import TRAIN_FIELDS
+from .weights.precheck import check_pretrained_option
 from .weights.vggface2 import WeightsError
 from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
 from .evaluation.run_report import run_markdown
@@ -100,7 +101,8 @@ def add_model_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="backbone weights: the VGGFace2 file senet50_ft_weight.pkl, a torch "
                         "state_dict of the backbone, or 'hub' to let timm download its published "
                         "weights (fails at once offline, naming the file to bring); None = random "
-                        "init")
+                        "init. Checked before any data is read; a file's sha256 and size are "
+                        "logged and recorded in config.json (docs/model.md, 'Backbone weights')")
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
@@ -263,30 +265,46 @@ def prepare_out(out: str, fresh: bool) -> RunFolder:
     return folder
 
 
+def _required_or_placeholders(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A new run needs --shards/--manifest/--fold/--out; a resumed one takes them from its record."""
+    if not args.resume:
+        missing = [f"--{n}" for n in ("shards", "manifest", "fold", "out") if getattr(args, n) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
+        return
+    # Placeholders: the stored configuration of the run supplies what was not given.
+    for name, placeholder in (("shards", ""), ("manifest", ""), ("fold", 0), ("out", "")):
+        if getattr(args, name) is None:
+            setattr(args, name, placeholder)
+
+
+def open_run_folder(args: argparse.Namespace) -> RunFolder | None:
+    """The run folder, locked by its one writer (rank 0); None on other ranks."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    if not args.resume:
+        return prepare_out(args.out, args.fresh)
+    if not Path(args.resume).is_dir():
+        return None
+    folder = RunFolder(args.resume, "model.train", option="--resume")
+    folder.lock = FolderLock(args.resume).acquire()
+    return folder
+
+
 @handle_errors("model.train")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    folder = None
-    if not args.resume:
-        missing = [f"--{n}" for n in ("shards", "manifest", "fold", "out") if getattr(args, n) is None]
-        if missing:
-            parser.error(f"the following arguments are required: {', '.join(missing)}")
-        if int(os.environ.get("RANK", "0")) == 0:
-            folder = prepare_out(args.out, args.fresh)
-    else:
-        # Placeholders: the stored configuration of the run supplies what was not given.
-        for name, placeholder in (("shards", ""), ("manifest", ""), ("fold", 0), ("out", "")):
-            if getattr(args, name) is None:
-                setattr(args, name, placeholder)
-        if int(os.environ.get("RANK", "0")) == 0 and Path(args.resume).is_dir():  # one writer
-            folder = RunFolder(args.resume, "model.train", option="--resume")
-            folder.lock = FolderLock(args.resume).acquire()
+    _required_or_placeholders(args, parser)
     setup_logging(args.quiet, int(os.environ.get("RANK", "0")))
+    folder = None
     try:
         explicit = explicit_options(parser, argv)
         cfg = config_from_args(args, explicit)
+        if not cfg.resume:  # before any frame is read or the run folder exists (a resume keeps its)
+            check_pretrained_option(cfg.pretrained, cfg.backbone)
+        folder = open_run_folder(args)
         summary = train(cfg, explicit=explicit, stage=folder)
     except (DataError, CheckpointError, WeightsError) as err:
         raise CommandError(str(err)) from err  # the shared handler: one line, exit 2

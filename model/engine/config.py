@@ -90,7 +90,9 @@ class TrainConfig:
         if self.recipe and self.recipe.get("requires_pretrained") and not self.pretrained \
                 and not self.resume:
             raise ValueError(f"--recipe {self.recipe['name']} trains from VGGFace2 SENet-50 weights: "
-                             "pass --pretrained senet50_ft_weight.pkl (docs/disfa.md, weights)")
+                             "pass --pretrained senet50_ft_weight.pkl, or without that file "
+                             "--backbone timm:legacy_seresnet50 --pretrained hub (ImageNet "
+                             "weights; docs/model.md, 'Backbone weights')")
 
 
 #: Options that change how a run executes, not what it learns: a finished or interrupted run may

@@ -117,6 +117,12 @@ def check_hub_reachable(backbone: TimmBackbone) -> str:
     return where
 
 
+def hub_cached_file(backbone: TimmBackbone) -> str | None:
+    """The local file timm's published weights of ``backbone`` are cached in (None: not cached)."""
+    repo, url = weights_location(backbone.pretrained_cfg)
+    return cached_weights(repo, url, backbone.pretrained_cfg.get("hf_hub_filename"))
+
+
 def fetch_hub_state_dict(backbone: TimmBackbone) -> tuple[dict[str, torch.Tensor], str]:
     """The full timm model's published weights (``timm.create_model(name, pretrained=True)``)."""
     where = check_hub_reachable(backbone)

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..nets.backbones import SENET50, TimmBackbone, parse_backbone
 from ..nets.transforms import VGGFACE2
-from .hub import fetch_hub_state_dict
+from .checksums import identify_weights
+from .hub import fetch_hub_state_dict, hub_cached_file
 from .vggface2 import (WeightsError, load_vggface2_weights, read_raw_weights, to_timm_legacy_names,
                        weight_file_format)
 
@@ -47,6 +48,11 @@ class PretrainedReport:
     missing: list[str] = field(default_factory=list)     # backbone tensors not in the source
     unexpected: list[str] = field(default_factory=list)  # source tensors the backbone leaves out
     input_transform: dict[str, Any] = field(default_factory=dict)
+    # The bytes that were loaded (model.weights.checksums); None where no file was read (hub
+    # without a cached file).
+    sha256: str | None = None
+    size_bytes: int | None = None
+    known: str | None = None        # the KNOWN_WEIGHTS entry matched, else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +62,9 @@ class PretrainedReport:
                   f"{', ...' if len(self.unexpected) > 4 else ''})" if self.unexpected else "")
         return (f"{self.backbone} <- {self.source} ({self.format}): {self.tensors} tensors, "
                 f"{len(self.missing)} missing{unused}; input transform "
-                f"{self.input_transform.get('name')}")
+                f"{self.input_transform.get('name')}"
+                + (f"; sha256 {self.sha256[:12]}... ({self.known or 'not in the known list'})"
+                   if self.sha256 else ""))
 
 
 def _original_names(key: str) -> list[str]:
@@ -99,7 +107,7 @@ def _load_senet(model: nn.Module, spec: str) -> PretrainedReport:
     if spec == HUB:
         raise WeightsError(f"--pretrained hub: the VGGFace2 SENet-50 weights of the senet50 backbone "
                            f"are on no hub; bring the release file {VGGFACE2_FILE} (docs/model.md, "
-                           "'Licences') and pass --pretrained FILE, or choose a timm backbone")
+                           "'Backbone weights') and pass --pretrained FILE, or choose a timm backbone")
     report = load_vggface2_weights(model.backbone, spec)
     return PretrainedReport(source=str(spec), format=weight_file_format(spec), backbone=SENET50,
                             tensors=len(report["loaded"]), unexpected=list(report["skipped"]),
@@ -122,10 +130,20 @@ def _load_timm(model: nn.Module, spec: str) -> PretrainedReport:
                             tensors=loaded, unexpected=unused, input_transform=transform.as_dict())
 
 
+def _record_identity(report: PretrainedReport, path: str | None) -> None:
+    """Put the sha256 and size of the file that was read into ``report`` (config.json and every
+    checkpoint carry the report; the model card reads them there)."""
+    if path and Path(path).is_file():
+        identity = identify_weights(path)
+        report.sha256, report.size_bytes, report.known = (identity.sha256, identity.size_bytes,
+                                                          identity.known)
+
+
 def load_pretrained(model: nn.Module, spec: str | Path) -> PretrainedReport:
     """Load ``spec`` (a weight file or ``hub``) into ``model.backbone`` (a TRANet); see module doc."""
     spec = str(spec)
     kind, _ = parse_backbone(model.config.backbone)
     report = _load_senet(model, spec) if kind == SENET50 else _load_timm(model, spec)
+    _record_identity(report, hub_cached_file(model.backbone) if spec == HUB else spec)
     log.info("pretrained weights: %s", report.summary())
     return report
