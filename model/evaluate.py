@@ -40,7 +40,7 @@ from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows
 from .evaluation.intensity import INTENSITY_UNITS, intensity_report
 from .evaluation.plots import plot_subject_heatmap
 from .evaluation.cells import PERCENT_UNITS, degenerate_line, subjects_of
-from .evaluation.records import markdown_table, write_csv, write_json
+from .evaluation.records import markdown_table, prose_lines, write_csv, write_json
 from .evaluation.statistics import DEFAULT_RESAMPLES, MAX_RESAMPLES, method_line
 from .evaluation.tasks import (common_task, reports_intensity, reports_occurrence, task_line,
                                task_record)
@@ -135,8 +135,8 @@ def write_intensity_report(results: Sequence[dict], out: Path, stem: str, split:
         [(r["fold"], r["intensity"]) for r in results], results[0]["metrics"]["au_ids"],
         f"Intensity on the {split} subjects ({results[0]['variant']})", protocol, resamples,
         seed, notes)
-    write_csv(out / f"{stem}_intensity.csv", header, rows,
-              notes=[f"Protocol: {protocol}", *notes], units=INTENSITY_UNITS)
+    write_csv(out / f"{stem}_intensity.csv", header, rows, notes=prose_lines(text),
+              units=INTENSITY_UNITS)
     (out / f"{stem}_intensity.md").write_text(text)
     print(text)
     print(f"saved {out / stem}_intensity.{{csv,md}}")

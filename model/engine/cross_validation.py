@@ -10,7 +10,8 @@ from typing import Any, Sequence
 from ..evaluation.intensity import intensity_report
 from ..evaluation.paper_tables import PAPER_PROTOCOL, TABLE2_ORDER
 from ..evaluation.intensity import INTENSITY_UNITS
-from ..evaluation.records import column_name, markdown_table, write_csv, write_json
+from ..evaluation.records import (column_name, markdown_table, prose_lines, write_csv,
+                                  write_json)
 from ..nets.tranet import VARIANTS
 from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tasks import common_task, reports_intensity, reports_occurrence, task_record
@@ -158,8 +159,7 @@ def write_intensity_table(out: Path, variant: str, results: Sequence[dict[str, A
         [(r["fold"], r["test_intensity"]) for r in results], au_ids,
         f"Intensity (0-5) of {variant} on the test subjects", protocol, resamples, seed, notes)
     stem = "intensity" if variant == "tranet" else f"intensity_{variant}"
-    write_csv(out / f"{stem}.csv", header, rows, notes=[f"Ours: {protocol}", *notes],
-              units=INTENSITY_UNITS)
+    write_csv(out / f"{stem}.csv", header, rows, notes=prose_lines(text), units=INTENSITY_UNITS)
     (out / f"{stem}.md").write_text(text)
     return text
 

@@ -88,6 +88,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def prose_lines(markdown: str) -> list[str]:
+    """A Markdown report's lines other than its title and table rows: the CSV's notes."""
+    return [line for line in markdown.splitlines()[1:] if line.strip() and not line.startswith("|")]
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]],
               notes: Sequence[str] = (), columns: Sequence[str] | None = None,
               units: str | None = None) -> None:
