@@ -1,6 +1,7 @@
 """Result tables other programs read (issue 23, item 6): one header line, numeric columns, notes
 in a leading ``#`` block, degenerate intervals flagged, p at its floor said as a bound."""
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -73,6 +74,7 @@ def test_p_at_the_floor_of_the_resamples_is_printed_as_a_bound(tmp_path):
                                         [[{"fold": 1, "test": b[0]}]], 99, 0)
     assert detail["difference"]["mean_f1_p"] == pytest.approx(1 / 100)   # every swap smaller
     assert rows[-1][-1] == "< 0.01" and isinstance(rows[-1][-1], Num)
+    assert pickle.loads(pickle.dumps(rows[-1][-1])).fields == rows[-1][-1].fields
     path = tmp_path / "compare.csv"
     write_csv(path, header, rows, columns=["au", "f1_a", "f1_b", "difference", "p"])
     table = read(path)

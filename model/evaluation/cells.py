@@ -31,6 +31,9 @@ class Num(str):
         cell.degenerate = bool(degenerate)
         return cell
 
+    def __reduce__(self) -> tuple:  # pickle/deepcopy keep the numbers (str's would drop them)
+        return (Num, (str(self), self.fields, self.degenerate))
+
 
 def percent(value: float | None) -> float | None:
     """A fraction as percent for the CSV (None stays None: an empty cell)."""
