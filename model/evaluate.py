@@ -15,12 +15,17 @@ size, selection split, folds).
 Beside each F1 and accuracy: a 95% interval from a subject-level bootstrap (``--bootstrap N``
 resamples of the held-out subjects; see model/evaluation/statistics.py); per AU also ROC-AUC and
 average precision, and F1 at the checkpoint's tuned thresholds if it has them. Writes
-``evaluation_<split>.{json,csv,md}`` and ``evaluation_<split>_subjects.png`` (F1 per subject).
+``evaluation_<split>.{json,csv,md}`` and ``evaluation_<split>_subjects.png`` (F1 per subject)
+into ``--out``: by default the checkpoint's folder, or for several the folder holding all of
+theirs (never fold 1's). The CSVs have one header line and numeric columns after a ``#`` note
+block (``pandas.read_csv(path, comment="#")``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -32,10 +37,10 @@ from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
 from .engine.data import MAX_WORKERS, DataError
 from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
-from .evaluation.intensity import intensity_report
+from .evaluation.intensity import INTENSITY_UNITS, intensity_report
 from .evaluation.plots import plot_subject_heatmap
-from .evaluation.provenance import note_rows
-from .evaluation.records import markdown_table, write_csv, write_json
+from .evaluation.cells import PERCENT_UNITS, degenerate_line, subjects_of
+from .evaluation.records import markdown_table, prose_lines, write_csv, write_json
 from .evaluation.statistics import DEFAULT_RESAMPLES, MAX_RESAMPLES, method_line
 from .evaluation.tasks import (common_task, reports_intensity, reports_occurrence, task_line,
                                task_record)
@@ -59,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default=None,
                    help="refuse checkpoints of any other variant (e.g. tranet)")
     p.add_argument("--out", default=None,
-                   help="folder for evaluation_<split>.{json,csv,md} (default: the first checkpoint's)")
+                   help="folder for evaluation_<split>.{json,csv,md} (default: the checkpoint's "
+                        "folder; several checkpoints: the folder holding all their folders)")
     p.add_argument("--batch-size", type=int_range(1), default=128, help="frames per forward pass")
     p.add_argument("--workers", type=int_range(0, MAX_WORKERS), default=None,
                    help=f"DataLoader worker processes, 0..{MAX_WORKERS} (default: from the CPU "
@@ -95,6 +101,9 @@ def report_lines(results: Sequence[dict], resamples: int, seed: int) -> list[str
         subjects = {(r.get("fold"), s) for r in results
                     for s in (r["metrics"].get("per_subject") or {}).get("subjects", [])}
         lines.append(method_line(resamples, seed, subjects=len(subjects) or None))
+        few = degenerate_line({r.get("fold"): n for r in results
+                               for n in subjects_of([r["metrics"]]) or []})
+        lines += [few] if few else []
     tuned = {r["decision_thresholds"]["note"] for r in results if r.get("decision_thresholds")}
     lines += [f"Tuned rows: {n}" for n in sorted(tuned)]
     return lines
@@ -126,8 +135,8 @@ def write_intensity_report(results: Sequence[dict], out: Path, stem: str, split:
         [(r["fold"], r["intensity"]) for r in results], results[0]["metrics"]["au_ids"],
         f"Intensity on the {split} subjects ({results[0]['variant']})", protocol, resamples,
         seed, notes)
-    write_csv(out / f"{stem}_intensity.csv", header,
-              [*note_rows([f"Protocol: {protocol}", *notes], len(header)), *rows])
+    write_csv(out / f"{stem}_intensity.csv", header, rows, notes=prose_lines(text),
+              units=INTENSITY_UNITS)
     (out / f"{stem}_intensity.md").write_text(text)
     print(text)
     print(f"saved {out / stem}_intensity.{{csv,md}}")
@@ -141,9 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   len(args.fold), len(args.checkpoint))
         return 1
     folds = args.fold or [None] * len(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent
+    out = Path(args.out) if args.out else default_out(args.checkpoint)
     if args.out:
         check_out_dir(out)
+    refuse_other_evaluation(out / f"evaluation_{args.split}.json", args.checkpoint)
+    log.info("writing the evaluation of %d checkpoint(s) to %s", len(args.checkpoint), out)
     results = []
     try:
         for ckpt, fold in zip(args.checkpoint, folds):
@@ -184,6 +195,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def default_out(checkpoints: Sequence[str]) -> Path:
+    """One checkpoint: its run folder. Several (one per fold): the folder that holds all their
+    run folders, so fold 1's folder does not get an evaluation of every fold."""
+    folders = [Path(c).resolve().parent for c in checkpoints]
+    if len(set(folders)) == 1:
+        return Path(checkpoints[0]).parent
+    return Path(os.path.commonpath([str(f) for f in folders]))
+
+
+def refuse_other_evaluation(path: Path, checkpoints: Sequence[str]) -> None:
+    """A CommandError when ``path`` holds an evaluation of other checkpoints: replacing it
+    without a word would lose it. The same checkpoints evaluated again replace it."""
+    try:
+        earlier = json.loads(path.read_text())
+        theirs = sorted(str(Path(r["checkpoint"]).resolve()) for r in earlier["results"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if theirs != sorted(str(Path(c).resolve()) for c in checkpoints):
+        raise CommandError(f"{path} holds an evaluation of other checkpoints ({', '.join(theirs)}); "
+                           "pass --out FOLDER to write this one elsewhere, or remove that file")
+    log.info("replacing %s (an earlier evaluation of the same checkpoints)", path)
+
+
 def without_occurrence(result: dict) -> dict:
     """An evaluation result less the numbers of an untrained occurrence head."""
     return {k: v for k, v in result.items()
@@ -195,7 +229,7 @@ def write_occurrence_report(results: Sequence[dict], out: Path, stem: str,
     """``<stem>.{csv,md}`` (F1 and accuracy with intervals) and the per-subject heat map;
     the JSON keys they add."""
     header, rows = results_rows(results, args.bootstrap, args.bootstrap_seed)
-    write_csv(out / f"{stem}.csv", header, [*note_rows(lines, len(header)), *rows])
+    write_csv(out / f"{stem}.csv", header, rows, notes=lines, units=PERCENT_UNITS)
     title = f"Evaluation on the {args.split} subjects ({results[0]['variant']})"
     text = f"# {title}\n\n" + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n"
     (out / f"{stem}.md").write_text(text)

@@ -71,6 +71,30 @@ def test_cli_averages_folds_and_labels_the_protocol(runs, tmp_path, capsys):
     assert "| mean | F1 [95% CI] |" in capsys.readouterr().out
 
 
+def test_a_multi_fold_evaluation_goes_beside_the_fold_folders_with_degenerate_cis(runs, capsys):
+    import pandas as pd
+
+    root, shards, manifest, ckpts = runs
+    args = ["--checkpoint", *map(str, ckpts), "--shards", str(shards), "--manifest",
+            str(manifest), "--bootstrap", "50"]
+    assert evaluate_main(args) == 0
+    assert (root / "evaluation_test.csv").exists()             # the folder of both folds' runs
+    assert not (ckpts[0].parent / "evaluation_test.json").exists()
+    table = pd.read_csv(root / "evaluation_test.csv", comment="#")
+    assert list(table.columns[:4]) == ["fold", "metric", "au1", "au1_ci_low"]
+    assert {"f1", "accuracy", "roc_auc", "ap"} <= set(table["metric"])
+    for column in [c for c in table.columns if c.startswith(("au", "avg"))]:
+        assert pd.api.types.is_float_dtype(table[column]), column
+    f1 = table[table["metric"] == "f1"]
+    assert f1["ci_degenerate"].all()                           # two test subjects a fold
+    assert "CI DEGENERATE: fewer than 3 test subjects (fold 1: 2, fold 2: 2)" in \
+        (root / "evaluation_test.md").read_text()
+    assert evaluate_main(args) == 0                            # the same checkpoints: replaced
+    one = ["--checkpoint", str(ckpts[0]), "--fold", "1", "--out", str(root), *args[3:]]
+    assert evaluate_main(one) == 2                             # others: refused, not overwritten
+    assert "holds an evaluation of other checkpoints" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_mismatches(runs, tmp_path, capsys):
     root, shards, manifest, ckpts = runs
     with pytest.raises(CheckpointError, match="variant 'tranet', not 'senet50'"):
@@ -114,7 +138,7 @@ def test_crossval_tables_beside_the_paper_and_reruns_resume(runs, tmp_path, caps
     # other settings: refused, naming them, before anything trains or a table is rewritten
     assert crossval_main(args + ["--threshold", "2", "--lr", "0.01"]) == 1
     err = caplog.text
-    assert "--threshold 2 (run has None)" in err and "--lr 0.01 (run has 0.05)" in err
+    assert "--threshold 2 (run has the manifest's threshold)" in err and "--lr 0.01 (run has 0.05)" in err
     assert "--fresh" in err
     assert (tmp_path / "cv" / "table1.md").read_text() == t1
     assert (tmp_path / "cv" / "tranet" / "fold1" / "best.pt").stat().st_mtime_ns == mtime

@@ -91,6 +91,11 @@ def test_evaluate_reports_only_the_trained_heads(runs, tmp_path, capsys):
     assert "mean_f1" not in json.dumps(report)
     assert "Task: intensity" in (out / "evaluation_test_intensity.md").read_text()
     assert "Task: intensity" in (out / "evaluation_test_intensity.csv").read_text()
+    table = pd.read_csv(out / "evaluation_test_intensity.csv", comment="#")   # numbers, flagged
+    assert list(table["metric"]) == ["icc", "pearson", "mae"] and table["ci_degenerate"].all()
+    assert all(pd.api.types.is_float_dtype(table[c]) for c in table.columns[2:-1])
+    assert "CI DEGENERATE: fewer than 3 test subjects (fold 1: 1)" in \
+        (out / "evaluation_test_intensity.csv").read_text()   # one test subject
 
     out = tmp_path / "occurrence"
     assert evaluate_main(["--checkpoint", f"{summaries['occurrence']['run_dir']}/best.pt",

@@ -1,6 +1,5 @@
 """Intervals, per-subject results, recipe lines, tuned thresholds, --compare and --test-camera
 on tiny runs (fixture shards, and a tiny twin with both cameras)."""
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -98,10 +97,10 @@ def test_crossval_tables_carry_intervals_recipe_and_difference_to_tranet(cv):
     assert "F1 ours [95% CI]" in t1 and "subject-level bootstrap, 200 resamples" in t1
     assert "preset small" in t1 and "from scratch" in t1 and "epochs run 1 of 1 max" in t1
     assert "folds k-fold" in t1 and "selection on val" in t1
-    with (cv / "table1.csv").open() as handle:
-        first_cells = [row[0] for row in csv.reader(handle)]
+    comments = [line[2:] for line in (cv / "table1.csv").read_text().splitlines()
+                if line.startswith("# ")]
     md_lines = [line for line in t1.splitlines()[1:] if line and not line.startswith("|")]
-    assert [c[2:] for c in first_cells if c.startswith("# ")] == md_lines   # CSV = Markdown lines
+    assert comments[:len(md_lines)] == md_lines   # the CSV's comment block = the Markdown lines
     t2 = (cv / "table2.md").read_text()
     assert "difference to TRA-Net [95% CI], p" in t2 and "0 (reference)" in t2
     for text in (t1, t2):       # what was resampled, how many, and what is not covered
@@ -120,6 +119,38 @@ def test_crossval_tables_carry_intervals_recipe_and_difference_to_tranet(cv):
     assert (cv / "per_subject_tranet.png").stat().st_size > 1000
     compare = (cv / "compare.md").read_text()
     assert "senet50 - tranet [95% CI]" in compare and "| Avg |" in compare
+
+
+def test_crossval_csvs_have_one_header_and_numeric_columns(cv):
+    import pandas as pd
+
+    report = json.loads((cv / "crossval.json").read_text())
+    for name in ("table1.csv", "table2.csv", "compare.csv"):
+        text = (cv / name).read_text()
+        body = [line for line in text.splitlines() if not line.startswith("#")]
+        assert "#" not in "\n".join(body) and "[" not in body[0], name   # one plain header
+        assert "in percent (0-100)" in text and "Paper: paper:" not in text
+    t1 = pd.read_csv(cv / "table1.csv", comment="#")
+    assert list(t1.columns[:5]) == ["au", "f1_ours", "f1_ours_ci_low", "f1_ours_ci_high",
+                                    "f1_paper"]
+    for column in t1.columns[1:]:
+        assert pd.api.types.is_numeric_dtype(t1[column]) or t1[column].dtype == bool, column
+    avg = t1[t1["au"] == "Avg"].iloc[0]
+    assert avg["f1_ours"] == pytest.approx(100 * report["mean_over_folds"]["tranet"]["mean_f1"],
+                                           abs=1e-3)
+    assert avg["f1_paper"] == 59.0 and avg["f1_ours_ci_low"] <= avg["f1_ours"]
+    t2 = pd.read_csv(cv / "table2.csv", comment="#")
+    for column in ("avg", "avg_ci_low", "difference_to_tranet", "difference_to_tranet_p"):
+        assert pd.api.types.is_float_dtype(t2[column]), column
+    assert t2["difference_to_tranet_p_at_floor"].dropna().isin([True, False]).all()
+    compare = pd.read_csv(cv / "compare.csv", comment="#")
+    assert list(compare.columns) == ["au", "f1_a", "f1_a_ci_low", "f1_a_ci_high", "f1_b",
+                                     "f1_b_ci_low", "f1_b_ci_high", "difference",
+                                     "difference_ci_low", "difference_ci_high", "p", "p_at_floor",
+                                     "ci_degenerate"]
+    assert compare["p"].between(0, 1).all() and compare["p_at_floor"].dtype == bool
+    assert "# Columns: f1_a = F1 senet50 [95% CI]; f1_b = F1 tranet [95% CI]" in \
+        (cv / "compare.csv").read_text()
 
 
 def test_compare_two_run_folders_without_training(cv, tmp_path):

@@ -114,8 +114,15 @@ def recipe_differences(cfg: TrainConfig, recorded: dict[str, Any]) -> list[str]:
         theirs = recorded.get(f.name, LEGACY_TRAIN_CONFIG.get(f.name, getattr(defaults, f.name)))
         mine = getattr(cfg, f.name)
         if _normal(mine) != _normal(theirs):
-            out.append(f"--{f.name.replace('_', '-')} {mine!r} (run has {theirs!r})")
+            out.append(differs(f.name, mine, theirs))
     return out
+
+
+def differs(name: str, mine: Any, theirs: Any) -> str:
+    """``--option mine (run has theirs)``; a threshold of None reads as what it means."""
+    def shown(value: Any) -> str:
+        return "the manifest's threshold" if name == "threshold" and value is None else repr(value)
+    return f"--{name.replace('_', '-')} {shown(mine)} (run has {shown(theirs)})"
 
 
 def _same_global(cfg: TrainConfig, recorded: dict[str, Any]) -> bool:

@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 from ..evaluation.intensity import intensity_report
 from ..evaluation.paper_tables import PAPER_PROTOCOL, TABLE2_ORDER
-from ..evaluation.provenance import note_rows
-from ..evaluation.records import markdown_table, write_csv, write_json
+from ..evaluation.intensity import INTENSITY_UNITS
+from ..evaluation.records import (column_name, markdown_table, prose_lines, write_csv,
+                                  write_json)
 from ..nets.tranet import VARIANTS
 from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tasks import common_task, reports_intensity, reports_occurrence, task_record
@@ -158,8 +159,7 @@ def write_intensity_table(out: Path, variant: str, results: Sequence[dict[str, A
         [(r["fold"], r["test_intensity"]) for r in results], au_ids,
         f"Intensity (0-5) of {variant} on the test subjects", protocol, resamples, seed, notes)
     stem = "intensity" if variant == "tranet" else f"intensity_{variant}"
-    write_csv(out / f"{stem}.csv", header,
-              [*note_rows([f"Ours: {protocol}", *notes], len(header)), *rows])
+    write_csv(out / f"{stem}.csv", header, rows, notes=prose_lines(text), units=INTENSITY_UNITS)
     (out / f"{stem}.md").write_text(text)
     return text
 
@@ -286,7 +286,8 @@ def occurrence_tables(out: Path, done: dict[str, list[dict[str, Any]]], protocol
                         n.startswith("Recipe (tranet)")]
         header, rows, text = table1(done["tranet"], protocol, lines=tranet_lines,
                                     resamples=resamples, seed=seed)
-        write_csv(out / "table1.csv", header, [*note_rows(tranet_lines, len(header)), *rows])
+        write_csv(out / "table1.csv", header, rows, notes=tranet_lines,
+                  units=reports.PERCENT_UNITS)
         (out / "table1.md").write_text(text)
         report["table1"] = {"header": header, "rows": rows, "notes": tranet_lines}
         texts.append(text)
@@ -294,7 +295,8 @@ def occurrence_tables(out: Path, done: dict[str, list[dict[str, Any]]], protocol
         t2_lines = lines + mismatch_lines + reports.table2_test_lines(done, resamples, seed)
         header, rows, text = table2(done, protocol, lines=t2_lines, resamples=resamples, seed=seed,
                                     mismatched=mismatched)
-        write_csv(out / "table2.csv", header, [*note_rows(t2_lines, len(header)), *rows])
+        write_csv(out / "table2.csv", header, rows, notes=t2_lines, units=reports.PERCENT_UNITS,
+                  columns=[*map(column_name, header[:-1]), "difference_to_tranet"])
         (out / "table2.md").write_text(text)
         report["table2"] = {"header": header, "rows": rows, "notes": t2_lines,
                             "protocol_mismatch": sorted(mismatched),
@@ -342,7 +344,8 @@ def camera_table(out: Path, variant: str, results: list[dict[str, Any]], lines: 
              f"{detail['folds']}")
     lines = ([n for n in lines if not n.startswith(("Paper", "Comparison"))]
              + describe(comparisons, camera) + detail["difference"]["method"])
-    return reports.write_table(out, f"cameras_{variant}", title, lines, header, rows)
+    return reports.write_table(out, f"cameras_{variant}", title, lines, header, rows,
+                               columns=reports.COMPARE_COLUMNS)
 
 
 def comparison_side(name: str, per_variant: dict[str, list[dict[str, Any]]]
@@ -385,7 +388,8 @@ def write_comparison(out: Path, names: Sequence[str], per_variant: dict[str, lis
         lines = [n for n in lines if not n.startswith("[")]
     lines = lines + checks + detail["difference"]["method"]
     title = f"Paired comparison: {na} vs {nb}" + (" (PROTOCOL MISMATCH)" if mismatch else "")
-    text = reports.write_table(out, "compare", title, lines, header, rows)
+    text = reports.write_table(out, "compare", title, lines, header, rows,
+                               columns=reports.COMPARE_COLUMNS)
     payload = {"status": "finished", "a": na, "b": nb, "notes": lines, "header": header,
                "rows": rows, "protocol_mismatch": mismatch, **detail}
     write_json(out / "compare.json", payload)

@@ -17,14 +17,15 @@ import numpy as np
 from ..evaluation.paper_tables import (PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1,
                                        TABLE2_ORDER, comparison_line, paper_column)
 from ..evaluation.plots import plot_subject_heatmap
-from ..evaluation.provenance import note_rows, recipe_line
+from ..evaluation.cells import PERCENT_UNITS, degenerate_line, p_cell
+from ..evaluation.provenance import recipe_line
 from ..evaluation.records import markdown_table, write_csv, write_json
 from ..evaluation.statistics import method_line
 from ..evaluation.paired import holm
 from ..evaluation.protocol import protocol_differences, recipe_differences
 from ..evaluation.tasks import common_task, task_line
-from ..evaluation.tables import (difference, difference_runs, pct, pct_ci, signed, signed_ci,
-                                 summary, with_folds)
+from ..evaluation.tables import (difference, difference_runs, pct_ci, pct_num, signed,
+                                 signed_ci, summary, with_folds)
 from .config import RUNTIME_OPTIONS
 from .data import DataError, load_manifest
 
@@ -72,6 +73,8 @@ def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
             [t for rs in per_variant.values() for t in run_thresholds(rs)]))
     if resamples:
         lines.append(method_line(resamples, seed, subjects=count_subjects(per_variant)))
+        few = degenerate_line(subjects_per_fold(per_variant))
+        lines += [few] if few else []
     return lines
 
 
@@ -80,6 +83,17 @@ def count_subjects(per_variant: dict[str, Sequence[dict[str, Any]]]) -> int | No
     pairs = {(r.get("fold"), s) for rs in per_variant.values() for r in rs
              for s, in zip(((r.get("test") or {}).get("per_subject") or {}).get("subjects", []))}
     return len(pairs) or None
+
+
+def subjects_per_fold(per_variant: dict[str, Sequence[dict[str, Any]]]) -> dict[str, int]:
+    """Test subjects of each (variant, fold) that kept per-subject data."""
+    out = {}
+    for variant, results in per_variant.items():
+        for r in results:
+            subjects = ((r.get("test") or {}).get("per_subject") or {}).get("subjects")
+            if subjects:
+                out[f"{r.get('fold')} ({variant})"] = len(subjects)
+    return out
 
 
 def table2_test_lines(per_variant: dict[str, list[dict[str, Any]]], resamples: int, seed: int
@@ -94,11 +108,16 @@ def table2_test_lines(per_variant: dict[str, list[dict[str, Any]]], resamples: i
             "crossval.json)"]
 
 
+#: The CSV names of ``compare_rows``' columns (the Markdown's headings name the two sides).
+COMPARE_COLUMNS = ["au", "f1_a", "f1_b", "difference", "p"]
+
+
 def write_table(out: Path, stem: str, title: str, lines: Sequence[str], header: list[str],
-                rows: list[list[Any]]) -> str:
+                rows: list[list[Any]], columns: Sequence[str] | None = None) -> str:
     """``stem.md`` and ``stem.csv`` with the same header lines; returns the Markdown."""
     text = f"# {title}\n\n" + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n"
-    write_csv(out / f"{stem}.csv", header, [*note_rows(lines, len(header)), *rows])
+    write_csv(out / f"{stem}.csv", header, rows, notes=[f"Table: {title}", *lines],
+              columns=columns, units=PERCENT_UNITS)
     (out / f"{stem}.md").write_text(text)
     return text
 
@@ -106,24 +125,24 @@ def write_table(out: Path, stem: str, title: str, lines: Sequence[str], header: 
 def table1_rows(results: Sequence[dict[str, Any]], resamples: int, seed: int
                 ) -> tuple[list[str], list[list[Any]], dict[str, Any]]:
     s = summary([r["test"] for r in results], resamples, seed)
-    ci = s["ci"]
+    ci, bad = s["ci"], bool(s.get("ci_degenerate"))
     thresholds = run_thresholds(results)  # the paper columns say when labels differ
     header = ["AU", "F1 ours [95% CI]", paper_column("F1", thresholds), "Accuracy ours [95% CI]",
               paper_column("Accuracy", thresholds), "ROC-AUC ours", "AP ours"]
     rows = []
     for k, au in enumerate(s["au_ids"]):
         j = PAPER_AUS.index(au) if au in PAPER_AUS else None
-        rows.append([au, pct_ci(s["f1"][k], ci["f1"][k] if ci else None),
+        rows.append([au, pct_ci(s["f1"][k], ci["f1"][k] if ci else None, bad),
                      f"{TABLE1_TRA['f1'][j]:.1f}" if j is not None else "",
-                     pct_ci(s["accuracy"][k], ci["accuracy"][k] if ci else None),
+                     pct_ci(s["accuracy"][k], ci["accuracy"][k] if ci else None, bad),
                      f"{TABLE1_TRA['accuracy'][j]:.1f}" if j is not None else "",
-                     pct((s.get("auc") or [None] * len(s["f1"]))[k]),
-                     pct((s.get("average_precision") or [None] * len(s["f1"]))[k])])
-    rows.append(["Avg", pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None),
+                     pct_num((s.get("auc") or [None] * len(s["f1"]))[k]),
+                     pct_num((s.get("average_precision") or [None] * len(s["f1"]))[k])])
+    rows.append(["Avg", pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None, bad),
                  f"{TABLE1_TRA['f1_avg']:.1f}",
-                 pct_ci(s["mean_accuracy"], ci["mean_accuracy"] if ci else None),
-                 f"{TABLE1_TRA['accuracy_avg']:.1f}", pct(s.get("mean_auc")),
-                 pct(s.get("mean_average_precision"))])
+                 pct_ci(s["mean_accuracy"], ci["mean_accuracy"] if ci else None, bad),
+                 f"{TABLE1_TRA['accuracy_avg']:.1f}", pct_num(s.get("mean_auc")),
+                 pct_num(s.get("mean_average_precision"))])
     return header, rows, s
 
 
@@ -170,14 +189,18 @@ def table2_protocol(per_variant: dict[str, list[dict[str, Any]]], allow_mismatch
 
 def _difference_cell(variant: str, diff: dict[str, Any] | None, per_variant: dict[str, Any],
                      mismatched: Collection[str]) -> str:
+    """Table 2's last column; a Num (difference, interval, p) where there is a difference."""
     if variant == "tranet":
         return "0 (reference)"
     if not per_variant.get("tranet"):
         return "n/a (TRA-Net not run)"
     if diff is None:
         return "n/a (no per-subject counts)"
-    cell = signed_ci(diff["mean_f1"], diff["mean_f1_ci"], diff["mean_f1_p"])
-    return f"{cell} (PROTOCOL MISMATCH)" if variant in mismatched else cell
+    cell = signed_ci(diff["mean_f1"], diff["mean_f1_ci"], diff["mean_f1_p"], diff.get("resamples"),
+                     diff.get("mean_f1_p_raw"), bool(diff.get("ci_degenerate")))
+    if variant in mismatched:  # the CSV says so in its comment block (PROTOCOL MISMATCH line)
+        return type(cell)(f"{cell} (PROTOCOL MISMATCH)", cell.fields, cell.degenerate)
+    return cell
 
 
 def differences_to_tranet(per_variant: dict[str, list[dict[str, Any]]], resamples: int,
@@ -210,11 +233,11 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
         name, paper_f1, paper_avg = TABLE2_F1[variant]
         if per_variant.get(variant):
             s = summary([r["test"] for r in per_variant[variant]], resamples, seed)
-            ci = s["ci"]
+            ci, bad = s["ci"], bool(s.get("ci_degenerate"))
             cell = _difference_cell(variant, differences.get(variant), per_variant, mismatched)
-            rows.append([name, "ours",
-                         *[pct_ci(v, ci["f1"][k] if ci else None) for k, v in enumerate(s["f1"])],
-                         pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None), cell])
+            rows.append([name, "ours", *[pct_ci(v, ci["f1"][k] if ci else None, bad)
+                                         for k, v in enumerate(s["f1"])],
+                         pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None, bad), cell])
         paper = [f"{paper_f1[PAPER_AUS.index(a)]:.1f}" if a in PAPER_AUS else "" for a in aus]
         rows.append([name, "paper", *paper, f"{paper_avg:.1f}",
                      "0 (reference)" if variant == "tranet"
@@ -258,6 +281,7 @@ def compare_rows(name_a: str, runs_a: Sequence[Sequence[dict[str, Any]]], name_b
     if diff is None:
         raise DataError(f"{name_a} / {name_b}: per-subject counts are missing or the held-out "
                         "subjects differ; rerun the folds with this version to compare them")
+    bad = bool(sa.get("ci_degenerate") or sb.get("ci_degenerate"))
     header = ["AU", f"F1 {name_a} {ca}", f"F1 {name_b} {cb}", f"{name_a} - {name_b} [95% CI]",
               f"p (per AU: Holm over {len(sa['au_ids'])} AUs)"]
     rows = []
@@ -268,8 +292,9 @@ def compare_rows(name_a: str, runs_a: Sequence[Sequence[dict[str, Any]]], name_b
             else (lambda s, n: (s[n][k], s["ci"][n][k] if s["ci"] else None))
         d, dci, p = ((diff["mean_f1"], diff["mean_f1_ci"], diff["mean_f1_p"]) if mean else
                      (diff["f1"][k], diff["f1_ci"][k], diff["f1_p"][k]))
-        rows.append([label, pct_ci(*get(sa, "f1")), pct_ci(*get(sb, "f1")), signed_ci(d, dci),
-                     f"{p:.3f}"])
+        p_raw = diff["mean_f1_p"] if mean else diff["f1_p_raw"][k]
+        rows.append([label, pct_ci(*get(sa, "f1"), bad), pct_ci(*get(sb, "f1"), bad),
+                     signed_ci(d, dci, degenerate=bad), p_cell(p, diff["resamples"], p_raw)])
     return header, rows, {"folds": folds, "a": sa, "b": sb, "difference": diff}
 
 

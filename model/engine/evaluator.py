@@ -16,6 +16,7 @@ from .data import (DataError, ShardFrames, check_consistent, collate_frames, def
                    single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
 from .trainer import run_task_evaluation
+from ..evaluation.cells import Num
 from ..evaluation.provenance import recipe_line
 from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tables import metric_rows, summary
@@ -171,4 +172,4 @@ def results_rows(results: Sequence[dict[str, Any]], resamples: int = DEFAULT_RES
 def tuned_rows(label: Any, metrics: Sequence[dict[str, Any]], resamples: int, seed: int
                ) -> list[list[Any]]:
     row = metric_rows(label, summary(metrics, resamples, seed))[0]
-    return [[label, "F1 at tuned thresholds [95% CI]", *row[2:]]]
+    return [[label, Num("F1 at tuned thresholds [95% CI]", {"": "f1_tuned"}), *row[2:]]]

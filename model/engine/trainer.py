@@ -36,7 +36,7 @@ from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_fli
                    fold_spec, load_manifest, open_shards, single_threaded_opencv,
                    training_subjects)
 from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_lr,
-                     hold_global_batch, protocol_note, threshold_note, world_bound)
+                     hold_global_batch, protocol_note, differs, threshold_note, world_bound)
 from .early_stopping import EarlyStopping
 from .losses import task_loss_for
 from .precision import Precision, choose_precision
@@ -625,7 +625,7 @@ def _resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, d
             continue
         mine = getattr(cfg, name)
         if mine != values[name]:
-            conflicts.append(f"--{name.replace('_', '-')} {mine!r} (run has {values[name]!r})")
+            conflicts.append(differs(name, mine, values[name]))
     if values.get("lr_schedule") == "cosine" and "epochs" in explicit \
             and cfg.epochs != values.get("epochs"):
         conflicts.append(f"--epochs {cfg.epochs!r} (the cosine schedule spans the run's "

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .cells import MIN_CI_SUBJECTS, Num, degenerate_line
 from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_resamples, fold_rngs,
                          method_line, percentile_interval, subject_weights)
 
@@ -257,7 +258,8 @@ def intensity_intervals(per_fold: Sequence[dict], eval_aus: Sequence[int],
     chosen = [aus.index(int(a)) for a in eval_aus if int(a) in aus]
     out: dict = {"resamples": int(resamples), "seed": int(seed), "level": float(level),
                  "method": method_line(resamples, seed, level,
-                                       subjects=sum(len(f.subject_sums) for f in folds) or None)}
+                                       subjects=sum(len(f.subject_sums) for f in folds) or None),
+                 "degenerate": min(len(f.subject_sums) for f in folds) < MIN_CI_SUBJECTS}
     for name, samples in zip(("icc", "pearson", "mae"),
                              bootstrap_intensity([f.subject_sums for f in folds], resamples, seed)):
         out[name] = percentile_interval(samples, level).tolist()
@@ -268,6 +270,10 @@ def intensity_intervals(per_fold: Sequence[dict], eval_aus: Sequence[int],
 
 # --------------------------------------------------------------------------------------------------
 # Tables
+
+#: What the intensity CSVs' numbers are measured in (their comment block says it).
+INTENSITY_UNITS = ("ICC(3,1) and Pearson r unitless (-1 to 1); MAE in FACS intensity levels "
+                   "(0-5 scale)")
 
 #: Published DISFA intensity figures of peers, per AU, as ``{name: {"source": citation,
 #: "metric": "icc", "values": {au: value}}}``. A peer goes in only with a source read for it;
@@ -301,8 +307,17 @@ def _fmt(value: float | None) -> str:
     return "" if value is None or not np.isfinite(value) else f"{value:.2f}"
 
 
-def _fmt_ci(value: float, ci: Sequence[float] | None) -> str:
-    return _fmt(value) if ci is None else f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def _num(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+
+
+def _fmt_ci(value: float, ci: Sequence[float] | None, degenerate: bool = False) -> Num:
+    """The text for people; value and interval as numbers for the CSV (``cells.Num``)."""
+    fields = {"": _num(value), "ci_low": _num(ci[0]) if ci else None,
+              "ci_high": _num(ci[1]) if ci else None}
+    if ci is None:
+        return Num(_fmt(value), fields)
+    return Num(f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]", fields, degenerate)
 
 
 def _metric_cells(m: IntensityMetrics, eval_aus: Sequence[int], ci: dict | None
@@ -310,14 +325,16 @@ def _metric_cells(m: IntensityMetrics, eval_aus: Sequence[int], ci: dict | None
     """(metric name, cells: per AU, mean over ``eval_aus``, mean over all) for ICC, r, MAE;
     each cell with its interval when ``ci`` (from :func:`intensity_intervals`) is given."""
     chosen = m.subset(eval_aus)
+    bad = bool(ci and ci.get("degenerate"))
     out = []
     for name, key, values, mean_chosen in (("ICC(3,1)", "icc", m.icc, chosen.mean_icc),
                                            ("Pearson r", "pearson", m.pearson, chosen.mean_pearson),
                                            ("MAE", "mae", m.mae, chosen.mean_mae)):
-        per_au = [_fmt_ci(v, ci[key][j] if ci else None) for j, v in enumerate(values)]
-        out.append((name + (" [95% CI]" if ci else ""),
-                    [*per_au, _fmt_ci(mean_chosen, ci[f"mean_{key}"] if ci else None),
-                     _fmt_ci(float(np.mean(values)), ci[f"mean_{key}_all"] if ci else None)]))
+        per_au = [_fmt_ci(v, ci[key][j] if ci else None, bad) for j, v in enumerate(values)]
+        out.append((Num(name + (" [95% CI]" if ci else ""), {"": key}),
+                    [*per_au, _fmt_ci(mean_chosen, ci[f"mean_{key}"] if ci else None, bad),
+                     _fmt_ci(float(np.mean(values)), ci[f"mean_{key}_all"] if ci else None,
+                             bad)]))
     return out
 
 
@@ -383,6 +400,10 @@ def intensity_report(per_fold: Sequence[tuple[int, dict]], eval_aus: Sequence[in
     peers = ("" if PEER_INTENSITY else "\nPeers: no published per-AU DISFA intensity figure "
              "is listed yet (see docs/disfa.md).\n") + peer_means_note()
     method = f"{ci['method']}.\n\n" if ci else ""
+    few = degenerate_line({fold: len((d.get("per_subject") or {}).get("subjects") or [])
+                           for fold, d in per_fold}) \
+        if ci and ci.get("degenerate") else None
+    method += f"{few}\n\n" if few else ""
     lines = "".join(f"{n}\n\n" for n in notes)
     text = (f"# {title}\n\n{lines}Ours: {protocol}; predictions clipped to 0-5; ICC(3,1), "
             "Pearson r and "

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .cells import p_floor_line
 from .metrics import f1_from_counts
 from .statistics import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, check_counts, check_resamples,
                          fold_rngs, percentile_interval, subject_weights)
@@ -177,4 +178,5 @@ def method_lines(resamples: int, seed: int, subjects: int, folds: int, runs_a: i
             f"p: two-sided sign-flip permutation test over subjects ({resamples} random swaps of "
             "each subject's A and B counts); per-AU p Holm-corrected over "
             f"{n_aus} AUs (raw in the JSON as f1_p_raw); the mean's p is one test",
-            f"unit resampled: the subject, {subjects} test subjects in {folds} fold(s); {seeds}"]
+            f"unit resampled: the subject, {subjects} test subjects in {folds} fold(s); {seeds}",
+            p_floor_line(resamples)]

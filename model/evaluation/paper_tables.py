@@ -18,7 +18,8 @@ C_LEVEL = "C-level (the paper does not give C)"
 #: The label threshold of Table 1's numbers: every public implementation of the peers' protocol
 #: (ME-GraphAU and others) counts intensity >= 2 as positive (DISFA_FACTS).
 PAPER_THRESHOLD = 2
-PAPER_PROTOCOL = (f"paper: labels positive at {C_LEVEL}; its Table 1 peers' numbers use "
+#: Printed after "Paper: " in every report, so it does not say "paper" itself.
+PAPER_PROTOCOL = (f"labels positive at {C_LEVEL}; its Table 1 peers' numbers use "
                   f"intensity >= {PAPER_THRESHOLD}; model selected on the test fold, sigmoid "
                   "threshold 0.5, frames pooled per fold, mean of 3 folds")
 

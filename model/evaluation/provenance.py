@@ -8,8 +8,9 @@ runs, other options) are left out or said to be unknown rather than guessed.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 #: The full preset's backbone when a run does not name one.
 DEFAULT_BACKBONES = {"full": "SENet-50", "small": "reduced SENet (small preset)"}
@@ -43,9 +44,25 @@ def _transform(model_config: dict[str, Any]) -> str:
     return f"; input {name}" if name else ""
 
 
-def folds_phrase(manifest: dict[str, Any] | None) -> str:
+def recorded_manifest(record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(the folds manifest the run recorded, read now; its path): None when the run named no
+    manifest or the file is gone or unreadable (read as plain JSON: only names are needed)."""
+    path = (record.get("train_config") or {}).get("manifest")
+    if not path:
+        return None, None
+    try:
+        manifest = json.loads(Path(str(path)).read_text())
+    except (OSError, ValueError):
+        return None, str(path)
+    return (manifest if isinstance(manifest, dict) else None), str(path)
+
+
+def folds_phrase(manifest: dict[str, Any] | None, path: str | None = None) -> str:
+    """The folds scheme and missing subjects; ``path``: the manifest the run recorded, named
+    when it cannot be read now ("folds: not recorded" only when there is none)."""
     if not manifest:
-        return "folds unknown"
+        return (f"folds from {Path(path).name} (not readable now)" if path
+                else "folds: not recorded")
     scheme = str(manifest.get("scheme", "?"))
     name = {"disfa3": "standard 3-fold (disfa3)", "kfold": "k-fold"}.get(scheme, scheme)
     missing = list(manifest.get("missing_subjects") or [])
@@ -68,11 +85,14 @@ def recipe_line(record: dict[str, Any], manifest: dict[str, Any] | None = None) 
         epochs = f"; best epoch {record['epoch']} of {tc.get('epochs', '?')} max"
     size = data.get("image_size", tc.get("image_size") or "?")
     threshold = data.get("threshold", tc.get("threshold"))
+    path = None
+    if manifest is None:  # callers without one (the training log): the manifest the run names
+        manifest, path = recorded_manifest(record)
     return (f"variant {mc.get('variant') or tc.get('variant') or '?'}; preset {preset}; "
             f"backbone {backbone}, {_weights(tc, record.get('pretrained'))}{_transform(mc)}; "
             f"image {size} px; label threshold "
             f"{threshold if threshold is not None else '?'}; selection on "
-            f"{tc.get('select_on', '?')}{epochs}; {folds_phrase(manifest)}")
+            f"{tc.get('select_on', '?')}{epochs}; {folds_phrase(manifest, path)}")
 
 
 def recipe_lines(records: Iterable[dict[str, Any]], manifest: dict[str, Any] | None = None
@@ -80,7 +100,3 @@ def recipe_lines(records: Iterable[dict[str, Any]], manifest: dict[str, Any] | N
     """Distinct recipe lines of several runs, in first-seen order."""
     return list(dict.fromkeys(recipe_line(r, manifest) for r in records))
 
-
-def note_rows(lines: Sequence[str], width: int) -> list[list[str]]:
-    """The Markdown header lines as leading CSV rows (``# line`` in the first cell)."""
-    return [[f"# {line}", *[""] * (width - 1)] for line in lines]

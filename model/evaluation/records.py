@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,10 +88,89 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def prose_lines(markdown: str) -> list[str]:
+    """A Markdown report's lines other than its title and table rows: the CSV's notes."""
+    return [line for line in markdown.splitlines()[1:] if line.strip() and not line.startswith("|")]
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]],
+              notes: Sequence[str] = (), columns: Sequence[str] | None = None,
+              units: str | None = None) -> None:
+    """One header line of machine names and numeric columns, after a ``#`` comment block of
+    ``notes`` (``pandas.read_csv(path, comment="#")`` reads it). A ``cells.Num`` cell spreads
+    over ``<column>``, ``<column>_ci_low``... ; ``columns``: the CSV names of ``header``'s
+    columns (default: a slug of each); ``units``: what the numbers are measured in."""
+    names = list(columns) if columns is not None else [column_name(h) for h in header]
+    names = [column_name(h, keep_parens=True) if names.count(n) > 1 else n   # Avg (8), Avg (12)
+             for n, h in zip(names, header)]
+    spread = [_suffixes([row[j] for row in rows if j < len(row)]) for j in range(len(header))]
+    out_header = [f"{name}_{sfx}" if sfx else name
+                  for name, sfxs in zip(names, spread) for sfx in sfxs]
+    flagged = any(getattr(c, "fields", {}).get("ci_low") is not None for row in rows for c in row)
+    out_rows = []
+    for row in rows:
+        cells = [v for j, sfxs in enumerate(spread) for v in _spread(row[j], sfxs)]
+        if flagged:
+            cells.append(any(getattr(c, "degenerate", False) for c in row))
+        out_rows.append(cells)
+    if flagged:
+        out_header.append("ci_degenerate")
+    renamed = [f"{n} = {h}" for n, h in zip(names, header) if columns is not None
+               and n != column_name(h)]   # e.g. f1_a = F1 senet50 [95% CI]
+    comments = [*notes, *([f"Columns: {'; '.join(renamed)}"] if renamed else []),
+                *column_notes(out_header, units)]
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with tmp.open("w", newline="") as handle:
+        for line in comments:  # a note's own newlines would end the comment early
+            handle.writelines(f"# {part}\n" for part in str(line).splitlines() or [""])
         writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerow(out_header)
+        writer.writerows([[_no_hash(v) for v in r] for r in out_rows])
     os.replace(tmp, path)
+
+
+def column_name(heading: str, keep_parens: bool = False) -> str:
+    """``F1 ours [95% CI]`` -> ``f1_ours``: lower case, brackets dropped, words joined by ``_``."""
+    text = re.sub(r"\[[^]]*\]" if keep_parens else r"\[[^]]*\]|\([^)]*\)", " ",
+                  str(heading)).lower()
+    return "_".join(re.findall(r"[a-z0-9]+", text)) or "label"
+
+
+def column_notes(header: Sequence[str], units: str | None) -> list[str]:
+    """What the derived columns mean, said once in the comment block."""
+    out = [f"Units: {units}"] if units else []
+    if any(h.endswith("_ci_low") for h in header):
+        out.append("<column>_ci_low, <column>_ci_high: the 95% interval of <column>")
+    if any(h.endswith("p_at_floor") for h in header):
+        out.append("p_at_floor: true when p is the smallest the resamples can give, 1/(B+1) "
+                   "(the true p may be smaller)")
+    if "ci_degenerate" in header:
+        out.append("ci_degenerate: true when a fold's interval rests on fewer than 3 test "
+                   "subjects (zero or near-zero width: not a measure of uncertainty)")
+    return out
+
+
+def _suffixes(cells: Sequence[Any]) -> list[str]:
+    found = dict.fromkeys(s for c in cells for s in getattr(c, "fields", {}))
+    return list(found) or [""]
+
+
+def _spread(cell: Any, suffixes: Sequence[str]) -> list[Any]:
+    fields = getattr(cell, "fields", None)
+    if fields is not None:
+        return [fields.get(s) for s in suffixes]
+    if suffixes != [""]:  # text in a numeric column ("n/a", "0 (reference)"): a number or empty
+        return [_number(cell), *[None] * (len(suffixes) - 1)]
+    return [cell]
+
+
+def _number(cell: Any) -> float | None:
+    try:
+        return float(str(cell).split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _no_hash(value: Any) -> Any:
+    """A data cell may not hold ``#``: ``read_csv(comment="#")`` would cut the line there."""
+    return value.replace("#", "no. ") if isinstance(value, str) else value

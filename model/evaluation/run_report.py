@@ -40,8 +40,8 @@ def result_log_line(summary: dict[str, Any]) -> str:
     """The one-line test result the trainer logs (the trained heads' means)."""
     parts = []
     if "test" in summary:
-        parts.append(f"mean F1 {summary['test']['mean_f1']:.4f}, mean accuracy "
-                     f"{summary['test']['mean_accuracy']:.4f}")
+        parts.append(f"mean F1 {100 * summary['test']['mean_f1']:.1f}%, mean accuracy "
+                     f"{100 * summary['test']['mean_accuracy']:.1f}%")  # the tables' unit
     if "test_intensity" in summary:
         parts.append(f"mean ICC {summary['test_intensity']['mean_icc']:.4f}")
     return "; ".join(parts) + f" (task {summary.get('task', 'occurrence')})"

@@ -4,7 +4,8 @@ Every function takes the metric dicts the engine writes (``AUMetrics.as_dict()``
 ``accuracy``, ``auc``, ``average_precision`` and ``per_subject.counts``), one per fold, and
 returns strings ready for ``records.markdown_table``/``write_csv``. Values are percent with one
 decimal; an interval is written ``56.9 [52.0, 61.3]``. Runs recorded before per-subject counts
-were kept have no interval ("n/a" in its place) rather than a made-up one.
+were kept have no interval ("n/a" in its place) rather than a made-up one. Cells are
+``cells.Num``: the same text, with the numbers the CSV writer spreads over numeric columns.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cells import MIN_CI_SUBJECTS, Num, p_cell, p_text, percent
 from .paired import paired_difference, paired_runs
 from .statistics import confidence_intervals
 
@@ -20,19 +22,35 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
 
 
-def pct_ci(value: float | None, ci: Sequence[float] | None) -> str:
+def pct_num(value: float | None) -> Num:
+    """A percent cell without an interval (ROC-AUC, AP, the paper's figures)."""
+    return Num(pct(value), {"": percent(value)})
+
+
+def pct_ci(value: float | None, ci: Sequence[float] | None, degenerate: bool = False) -> Num:
+    fields = {"": percent(value), "ci_low": percent(ci[0]) if ci else None,
+              "ci_high": percent(ci[1]) if ci else None}
     if ci is None:
-        return f"{pct(value)} [n/a]"
-    return f"{pct(value)} [{pct(ci[0])}, {pct(ci[1])}]"
+        return Num(f"{pct(value)} [n/a]", fields)
+    return Num(f"{pct(value)} [{pct(ci[0])}, {pct(ci[1])}]", fields, degenerate)
 
 
 def signed(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
-def signed_ci(value: float, ci: Sequence[float], p: float | None = None) -> str:
+def signed_ci(value: float, ci: Sequence[float], p: float | None = None,
+              resamples: int | None = None, p_raw: float | None = None,
+              degenerate: bool = False) -> Num:
+    """A difference in percentage points with its interval (and p, floor-aware with the
+    resamples); the CSV gets value, ci_low, ci_high (and p, p_at_floor)."""
     text = f"{signed(value)} [{signed(ci[0])}, {signed(ci[1])}]"
-    return text if p is None else f"{text}, p={p:.3f}"
+    fields = {"": percent(value), "ci_low": percent(ci[0]), "ci_high": percent(ci[1])}
+    if p is None:
+        return Num(text, fields, degenerate)
+    pc = p_cell(p, resamples, p_raw)
+    fields.update({"p": pc.fields[""], "p_at_floor": pc.fields["at_floor"]})
+    return Num(f"{text}, {p_text(p, resamples, p_raw)}", fields, degenerate)
 
 
 def fold_counts(metrics: Sequence[dict[str, Any]]) -> list[np.ndarray] | None:
@@ -64,21 +82,26 @@ def summary(metrics: Sequence[dict[str, Any]], resamples: int, seed: int) -> dic
             out[f"mean_{key}"] = float(finite.mean()) if len(finite) else None
     counts = fold_counts(metrics)
     out["ci"] = confidence_intervals(counts, resamples, seed) if counts and resamples else None
+    if out["ci"] is not None:  # one or two subjects a fold: an interval of (near) zero width
+        out["test_subjects"] = [len(c) for c in counts]
+        out["ci_degenerate"] = min(out["test_subjects"]) < MIN_CI_SUBJECTS
     return out
 
 
 def metric_rows(label: Any, s: dict[str, Any]) -> list[list[Any]]:
     """F1 and accuracy rows with intervals, then ROC-AUC and AP rows, for one ``summary``."""
-    ci = s.get("ci")
-    rows = [[label, "F1 [95% CI]",
-             *[pct_ci(v, ci["f1"][k] if ci else None) for k, v in enumerate(s["f1"])],
-             pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None)],
-            [label, "accuracy [95% CI]",
-             *[pct_ci(v, ci["accuracy"][k] if ci else None) for k, v in enumerate(s["accuracy"])],
-             pct_ci(s["mean_accuracy"], ci["mean_accuracy"] if ci else None)]]
-    for key, name in (("auc", "ROC-AUC"), ("average_precision", "AP")):
+    ci, bad = s.get("ci"), bool(s.get("ci_degenerate"))
+    rows = [[label, Num("F1 [95% CI]", {"": "f1"}),
+             *[pct_ci(v, ci["f1"][k] if ci else None, bad) for k, v in enumerate(s["f1"])],
+             pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None, bad)],
+            [label, Num("accuracy [95% CI]", {"": "accuracy"}),
+             *[pct_ci(v, ci["accuracy"][k] if ci else None, bad)
+               for k, v in enumerate(s["accuracy"])],
+             pct_ci(s["mean_accuracy"], ci["mean_accuracy"] if ci else None, bad)]]
+    for key, name, csv_name in (("auc", "ROC-AUC", "roc_auc"), ("average_precision", "AP", "ap")):
         if s.get(key) is not None:
-            rows.append([label, name, *[pct(v) for v in s[key]], pct(s.get(f"mean_{key}"))])
+            rows.append([label, Num(name, {"": csv_name}), *[pct_num(v) for v in s[key]],
+                         pct_num(s.get(f"mean_{key}"))])
     return rows
 
 
@@ -108,6 +131,7 @@ def difference_runs(runs_a: Sequence[Sequence[dict[str, Any]]],
             counts[r].append(np.asarray(per["counts"])[order])
     result = paired_runs(counts[:len(runs_a)], counts[len(runs_a):], resamples, seed)
     result["folds"] = folds
+    result["ci_degenerate"] = min(len(c) for c in counts[0]) < MIN_CI_SUBJECTS
     return result
 
 
