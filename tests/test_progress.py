@@ -1,0 +1,104 @@
+"""Training progress a person can follow: the bar moves every batch without a host sync, a
+run-level ETA, one log line an epoch, and the resume/cosine decision."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from model.engine import progress, trainer
+from model.engine.sync_count import count_host_syncs
+from model.gpu_report import ReportConfig, trainer_fixture
+from model.train import TrainConfig, train
+from trainer_fixtures import make_dataset
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class RecordingBar:
+    """Stands in for tqdm: records every update and postfix."""
+
+    made: list["RecordingBar"] = []
+
+    def __init__(self, total, initial=0, **kwargs):
+        self.total, self.n, self.updates, self.postfixes = total, initial, [], []
+        self.desc = kwargs.get("desc")
+        RecordingBar.made.append(self)
+
+    def update(self, n=1):
+        self.updates.append(n)
+        self.n += n
+
+    def set_postfix(self, values, refresh=True):
+        self.postfixes.append(dict(values))
+
+    def close(self):
+        pass
+
+
+def test_the_bar_moves_every_batch_with_no_added_host_sync(monkeypatch):
+    monkeypatch.setattr(trainer, "SYNC_EVERY", 3)
+    monkeypatch.setattr(progress, "tqdm", RecordingBar)
+    RecordingBar.made = []
+    run = trainer_fixture(ReportConfig(out="", small=True), torch.device("cpu"), amp=False,
+                          batches=6)
+    clock = progress.RunClock(epochs=4, batches_per_epoch=6)
+    with count_host_syncs(torch.device("cpu")) as syncs:
+        assert trainer.train_one_epoch(**run, clock=clock)
+    bar, = RecordingBar.made
+    # one update a batch (the old loop: one per sync point, 2 here), and still the two sync
+    # points' copies only (test_gpu_path's count)
+    assert bar.updates == [1] * 6 and bar.n == 6 and bar.desc == "epoch 1/4"
+    assert syncs.total == 4, syncs.by_kind
+    # the loss appears only once a sync point has copied it; the run-level ETA every batch
+    assert "loss" not in bar.postfixes[0] and "loss" in bar.postfixes[-1]
+    assert all("run ETA" in p for p in bar.postfixes) and bar.postfixes[-1]["run ETA"] != "?"
+    assert clock.position == 6
+
+
+def test_run_clock_eta_is_measured_time_per_batch_times_the_batches_left():
+    now = [100.0]
+    clock = progress.RunClock(epochs=5, batches_per_epoch=10, done_epochs=1, done_batches=5,
+                              clock=lambda: now[0])
+    assert clock.eta() is None  # nothing measured yet in this process
+    now[0] += 30.0
+    clock.at(epoch=3, batch=5)  # batches 16-25 in 30 s; 25 left of 50
+    assert clock.eta() == pytest.approx(30.0 / 10 * 25)
+    assert progress.fmt_duration(45) == "45s" and progress.fmt_duration(725) == "12m 05s"
+    assert progress.fmt_duration(3 * 3600 + 125) == "3h 02m" and progress.fmt_duration(None) == "?"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tiny"), frames=24, size=32)
+
+
+def _config(data, out, **kw):
+    shards, manifest = data
+    return TrainConfig(**{**dict(shards=str(shards), manifest=str(manifest), fold=1, out=str(out),
+                                 preset="small", epochs=3, batches_per_epoch=2, batch_size=8,
+                                 workers=0, quiet=True, lr=0.05, eval_batch_size=32), **kw})
+
+
+def test_a_log_gets_one_line_an_epoch_with_percent_f1_and_eta(data, tmp_path, caplog, capsys):
+    with caplog.at_level("INFO", logger="model.train"):
+        train(_config(data, tmp_path / "run", quiet=False))  # pytest's stderr is not a tty
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    pattern = (r"epoch (\d)/3: loss [\d.]+ \| val F1 \d+\.\d\d% \| best \d+\.\d\d% \(epoch \d\)"
+               r"( \*)? \| \d+s, elapsed \d+s, ETA (\d+s|\d+m \d\ds)$")
+    assert [re.match(pattern, line).group(1) for line in lines] == ["1", "2", "3"], lines
+    assert lines[-1].endswith("ETA 0s")
+    assert "\r" not in capsys.readouterr().err  # no bar redraws in a log
+
+
+def test_resume_with_another_epoch_count_is_refused_under_cosine_only(data, tmp_path):
+    train(_config(data, tmp_path / "cos", epochs=1, batches_per_epoch=1, lr_schedule="cosine"))
+    with pytest.raises(ValueError, match=r"--epochs 2 \(the cosine schedule decays over the "
+                                         r"run's 1 epochs.*start a new run"):
+        train(_config(data, tmp_path / "x", resume=str(tmp_path / "cos"), epochs=2),
+              explicit={"resume", "epochs"})
+    train(_config(data, tmp_path / "const", epochs=1, batches_per_epoch=1))
+    summary = train(_config(data, tmp_path / "x", resume=str(tmp_path / "const"), epochs=2),
+                    explicit={"resume", "epochs"})
+    assert summary["epochs_run"] == 2
