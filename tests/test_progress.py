@@ -102,3 +102,36 @@ def test_resume_with_another_epoch_count_is_refused_under_cosine_only(data, tmp_
     summary = train(_config(data, tmp_path / "x", resume=str(tmp_path / "const"), epochs=2),
                     explicit={"resume", "epochs"})
     assert summary["epochs_run"] == 2
+
+
+def test_crossval_says_run_k_of_n(tmp_path, monkeypatch, caplog):
+    from model.engine import cross_validation as cv
+
+    trained = []
+    monkeypatch.setattr(cv, "run_fold", lambda cfg, fresh=False: trained.append(cfg.out) or
+                        {"status": "finished", "fold": cfg.fold})
+    base = TrainConfig(shards="s", manifest="m", fold=1, out=str(tmp_path))
+    with caplog.at_level("INFO", logger="model.crossval"):
+        cv.train_all(base, tmp_path, ["tranet", "senet50"], [1, 2, 3])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run ")]
+    assert [s.split(":")[0] for s in said] == [f"run {k} of 6" for k in range(1, 7)]
+    assert said[4].startswith("run 5 of 6: senet50 fold 2") and len(trained) == 6
+
+
+def test_demo_stages_say_stage_k_of_n(caplog):
+    from model.demo import Stopwatch, build_parser, planned_stages
+
+    args = build_parser().parse_args(["--out", "x", "--k", "3", "--folds", "1", "2"])
+    assert planned_stages(args) == 4 + 2 * (2 if args.predict_subjects else 1)
+    args = build_parser().parse_args(["--out", "x", "--k", "3", "--predict-subjects", "0"])
+    assert planned_stages(args) == 4 + 3
+    watch = Stopwatch(planned=3)
+    with caplog.at_level("INFO", logger="model.demo"):
+        for name in ("synthesize", "align", "folds"):
+            with watch.stage(name):
+                pass
+    said = [r.getMessage() for r in caplog.records]
+    assert [s.split(" (")[0] for s in said] == ["== stage 1 of 3: synthesize",
+                                                "== stage 2 of 3: align",
+                                                "== stage 3 of 3: folds"]
+    assert list(watch.stages) == ["synthesize", "align", "folds"]  # the report's keys unchanged
