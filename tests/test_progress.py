@@ -90,6 +90,8 @@ def test_a_log_gets_one_line_an_epoch_with_percent_f1_and_eta(data, tmp_path, ca
     assert [re.match(pattern, line).group(1) for line in lines] == ["1", "2", "3"], lines
     assert lines[-1].endswith("ETA 0s")
     assert "\r" not in capsys.readouterr().err  # no bar redraws in a log
+    assert not [r for r in caplog.records if "could not draw" in r.getMessage()]
+    assert (tmp_path / "run" / "per_au_f1.png").is_file()
 
 
 def test_resume_with_another_epoch_count_is_refused_under_cosine_only(data, tmp_path):
@@ -135,3 +137,37 @@ def test_demo_stages_say_stage_k_of_n(caplog):
                                                 "== stage 2 of 3: align",
                                                 "== stage 3 of 3: folds"]
     assert list(watch.stages) == ["synthesize", "align", "folds"]  # the report's keys unchanged
+
+
+def test_training_plots_have_whole_epoch_ticks_one_panel_an_au_and_the_recipe(tmp_path,
+                                                                              monkeypatch):
+    import numpy as np
+
+    from model.evaluation import plots
+
+    au_ids = [1, 2, 4, 6, 9, 12, 25, 26]
+    rng = np.random.default_rng(0)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "best_epoch": 2,
+                "eval": {"loss": 0.9 / e, "mean_f1": 0.3, "mean_accuracy": 0.8,
+                         "f1": rng.random(8).tolist()}} for e in (1, 2, 3)]
+    figures = {}
+    real_save = plots._save
+
+    def keep(fig, path):
+        fig.canvas.draw()  # tick positions are settled at draw time
+        figures[path.name] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.plot_history(history, au_ids, tmp_path, notes=["variant tranet; preset small; RECIPE"])
+    assert sorted(figures) == ["loss.png", "mean_f1.png", "per_au_f1.png"]
+    for name, fig in figures.items():
+        shown = [ax for ax in fig.axes if ax.get_visible()]
+        for ax in shown:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), (name, ticks)
+        assert any("RECIPE" in t.get_text() for t in fig.texts), name
+        assert (tmp_path / name).is_file()
+    panels = [ax for ax in figures["per_au_f1.png"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [f"AU{a}" for a in au_ids]
+    assert all(len(ax.get_lines()) <= 2 for ax in panels)  # its F1 curve and the best-epoch line

@@ -1051,7 +1051,7 @@ def end_of_epoch(run: TrainingRun, epoch: int) -> None:
     save_checkpoint(run.run_dir / "last.pt", state)
     write_metrics(run.run_dir, run.history, au_ids, _metrics_header(run))
     if epoch % max(cfg.plot_every, 1) == 0:
-        _plot(run.run_dir, run.history, au_ids, cfg)
+        _plot(run)
     # One short line an epoch; the drawn positive rates per AU go to metrics.csv/json.
     # an intensity run's occurrence head never trains: its F1 is not shown (#21)
     shown = metric_words(metrics.mean_f1 if reports_occurrence(cfg.task) else None,
@@ -1074,7 +1074,7 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
     """Final plots, best.pt on every test frame, results.json/results.md; the run's summary."""
     cfg, info, stopper = run.cfg, run.info, run.stopper
     if info.is_main and run.history:
-        _plot(run.run_dir, run.history, run.au_ids, cfg)
+        _plot(run)
         drawn = np.mean([row["drawn_positive_rate"] for row in run.history], axis=0)
         log.info("positive rate drawn by the sampler over the run / natural: %s", " ".join(
             f"AU{a}:{d:.2f}/{n:.2f}" for a, d, n in zip(run.au_ids, drawn, run.data.natural_rate)))
@@ -1149,13 +1149,14 @@ def best_weights(run_dir: Path, info: DistInfo) -> dict[str, torch.Tensor]:
     return box[0]
 
 
-def _plot(run_dir: Path, history, au_ids, cfg: TrainConfig) -> None:
+def _plot(run: TrainingRun) -> None:
     from ..evaluation.plots import plot_history
 
+    cfg = run.cfg
     try:
-        plot_history(history, au_ids, run_dir, split=cfg.select_on,
+        plot_history(run.history, run.au_ids, run.run_dir, split=cfg.select_on,
                      title=f"fold {cfg.fold}, {cfg.variant}",
-                     occurrence=reports_occurrence(cfg.task))
+                     occurrence=reports_occurrence(cfg.task), notes=[recipe_line(run.payload())])
     except Exception as err:  # a plotting problem must never cost a training run
         log.warning("could not draw the plots: %s", err)
 
