@@ -57,6 +57,26 @@ def test_the_bar_moves_every_batch_with_no_added_host_sync(monkeypatch):
     assert clock.position == 6
 
 
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs CUDA"))])
+def test_moving_the_bar_adds_no_host_sync_on_the_device(monkeypatch, device):
+    # the same epoch with the per-batch bar move switched off: the sync counts must be equal
+    monkeypatch.setattr(trainer, "SYNC_EVERY", 4)
+    counts = []
+    for moving in (True, False):
+        if not moving:
+            monkeypatch.setattr(progress.EpochBar, "step", lambda self, batch: None)
+        run = trainer_fixture(ReportConfig(out="", small=True), torch.device(device),
+                              amp=device == "cuda", batches=8)
+        trainer.train_one_epoch(**run)  # warm-up (cuDNN, allocator)
+        run["acc"] = trainer.EpochAccumulator()
+        with count_host_syncs(torch.device(device)) as syncs:
+            trainer.train_one_epoch(**run, clock=progress.RunClock(2, 8))
+        counts.append(syncs.total)
+    assert counts[0] == counts[1], counts
+
+
 def test_run_clock_eta_is_measured_time_per_batch_times_the_batches_left():
     now = [100.0]
     clock = progress.RunClock(epochs=5, batches_per_epoch=10, done_epochs=1, done_batches=5,
