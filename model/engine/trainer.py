@@ -25,8 +25,6 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .progress import EpochBar, RunClock, best_words, epoch_line, metric_words
-
 from .augment import AlignmentJitter
 from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, check_shapes,
                          load_checkpoint, restore_rng_state, save_checkpoint)
@@ -41,6 +39,7 @@ from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_l
 from .early_stopping import EarlyStopping
 from .losses import task_loss_for
 from .precision import Precision, choose_precision
+from .progress import EpochBar, RunClock, best_words, epoch_line, metric_words
 from .selection import selection_record
 from .step_log import StepLog
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics
@@ -305,7 +304,8 @@ class EpochAccumulator:
 
 #: Training steps between the host's looks at the device: the losses of the steps since the last
 #: look are copied over at once, the non-finite check and (under DDP) the agreement to stop are
-#: made then, and the progress bar moves. Every step's own synchronisations would stall the GPU.
+#: made then, and the bar's loss is refreshed (the bar itself moves every step, from the host
+#: counter). Every step's own synchronisations would stall the GPU.
 SYNC_EVERY = 20
 
 
@@ -404,9 +404,10 @@ def _batches(loader, stop: StopRequest):
             raise
 
 
-def _sync_point(steps: StepLog, bar: EpochBar, stop: StopRequest, info: DistInfo, device: torch.device,
-                epoch: int) -> bool:
-    """Copy the losses over, check them, move the bar; True when every rank agrees to stop.
+def _sync_point(steps: StepLog, bar: EpochBar, stop: StopRequest, info: DistInfo,
+                device: torch.device, epoch: int) -> bool:
+    """Copy the losses over, check them, show their mean on the bar; True when every rank
+    agrees to stop.
 
     A non-finite loss on any rank stops every rank here (not at the collective timeout)."""
     acc = steps.acc
