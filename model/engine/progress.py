@@ -64,9 +64,9 @@ class EpochBar:
 
     def step(self, batch: int) -> None:
         self.clock.at(self.epoch, batch)
+        self._postfix(refresh=False)  # drawn by the update's redraw, at tqdm's own pace
         self.bar.update(batch - self.shown)
         self.shown = batch
-        self._postfix(refresh=False)  # tqdm redraws at its own pace (mininterval)
 
     def synced(self, mean_loss: float) -> None:
         self.loss = mean_loss
