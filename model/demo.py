@@ -128,15 +128,18 @@ class DemoInterrupted(RuntimeError):
 
 
 class Stopwatch:
-    """Wall time per stage, in order."""
+    """Wall time per stage, in order; ``planned`` stages in all (for "stage k of N")."""
 
-    def __init__(self) -> None:
+    def __init__(self, planned: int = 0) -> None:
         self.stages: dict[str, float] = {}
+        self.planned = planned
         self._start = time.perf_counter()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        log.info("== %s", name)
+        k = len(self.stages) + 1
+        log.info("== stage %d of %d: %s (%.0fs so far)", k, max(self.planned, k), name,
+                 time.perf_counter() - self._start)
         t0 = time.perf_counter()
         try:
             yield
@@ -164,7 +167,7 @@ def _run_stages(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from .evaluation.records import write_json
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    watch = Stopwatch()
+    watch = Stopwatch(planned_stages(args))
     data = prepare_data(args, out, watch)
     folds = args.folds or [f["fold"] for f in data["manifest"]["folds"]]
     runs = train_folds(args, out, data, folds, watch)
@@ -178,6 +181,12 @@ def _run_stages(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     write_json(out / "demo_summary.json", report)
     (out / "demo.md").write_text(demo_markdown(report))
     return report
+
+
+def planned_stages(args: argparse.Namespace) -> int:
+    """synthesize, align, folds, train; then evaluate (and predict) each fold."""
+    folds = len(args.folds or range(args.k))
+    return 4 + folds * (2 if args.predict_subjects > 0 else 1)
 
 
 def prepare_data(args: argparse.Namespace, out: Path, watch: Stopwatch) -> dict[str, Any]:

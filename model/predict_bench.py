@@ -39,7 +39,7 @@ from .engine.checkpoint import save_checkpoint
 from .predict import PredictConfig, run_predict
 from .inference.video_io import write_video
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("model.predict_bench")  # not __name__: run with -m it is __main__
 
 
 def astronaut_head() -> np.ndarray:

@@ -40,7 +40,7 @@ from .disfa import SUBJECTS, n_frames
 from .release import discover
 from .shards import DEFAULT_JPEG_QUALITY, ShardReader, encode_jpeg, decode_jpeg
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline.bench")  # not __name__: run with -m it is __main__
 
 RELEASE_FRAMES = sum(n_frames(s) for s in SUBJECTS)  # 130,814
 TARGETS = {"align_vs_decode": 0.8, "two_jobs_speedup": 1.7, "bytes_per_frame": 32 * 1024,

@@ -31,7 +31,7 @@ from .shards import ShardError, ShardReader
 from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline.build_folds")  # not __name__: run with -m it is __main__
 
 FOLDS_NAME = "folds.json"
 SCHEMES = ("disfa3", "kfold")

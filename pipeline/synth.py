@@ -44,7 +44,7 @@ from .disfa import ALL_AUS, SUBJECTS, FrameRange
 from .synth_face import (Identity, Pose, background_image, face_shape, noise_bank,
                          render_face, render_frame, sample_identity)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline.synth")  # not __name__: run with -m it is __main__
 
 SYNTH_VERSION = 1
 LEFT_DIR = "Videos_LeftCamera"

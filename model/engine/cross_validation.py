@@ -219,20 +219,20 @@ def train_all(base: TrainConfig, out: Path, variants: Sequence[str], folds: Sequ
             check_same_recipe(cfg, Path(cfg.out))
     per_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     failures: list[dict[str, Any]] = []
-    for variant in variants:
-        for fold in folds:
-            cfg = configs[(variant, fold)]
-            try:
-                summary = run_fold(cfg, fresh=fresh)
-            except (DataError, CheckpointError, ValueError, FloatingPointError) as err:
-                log.error("%s fold %d failed: %s", variant, fold, err)
-                failures.append({"variant": variant, "fold": fold, "error": str(err)})
-                continue
-            if summary.get("status") != "finished":
-                log.warning("%s fold %d stopped before finishing; rerun to resume", variant, fold)
-                failures.append({"variant": variant, "fold": fold, "error": "interrupted"})
-                return per_variant, failures
-            per_variant[variant].append(summary)
+    for k, (variant, fold) in enumerate(configs, start=1):
+        cfg = configs[(variant, fold)]
+        log.info("run %d of %d: %s fold %d -> %s", k, len(configs), variant, fold, cfg.out)
+        try:
+            summary = run_fold(cfg, fresh=fresh)
+        except (DataError, CheckpointError, ValueError, FloatingPointError) as err:
+            log.error("%s fold %d failed: %s", variant, fold, err)
+            failures.append({"variant": variant, "fold": fold, "error": str(err)})
+            continue
+        if summary.get("status") != "finished":
+            log.warning("%s fold %d stopped before finishing; rerun to resume", variant, fold)
+            failures.append({"variant": variant, "fold": fold, "error": "interrupted"})
+            return per_variant, failures
+        per_variant[variant].append(summary)
     return per_variant, failures
 
 

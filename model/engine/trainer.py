@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import platform
 import signal
@@ -40,7 +39,9 @@ from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_l
 from .early_stopping import EarlyStopping
 from .losses import task_loss_for
 from .precision import Precision, choose_precision
+from .progress import EpochBar, RunClock, best_words, epoch_line, metric_words
 from .selection import selection_record
+from .step_log import StepLog
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
 from ..evaluation.ranking import logits_to_probabilities, tune_logit_thresholds
@@ -303,7 +304,8 @@ class EpochAccumulator:
 
 #: Training steps between the host's looks at the device: the losses of the steps since the last
 #: look are copied over at once, the non-finite check and (under DDP) the agreement to stop are
-#: made then, and the progress bar moves. Every step's own synchronisations would stall the GPU.
+#: made then, and the bar's loss is refreshed (the bar itself moves every step, from the host
+#: counter). Every step's own synchronisations would stall the GPU.
 SYNC_EVERY = 20
 
 
@@ -311,43 +313,6 @@ def _prepare(images: torch.Tensor, device: torch.device, channels_last: bool,
              transform: InputTransform) -> torch.Tensor:
     x = to_model_input(images.to(device, non_blocking=True), transform)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-class StepLog:
-    """The epoch's per-step losses, kept on the device until a sync point copies them over.
-
-    Adding them on the host in step order at each sync keeps ``acc.loss_sum`` exactly what a
-    per-step ``float(loss)`` would give, so resumed and uninterrupted runs log the same loss.
-    """
-
-    def __init__(self, acc: EpochAccumulator, total: int, device: torch.device) -> None:
-        self.acc, self.flushed = acc, acc.batches
-        self.losses = torch.zeros(max(total, 1), device=device)
-        self.positives = torch.zeros(0, dtype=torch.float64)
-
-    def record(self, batch: int, loss: torch.Tensor, targets: torch.Tensor) -> None:
-        self.losses[batch - 1] = loss.detach()  # a device-side copy, no wait
-        self.positives = targets.sum(0, dtype=torch.float64) + (
-            self.positives if len(self.positives) else 0)
-        self.acc.batches = batch
-        self.acc.frames += len(targets)
-
-    def flush(self) -> tuple[int, int] | None:
-        """Move the new losses into ``acc``; the first non-finite one's batch range, if any."""
-        first, last = self.flushed, self.acc.batches
-        if last == first:
-            return None
-        values = self.losses[first:last].tolist()  # the one synchronisation
-        bad = next((first + 1 + i for i, v in enumerate(values) if not math.isfinite(v)), None)
-        for v in values:
-            self.acc.loss_sum += v
-        if len(self.positives):
-            pos = self.positives.tolist()
-            self.acc.positives = ([a + b for a, b in zip(self.acc.positives, pos)]
-                                  if self.acc.positives else pos)
-            self.positives = torch.zeros(0, dtype=torch.float64)
-        self.flushed = last
-        return (bad, last) if bad is not None else None
 
 
 def train_step(model, criterion, optimizer, scaler, scheduler, images, targets, device, cfg,
@@ -385,19 +350,21 @@ def train_one_epoch(
     stop: StopRequest,
     info: DistInfo,
     on_batch_end: Callable[[int, int, float], None] | None = None,
+    clock: RunClock | None = None,
 ) -> bool:
     """Train until the epoch's batches are done (True) or a stop is requested (False).
 
     ``acc`` carries on from a resumed mid-epoch state; ``acc.batches`` is the batch to start at.
     The host waits for the device only every ``SYNC_EVERY`` steps (and when ``on_batch_end``,
-    which gets each step's loss as a float, is given).
+    which gets each step's loss as a float, is given); the bar moves every step. ``clock``: the
+    run's (for its ETA), else one for this epoch alone.
     """
     model.train()
     total, precision = cfg.batches_per_epoch, choose_precision(device, cfg.amp)
     transform = _unwrap(model).input_transform  # the one this model is trained with
-    bar = tqdm(total=total, initial=acc.batches, desc=f"epoch {epoch}", leave=False,
-               disable=True if cfg.quiet or not info.is_main else None,
-               dynamic_ncols=True)  # None: off when stderr is not a terminal
+    clock = clock or RunClock(epoch, total, epoch - 1, acc.batches)
+    bar = EpochBar(epoch, total, acc.batches, clock,
+                   disable=True if cfg.quiet or not info.is_main else None)  # None: off if no tty
     steps = StepLog(acc, total, device)
     start = time.perf_counter()
     try:
@@ -407,6 +374,7 @@ def train_one_epoch(
             loss = train_step(model, criterion, optimizer, scaler, scheduler, images, targets,
                               device, cfg, precision, transform, index=index, frames=frames)
             steps.record(batch, loss, targets)
+            bar.step(batch)
             if on_batch_end is not None:
                 on_batch_end(epoch, batch, float(loss.detach()))
             at_sync = batch % SYNC_EVERY == 0 or batch >= total
@@ -436,13 +404,13 @@ def _batches(loader, stop: StopRequest):
             raise
 
 
-def _sync_point(steps: StepLog, bar, stop: StopRequest, info: DistInfo, device: torch.device,
-                epoch: int) -> bool:
-    """Copy the losses over, check them, move the bar; True when every rank agrees to stop.
+def _sync_point(steps: StepLog, bar: EpochBar, stop: StopRequest, info: DistInfo,
+                device: torch.device, epoch: int) -> bool:
+    """Copy the losses over, check them, show their mean on the bar; True when every rank
+    agrees to stop.
 
     A non-finite loss on any rank stops every rank here (not at the collective timeout)."""
     acc = steps.acc
-    shown = bar.n
     bad = steps.flush()
     stop_all, bad_any = _agree(stop.requested, bad is not None, info, device)
     if bad_any:
@@ -450,8 +418,7 @@ def _sync_point(steps: StepLog, bar, stop: StopRequest, info: DistInfo, device: 
                  else f"batch <= {acc.batches} of another process")
         raise NonFiniteLossError(f"epoch {epoch}, {where}: the loss is not finite; stopping "
                                  "(lower --lr, or check the input frames)")
-    bar.update(acc.batches - shown)
-    bar.set_postfix(loss=f"{acc.loss_sum / max(acc.batches, 1):.4f}")
+    bar.synced(acc.loss_sum / max(acc.batches, 1))
     return stop_all
 
 
@@ -628,8 +595,9 @@ def _resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, d
             conflicts.append(differs(name, mine, values[name]))
     if values.get("lr_schedule") == "cosine" and "epochs" in explicit \
             and cfg.epochs != values.get("epochs"):
-        conflicts.append(f"--epochs {cfg.epochs!r} (the cosine schedule spans the run's "
-                         f"{values.get('epochs')} epochs)")
+        conflicts.append(f"--epochs {cfg.epochs!r} (the cosine schedule decays over the run's "
+                         f"{values.get('epochs')} epochs; another horizon would make the learning "
+                         "rate jump: start a new run with --epochs instead)")
     if conflicts:
         raise ValueError(f"{path}: cannot resume with different settings: {', '.join(conflicts)}")
     for name in RESUME_OVERRIDABLE:
@@ -663,6 +631,7 @@ class TrainingRun:
     completed: int = 0
     resumed_world: int | None = None
     acc: EpochAccumulator = field(default_factory=EpochAccumulator)
+    clock: RunClock | None = None  # made when the epochs start (the ETA counts from there)
 
     @property
     def au_ids(self) -> list[int]:
@@ -1011,12 +980,13 @@ def run_epochs(run: TrainingRun, stop: StopRequest,
     "interrupted"."""
     cfg, info = run.cfg, run.info
     stop.install()
+    run.clock = RunClock(cfg.epochs, cfg.batches_per_epoch, run.completed, run.acc.batches)
     try:
         epoch = run.completed + 1
         while epoch <= cfg.epochs and not run.stopper.should_stop:
             done = train_one_epoch(run.model, run.criterion, run.optimizer, run.data.train_loader,
                                    run.device, epoch, cfg, run.scaler, run.scheduler, run.acc,
-                                   stop, info, on_batch_end)
+                                   stop, info, on_batch_end, run.clock)
             if not done:
                 save_interrupted(run, epoch, stop)
                 return "interrupted"
@@ -1082,14 +1052,14 @@ def end_of_epoch(run: TrainingRun, epoch: int) -> None:
     save_checkpoint(run.run_dir / "last.pt", state)
     write_metrics(run.run_dir, run.history, au_ids, _metrics_header(run))
     if epoch % max(cfg.plot_every, 1) == 0:
-        _plot(run.run_dir, run.history, au_ids, cfg)
+        _plot(run)
     # One short line an epoch; the drawn positive rates per AU go to metrics.csv/json.
     # an intensity run's occurrence head never trains: its F1 is not shown (#21)
-    shown = [f"F1 {metrics.mean_f1:.4f}"] if reports_occurrence(cfg.task) else []
-    shown += [f"ICC {intensity.mean_icc:.3f}"] if intensity is not None else []
-    log.info("epoch %d: loss %.4f | %s %s | best %.4f (epoch %d)%s | %.0fs", epoch, train_loss,
-             cfg.select_on, " ".join(shown), run.stopper.best_score, run.stopper.best_epoch,
-             " *" if improved else "", row["seconds"])
+    shown = metric_words(metrics.mean_f1 if reports_occurrence(cfg.task) else None,
+                         intensity.mean_icc if intensity is not None else None)
+    best = best_words(cfg.task, run.stopper.best_score, run.stopper.best_epoch)
+    log.info("%s", epoch_line(epoch, run.clock or RunClock(epoch, 1), train_loss, cfg.select_on,
+                              shown, best, improved, row["seconds"]))
 
 
 def _metrics_header(run: TrainingRun) -> dict[str, Any]:
@@ -1105,7 +1075,7 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
     """Final plots, best.pt on every test frame, results.json/results.md; the run's summary."""
     cfg, info, stopper = run.cfg, run.info, run.stopper
     if info.is_main and run.history:
-        _plot(run.run_dir, run.history, run.au_ids, cfg)
+        _plot(run)
         drawn = np.mean([row["drawn_positive_rate"] for row in run.history], axis=0)
         log.info("positive rate drawn by the sampler over the run / natural: %s", " ".join(
             f"AU{a}:{d:.2f}/{n:.2f}" for a, d, n in zip(run.au_ids, drawn, run.data.natural_rate)))
@@ -1180,13 +1150,14 @@ def best_weights(run_dir: Path, info: DistInfo) -> dict[str, torch.Tensor]:
     return box[0]
 
 
-def _plot(run_dir: Path, history, au_ids, cfg: TrainConfig) -> None:
+def _plot(run: TrainingRun) -> None:
     from ..evaluation.plots import plot_history
 
+    cfg = run.cfg
     try:
-        plot_history(history, au_ids, run_dir, split=cfg.select_on,
+        plot_history(run.history, run.au_ids, run.run_dir, split=cfg.select_on,
                      title=f"fold {cfg.fold}, {cfg.variant}",
-                     occurrence=reports_occurrence(cfg.task))
+                     occurrence=reports_occurrence(cfg.task), notes=[recipe_line(run.payload())])
     except Exception as err:  # a plotting problem must never cost a training run
         log.warning("could not draw the plots: %s", err)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -19,12 +21,25 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _integer_epochs(ax) -> None:
+    """Epoch ticks at whole epochs only (a 3-epoch run otherwise shows 1.25, 1.5, ...)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _footer(fig, notes: Sequence[str]) -> None:
+    """The recipe (and any other notes) under the axes, so a PNG says how it was made."""
+    if notes:
+        lines = [line for note in notes for line in textwrap.wrap(note, 110)]
+        fig.text(0.01, -0.02, "\n".join(lines), ha="left", va="top", fontsize=7, color="0.3")
+
+
 def plot_history(
     history: Sequence[dict[str, Any]], au_ids: Sequence[int], out_dir: Path | str,
-    *, split: str = "val", title: str = "", occurrence: bool = True,
+    *, split: str = "val", title: str = "", occurrence: bool = True, notes: Sequence[str] = (),
 ) -> list[Path]:
     """``loss.png``, ``mean_f1.png`` and ``per_au_f1.png`` from the per-epoch history rows
-    (the F1 plots only with ``occurrence``: a trained occurrence head).
+    (the F1 plots only with ``occurrence``: a trained occurrence head); ``notes`` (the recipe
+    line) under each figure.
 
     Each row needs ``epoch``, ``train_loss`` and ``eval`` (an ``AUMetrics.as_dict()`` of the
     selection split, ``loss`` optional); ``best_epoch`` in the last row is marked.
@@ -48,6 +63,8 @@ def plot_history(
     ax.set_title(f"Loss{suffix}")
     ax.legend()
     ax.grid(alpha=0.3)
+    _integer_epochs(ax)
+    _footer(fig, notes)
     paths.append(_save(fig, out_dir / "loss.png"))
     if not occurrence:
         return paths
@@ -65,19 +82,41 @@ def plot_history(
     ax.set_title(f"Mean F1 / accuracy at 0.5{suffix}")
     ax.legend()
     ax.grid(alpha=0.3)
+    _integer_epochs(ax)
+    _footer(fig, notes)
     paths.append(_save(fig, out_dir / "mean_f1.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, au in enumerate(au_ids):
-        ax.plot(epochs, [100 * row["eval"]["f1"][k] for row in history], label=f"AU{au}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"F1 on {split} frames (percent)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Per-AU F1{suffix}")
-    ax.legend(ncol=4, fontsize=8)
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out_dir / "per_au_f1.png"))
+    paths.append(_per_au_f1(history, au_ids, out_dir, split, suffix, best, notes))
     return paths
+
+
+def _per_au_f1(history: Sequence[dict[str, Any]], au_ids: Sequence[int], out_dir: Path,
+               split: str, suffix: str, best: int | None, notes: Sequence[str]) -> Path:
+    """One small panel an AU (shared axes), not every AU's line in one crowded axis."""
+    epochs = [row["epoch"] for row in history]
+    cols = min(4, max(len(au_ids), 1))
+    rows = -(-len(au_ids) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.9 * rows + 0.6), sharex=True,
+                             sharey=True, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(au_ids):
+            ax.set_visible(False)
+            continue
+        ax.plot(epochs, [100 * row["eval"]["f1"][k] for row in history], marker=".")
+        if best:
+            ax.axvline(best, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(f"AU{au_ids[k]}", fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        _integer_epochs(ax)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("F1 (%)")
+    fig.suptitle(f"Per-AU F1 on {split} frames{suffix}"
+                 + (f" (dashed: best epoch {best})" if best else ""), fontsize=10)
+    fig.tight_layout()
+    _footer(fig, notes)
+    return _save(fig, out_dir / "per_au_f1.png")
 
 
 def plot_subject_heatmap(
@@ -105,8 +144,6 @@ def plot_subject_heatmap(
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="black" if empty[i, j] or values[i, j] >= 55 else "white")
     fig.colorbar(image, ax=ax, label="F1 (%)", fraction=0.04)
-    import textwrap
-
     width = max(60, int(14 * len(au_ids)))
     lines = [line for note in notes for line in textwrap.wrap(note, width)]
     if empty.any():
