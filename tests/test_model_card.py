@@ -45,3 +45,5 @@ def test_cards_are_read_tolerantly():
     partial = ModelCard.from_dict({"task": "both", "some_future_key": 1})
     assert partial.task == "both" and partial.metrics["source"] == "none"
     assert "no metrics" in partial.summary_line() and not partial.trained_on_twin
+    mixed = ModelCard(data={"source": "mixed", "sources": ["release", "twin"]})
+    assert mixed.trained_on_twin and "mixed release and twin" in mixed.summary_line()

@@ -87,6 +87,7 @@ def _data(run: Any) -> dict[str, Any]:
               }.get(source, "not recorded (shards aligned before pipeline.align recorded it)")
     geometry = run.data.geometry
     return {"dataset": "DISFA", "source": source, "source_detail": detail,
+            "sources": alignment.get("data_sources") or [source],
             "release_roots": alignment.get("release_roots") or [],
             "subjects": list(run.data.spec.subjects["train"]),
             "cameras": list(run.cfg.cameras),

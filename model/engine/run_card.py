@@ -20,6 +20,8 @@ def record_held_out_metrics(run_dir: Path, summary: dict[str, Any]) -> None:
     best = card_with_test(load_checkpoint(path, map_location="cpu"), summary)
     save_checkpoint(path, best)
     write_card_file(run_dir, best)
+    card = ModelCard.from_dict(best.get(CARD_KEY) or {})
+    log.info("model card (%s): %s", Path(run_dir) / "MODEL_CARD.md", card.summary_line())
 
 
 def finish_all_subjects(run: Any, summary: dict[str, Any]) -> None:
