@@ -184,11 +184,12 @@ def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
     if job.kind == "images" and len(table) == 1:   # one image, one face: a bar chart
         return save_bar_plot(out / f"{job.name}_bars.png",
                              table.reindex(columns=p_cols).to_numpy(float)[0],
-                             predictor.au_ids, predictor.threshold, job.name)
+                             predictor.au_ids, predictor.threshold, predictor.card.title(job.name))
     if job.kind == "images":   # unrelated stills: one bar group per image (per face)
         return save_image_chart(out / f"{job.name}_images.png", _image_labels(table, predictor),
                                 table.reindex(columns=p_cols).to_numpy(float), predictor.au_ids,
-                                predictor.threshold, f"{job.name}: {len(table)} image(s)/face(s)")
+                                predictor.threshold,
+                                predictor.card.title(f"{job.name}: {len(table)} image(s)/face(s)"))
     first = table.sort_values(["frame", "face_id"]).drop_duplicates("frame")
     stamps = first["timestamp"].to_numpy(float)
     use_time = bool(np.isfinite(stamps).all()) and len(stamps) > 0
@@ -199,7 +200,8 @@ def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
         out / f"{job.name}_timeline.png", stamps if use_time else first["frame"].to_numpy(),
         first.reindex(columns=p_cols).to_numpy(float), predictor.au_ids, predictor.threshold,
         "time (s)" if use_time else "frame",
-        f"{job.name}: {int(first['face_found'].sum())}/{len(first)} frames with a face",
+        predictor.card.title(f"{job.name}: {int(first['face_found'].sum())}/{len(first)} "
+                             "frames with a face"),
         intensities=intensities)
 
 

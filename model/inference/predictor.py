@@ -37,6 +37,7 @@ from ..engine.checkpoint import CheckpointError
 from ..engine.validation import check_task_options
 from ..evaluation.tasks import reports_occurrence, task_of, task_record
 from .backends import intensity_au_ids, load_backend
+from .card_notice import notice_of
 from .csv_format import DEFAULT_FORMAT, FORMATS, au_name, table_columns
 from .pose import estimate_pose
 from .face_search import DEFAULT_MIN_FACE, search_scale, still_landmarker
@@ -184,6 +185,8 @@ class AUPredictor:
         self.cfg = cfg
         self.backend = load_backend(cfg.checkpoint, cfg.backend, cfg.device, cfg.threads)
         self.meta = self.backend.meta
+        self.card = notice_of(self.meta)   # its summary logged, a twin model warned of
+        self.card.announce(cfg.checkpoint)
         # Occurrence options on a model whose occurrence head never trained: refused, not ignored.
         check_task_options(task_of(self.meta), {"decision_threshold": cfg.decision_threshold,
                                                 "calibrate": cfg.calibrate},
@@ -220,7 +223,8 @@ class AUPredictor:
                 "epoch": self.meta.get("epoch"), "selected": self.meta.get("selected"),
                 "faces": self.cfg.faces, "min_score": self.cfg.min_score,
                 "min_confidence": self.cfg.min_confidence, "calibrate": self.cfg.calibrate,
-                "smooth": self.cfg.smooth, "preprocess": self.preprocess.describe()}
+                "smooth": self.cfg.smooth, "preprocess": self.preprocess.describe(),
+                **self.card.record()}
 
     def classify(self, rows: Sequence[FaceRow]) -> None:
         probabilities, intensities = self.backend([r.aligned for r in rows])
