@@ -23,6 +23,7 @@ from pipeline.image_limits import DEFAULT_MAX_PIXELS
 
 from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
+from .inference.backends import check_backend
 from .inference.csv_format import DEFAULT_FORMAT, FORMATS
 from .inference.face_search import DEFAULT_MIN_FACE
 from .inference.batch import run_predict
@@ -75,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _input_options(add: Any) -> None:
     add("--checkpoint", type=Path, required=True,
         help="checkpoint written by model.train (best.pt), or an .onnx file from model.export")
-    add("--backend", choices=("torch", "onnx"), default="torch",
-        help="run the network with PyTorch or onnxruntime (onnx needs --checkpoint X.onnx)")
+    add("--backend", choices=("torch", "onnx"), default=None,
+        help="run the network with PyTorch or onnxruntime (default: by the file, onnx for an "
+             "ONNX export, torch for a .pt checkpoint); a file that does not fit the backend "
+             "asked for is refused, naming the right one")
     add("--video", type=Path, nargs="+", default=[], metavar="FILE|DIR|LIST",
         help="video files, folders (searched recursively) or list files (.txt/.lst, one path a "
              "line); one CSV per video, named by its path below the folder given (its stem "
@@ -172,10 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.force and args.skip_existing:
             raise ValueError("--force and --skip-existing contradict each other: --force redoes "
                              "every input, --skip-existing keeps even changed inputs' CSVs")
+        backend = check_backend(args.checkpoint, args.backend)
         cfg = PredictConfig(
             checkpoint=args.checkpoint, out=args.out, videos=args.video, images=args.images,
             images_name=args.images_name, glob=args.glob, predictor=args.predictor,
-            backend=args.backend, device=args.device, batch_size=args.batch_size,
+            backend=backend, device=args.device, batch_size=args.batch_size,
             threads=args.threads, jobs=args.jobs, faces=args.faces, max_gap=args.max_gap,
             detect_every=args.detect_every, detect_width=args.detect_width,
             upsample=args.upsample, min_face=args.min_face, min_score=args.min_score,
@@ -185,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             skip_existing=not args.force, keep_changed=args.skip_existing,
             max_pixels=args.max_pixels,
             progress=not args.no_progress)
-    except ValueError as err:
+    except (ValueError, CheckpointError) as err:
         log.error("%s", err)
         return 2
     check_out_dir(args.out)
