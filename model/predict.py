@@ -52,6 +52,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"total: {summary['frames']} frames processed, {summary['faces_found']} with a "
                  f"face, {summary['seconds']:.1f} s, processing speed "
                  f"{fps if fps is not None else '-'} frames/s; {summary['failed']} input(s) failed")
+    # the model card's warnings again at the end, where the eye lands after a long batch
+    lines += [f"note: {note}" for note in summary.get("meaning", {}).get("notes", [])]
     return "\n".join(lines)
 
 

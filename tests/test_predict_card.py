@@ -72,13 +72,23 @@ def titles(monkeypatch) -> list[str]:
 def _run(checkpoint: Path, inputs: dict[str, Path], out: Path, *extra: str) -> int:
     return main(["--checkpoint", str(checkpoint), "--video", str(inputs["video"]), "--images",
                  str(inputs["folder"]), str(inputs["single"]), "--out", str(out), "--plot",
-                 "--no-progress", *extra])
+                 "--overlay", "--no-progress", *extra])
+
+
+def _red_banner(overlay_jpg: Path) -> bool:
+    """Whether the bottom strip of an overlay frame holds the banner's red text."""
+    strip = cv2.imread(str(overlay_jpg))[-10:].reshape(-1, 3).astype(int)   # BGR
+    dark = strip.mean() < 80          # the darkened strip (the test images' canvas is grey 120)
+    red = ((strip[:, 2] - strip[:, 1]) > 50).sum() > 20
+    return bool(dark and red)
 
 
 def test_twin_model_warns_in_log_sidecars_and_plot_titles(checkpoints, inputs, tmp_path, caplog,
-                                                          titles) -> None:
+                                                          titles, capsys) -> None:
     with caplog.at_level(logging.INFO):
         assert _run(checkpoints["twin"], inputs, tmp_path / "out") == 0
+    assert f"note: {TWIN_WARNING}" in capsys.readouterr().out  # again at the end of the run
+    assert _red_banner(tmp_path / "out" / "shots_overlay" / "0.jpg")
     assert TWIN_WARNING in caplog.text
     assert "model card: TRA-Net" in caplog.text and "twin (synthetic) 3 subjects" in caplog.text
     sidecars = sorted((tmp_path / "out").glob("*.meta.json"))
@@ -100,6 +110,7 @@ def test_release_model_and_cardless_checkpoint(checkpoints, inputs, tmp_path, ca
     meta = json.loads((tmp_path / "rel" / "clip.meta.json").read_text())
     assert meta["trained_on_twin"] is False and meta["notes"] == []
     assert not any(TWIN_TITLE in t for t in titles)
+    assert not _red_banner(tmp_path / "rel" / "shots_overlay" / "0.jpg")
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(["--checkpoint", str(checkpoints["none"]), "--video", str(inputs["video"]),
@@ -115,6 +126,10 @@ def test_onnx_export_carries_the_card(checkpoints, inputs, tmp_path, caplog) -> 
 
     onnx = tmp_path / "twin.onnx"
     assert export_main(["--checkpoint", str(checkpoints["twin"]), "--out", str(onnx)]) == 0
+    import onnx as onnx_lib
+
+    props = {p.key: p.value for p in onnx_lib.load(str(onnx)).metadata_props}
+    assert TWIN_WARNING in props["model_card"]  # the card as Markdown, for other tools
     with caplog.at_level(logging.WARNING):
         assert main(["--checkpoint", str(onnx), "--video", str(inputs["video"]), "--out",
                      str(tmp_path / "o"), "--no-progress"]) == 0

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from .output import (au_name, draw_overlay, save_bar_plot, save_image_chart,
+from .output import (au_name, draw_banner, draw_overlay, save_bar_plot, save_image_chart,
                      save_timeline_plot, write_table)
 from . import workers
 from .naming import fingerprint, prepare_parent, relative_name, resume_state, settle_clashes
@@ -149,6 +149,9 @@ class _Overlay:
         self.au_ids, self.threshold = predictor.au_ids, predictor.threshold
         self.has_occurrence = predictor.has_occurrence
         self.label_faces = predictor.cfg.faces == "all"
+        # a twin model's overlay says so on every frame: frames get shown without their sidecar
+        self.banner = "TWIN-TRAINED MODEL: meaningless on real faces" \
+            if predictor.card.trained_on_twin else None
         self.writer = self.folder = None
         if job.kind == "video":
             self.writer = OverlayVideoWriter(out / f"{job.name}_overlay.avi", source.fps,
@@ -168,6 +171,8 @@ class _Overlay:
             decisions = None if probabilities is None else probabilities >= self.threshold
             picture = draw_overlay(picture, row.found.face, probabilities, decisions, self.au_ids,
                                    face_id=row.face_id if self.label_faces else None)
+        if self.banner is not None:
+            picture = draw_banner(picture, self.banner)  # a copy: draw_overlay made one
         if self.writer is not None:
             self.writer.write(picture)
         else:

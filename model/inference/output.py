@@ -230,6 +230,17 @@ def draw_overlay(rgb: np.ndarray, face: Any, probabilities: np.ndarray | None,
     return canvas
 
 
+def draw_banner(rgb: np.ndarray, text: str) -> np.ndarray:
+    """``text`` in red on a dark strip along the bottom of the frame (in place; returned)."""
+    scale = max(0.4, rgb.shape[0] / 720)
+    height = int(28 * scale)
+    strip = rgb[-height:]
+    strip[:] = (strip * 0.3).astype(np.uint8)
+    cv2.putText(rgb, text, (6, rgb.shape[0] - int(9 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                0.5 * scale, (255, 70, 70), max(1, round(scale * 1.5)), cv2.LINE_AA)
+    return rgb
+
+
 def panel_origin(box: tuple[int, int, int, int], size: tuple[int, int],
                  shape: tuple[int, ...]) -> tuple[int, int]:
     """Top-left corner of a face's panel: right of its box, else left of it, kept in frame."""
