@@ -85,10 +85,10 @@ def _input_options(add: Any) -> None:
     add("--video", type=Path, nargs="+", default=[], metavar="FILE|DIR|LIST",
         help="video files, folders (searched recursively) or list files (.txt/.lst, one path a "
              "line); one CSV per video, named by its path below the folder given (its stem "
-             "for a file given directly)")
+             "for a file given directly); default: none, give --video and/or --images")
     add("--images", type=Path, nargs="+", default=[], metavar="DIR|FILE",
         help="image folders (searched recursively; one CSV per folder holding images, sorted "
-             "by name) and/or image files (one CSV for all of them)")
+             "by name) and/or image files (one CSV for all of them); default: none")
     add("--glob", default=None,
         help="file pattern for folders, e.g. '*.mp4' (default: common video/image endings)")
     add("--images-name", default=None,

@@ -69,3 +69,10 @@ def test_zero_defaults_are_stated(name, parser):
                 and "default" not in action.help):
             assert "(default" in formatter._get_help_string(action), (
                 f"{name} {action.option_strings}: default {action.default!r} not shown")
+
+
+@pytest.mark.parametrize("name,parser", _parsers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_no_empty_list_default(name, parser):
+    """"(default: [])" says nothing a reader can use: an option taking a list says in words
+    what happens without it."""
+    assert "(default: [])" not in parser.format_help(), name
