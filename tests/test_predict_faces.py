@@ -153,3 +153,15 @@ def test_force_and_skip_existing_together_is_a_usage_error(checkpoint, video, tm
         assert main(["--checkpoint", str(checkpoint), "--video", str(video), "--out",
                      str(tmp_path), "--force", "--skip-existing"]) == 2
     assert "--force and --skip-existing" in caplog.text
+
+
+@pytest.mark.parametrize("images", [3, 60])   # bar groups, then a heat map past MAX_BAR_GROUPS
+def test_image_chart_draws_any_folder_size(images, tmp_path) -> None:
+    from model.inference.output import MAX_BAR_GROUPS, save_image_chart
+
+    values = np.random.default_rng(0).random((images, len(AUS)))
+    values[1] = np.nan  # an image without a face
+    path = save_image_chart(tmp_path / "c.png", [f"{i}.jpg" for i in range(images)], values,
+                            AUS, 0.5, "photos")
+    assert cv2.imread(str(path)) is not None
+    assert (images > MAX_BAR_GROUPS) == (images == 60)
