@@ -23,7 +23,8 @@ import torch
 from .output import (au_name, draw_banner, draw_overlay, save_bar_plot, save_image_chart,
                      save_timeline_plot, write_table)
 from . import workers
-from .naming import fingerprint, prepare_parent, relative_name, resume_state, settle_clashes
+from .naming import (fingerprint, owner_path, prepare_parent, relative_name, resume_state,
+                     settle_clashes)
 from .predictor import AUPredictor, FaceRow, PredictConfig
 from .video_io import IMAGE_SUFFIXES, ImageFrames, InputError, OverlayVideoWriter, VideoFrames
 
@@ -264,20 +265,23 @@ def _skipped(job: Job, csv_path: Path, current: dict[str, Any] | None,
     if not cfg.skip_existing:
         return False
     state = resume_state(csv_path, current)
+    if state == "stale" and cfg.keep_changed and current is not None \
+            and owner_path(csv_path) == current["path"]:
+        state = "changed"   # --skip-existing: this very input's CSV, from an older version
     if quiet or state == "missing":
-        return state in ("done", "foreign") or (state == "stale" and cfg.keep_changed)
+        return state in ("done", "foreign", "changed")
     if state == "done":
         log.info("%s: %s is complete, skipped (--force redoes it)", job.source, csv_path)
     elif state == "foreign":  # our writes are atomic: a CSV without its sidecar is someone else's
         log.warning("%s: %s exists but was not written by a finished model.predict run; "
                     "left alone (--force overwrites it)", job.source, csv_path)
-    elif cfg.keep_changed:
-        log.info("%s: %s was made from another input or an older version of this one; kept "
-                 "(--skip-existing)", job.source, csv_path)
+    elif state == "changed":
+        log.info("%s: %s was made from an older version of this input; kept (--skip-existing)",
+                 job.source, csv_path)
     else:
         log.info("%s: %s was made from another input or an older version of this one; redone",
                  job.source, csv_path)
-    return state in ("done", "foreign") or (state == "stale" and cfg.keep_changed)
+    return state in ("done", "foreign", "changed")
 
 
 def _safe_run(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, Any]:
