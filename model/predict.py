@@ -23,7 +23,9 @@ from pipeline.image_limits import DEFAULT_MAX_PIXELS
 
 from .cli import device_arg, handle_errors
 from .engine.checkpoint import CheckpointError
+from .inference.backends import check_backend
 from .inference.csv_format import DEFAULT_FORMAT, FORMATS
+from .inference.face_search import DEFAULT_MIN_FACE
 from .inference.batch import run_predict
 from .inference.predictor import (  # noqa: F401  (re-exported for scripts)
     AUPredictor, PredictConfig, TrainingPreprocess)
@@ -50,6 +52,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"total: {summary['frames']} frames processed, {summary['faces_found']} with a "
                  f"face, {summary['seconds']:.1f} s, processing speed "
                  f"{fps if fps is not None else '-'} frames/s; {summary['failed']} input(s) failed")
+    # the model card's warnings again at the end, where the eye lands after a long batch
+    lines += [f"note: {note}" for note in summary.get("meaning", {}).get("notes", [])]
     return "\n".join(lines)
 
 
@@ -74,15 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _input_options(add: Any) -> None:
     add("--checkpoint", type=Path, required=True,
         help="checkpoint written by model.train (best.pt), or an .onnx file from model.export")
-    add("--backend", choices=("torch", "onnx"), default="torch",
-        help="run the network with PyTorch or onnxruntime (onnx needs --checkpoint X.onnx)")
+    add("--backend", choices=("torch", "onnx"), default=None,
+        help="run the network with PyTorch or onnxruntime (default: by the file, onnx for an "
+             "ONNX export, torch for a .pt checkpoint); a file that does not fit the backend "
+             "asked for is refused, naming the right one")
     add("--video", type=Path, nargs="+", default=[], metavar="FILE|DIR|LIST",
         help="video files, folders (searched recursively) or list files (.txt/.lst, one path a "
              "line); one CSV per video, named by its path below the folder given (its stem "
-             "for a file given directly)")
+             "for a file given directly); default: none, give --video and/or --images")
     add("--images", type=Path, nargs="+", default=[], metavar="DIR|FILE",
         help="image folders (searched recursively; one CSV per folder holding images, sorted "
-             "by name) and/or image files (one CSV for all of them)")
+             "by name) and/or image files (one CSV for all of them); default: none")
     add("--glob", default=None,
         help="file pattern for folders, e.g. '*.mp4' (default: common video/image endings)")
     add("--images-name", default=None,
@@ -115,10 +121,15 @@ def _face_options(add: Any) -> None:
         help="full-frame face detection every N frames; in between only a search around the "
              "known faces. 1 = every frame. Images are always searched whole")
     add("--detect-width", type=int_range(0), default=640, metavar="W",
-        help="downscale frames wider than W before full-frame detection (landmarks stay at "
-             "full resolution); faces must stay >= ~80 px; 0 = never downscale")
+        help="videos: downscale frames wider than W before full-frame detection (landmarks "
+             "stay at full resolution); faces must stay >= ~80 px; 0 = never downscale")
     add("--upsample", type=int_range(0, 4), default=0,
-        help="dlib detector upsampling (1 finds faces down to ~40 px, 4x slower)")
+        help="videos: dlib detector upsampling (1 finds faces down to ~40 px, 4x slower); "
+             "images are searched per --min-face")
+    add("--min-face", type=int_range(12), default=DEFAULT_MIN_FACE, metavar="PX",
+        help="images: smallest face searched for, in the image's own pixels (each image is "
+             "searched whole; 40 finds a group photo's back row; 80 is ~3x faster on a "
+             "4000x3000 photo and misses faces below 80 px; times in docs/predict.md)")
     add("--min-score", type=float, default=DEFAULT_MIN_SCORE,
         help="minimum dlib detector score for a face (lower finds more, less certain faces)")
     add("--min-confidence", type=float, default=0.0,
@@ -134,7 +145,8 @@ def _output_options(add: Any) -> None:
     add("--smooth", type=int, default=0, metavar="N",
         help="running median over N frames (odd) per face; 0 = off")
     add("--plot", action="store_true",
-        help="save OUT/<input>_timeline.png (a bar chart OUT/<input>_bars.png for one image)")
+        help="save OUT/<input>_timeline.png for a video; for images OUT/<input>_images.png "
+             "(one bar group per image) or OUT/<input>_bars.png (a single image)")
     add("--overlay", action="store_true",
         help="write OUT/<input>_overlay.avi (MJPG) for videos, or OUT/<dir>_overlay/*.jpg for "
              "images: boxes, landmarks, AU probabilities")
@@ -146,9 +158,12 @@ def _output_options(add: Any) -> None:
              "as OpenFace writes them) with our columns after; plain: ',' separators, 4 decimals, "
              "empty cells where no value exists")
     add("--skip-existing", action="store_true",
-        help="skip inputs whose CSV exists (always on unless --force; kept for scripts)")
+        help="also keep a finished CSV whose input has changed since (size or modification "
+             "time, e.g. copied or touched) instead of redoing it. Without it a rerun already "
+             "skips every input whose CSV is complete and redoes only changed ones")
     add("--force", action="store_true",
-        help="redo inputs whose CSV is already complete (default: skip them, resuming a batch)")
+        help="redo every input, even those whose CSV is complete (default: skip them, "
+             "resuming a batch)")
     add("--no-progress", action="store_true", help="no progress bar")
     add("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -159,19 +174,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:  # option values that do not make sense: a usage error, before any work
+        if args.force and args.skip_existing:
+            raise ValueError("--force and --skip-existing contradict each other: --force redoes "
+                             "every input, --skip-existing keeps even changed inputs' CSVs")
+        backend = check_backend(args.checkpoint, args.backend)
         cfg = PredictConfig(
             checkpoint=args.checkpoint, out=args.out, videos=args.video, images=args.images,
             images_name=args.images_name, glob=args.glob, predictor=args.predictor,
-            backend=args.backend, device=args.device, batch_size=args.batch_size,
+            backend=backend, device=args.device, batch_size=args.batch_size,
             threads=args.threads, jobs=args.jobs, faces=args.faces, max_gap=args.max_gap,
             detect_every=args.detect_every, detect_width=args.detect_width,
-            upsample=args.upsample, min_score=args.min_score,
+            upsample=args.upsample, min_face=args.min_face, min_score=args.min_score,
             min_confidence=args.min_confidence, decision_threshold=args.decision_threshold,
             calibrate=args.calibrate, smooth=args.smooth, fps=args.fps, plot=args.plot,
             overlay=args.overlay, landmarks=args.landmarks, csv_format=args.csv_format,
-            skip_existing=not args.force, max_pixels=args.max_pixels,
+            skip_existing=not args.force, keep_changed=args.skip_existing,
+            max_pixels=args.max_pixels,
             progress=not args.no_progress)
-    except ValueError as err:
+    except (ValueError, CheckpointError) as err:
         log.error("%s", err)
         return 2
     check_out_dir(args.out)

@@ -1,6 +1,8 @@
 """Train TRA-Net (or an ablation) on one fold of aligned DISFA shards.
 
     python -m model.train --shards SHARDS --manifest SHARDS/folds.json --fold 1 --out runs/fold1
+    python -m model.train --shards SHARDS --manifest SHARDS/folds.json --all-subjects \
+        --from-crossval runs/crossval --out runs/deploy      # the model to use on new videos
 
 The paper's recipe is the default: batches of 64 drawn by the weighted random sampler, 100
 batches an epoch, random horizontal flips, SGD (momentum 0.9, weight decay 0.001, lr 0.001), the
@@ -17,7 +19,8 @@ beside each branch's occurrence FC); loss, sampler and selection score follow th
 This module is the command: it parses options and calls ``model.engine.trainer.train``.
 
 Outputs in ``--out``: config.json, metrics.csv, metrics.json, loss.png, mean_f1.png,
-per_au_f1.png, last.pt, best.pt, results.json and results.md (test metrics of best.pt).
+per_au_f1.png, last.pt, best.pt, results.json and results.md (test metrics of best.pt), and
+MODEL_CARD.md (every checkpoint carries the same card: docs/model.md, "Model card").
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from pipeline.folder_lock import FolderLock
 from pipeline.validation import arg_type
 
 from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging
+from .engine.all_subjects import all_subjects_config
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
 from .engine.data import DataError
@@ -75,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in an --out that already holds a run made by this tool; the "
                         "old run is replaced once the new one has started (without it such an "
                         "--out is refused)")
+    p.add_argument("--all-subjects", action="store_true",
+                   help="train the deployable model: every subject of --manifest, none held out, "
+                        "a fixed number of epochs, the last one kept (refused with --fold)")
+    p.add_argument("--from-crossval", default=None, metavar="DIR",
+                   help="with --all-subjects: the model.crossval --out whose recipe to train and "
+                        "whose pooled metrics the card carries (as the recipe's, not this "
+                        "model's); epochs: the median of its folds' best epochs unless --epochs")
     add_training_options(p)
     return p
 
@@ -268,6 +279,8 @@ def prepare_out(out: str, fresh: bool) -> RunFolder:
 def _required_or_placeholders(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """A new run needs --shards/--manifest/--fold/--out; a resumed one takes them from its record."""
     if not args.resume:
+        if args.all_subjects and args.fold is None:
+            args.fold = 1  # a placeholder: an --all-subjects run holds no fold out
         missing = [f"--{n}" for n in ("shards", "manifest", "fold", "out") if getattr(args, n) is None]
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)}")
@@ -302,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         explicit = explicit_options(parser, argv)
         cfg = config_from_args(args, explicit)
+        if cfg.all_subjects and not args.resume:
+            cfg = all_subjects_config(cfg, explicit)
         if not cfg.resume:  # before any frame is read or the run folder exists (a resume keeps its)
             check_pretrained_option(cfg.pretrained, cfg.backbone)
         folder = open_run_folder(args)
@@ -326,7 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             dist.destroy_process_group()
     if summary["status"] == "interrupted":
         return EXIT_INTERRUPTED
-    if ("test" in summary or "test_intensity" in summary) and int(os.environ.get("RANK", "0")) == 0:
+    if summary.get("all_subjects") and int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {summary['run_dir']} (best.pt: the last epoch; MODEL_CARD.md)")
+    elif ("test" in summary or "test_intensity" in summary) and int(os.environ.get("RANK", "0")) == 0:
         print(f"\n{run_markdown(f'Fold {cfg.fold}, {cfg.variant}', summary, summary['protocol'])}")
         print(f"run folder: {summary['run_dir']} (metrics.csv, metrics.json, *.png, best.pt)")
     return EXIT_OK

@@ -537,12 +537,23 @@ def _align_opened(job: SubjectJob, video: _VideoReader, intensity: np.ndarray
                       au_ids=cfg.au_ids, nose_target=acfg.nose_target,
                       chin_target=acfg.chin_target, n_source_frames=counts.common,
                       n_video_frames=counts.video, n_label_frames=counts.labels,
-                      dropped=dropped, config=config, pipeline_version=cfg.pipeline_version)
+                      dropped=dropped, config=config, pipeline_version=cfg.pipeline_version,
+                      origin=data_origin(cfg.disfa_root))
     with ShardReader(job.shard_path) as reader:
         row = _row_from_shard(job, reader, "ok", 0.0)
     if plan.filled:
         row["filled_reason"] = FILLED_REASON
     return row
+
+
+def data_origin(root: Path | str) -> dict[str, str]:
+    """What every shard records of where its frames came from: the synthetic twin when the root
+    holds ``pipeline.synth``'s marker file, the DISFA release otherwise; and the root's name."""
+    from .synth import TRUTH_JSON
+
+    root = Path(root)
+    twin = (root / TRUTH_JSON).is_file()
+    return {"data_source": "twin" if twin else "release", "release_root": root.resolve().name}
 
 
 class _FrameBlock:

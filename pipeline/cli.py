@@ -254,8 +254,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        # `is`, not `in (None, True, False)`: 0 == False, and a default of 0 or 0.0 is a value
+        # to state (--upsample 0, --min-confidence 0.0), not an on/off switch.
         if ("default" in text or not action.option_strings or action.nargs == 0
-                or action.default in (None, True, False, argparse.SUPPRESS)
+                or action.default is None or action.default is argparse.SUPPRESS
+                or isinstance(action.default, bool)
                 or isinstance(action, argparse.BooleanOptionalAction)):
             return text
         return text + " (default: %(default)s)"

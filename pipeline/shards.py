@@ -16,7 +16,9 @@ the new name), ``intensity_hist`` ([12, 6] counts), ``image_size``, ``nose_targe
 ``chin_target``, ``n_source_frames`` (the frames both the video and the labels have, which
 are the frames aligned), ``n_video_frames`` (frames the video decodes), ``n_label_frames``
 (lines of the label files), ``dropped`` (JSON: reason -> count), ``pipeline_version``,
-``config`` (JSON of the command that made it) and ``complete`` (set last).
+``config`` (JSON of the command that made it) and ``complete`` (set last). Optional (shards
+made before them lack them; readers say "unknown"): ``data_source`` ("release" or "twin": the
+synthetic twin of ``pipeline.synth``) and ``release_root`` (the name of the folder aligned).
 
 A shard is written to a temporary file beside its final name and renamed only once complete,
 so a file under the final name is always whole.
@@ -216,10 +218,12 @@ class ShardWriter:
         dropped: dict[str, int] | None = None,
         config: dict[str, Any] | None = None,
         pipeline_version: str = "",
+        origin: dict[str, str] | None = None,
     ) -> Path:
         """Write the per-frame arrays and attrs, then rename the file to its final name.
 
-        ``n_video_frames``/``n_label_frames`` default to ``n_source_frames`` (lengths agree)."""
+        ``n_video_frames``/``n_label_frames`` default to ``n_source_frames`` (lengths agree).
+        ``origin``: ``{"data_source": ..., "release_root": ...}`` (written as attrs when given)."""
         n = len(self._frame_index)
         intensity = np.stack(self._intensity) if n else np.zeros((0, len(ALL_AUS)), np.uint8)
         landmarks = np.stack(self._landmarks) if n else np.zeros((0, N_LANDMARKS, 2), np.float32)
@@ -251,6 +255,8 @@ class ShardWriter:
         attrs["dropped"] = json.dumps(dropped or {}, sort_keys=True)
         attrs["config"] = json.dumps(config or {}, sort_keys=True, default=str)
         attrs["pipeline_version"] = pipeline_version
+        for key, value in (origin or {}).items():
+            attrs[key] = str(value)
         attrs["complete"] = True
         f.close()
         os.replace(self.tmp_path, self.path)

@@ -56,3 +56,23 @@ def test_default_stated_once(name, parser):
         assert rendered.count("(default") <= 1, f"{name} {action.option_strings}: {rendered}"
         assert "(default: True)" not in rendered and "(default: False)" not in rendered, (
             f"{name} {action.option_strings}: an on/off default in code words: {rendered}")
+
+
+@pytest.mark.parametrize("name,parser", _parsers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_zero_defaults_are_stated(name, parser):
+    """0 == False in Python: a default of 0 or 0.0 (--upsample, --min-confidence) is a value to
+    state, not an on/off switch to leave unsaid."""
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if (action.option_strings and action.help and action.nargs != 0
+                and not isinstance(action.default, bool) and action.default == 0
+                and "default" not in action.help):
+            assert "(default" in formatter._get_help_string(action), (
+                f"{name} {action.option_strings}: default {action.default!r} not shown")
+
+
+@pytest.mark.parametrize("name,parser", _parsers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_no_empty_list_default(name, parser):
+    """"(default: [])" says nothing a reader can use: an option taking a list says in words
+    what happens without it."""
+    assert "(default: [])" not in parser.format_help(), name

@@ -196,5 +196,6 @@ def load_for_inference(
             "train_config": data.get("train_config", {}), "epoch": data.get("epoch"),
             "decision_thresholds": data.get("decision_thresholds"),
             "pretrained": data.get("pretrained"),
+            "model_card": data.get("model_card"),  # model.cards.card.CARD_KEY (predict warns)
             "input_transform": model.input_transform.as_dict()}
     return model.to(device).eval(), meta

@@ -67,6 +67,10 @@ class TrainConfig:
     intensity_loss: str = "mse"       # or "ordinal" (losses.branch_ordinal_loss)
     #: The named recipe the run started from: {"name", "source", "settings"} (see ``recipes``).
     recipe: dict[str, Any] | None = None
+    #: Train on every subject of the manifest, none held out, for a fixed number of epochs
+    #: (the deployable model; ``all_subjects``), with the recipe and metrics of a crossval run.
+    all_subjects: bool = False
+    from_crossval: str | None = None
 
     def __post_init__(self) -> None:
         # One table (engine.validation) checks types and ranges, whoever built the config:
@@ -87,6 +91,9 @@ class TrainConfig:
         check_task_options(self.task, {"tune_threshold": self.tune_threshold, **{
             name: getattr(self, name) for name in ("intensity_loss", "intensity_weight")
             if getattr(self, name) != getattr(TrainConfig, name)}})
+        if self.from_crossval and not self.all_subjects:
+            raise ValueError("--from-crossval gives an --all-subjects run its recipe and metrics; "
+                             "add --all-subjects")
         if self.recipe and self.recipe.get("requires_pretrained") and not self.pretrained \
                 and not self.resume:
             raise ValueError(f"--recipe {self.recipe['name']} trains from VGGFace2 SENet-50 weights: "
@@ -195,9 +202,12 @@ def effective_lr(cfg: TrainConfig, world: int) -> float:
     return cfg.lr * world if scaled else cfg.lr
 
 
-def protocol_note(select_on: str, threshold: int) -> str:
+def protocol_note(select_on: str, threshold: int, all_subjects: bool = False) -> str:
     """One line every report carries: how labels, decisions and model selection were made."""
-    selection = ("model selected on the TEST subjects, trained on every other subject (the paper's "
+    selection = ("trained on EVERY subject for a fixed number of epochs, no model selection, "
+                 "no held-out subject (its metrics can only come from a crossval of the recipe)"
+                 if all_subjects else
+                 "model selected on the TEST subjects, trained on every other subject (the paper's "
                  "protocol; optimistic, test-set leakage)" if select_on == "test" else
                  "model selected on the held-out validation subjects (test subjects unseen)")
     # The paper says only "C-level"; say so, and which intensity this run took it to be.

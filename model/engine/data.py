@@ -215,6 +215,33 @@ def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec) -> dict[str
     return geometry
 
 
+def shard_origin(readers: Sequence[ShardReader]) -> dict[str, Any]:
+    """Where the shards' frames came from, as the model card records it: ``data_source``
+    ("release", "twin", "unknown" for shards made before ``pipeline.align`` recorded it, or
+    "mixed" when they differ), each source and release root seen, the landmark sources."""
+    sources = sorted({str(r.attrs.get("data_source", "unknown")) for r in readers})
+    roots = sorted({str(r.attrs["release_root"]) for r in readers if "release_root" in r.attrs})
+    landmarks = sorted({str((r.attrs.get("config") or {}).get("landmark_source", "unknown"))
+                        if isinstance(r.attrs.get("config"), Mapping) else "unknown"
+                        for r in readers})
+    source = sources[0] if len(sources) == 1 else "mixed"
+    return {"data_source": source, "data_sources": sources, "release_roots": roots,
+            "landmark_sources": landmarks}
+
+
+def all_subjects_spec(spec: FoldSpec) -> FoldSpec:
+    """The manifest's every subject (over all its folds) as training subjects, none held out.
+
+    ``val`` lists them too: the epoch loop's monitor then reads training frames (in-sample, never
+    a selection: an --all-subjects run keeps its last epoch). ``test`` is empty."""
+    manifest = load_manifest(spec.manifest)
+    subjects = sorted({str(s) for fold in manifest["folds"] for split in SPLITS
+                       for s in fold.get(split, []) or []})
+    check_subject_names(subjects, spec.manifest)
+    return dataclasses.replace(spec, subjects={"train": subjects, "val": list(subjects),
+                                               "test": []}, au_weights=None)
+
+
 def check_flip_symmetry(geometry: dict[str, Any], context: str) -> None:
     """Random flips need the hard-mask centre on the vertical midline (see module doc)."""
     size = geometry["image_size"]

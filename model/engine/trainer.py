@@ -32,11 +32,14 @@ from .distributed import (DistInfo, all_reduce_sum, gather_objects, init_distrib
                           resolve_device)
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
                    check_frame_counts, collate_frames, default_workers, evaluation_indices,
-                   fold_spec, load_manifest, open_shards, single_threaded_opencv,
-                   training_subjects)
+                   load_manifest, open_shards, shard_origin, single_threaded_opencv)
 from .config import (LEGACY_TRAIN_CONFIG, TrainConfig, batch_record, effective_lr,
                      hold_global_batch, protocol_note, differs, threshold_note, world_bound)
+from .all_subjects import make_stopper, needs_test, run_subjects
 from .early_stopping import EarlyStopping
+from .run_card import finish_all_subjects, record_held_out_metrics
+from ..cards.build import run_card, write_card_file
+from ..cards.card import CARD_KEY
 from .losses import task_loss_for
 from .precision import Precision, choose_precision
 from .progress import EpochBar, RunClock, best_words, epoch_line, metric_words
@@ -170,7 +173,7 @@ def _eval_loader(dataset: ShardFrames, indices: np.ndarray, cfg: TrainConfig,
 def _check_subjects(spec: FoldSpec, cfg: TrainConfig, context: str) -> None:
     if not spec.subjects["train"]:
         raise DataError(f"{context}: no training subjects")
-    if not spec.subjects["test"]:
+    if not spec.subjects["test"] and not cfg.all_subjects:
         raise DataError(f"{context}: no test subjects")
     if cfg.tune_threshold == "val" and not spec.subjects["val"]:
         raise DataError(f"{context}: no validation subjects to tune the decision thresholds on")
@@ -193,7 +196,8 @@ def _geometry(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list],
     first = readers["train"][0]
     alignment = {"config": first.attrs.get("config", {}),
                  "pipeline_version": str(first.attrs.get("pipeline_version", "")),
-                 "source_image_size": source_size}
+                 "source_image_size": source_size,
+                 **shard_origin([r for rs in readers.values() for r in rs])}
     return ({"image_size": size, "source_image_size": source_size,
              "nose_target": [v * scale for v in geometry["nose_target"]],
              "chin_target": [v * scale for v in geometry["chin_target"]]}, alignment)
@@ -204,7 +208,7 @@ def _datasets(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list], thresh
     datasets = {split: ShardFrames(rs, spec.au_ids, threshold, size,
                                    jitter=jitter if split == "train" else None) if rs else None
                 for split, rs in readers.items()}
-    for split in ("train", "test") + (("val",) if cfg.select_on == "val" else ()):
+    for split in needs_test(cfg) + (("val",) if cfg.select_on == "val" else ()):
         if datasets[split] is None or len(datasets[split]) == 0:
             raise DataError(f"{context}: the {split} subjects {spec.subjects[split]} have no frames")
     _cache_frames(cfg, [datasets["train"], datasets[cfg.select_on]])
@@ -247,7 +251,7 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
 
     ``--batch-size`` is per process (per GPU): every rank draws its own ``batch_size`` frames a
     step from its own sampler stream, so the global batch is ``batch_size * world``."""
-    spec = training_subjects(fold_spec(cfg.manifest, cfg.fold), cfg.select_on)
+    spec = run_subjects(cfg)
     context = f"{spec.manifest} fold {spec.fold}"
     _check_subjects(spec, cfg, context)
     threshold = cfg.threshold if cfg.threshold is not None else spec.threshold
@@ -273,12 +277,13 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
         sampler=sampler, train_loader=_loader(train, cfg, device, True, sampler=sampler,
                                               batch_size=cfg.batch_size, drop_last=False),
         select_loader=_eval_loader(select, select_idx, cfg, info, device, persistent=True),
-        test_loader=_eval_loader(test, np.arange(len(test)), cfg, info, device, False),
+        test_loader=(_eval_loader(test, np.arange(len(test)), cfg, info, device, False)
+                     if test is not None else None),
         tune_loader=(_eval_loader(tune, np.arange(len(tune)), cfg, info, device, False)
                      if tune is not None else None),
         au_weights=au_weights, natural_rate=train.natural_positive_rate(),
         expected_rate=expected_positive_rate(train.labels, weights),
-        select_frames=len(select_idx), test_frames=len(test),
+        select_frames=len(select_idx), test_frames=len(test) if test is not None else 0,
         selection=selection_record(select, select_idx, spec.au_ids, cfg.select_on, spec.fold,
                                    warn=info.is_main),
     )
@@ -650,6 +655,7 @@ class TrainingRun:
             "train_config": asdict(self.cfg),
             "protocol": self.note,
             "pretrained": self.pretrained,
+            CARD_KEY: run_card(self).to_dict(),
         }
 
 
@@ -742,8 +748,8 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,
-                       stopper=EarlyStopping(patience=cfg.patience),
-                       note=protocol_note(cfg.select_on, data.threshold), pretrained=pretrained,
+                       stopper=make_stopper(cfg), pretrained=pretrained,
+                       note=protocol_note(cfg.select_on, data.threshold, cfg.all_subjects),
                        freezing=freezing)
 
 
@@ -1049,6 +1055,7 @@ def end_of_epoch(run: TrainingRun, epoch: int) -> None:
         save_checkpoint(run.run_dir / "best.pt", {
             **best, "metrics": metrics.as_dict(),
             **({"intensity_metrics": intensity.as_dict()} if intensity is not None else {})})
+        write_card_file(run.run_dir, state)
     save_checkpoint(run.run_dir / "last.pt", state)
     write_metrics(run.run_dir, run.history, au_ids, _metrics_header(run))
     if epoch % max(cfg.plot_every, 1) == 0:
@@ -1088,11 +1095,15 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
                                "epochs_run": len(run.history)}
     if cfg.task == "occurrence":  # the key older tools read
         summary["best_select_mean_f1"] = stopper.best_score
-    if status == "finished" and run.history:
+    if status == "finished" and run.history and cfg.all_subjects:
+        finish_all_subjects(run, summary)
+    elif status == "finished" and run.history:
         tested, intensity = final_test(run.model, run.run_dir, run.data, run.device, cfg,
                                        run.au_ids, run.criterion, info)
         add_test_metrics(summary, cfg.task, tested.compute().as_dict(),
                          intensity.as_dict() if intensity is not None else None)
+        if info.is_main:
+            record_held_out_metrics(run.run_dir, summary)
         if cfg.tune_threshold:
             summary.update(tune_decision_thresholds(run, tested))
         if info.is_main:

@@ -52,10 +52,10 @@ class AUDetector:
             source.close()
 
     def predict_image(self, path: Path | str) -> pd.DataFrame:
-        """One image file (searched whole; with a ``file`` column)."""
+        """One image file (searched whole, down to ``min_face`` px; with a ``file`` column)."""
         return self.predictor.run_sequence(ImageFrames([Path(path)], self.config.fps,
                                                        self.config.max_pixels), 1,
-                                           str(path), detect_every=1)[0]
+                                           str(path), still=True)[0]
 
     def predict_frame(self, rgb: np.ndarray, index: int = 1,
                       timestamp: float = float("nan")) -> pd.DataFrame:

@@ -139,6 +139,32 @@ def refuse_torch_file(path: Path) -> None:
                               f"--backend torch for it (or export it with python -m model.export)")
 
 
+def is_onnx_file(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model: named ``.onnx``, or a protobuf ``ModelProto`` that
+    opens with its ``ir_version`` field (tag 0x08) followed by another field, not torch's zip."""
+    if Path(path).suffix.lower() == ".onnx":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError:
+        return False
+    return len(head) == 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in (0x12, 0x1a,
+                                                                                  0x22, 0x3a)
+
+
+def check_backend(path: Path, backend: str | None) -> str:
+    """The backend for ``path``: ``backend`` if it fits the file, the file's own when none was
+    asked for; a CheckpointError naming the file and the right option when they disagree."""
+    onnx = is_onnx_file(path)
+    if backend == "torch" and onnx:
+        raise CheckpointError(f"{path}: an ONNX model, not a PyTorch checkpoint; use "
+                              f"--backend onnx (or leave --backend out)")
+    if backend == "onnx":
+        refuse_torch_file(path)
+    return backend or ("onnx" if onnx else "torch")
+
+
 def read_onnx_meta(session: Any, path: Path) -> dict[str, Any]:
     """The checkpoint metadata stored by ``model.export`` (a CheckpointError if absent, not a
     JSON object, holding a value the validation table refuses, or lacking an entry prediction
@@ -210,4 +236,6 @@ def load_backend(path: Path, backend: str = "torch", device: str = "cpu",
         return OnnxBackend(Path(path), threads)
     if backend != "torch":
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+    if is_onnx_file(path):  # an export under another name: onnxruntime, not torch.load
+        return OnnxBackend(Path(path), threads)
     return TorchBackend(Path(path), device)

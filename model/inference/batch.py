@@ -20,10 +20,11 @@ import cv2
 import numpy as np
 import torch
 
-from .output import (au_name, draw_overlay, save_bar_plot, save_timeline_plot,
-                     write_table)
+from .output import (au_name, draw_banner, draw_overlay, save_bar_plot, save_image_chart,
+                     save_timeline_plot, write_table)
 from . import workers
-from .naming import fingerprint, prepare_parent, relative_name, resume_state, settle_clashes
+from .naming import (fingerprint, owner_path, prepare_parent, relative_name, resume_state,
+                     settle_clashes)
 from .predictor import AUPredictor, FaceRow, PredictConfig
 from .video_io import IMAGE_SUFFIXES, ImageFrames, InputError, OverlayVideoWriter, VideoFrames
 
@@ -148,6 +149,10 @@ class _Overlay:
     def __init__(self, predictor: AUPredictor, job: Job, source: Any, out: Path) -> None:
         self.au_ids, self.threshold = predictor.au_ids, predictor.threshold
         self.has_occurrence = predictor.has_occurrence
+        self.label_faces = predictor.cfg.faces == "all"
+        # a twin model's overlay says so on every frame: frames get shown without their sidecar
+        self.banner = "TWIN-TRAINED MODEL: meaningless on real faces" \
+            if predictor.card.trained_on_twin else None
         self.writer = self.folder = None
         if job.kind == "video":
             self.writer = OverlayVideoWriter(out / f"{job.name}_overlay.avi", source.fps,
@@ -159,11 +164,16 @@ class _Overlay:
 
     def __call__(self, rows: list[FaceRow]) -> None:
         picture = rows[0].frame.image
-        for row in rows:
-            face = row.found.face if row.found is not None else None
+        found = [row for row in rows if row.found is not None]
+        if not found:  # a tracked face lost in this frame is no reason to say "no face"
+            picture = draw_overlay(picture, None, None, None, self.au_ids)
+        for row in found:
             probabilities = row.probabilities if self.has_occurrence else None
             decisions = None if probabilities is None else probabilities >= self.threshold
-            picture = draw_overlay(picture, face, probabilities, decisions, self.au_ids)
+            picture = draw_overlay(picture, row.found.face, probabilities, decisions, self.au_ids,
+                                   face_id=row.face_id if self.label_faces else None)
+        if self.banner is not None:
+            picture = draw_banner(picture, self.banner)  # a copy: draw_overlay made one
         if self.writer is not None:
             self.writer.write(picture)
         else:
@@ -177,10 +187,15 @@ class _Overlay:
 
 def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
     p_cols = [f"{au_name(a)}_p" for a in predictor.au_ids]
-    if job.kind == "images" and table["frame"].nunique() == 1:   # one image: a bar chart
+    if job.kind == "images" and len(table) == 1:   # one image, one face: a bar chart
         return save_bar_plot(out / f"{job.name}_bars.png",
                              table.reindex(columns=p_cols).to_numpy(float)[0],
-                             predictor.au_ids, predictor.threshold, job.name)
+                             predictor.au_ids, predictor.threshold, predictor.card.title(job.name))
+    if job.kind == "images":   # unrelated stills: one bar group per image (per face)
+        return save_image_chart(out / f"{job.name}_images.png", _image_labels(table, predictor),
+                                table.reindex(columns=p_cols).to_numpy(float), predictor.au_ids,
+                                predictor.threshold,
+                                predictor.card.title(f"{job.name}: {len(table)} image(s)/face(s)"))
     first = table.sort_values(["frame", "face_id"]).drop_duplicates("frame")
     stamps = first["timestamp"].to_numpy(float)
     use_time = bool(np.isfinite(stamps).all()) and len(stamps) > 0
@@ -191,8 +206,19 @@ def _plot(predictor: AUPredictor, table: Any, job: Job, out: Path) -> Path:
         out / f"{job.name}_timeline.png", stamps if use_time else first["frame"].to_numpy(),
         first.reindex(columns=p_cols).to_numpy(float), predictor.au_ids, predictor.threshold,
         "time (s)" if use_time else "frame",
-        f"{job.name}: {int(first['face_found'].sum())}/{len(first)} frames with a face",
+        predictor.card.title(f"{job.name}: {int(first['face_found'].sum())}/{len(first)} "
+                             "frames with a face"),
         intensities=intensities)
+
+
+def _image_labels(table: Any, predictor: AUPredictor) -> list[str]:
+    """Each row's image file name, with its face_id under ``--faces all``."""
+    names = (table["file"].astype(str) if "file" in table.columns
+             else table["frame"].astype(str)).tolist()
+    if predictor.cfg.faces != "all":
+        return names
+    return [f"{n} #{i}" if found else f"{n} (no face)"
+            for n, i, found in zip(names, table["face_id"], table["face_found"])]
 
 
 def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, Any]:
@@ -208,9 +234,9 @@ def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, A
     overlay = _Overlay(predictor, job, source, cfg.out) if cfg.overlay else None
     ok = False
     try:
-        # Images are usually unrelated stills: search each one whole.
+        # Images are usually unrelated stills: each searched whole, down to --min-face.
         table, stats = predictor.run_sequence(source, total, job.name, overlay,
-                                              detect_every=1 if job.kind == "images" else None)
+                                              still=job.kind == "images")
         if stats["frames"] == 0:
             raise InputError(f"{job.source}: no frame could be read")
         write_table(table, csv_path, {"input": str(job.source), "source": current,
@@ -239,17 +265,23 @@ def _skipped(job: Job, csv_path: Path, current: dict[str, Any] | None,
     if not cfg.skip_existing:
         return False
     state = resume_state(csv_path, current)
+    if state == "stale" and cfg.keep_changed and current is not None \
+            and owner_path(csv_path) == current["path"]:
+        state = "changed"   # --skip-existing: this very input's CSV, from an older version
     if quiet or state == "missing":
-        return state in ("done", "foreign")
+        return state in ("done", "foreign", "changed")
     if state == "done":
         log.info("%s: %s is complete, skipped (--force redoes it)", job.source, csv_path)
     elif state == "foreign":  # our writes are atomic: a CSV without its sidecar is someone else's
         log.warning("%s: %s exists but was not written by a finished model.predict run; "
                     "left alone (--force overwrites it)", job.source, csv_path)
+    elif state == "changed":
+        log.info("%s: %s was made from an older version of this input; kept (--skip-existing)",
+                 job.source, csv_path)
     else:
         log.info("%s: %s was made from another input or an older version of this one; redone",
                  job.source, csv_path)
-    return state in ("done", "foreign")
+    return state in ("done", "foreign", "changed")
 
 
 def _safe_run(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, Any]:

@@ -4,8 +4,9 @@ The exported graph is the whole network as ``model.predict`` runs it: aligned RG
 ``[batch, S, S, 3]`` (dynamic batch) -> sigmoid probabilities ``[batch, K]`` (and intensities
 ``[batch, J]``, every AU of the intensity head, for a model with one). The checkpoint's
 metadata (AU list, label and decision thresholds, the alignment/transform its training frames
-went through) is stored as JSON under the ONNX metadata key ``tranet_meta``, so the ONNX file
-alone is enough to predict.
+went through, and the model card) is stored as JSON under the ONNX metadata key ``tranet_meta``,
+so the ONNX file alone is enough to predict; the card is also stored as Markdown under
+``model_card``, for people and tools that open the file.
 TorchScript-based exporter (``dynamo=False``): it needs no onnxscript.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from pipeline.cli import CommandError
 from .backends import ONNX_META_KEY, ProbabilityModel, split_outputs
+from ..cards.card import CARD_KEY, card_of
 from ..engine.checkpoint import load_checkpoint, load_for_inference
 from ..nets.transforms import to_model_input
 
@@ -79,4 +81,8 @@ def _write_graph(model: torch.nn.Module, meta: dict[str, Any], example: torch.Te
     graph = onnx.load(str(tmp))
     entry = graph.metadata_props.add()
     entry.key, entry.value = ONNX_META_KEY, json.dumps(meta, default=str)
+    card = card_of(meta)  # also under its own key, as Markdown: for people and other tools
+    if card is not None:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = CARD_KEY, card.to_markdown()
     onnx.save(graph, str(tmp))

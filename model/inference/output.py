@@ -140,6 +140,54 @@ def save_timeline_plot(path: Path, x: np.ndarray, probabilities: np.ndarray, au_
     return _save_figure(fig, path)
 
 
+#: Above this many images (or faces), the per-image chart is a heat map: bars would be slivers.
+MAX_BAR_GROUPS = 40
+
+
+def save_image_chart(path: Path, labels: Sequence[str], probabilities: np.ndarray,
+                     au_ids: Sequence[int], threshold: float | Sequence[float],
+                     title: str) -> Path:
+    """An image folder's chart: one group of AU bars per image (per face with ``--faces all``),
+    not a timeline - the images are unrelated, a line between them would mean nothing.
+    ``probabilities`` is ``[N, K]``, a NaN row for an image without a face. Above
+    :data:`MAX_BAR_GROUPS` images, a heat map (image x AU) of the same numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(probabilities, dtype=float).reshape(len(labels), len(au_ids))
+    per_au = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(au_ids),))
+    names = [au_name(a) for a in au_ids]
+    if len(labels) > MAX_BAR_GROUPS:
+        fig, ax = plt.subplots(figsize=(0.5 * len(au_ids) + 3, min(0.18 * len(labels) + 2, 60)))
+        shown = ax.imshow(np.ma.masked_invalid(values), aspect="auto", vmin=0, vmax=1,
+                          cmap="viridis", interpolation="nearest")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        fig.colorbar(shown, ax=ax, label="probability (blank: no face)")
+        ax.set_title(f"{title}\n(decision threshold {_fmt_threshold(per_au)})", fontsize=9)
+    else:
+        fig, ax = plt.subplots(figsize=(min(0.1 * len(labels) * len(au_ids) + 3, 40), 3.6))
+        width = 0.8 / len(au_ids)
+        centres = np.arange(len(labels))
+        colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(au_ids), 2)))
+        for k, name in enumerate(names):
+            where = centres - 0.4 + (k + 0.5) * width
+            ax.bar(where, np.nan_to_num(values[:, k]), width, color=colours[k], label=name)
+            ax.scatter(where, np.full(len(labels), per_au[k]), marker="_", s=40,
+                       color="tab:red", zorder=3)
+        ax.set_xticks(centres, labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("probability")
+        ax.legend(ncol=min(len(names), 8), fontsize=6, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.35))
+        ax.set_title(f"{title}\n(one bar group per image; red: decision threshold "
+                     f"{_fmt_threshold(per_au)})", fontsize=9)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
 def _intensity_strip(ax: Any, x: np.ndarray, values: np.ndarray) -> None:
     right = ax.twinx()
     right.plot(x, values, lw=0.9, color="tab:orange")
@@ -153,9 +201,11 @@ _IDLE = (170, 170, 170)
 
 
 def draw_overlay(rgb: np.ndarray, face: Any, probabilities: np.ndarray | None,
-                 decisions: np.ndarray | None, au_ids: Sequence[int]) -> np.ndarray:
+                 decisions: np.ndarray | None, au_ids: Sequence[int],
+                 face_id: int | None = None) -> np.ndarray:
     """A copy of the frame with the face box, the 68 landmarks and a panel of AU probabilities
-    (active AUs in green)."""
+    (active AUs in green). With ``face_id`` (``--faces all``) the box is labelled with it and
+    the panel sits beside this face, so several faces' panels do not pile up in one corner."""
     canvas = np.ascontiguousarray(rgb).copy()
     scale = max(0.4, canvas.shape[0] / 720)  # text and dots readable from 360p to 1080p
     thickness = max(1, round(scale * 1.5))
@@ -165,21 +215,55 @@ def draw_overlay(rgb: np.ndarray, face: Any, probabilities: np.ndarray | None,
         return canvas
     x, y, w, h = (int(round(v)) for v in face.box)
     cv2.rectangle(canvas, (x, y), (x + w, y + h), (60, 160, 255), thickness)
+    if face_id is not None:
+        cv2.putText(canvas, f"face {face_id}", (x, max(int(16 * scale), y - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (60, 160, 255), thickness, cv2.LINE_AA)
     for px, py in face.landmarks68:
         cv2.circle(canvas, (int(round(px)), int(round(py))), max(1, round(2 * scale)),
                    (255, 220, 0), -1, cv2.LINE_AA)
     if probabilities is None or decisions is None:
         return canvas
     line = int(22 * scale)
-    bar = int(60 * scale)
-    panel_h = line * len(au_ids) + line // 2
-    shade = canvas[:panel_h, : int(150 * scale)]
+    size = (int(150 * scale), line * len(au_ids) + line // 2)   # panel width, height
+    origin = (0, 0) if face_id is None else panel_origin((x, y, w, h), size, canvas.shape)
+    _draw_panel(canvas, origin, size, probabilities, decisions, au_ids, scale, thickness)
+    return canvas
+
+
+def draw_banner(rgb: np.ndarray, text: str) -> np.ndarray:
+    """``text`` in red on a dark strip along the bottom of the frame (in place; returned)."""
+    scale = max(0.4, rgb.shape[0] / 720)
+    height = int(28 * scale)
+    strip = rgb[-height:]
+    strip[:] = (strip * 0.3).astype(np.uint8)
+    cv2.putText(rgb, text, (6, rgb.shape[0] - int(9 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                0.5 * scale, (255, 70, 70), max(1, round(scale * 1.5)), cv2.LINE_AA)
+    return rgb
+
+
+def panel_origin(box: tuple[int, int, int, int], size: tuple[int, int],
+                 shape: tuple[int, ...]) -> tuple[int, int]:
+    """Top-left corner of a face's panel: right of its box, else left of it, kept in frame."""
+    x, y, w, _ = box
+    gap = 4
+    left = x + w + gap if x + w + gap + size[0] <= shape[1] else x - gap - size[0]
+    left = int(min(max(left, 0), max(shape[1] - size[0], 0)))
+    top = int(min(max(y, 0), max(shape[0] - size[1], 0)))
+    return left, top
+
+
+def _draw_panel(canvas: np.ndarray, origin: tuple[int, int], size: tuple[int, int],
+                probabilities: np.ndarray, decisions: np.ndarray, au_ids: Sequence[int],
+                scale: float, thickness: int) -> None:
+    left, top0 = origin
+    line = int(22 * scale)
+    shade = canvas[top0:top0 + size[1], left:left + size[0]]
     shade[:] = (shade * 0.45).astype(np.uint8)  # darken behind the text for contrast
     for i, (au, p, d) in enumerate(zip(au_ids, probabilities, decisions)):
         colour = _ACTIVE if d else _IDLE
-        top = line * (i + 1)
-        cv2.putText(canvas, au_name(au), (6, top), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+        top = top0 + line * (i + 1)
+        cv2.putText(canvas, au_name(au), (left + 6, top), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
                     colour, thickness, cv2.LINE_AA)
-        x0 = int(60 * scale)
-        cv2.rectangle(canvas, (x0, top - line // 2), (x0 + int(bar * float(p)), top - 2), colour, -1)
-    return canvas
+        x0 = left + int(60 * scale)
+        cv2.rectangle(canvas, (x0, top - line // 2), (x0 + int(60 * scale * float(p)), top - 2),
+                      colour, -1)

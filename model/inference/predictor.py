@@ -25,23 +25,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.alignment import AlignmentConfig, AlignmentError, align_face
+from pipeline.alignment import AlignmentError
 from pipeline.face_landmarks import DEFAULT_MIN_SCORE, FaceLandmarker
 from pipeline.image_limits import DEFAULT_MAX_PIXELS
-from pipeline.shards import decode_jpeg, encode_jpeg
 
 from ..engine.checkpoint import CheckpointError
 from ..engine.validation import check_task_options
 from ..evaluation.tasks import reports_occurrence, task_of, task_record
 from .backends import intensity_au_ids, load_backend
+from .card_notice import notice_of
 from .csv_format import DEFAULT_FORMAT, FORMATS, au_name, table_columns
 from .pose import estimate_pose
+from .face_search import DEFAULT_MIN_FACE, search_scale, still_landmarker
 from .postprocess import postprocess
+from .preprocess import TrainingPreprocess
 from .tracking import DEFAULT_MAX_GAP, BestFaceTracker, MultiFaceTracker, TrackedFace
 from .video_io import Frame
 
@@ -72,6 +73,7 @@ class PredictConfig:
     detect_every: int = 5
     detect_width: int | None = 640
     upsample: int = 0
+    min_face: int = DEFAULT_MIN_FACE
     min_score: float = DEFAULT_MIN_SCORE
     min_confidence: float = 0.0
     decision_threshold: float | None = None
@@ -83,6 +85,7 @@ class PredictConfig:
     landmarks: bool = False
     csv_format: str = DEFAULT_FORMAT
     skip_existing: bool = True
+    keep_changed: bool = False   # --skip-existing: a changed input's finished CSV is kept too
     progress: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -110,6 +113,7 @@ class PredictConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        search_scale(self.min_face)  # a ValueError for a size dlib cannot be asked for
         if self.detect_width is not None and self.detect_width <= 0:
             self.detect_width = None  # 0 on the command line: detect on the full frame
         if self.decision_threshold is not None and not 0 < self.decision_threshold < 1:
@@ -181,6 +185,8 @@ class AUPredictor:
         self.cfg = cfg
         self.backend = load_backend(cfg.checkpoint, cfg.backend, cfg.device, cfg.threads)
         self.meta = self.backend.meta
+        self.card = notice_of(self.meta)   # its summary logged, a twin model warned of
+        self.card.announce(cfg.checkpoint)
         # Occurrence options on a model whose occurrence head never trained: refused, not ignored.
         check_task_options(task_of(self.meta), {"decision_threshold": cfg.decision_threshold,
                                                 "calibrate": cfg.calibrate},
@@ -192,6 +198,7 @@ class AUPredictor:
         self.preprocess = TrainingPreprocess.from_meta(self.meta, cfg.checkpoint)
         self.landmarker = FaceLandmarker(predictor_path=cfg.predictor, upsample=cfg.upsample,
                                          max_detect_width=cfg.detect_width, min_score=cfg.min_score)
+        self.still_landmarker = still_landmarker(cfg.min_face, cfg.predictor, cfg.min_score)
         # The AUs with an AUxx_r column: known from the backend when it can tell (so a video
         # with no face still gets them); otherwise after the first batch.
         has_intensity = getattr(self.backend, "has_intensity", None)
@@ -216,7 +223,8 @@ class AUPredictor:
                 "epoch": self.meta.get("epoch"), "selected": self.meta.get("selected"),
                 "faces": self.cfg.faces, "min_score": self.cfg.min_score,
                 "min_confidence": self.cfg.min_confidence, "calibrate": self.cfg.calibrate,
-                "smooth": self.cfg.smooth, "preprocess": self.preprocess.describe()}
+                "smooth": self.cfg.smooth, "preprocess": self.preprocess.describe(),
+                **self.card.record()}
 
     def classify(self, rows: Sequence[FaceRow]) -> None:
         probabilities, intensities = self.backend([r.aligned for r in rows])
@@ -226,10 +234,14 @@ class AUPredictor:
             row.probabilities = probabilities[i]
             row.intensities = intensities[i] if intensities is not None else None
 
-    def make_tracker(self, detect_every: int) -> BestFaceTracker | MultiFaceTracker:
+    def make_tracker(self, detect_every: int,
+                     still: bool = False) -> BestFaceTracker | MultiFaceTracker:
+        """``still``: unrelated images, each searched whole down to ``--min-face``."""
+        finder = self.still_landmarker if still else self.landmarker
+        every = 1 if still else detect_every
         if self.cfg.faces == "all":
-            return MultiFaceTracker(self.landmarker, detect_every, self.cfg.max_gap)
-        return BestFaceTracker(self.landmarker, detect_every)
+            return MultiFaceTracker(finder, every, self.cfg.max_gap)
+        return BestFaceTracker(finder, every)
 
     def frame_rows(self, frame: Frame, tracker: Any, times: StageTimes) -> list[FaceRow]:
         """The rows of one frame: each tracked face aligned and posed, or one empty row."""
@@ -254,9 +266,9 @@ class AUPredictor:
         return rows or [FaceRow(frame, 0 if self.cfg.faces == "best" else -1, None)]
 
     def frames_in_thread(self, frames: Iterable[Frame], times: StageTimes,
-                         detect_every: int) -> Iterator[list[FaceRow]]:
+                         detect_every: int, still: bool = False) -> Iterator[list[FaceRow]]:
         """:meth:`frame_rows` for each frame, computed in a reader thread (bounded queue)."""
-        tracker = self.make_tracker(detect_every)
+        tracker = self.make_tracker(detect_every, still)
         self.last_tracker = tracker
 
         def produce() -> Iterator[list[FaceRow]]:
@@ -273,9 +285,11 @@ class AUPredictor:
 
     def run_sequence(self, frames: Iterable[Frame], total: int | None, label: str,
                      on_frame: Callable[[list[FaceRow]], None] | None = None,
-                     detect_every: int | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+                     detect_every: int | None = None,
+                     still: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Predict every frame of one input: ``(table, stats)``. ``on_frame`` sees each frame's
-        rows after classification (the overlay); ``detect_every`` defaults to the config's."""
+        rows after classification (the overlay); ``detect_every`` defaults to the config's;
+        ``still``: the frames are unrelated images (see :meth:`make_tracker`)."""
         times = StageTimes()
         rows: list[FaceRow] = []
         batch = _Batcher(self, times, rows, on_frame)
@@ -284,7 +298,7 @@ class AUPredictor:
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
             for frame_rows in self.frames_in_thread(frames, times,
-                                                    detect_every or self.cfg.detect_every):
+                                                    detect_every or self.cfg.detect_every, still):
                 batch.add(frame_rows, keep_image=on_frame is not None)
                 bar.update(1)
             batch.flush()
@@ -437,56 +451,6 @@ def _threaded(items: Iterator[Any], size: int) -> Iterator[Any]:
     finally:
         stop.set()
         reader.join(timeout=5)
-
-
-@dataclass
-class TrainingPreprocess:
-    """Prepares a detected face exactly as a training frame reached the network.
-
-    Training frames were aligned by ``pipeline.align`` at the shards' size (``source_size``),
-    stored (JPEG at ``jpeg_quality`` by default), decoded and, when the trainer ran at another
-    ``image_size``, resized with INTER_AREA (``model.data``). Repeating each step keeps new
-    faces in the training distribution, JPEG artefacts included.
-    """
-
-    alignment: AlignmentConfig     # at the shards' size, with the shards' targets
-    image_size: int                # the network's input size
-    jpeg_quality: int | None = None
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], source: Path) -> "TrainingPreprocess":
-        """Read size, targets, border and storage from a checkpoint's ``data`` entry."""
-        try:
-            size = int(meta["image_size"])
-            nose = [float(v) for v in meta["nose_target"]]
-            chin = [float(v) for v in meta["chin_target"]]
-            extra = meta.get("alignment") or {}
-            shard_cfg = extra.get("config") or {}
-            source_size = int(extra.get("source_image_size") or size)
-            scale = source_size / size
-            alignment = AlignmentConfig(size=source_size,
-                                        nose_target=(nose[0] * scale, nose[1] * scale),
-                                        chin_target=(chin[0] * scale, chin[1] * scale),
-                                        border=shard_cfg.get("border", "replicate"))
-            quality = shard_cfg.get("jpeg_quality") if shard_cfg.get("encoding") == "jpeg" else None
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise CheckpointError(f"{source}: checkpoint lacks a usable alignment description "
-                                  f"(image_size, nose_target, chin_target): {err}") from err
-        return cls(alignment, size, int(quality) if quality else None)
-
-    def __call__(self, image: np.ndarray, landmarks66: np.ndarray) -> np.ndarray:
-        aligned, _, _ = align_face(image, landmarks66, self.alignment)
-        if self.jpeg_quality is not None:
-            aligned = decode_jpeg(encode_jpeg(aligned, self.jpeg_quality))
-        if self.alignment.size != self.image_size:
-            aligned = cv2.resize(aligned, (self.image_size, self.image_size),
-                                 interpolation=cv2.INTER_AREA)
-        return aligned
-
-    def describe(self) -> dict[str, Any]:
-        return {"aligned_size": self.alignment.size, "nose_target": self.alignment.nose_target,
-                "chin_target": self.alignment.chin_target, "border": self.alignment.border,
-                "jpeg_quality": self.jpeg_quality, "network_input_size": self.image_size}
 
 
 __all__ = ["AUPredictor", "PredictConfig", "TrainingPreprocess", "FaceRow", "au_name"]
