@@ -930,9 +930,10 @@ def record_run_start(run: TrainingRun) -> None:
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     })
     log_recipe_block(run)
-    log.info("fold %d: %d train frames (%s), selection on %s (%d frames), %d test frames",
-             cfg.fold, len(data.train), ", ".join(data.spec.subjects["train"]),
-             cfg.select_on, data.select_frames, data.test_frames)
+    log.info("%s: %d train frames (%s), %s (%d frames), %d test frames", _run_name(cfg),
+             len(data.train), ", ".join(data.spec.subjects["train"]),
+             "monitor on training frames" if cfg.all_subjects else f"selection on {cfg.select_on}",
+             data.select_frames, data.test_frames)
     log.info("%s", run.note)
     batch = batch_record(cfg, run.info.world)
     log.info("batch %d per process x %d processes = global batch %d; lr %g (--lr-scaling %s); "
@@ -1161,13 +1162,17 @@ def best_weights(run_dir: Path, info: DistInfo) -> dict[str, torch.Tensor]:
     return box[0]
 
 
+def _run_name(cfg: TrainConfig) -> str:
+    return "all subjects" if cfg.all_subjects else f"fold {cfg.fold}"
+
+
 def _plot(run: TrainingRun) -> None:
     from ..evaluation.plots import plot_history
 
     cfg = run.cfg
     try:
         plot_history(run.history, run.au_ids, run.run_dir, split=cfg.select_on,
-                     title=f"fold {cfg.fold}, {cfg.variant}",
+                     title=f"{_run_name(cfg)}, {cfg.variant}",
                      occurrence=reports_occurrence(cfg.task), notes=[recipe_line(run.payload())])
     except Exception as err:  # a plotting problem must never cost a training run
         log.warning("could not draw the plots: %s", err)
