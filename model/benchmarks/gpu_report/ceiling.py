@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ...engine.precision import choose_precision
-from ...nets.tranet import TRANetConfig, build_model
+from ...nets.tranet import TRANet, TRANetConfig, build_model
 from ..train_bench import make_infer_step, make_train_step
 from .config import ReportConfig
 from .report import (Report, cudnn_benchmark, free_device_memory, peak_memory, reset_peak, sync,
@@ -43,14 +43,17 @@ def ceiling_settings(cfg: ReportConfig, train: bool) -> list[StepSetting]:
 
 
 def build(cfg: ReportConfig, device: torch.device, channels_last: bool, preset: str | None = None,
-           size: int | None = None):
+          size: int | None = None) -> TRANet:
+    """TRA-Net of the report's preset and size (or those given), seeded, on ``device``."""
     torch.manual_seed(0)
     model = build_model(TRANetConfig(preset=preset or cfg.preset, image_size=size or cfg.size,
                                      channels_last=channels_last))
     return model.to(device)
 
 
-def inputs(model, batch: int, size: int, device: torch.device, channels_last: bool):
+def inputs(model: TRANet, batch: int, size: int, device: torch.device,
+           channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch in the model's input range and random AU targets, on ``device``."""
     x = torch.randn(batch, 3, size, size, device=device) * 60
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 
 from ...engine.precision import choose_precision
+from ...nets.tranet import TRANet
 from ..train_bench import make_infer_step
 from .ceiling import build
 from .report import Report, time_steps
@@ -38,7 +39,8 @@ def stage_predict(report: Report) -> None:
                     report.write(**what, status="error", error=f"{type(err).__name__}: {err}")
 
 
-def predict_engines(report: Report, model, batch: int, size: int):
+def predict_engines(report: Report, model: TRANet, batch: int,
+                    size: int) -> list[tuple[str, Callable[[], Any]]]:
     """(name, step) pairs: torch fp32, torch with the AMP choice, onnxruntime per provider."""
     device = report.device
     x = torch.randn(batch, 3, size, size, device=device) * 60
@@ -54,7 +56,7 @@ def predict_engines(report: Report, model, batch: int, size: int):
     return engines
 
 
-def onnx_engines(report: Report, model, x: torch.Tensor) -> list[tuple[str, Callable[[], Any]]]:
+def onnx_engines(report: Report, model: TRANet, x: torch.Tensor) -> list[tuple[str, Callable[[], Any]]]:
     """onnxruntime sessions of the model (exported once per preset and size) per provider."""
     try:
         import onnxruntime as ort
@@ -79,7 +81,7 @@ def onnx_engines(report: Report, model, x: torch.Tensor) -> list[tuple[str, Call
     return engines
 
 
-def export_onnx(model, x: torch.Tensor, path: Path) -> None:
+def export_onnx(model: TRANet, x: torch.Tensor, path: Path) -> None:
     cpu_model = _copy_to_cpu(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -92,5 +94,5 @@ def export_onnx(model, x: torch.Tensor, path: Path) -> None:
             torch.onnx.export(cpu_model, (x[:1].float().cpu(),), str(path), **kwargs)
 
 
-def _copy_to_cpu(model):
+def _copy_to_cpu(model: TRANet) -> TRANet:
     return copy.deepcopy(model).cpu().float().eval()
