@@ -295,7 +295,7 @@ def test_predict_applies_the_checkpoints_transform(timm, tmp_path, monkeypatch) 
 
     from model.engine.checkpoint import save_checkpoint
     from model.predict import main as predict
-    from model.predict_bench import astronaut_head
+    from model.benchmarks.synthetic import astronaut_head
     from pipeline.alignment import AlignmentConfig, align_face
     from pipeline.face_landmarks import FaceLandmarker
 

@@ -60,7 +60,7 @@ def test_small_demo_chain_learns(tmp_path):
     assert len(list((out / "predictions" / "fold1").glob("*_timeline.png"))) == 1
     assert "model.predict" in (out / "demo.md").read_text()
     # the calibration/smoothing benchmark rescoring the demo's CSVs: "none" is the demo's score
-    from model.predict_bench import postprocess_effect
+    from model.benchmarks.predict_bench import postprocess_effect
 
     effect = {r["variant"]: r for r in postprocess_effect(out)}
     assert effect["none"]["mean_f1"] == pytest.approx(predicted["metrics"]["mean_f1"], abs=2e-3)

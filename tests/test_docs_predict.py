@@ -17,7 +17,7 @@ import pytest
 from _disfa_fixtures import write_release
 from model.cards import TWIN_WARNING
 from model.engine.config import TrainConfig
-from model.predict_bench import make_face_video
+from model.benchmarks.synthetic import make_face_video
 from model.train import train
 from pipeline.align import AlignConfig, run_align
 from pipeline.synth import TRUTH_JSON

@@ -13,7 +13,8 @@ from model.engine.distributed import DistInfo, resolve_device
 from model.engine.losses import branch_bce_loss
 from model.engine.precision import choose_precision
 from model.engine.sync_count import count_host_syncs
-from model.gpu_report import ReportConfig, trainer_fixture
+from model.benchmarks.gpu_report.config import ReportConfig
+from model.benchmarks.gpu_report.trainer_stages import trainer_fixture
 
 
 def _fixture(batches: int, device: str = "cpu"):

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from model.gpu_report import STAGES, read_records, write_summary
+from model.benchmarks.gpu_report.config import STAGES
+from model.benchmarks.gpu_report.summary import read_records, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,8 @@ def test_cpu_mode_writes_every_stage_within_the_deadline(tmp_path):
 
 
 def test_errors_and_skips_are_recorded_and_the_next_stage_runs(tmp_path):
-    from model.gpu_report import Report, ReportConfig
+    from model.benchmarks.gpu_report.config import ReportConfig
+    from model.benchmarks.gpu_report.report import Report
     import torch
 
     report = Report(ReportConfig(out=str(tmp_path), deadline=5), torch.device("cpu"))

@@ -50,9 +50,3 @@ def _long_functions(folder: Path, limit: int) -> list[str]:
 def test_no_function_over_80_lines(folder):
     assert _long_functions(ROOT / folder, 80) == []
 
-
-def test_old_import_paths_still_work():
-    from model import senet, tranet
-
-    assert tranet.build_model is not None and senet.SENet is not None
-    assert tranet.load_backbone_weights is not None and senet.read_weight_file is not None

@@ -16,7 +16,7 @@ import torch
 from model.engine.checkpoint import save_checkpoint
 from model.engine.losses import branch_bce_loss
 from model.predict import PredictConfig, TrainingPreprocess, main
-from model.predict_bench import astronaut_head, make_face_video
+from model.benchmarks.synthetic import astronaut_head, make_face_video
 from model.nets.transforms import to_model_input
 from model.nets.tranet import TRANetConfig, build_model
 from model.inference.csv_format import read_predictions

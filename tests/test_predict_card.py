@@ -17,7 +17,7 @@ from model.engine.checkpoint import load_checkpoint, save_checkpoint
 from model.inference import batch as batch_module
 from model.inference.card_notice import NO_CARD_WARNING, TWIN_TITLE
 from model.predict import main
-from model.predict_bench import astronaut_head, make_face_video, make_untrained_checkpoint
+from model.benchmarks.synthetic import astronaut_head, make_face_video, make_untrained_checkpoint
 
 AUS = [1, 2, 4, 6, 9, 12, 25, 26]
 

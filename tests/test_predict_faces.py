@@ -17,7 +17,7 @@ from model.inference.csv_format import read_predictions
 from model.inference.face_search import search_scale
 from model.inference.output import draw_overlay, panel_origin
 from model.predict import main
-from model.predict_bench import make_face_video, make_untrained_checkpoint
+from model.benchmarks.synthetic import make_face_video, make_untrained_checkpoint
 from pipeline.face_landmarks import FaceResult
 
 AUS = [1, 2, 4, 6, 9, 12, 25, 26]

@@ -15,7 +15,7 @@ from model.nets.transforms import to_model_input
 from model.nets.tranet import TRANetConfig, build_model
 from model.predict import main
 from model.inference.video_io import VideoFrames
-from model.predict_bench import make_face_video
+from model.benchmarks.synthetic import make_face_video
 from pipeline.alignment import AlignmentConfig, align_face
 from pipeline.face_landmarks import FaceLandmarker
 from test_predict import AUS, CHIN, NOSE, SIZE, _save_tiny

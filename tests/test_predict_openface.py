@@ -18,7 +18,7 @@ from model.inference.csv_format import (OPENFACE_INTENSITY_AUS, OPENFACE_PRESENC
 from model.nets.regions import ALL_AUS
 from model.nets.tranet import TRANetConfig, build_model
 from model.predict import main
-from model.predict_bench import make_face_video
+from model.benchmarks.synthetic import make_face_video
 from test_predict import AUS, CHIN, NOSE, SIZE, _save_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def test_docs_api_example_runs_with_calibration(tmp_path, both_heads, monkeypatc
     case pandas >= 3 refused: float32 probabilities calibrated in place)."""
     pytest.importorskip("onnxruntime")
     from model.export import main as export_main
-    from model.predict_bench import astronaut_head
+    from model.benchmarks.synthetic import astronaut_head
 
     monkeypatch.chdir(tmp_path)
     checkpoint = tmp_path / "runs" / "demo" / "runs" / "fold1" / "best.pt"

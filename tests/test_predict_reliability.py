@@ -20,7 +20,7 @@ import pytest
 from model.inference import workers
 from model.inference.csv_format import read_predictions
 from model.predict import main
-from model.predict_bench import astronaut_head, make_face_video, make_untrained_checkpoint
+from model.benchmarks.synthetic import astronaut_head, make_face_video, make_untrained_checkpoint
 from pipeline.image_limits import ImageSizeError, check_image_size, image_size
 
 pytestmark = pytest.mark.reliability  # docs/reliability.md names every test here

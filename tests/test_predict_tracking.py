@@ -18,7 +18,7 @@ from model.inference.pose import head_pose, project_generic_face
 from model.inference.postprocess import calibrate_probabilities, postprocess
 from model.inference.video_io import write_video
 from model.predict import main
-from model.predict_bench import make_face_video, make_untrained_checkpoint
+from model.benchmarks.synthetic import make_face_video, make_untrained_checkpoint
 from pipeline.face_landmarks import FaceLandmarker, choose_face
 
 AUS = [1, 2, 4, 6, 9, 12, 25, 26]

@@ -9,7 +9,8 @@ import torch
 
 from model.engine import progress, trainer
 from model.engine.sync_count import count_host_syncs
-from model.gpu_report import ReportConfig, trainer_fixture
+from model.benchmarks.gpu_report.config import ReportConfig
+from model.benchmarks.gpu_report.trainer_stages import trainer_fixture
 from model.train import TrainConfig, train
 from trainer_fixtures import make_dataset
 

@@ -518,7 +518,7 @@ def test_a_really_full_disk_fails_cleanly(tiny_disk, tmp_path):
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory, one_torch_thread):
-    from model.predict_bench import make_untrained_checkpoint
+    from model.benchmarks.synthetic import make_untrained_checkpoint
 
     return make_untrained_checkpoint(tmp_path_factory.mktemp("ck") / "small.pt", "small", 64)
 

@@ -145,7 +145,7 @@ def test_crossval_of_an_intensity_run_has_no_table1(runs, tmp_path):
 
 def test_predict_writes_no_occurrence_columns_for_an_intensity_checkpoint(tmp_path):
     from model.predict import main
-    from model.predict_bench import make_face_video
+    from model.benchmarks.synthetic import make_face_video
 
     torch_ckpt = _intensity_only_checkpoint(tmp_path)
     video = make_face_video(tmp_path / "clip.avi", 3, size=(480, 320), fps=20.0,

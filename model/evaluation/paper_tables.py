@@ -51,7 +51,7 @@ TABLE1_TRA = {
     "accuracy_avg": 95.9,
 }
 
-#: Table 2 rows, keyed by this toolkit's variant names (model.tranet.VARIANTS): (F1 per AU, avg).
+#: Table 2 rows, keyed by this toolkit's variant names (model.nets.tranet.VARIANTS): (F1 per AU, avg).
 #: The full model's row is Table 1's TRA column.
 TABLE2_F1 = {
     "senet50": ("SENet-50", (27.4, 25.8, 70.3, 29.3, 36.6, 64.1, 88.7, 34.0), 47.0),

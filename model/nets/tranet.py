@@ -2,7 +2,7 @@
 
 Structure (paper Sec. 3, Fig. 1):
 
-* Backbone SENet-50 (``model.senet``, VGGFace2 layout), or any timm model with stride-8/16/32
+* Backbone SENet-50 (``model.nets.senet``, VGGFace2 layout), or any timm model with stride-8/16/32
   maps (``TRANetConfig.backbone``, see ``model.nets.backbones``). Blocks 1-2 (stem + ``layer1``,
   the stride-4 stage) are frozen: ``requires_grad=False`` and their BatchNorm stays in eval mode
   even under ``model.train()`` (``TRANetConfig.frozen_blocks``; the small preset, which has no
