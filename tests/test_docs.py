@@ -21,8 +21,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-GUIDES = ["README.md", "docs/twin.md", "docs/disfa.md", "docs/predict.md", "docs/model.md",
+_FIRST = ["README.md", "docs/twin.md", "docs/disfa.md", "docs/predict.md", "docs/model.md",
           "docs/reliability.md", "docs/benchmarks.md", "docs/development.md"]
+#: README and the main guides first (later blocks use what earlier ones wrote), then every other
+#: page of docs/, so a block on a new page is never skipped.
+GUIDES = _FIRST + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")
+                         if str(p.relative_to(ROOT)) not in _FIRST)
 RUN, PARSE = "<!-- run-on-twin -->", "<!-- parse-only -->"
 #: The tiny twin every runnable command works on, made before the first block runs.
 TWIN = ["python", "-m", "pipeline.synth", "--out", "twin", "--n-subjects", "6", "--frames", "40",

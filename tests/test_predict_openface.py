@@ -168,7 +168,7 @@ def test_docs_state_the_measured_pose_difference_from_openface() -> None:
 
     rows = pd.read_csv(ROOT / "tests" / "data" / "openface2_test_rows.csv", comment="#")
     measured = openface_agreement(rows, (640, 360))
-    docs = " ".join((ROOT / "docs" / "predict.md").read_text().split())
+    docs = " ".join((ROOT / "docs" / "predict-outputs.md").read_text().split())
     stated = re.search(r"pitch (\d+\.\d) degrees, yaw (\d+\.\d) degrees, roll (\d+\.\d) degrees",
                        docs)
     assert stated, "docs/predict.md must state the measured difference per axis"

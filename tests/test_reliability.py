@@ -758,7 +758,8 @@ def _reliability_tests() -> set[str]:
 def test_reliability_doc_names_every_reliability_test_and_only_real_ones():
     import re
 
-    text = (REPO / "docs" / "reliability.md").read_text()
+    text = "\n".join((REPO / "docs" / name).read_text()
+                     for name in ("reliability.md", "reliability-faults.md"))
     named = {f"{Path(f).name}::{t}" for f, t in
              re.findall(r"`(?:tests/)?(test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`", text)}
     marked = _reliability_tests()
