@@ -129,7 +129,7 @@ def _face_options(add: Any) -> None:
     add("--min-face", type=int_range(12), default=DEFAULT_MIN_FACE, metavar="PX",
         help="images: smallest face searched for, in the image's own pixels (each image is "
              "searched whole; 40 finds a group photo's back row; 80 is ~3x faster on a "
-             "4000x3000 photo and misses faces below 80 px; times in docs/predict.md)")
+             "4000x3000 photo and misses faces below 80 px; times in docs/predict-outputs.md)")
     add("--min-score", type=float, default=DEFAULT_MIN_SCORE,
         help="minimum dlib detector score for a face (lower finds more, less certain faces)")
     add("--min-confidence", type=float, default=0.0,

@@ -20,7 +20,7 @@ This module is the command: it parses options and calls ``model.engine.trainer.t
 
 Outputs in ``--out``: config.json, metrics.csv, metrics.json, loss.png, mean_f1.png,
 per_au_f1.png, last.pt, best.pt, results.json and results.md (test metrics of best.pt), and
-MODEL_CARD.md (every checkpoint carries the same card: docs/model.md, "Model card").
+MODEL_CARD.md (every checkpoint carries the same card: docs/model-card.md).
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def add_model_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "state_dict of the backbone, or 'hub' to let timm download its published "
                         "weights (fails at once offline, naming the file to bring); None = random "
                         "init. Checked before any data is read; a file's sha256 and size are "
-                        "logged and recorded in config.json (docs/model.md, 'Backbone weights')")
+                        "logged and recorded in config.json (docs/backbones.md, 'Backbone weights')")
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ CARD_FILE = "MODEL_CARD.md"
 REPO = Path(__file__).resolve().parents[2]
 TOOLKIT_LICENCE = "MIT (the toolkit's own, LICENSE): no pretrained weights"
 VGGFACE2_LICENCE = ("VGGFace2 terms: research use only; check the terms of the copy you used "
-                    "(docs/model.md, 'Licences of the model files')")
+                    "(docs/model-card.md, 'Licences of the model files')")
 
 
 def run_card(run: Any, metrics: dict[str, Any] | None = None) -> ModelCard:
@@ -134,7 +134,7 @@ def _backbone(cfg: Any, report: dict[str, Any] | None) -> dict[str, Any]:
     if report.get("sha256"):
         weights["sha256"] = report["sha256"]
     licence = VGGFACE2_LICENCE if fmt == "vggface2-pickle" else \
-        "that of the weights file's source (docs/model.md, 'Licences of the model files')"
+        "that of the weights file's source (docs/model-card.md, 'Licences of the model files')"
     return {"name": name, **weights, "licence": licence}
 
 

@@ -99,7 +99,7 @@ class TrainConfig:
             raise ValueError(f"--recipe {self.recipe['name']} trains from VGGFace2 SENet-50 weights: "
                              "pass --pretrained senet50_ft_weight.pkl, or without that file "
                              "--backbone timm:legacy_seresnet50 --pretrained hub (ImageNet "
-                             "weights; docs/model.md, 'Backbone weights')")
+                             "weights; docs/backbones.md, 'Backbone weights')")
 
 
 #: Options that change how a run executes, not what it learns: a finished or interrupted run may

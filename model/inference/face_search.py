@@ -5,7 +5,7 @@ it at >= 80 px. Video frames are shrunk to ``--detect-width`` and tracked betwee
 (speed matters over thousands of frames); a still image is searched once, so by default at the
 scale where a face ``DEFAULT_MIN_FACE`` px wide fills the window: a group photo's back row is
 found. The cost grows with the pixels scanned: measured times per image are in
-docs/predict.md ("Faces in photos").
+docs/predict-outputs.md ("Faces in photos").
 """
 from __future__ import annotations
 

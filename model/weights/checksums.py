@@ -4,7 +4,7 @@
 :data:`KNOWN_WEIGHTS` it matched, and the same goes into the run's config.json and every
 checkpoint (``pretrained.sha256`` ...), so a reader can tell later which bytes a model started from.
 
-A checksum enters :data:`KNOWN_WEIGHTS` only when a public source states it (docs/model.md,
+A checksum enters :data:`KNOWN_WEIGHTS` only when a public source states it (docs/backbones.md,
 "Backbone weights"). None is published for the VGGFace2 SENet-50 pickles, so their entries carry
 the file name and origin with ``sha256=None``: a file of that name is then reported as "sha256
 not in the known list", and the digest recorded in the run is what identifies it.
@@ -30,7 +30,7 @@ class KnownWeights:
     size_bytes: int | None = None
 
 
-#: The weight files docs/model.md names. Add a checksum only with its public source beside it.
+#: The weight files docs/backbones.md names. Add a checksum only with its public source beside it.
 KNOWN_WEIGHTS: tuple[KnownWeights, ...] = (
     KnownWeights("senet50_ft_weight.pkl",
                  "VGGFace2 SE-ResNet-50 (MS-Celeb-1M pretrain, VGGFace2 fine-tune), the authors' "

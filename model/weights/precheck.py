@@ -54,7 +54,7 @@ def _check_format(path: Path) -> None:
                                    "(no data.pkl inside); pass a state_dict saved with torch.save")
     elif not _starts_as_pickle(path):
         raise WeightsError(f"{OPTION} {path}: neither a torch.save state_dict nor a weight pickle "
-                           f"such as {VGGFACE2_FILE} (docs/model.md, 'Backbone weights')")
+                           f"such as {VGGFACE2_FILE} (docs/backbones.md, 'Backbone weights')")
 
 
 def check_weight_file(spec: str) -> FileIdentity:
@@ -63,7 +63,7 @@ def check_weight_file(spec: str) -> FileIdentity:
     path = Path(spec)
     if not path.exists():
         raise WeightsError(f"{OPTION} {spec}: no such weight file (where to get backbone "
-                           "weights: docs/model.md, 'Backbone weights')")
+                           "weights: docs/backbones.md, 'Backbone weights')")
     if not path.is_file():
         raise WeightsError(f"{OPTION} {spec}: not a file (a folder?); give the weight file itself")
     try:
@@ -84,7 +84,7 @@ def _check_hub(backbone: str) -> None:
     if kind == SENET50:
         raise WeightsError(f"{OPTION} hub: the VGGFace2 SENet-50 weights of the senet50 backbone "
                            f"are on no hub; bring the file {VGGFACE2_FILE} and pass {OPTION} FILE "
-                           "(docs/model.md, 'Backbone weights'), or choose a timm backbone")
+                           "(docs/backbones.md, 'Backbone weights'), or choose a timm backbone")
     try:
         where = check_hub_reachable(TimmBackbone(name))
     except BackboneError as err:

@@ -106,7 +106,7 @@ def load_state_into(module: nn.Module, source: Mapping[str, torch.Tensor], origi
 def _load_senet(model: nn.Module, spec: str) -> PretrainedReport:
     if spec == HUB:
         raise WeightsError(f"--pretrained hub: the VGGFace2 SENet-50 weights of the senet50 backbone "
-                           f"are on no hub; bring the release file {VGGFACE2_FILE} (docs/model.md, "
+                           f"are on no hub; bring the release file {VGGFACE2_FILE} (docs/backbones.md, "
                            "'Backbone weights') and pass --pretrained FILE, or choose a timm backbone")
     report = load_vggface2_weights(model.backbone, spec)
     return PretrainedReport(source=str(spec), format=weight_file_format(spec), backbone=SENET50,
