@@ -33,11 +33,13 @@ import cv2
 import h5py
 import numpy as np
 
-from .align import AlignConfig, align_subject, open_video, plan_jobs
+from .align import AlignConfig, align_subject
+from .aligner.plan import plan_jobs
+from .aligner.video import open_video
 from .cli import HelpFormatter, CommandError, check_out_dir, handle_errors, int_range
 from .alignment import AlignmentConfig, align_face
-from .disfa import SUBJECTS, n_frames
-from .release import discover
+from .datasets.disfa.facts import SUBJECTS, n_frames
+from .datasets.disfa import discover
 from .shards import DEFAULT_JPEG_QUALITY, ShardReader, encode_jpeg, decode_jpeg
 
 log = logging.getLogger("pipeline.bench")  # not __name__: run with -m it is __main__
@@ -155,7 +157,7 @@ def real_frame_jpeg(quality: int = DEFAULT_JPEG_QUALITY) -> dict[str, float] | N
 def run_bench(frames: int, workdir: Path, jobs: int = 2, repeat: int = 3) -> dict[str, Any]:
     """Measure everything ``repeat`` times, interleaved, and keep each figure's best run: other
     processes only ever slow a run down, so the best is the closest to this code's speed."""
-    from .synth import SynthConfig, synthesize
+    from .twin import SynthConfig, synthesize
 
     cv2.setNumThreads(1)
     twin = workdir / "twin"

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .disfa import SUBJECT_PATTERN, is_subject_name, standard_folds
+from .datasets.disfa.facts import SUBJECT_PATTERN, is_subject_name, standard_folds
 from .shards import ShardError, ShardReader
 from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)

@@ -152,7 +152,7 @@ def positive_float(text: str) -> float:
 
 def threshold_arg(text: str) -> int:
     """An argparse ``type``: a FACS letter A-E or an intensity 1-5."""
-    from .disfa import FACS_LETTERS
+    from .datasets.disfa.facts import FACS_LETTERS
 
     word = text.strip().upper()
     if word in FACS_LETTERS:
