@@ -154,6 +154,18 @@ def real_frame_jpeg(quality: int = DEFAULT_JPEG_QUALITY) -> dict[str, float] | N
     return {"bytes": int(data.size), "psnr_db": psnr(decode_jpeg(data), aligned)}
 
 
+def _projection(results: dict[str, Any], stats: dict[str, Any], jobs: int, align_fps: float
+                ) -> dict[str, float]:
+    """The measured rates scaled to the whole release (hours to align, GB of shards)."""
+    return {
+        "release_frames": RELEASE_FRAMES,
+        "one_core_hours": RELEASE_FRAMES / align_fps / 3600,
+        f"{jobs}_jobs_hours": RELEASE_FRAMES / results["parallel_fps"] / 3600,
+        "shards_gb": RELEASE_FRAMES * stats["bytes_per_frame"] / 1e9,
+        "reader_seconds_per_epoch_one_core": RELEASE_FRAMES / results["reader_fps"],
+    }
+
+
 def run_bench(frames: int, workdir: Path, jobs: int = 2, repeat: int = 3) -> dict[str, Any]:
     """Measure everything ``repeat`` times, interleaved, and keep each figure's best run: other
     processes only ever slow a run down, so the best is the closest to this code's speed."""
@@ -207,13 +219,7 @@ def run_bench(frames: int, workdir: Path, jobs: int = 2, repeat: int = 3) -> dic
     readings = [reader_fps(workdir / "one" / name) for _ in range(repeat)]
     results["reader_fps"] = max(r[0] for r in readings)
     results["reader_cpu_fps"] = max(r[1] for r in readings)
-    results["projection"] = {
-        "release_frames": RELEASE_FRAMES,
-        "one_core_hours": RELEASE_FRAMES / align_fps / 3600,
-        f"{jobs}_jobs_hours": RELEASE_FRAMES / results["parallel_fps"] / 3600,
-        "shards_gb": RELEASE_FRAMES * stats["bytes_per_frame"] / 1e9,
-        "reader_seconds_per_epoch_one_core": RELEASE_FRAMES / results["reader_fps"],
-    }
+    results["projection"] = _projection(results, stats, jobs, align_fps)
     results["load_after"] = os.getloadavg()[0]
     results["targets"] = {k: {"target": v, "value": results[k],
                               "met": results[k] <= v if k == "bytes_per_frame" else results[k] >= v}
