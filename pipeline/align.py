@@ -8,7 +8,7 @@ Per subject and camera (one job each, run in parallel with joblib or on a Dask c
 2. left camera: read the release's per-frame landmarks (AAM, 1-based pixels -> 0-based);
    right camera: detect the face and its landmarks with dlib, because the release's landmarks
    belong to the left camera;
-3. decide which frames to drop and why (see :data:`DROP_REASONS`);
+3. decide which frames to drop and why (see :data:`pipeline.aligner.config.DROP_REASONS`);
 4. decode the video once, sequentially, pairing frame i with label i from the start, and warp
    each kept frame with the two-point similarity of :mod:`pipeline.alignment` (nose midpoint
    to the centre, chin near the bottom). The container's frame count is not trusted: the

@@ -25,7 +25,7 @@ from .episodes import au_schedule, corrupt_landmarks, pose_track
 from .face_render import background_image, noise_bank, render_frame
 from .face_shape import Identity, Pose, face_shape, sample_identity
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pipeline.synth")  # the command's name, as before the split
 
 
 def savemat_bytes(pts_1based: np.ndarray) -> bytes:
