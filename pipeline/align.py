@@ -33,11 +33,12 @@ from .aligner.config import LANDMARK_SOURCES, PIPELINE_VERSION, SUMMARY_NAME, Al
 from .aligner.job import SubjectJob
 from .aligner.plan import load_bad_ranges, plan_jobs, root_error_logs_differing
 from .aligner.summary import format_summary, summary_warnings, write_summary
-from .cli import (HelpFormatter, FolderLock, check_out_dir, fraction_pair, handle_errors,
-                  int_range, remove_stale_temp_files, threshold_arg)
+from .cli import (HelpFormatter, check_out_dir, fraction_pair, handle_errors, int_range,
+                  remove_stale_temp_files, threshold_arg)
 from .datasets.disfa import ReleaseError, discover
 from .datasets.disfa.facts import (BAD_FRAMES_CSV, DEFAULT_THRESHOLD, EVAL_AUS, is_subject_name,
                                    parse_threshold)
+from .folder_lock import FolderLock
 from .shards import DEFAULT_JPEG_QUALITY, ENCODINGS
 # Tests patch the shard writer's class through this module, as they did before the split.
 from .shards import ShardWriter  # noqa: F401

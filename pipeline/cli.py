@@ -234,16 +234,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def __getattr__(name: str) -> object:
-    """The folder lock lives in :mod:`pipeline.folder_lock`; ``from pipeline.cli import
-    FolderLock`` keeps working (a lazy import: that module imports this one)."""
-    if name in ("FolderLock", "lock_holds"):
-        from . import folder_lock
-
-        return getattr(folder_lock, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` for every command: each option's default shown once, in plain words.
 

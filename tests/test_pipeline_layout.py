@@ -46,6 +46,45 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """pipeline module -> the pipeline modules it imports (``from pkg import mod`` as ``pkg.mod``)."""
+    modules = {_module_name(p): p for p in _sources()}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for imported in _imported_modules(path):
+            if imported in modules:
+                deps.add(imported)
+            elif imported.rpartition(".")[0] in modules:  # ``from pkg import name``
+                deps.add(imported.rpartition(".")[0])
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_no_import_circle_in_pipeline():
+    graph, circles, state = _import_graph(), [], {}
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module], stack = "open", stack + [module]
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":  # on the stack: a way back to itself
+                circles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, stack)
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert circles == []
+    assert len(graph) > 30  # the walk saw the package
+
+
 def test_no_pipeline_file_over_500_lines():
     long = {str(p.relative_to(ROOT)): n for p in _sources()
             if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}

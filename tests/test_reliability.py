@@ -25,7 +25,8 @@ from model.engine.checkpoint import load_checkpoint, save_checkpoint
 from model.inference.video_io import InputError, read_image_rgb
 from pipeline import align, bench as pipeline_bench, build_folds
 from pipeline import twin as synth
-from pipeline.cli import EXIT_INTERRUPTED, FolderLock, handle_errors
+from pipeline.cli import EXIT_INTERRUPTED, handle_errors
+from pipeline.folder_lock import FolderLock
 from pipeline.datasets.disfa import ReleaseError, read_landmark_mat
 from pipeline.shards import ShardReader, shard_name
 

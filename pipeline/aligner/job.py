@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 
 from ..alignment import BORDER_MODES, alignment_matrices
-from ..cli import describe_os_error, lock_holds
+from ..cli import describe_os_error
 from ..datasets.disfa import ReleaseError, SubjectFiles, read_labels, read_landmarks
 from ..datasets.disfa.facts import CHIN, NOSE_ROOT, NOSE_TIP, FrameRange, bad_frame_mask
+from ..folder_lock import lock_holds
 from ..origin import data_origin
 from ..shards import ShardError, ShardReader, ShardWriter, is_complete_shard, verify_images
 from .config import DROP_REASONS, FILLED_REASON, AlignConfig

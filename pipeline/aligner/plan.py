@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..cli import FolderLock
+from ..folder_lock import FolderLock
 from ..datasets.disfa import ReleaseError, ReleaseLayout, read_error_log
 from ..datasets.disfa.facts import FrameRange, bad_frame_ranges
 from ..shards import shard_name

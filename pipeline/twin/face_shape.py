@@ -1,13 +1,13 @@
-"""A parametric 2-D face for the synthetic DISFA twin: 66-point shape model and renderer.
+"""A parametric 2-D face for the synthetic DISFA twin: the 66-point shape model.
 
 The shape lives in *canonical face units*: the face is one unit wide (jaw point 0 to 16), the
 origin is the midpoint of nose root and nose tip (the alignment's nose point), +y points down.
 An identity reshapes the template, each AU adds a FACS-placed displacement scaled by its
 intensity, and a pose (roll, yaw, scale, translation) maps the result to pixels.
 
-The renderer draws the face with OpenCV primitives from the same shape plus texture cues
-(wrinkles, teeth, the dark open mouth), so every AU is visible both in the landmarks and in
-the pixels, and the two never disagree.
+``face_render`` draws the face from this same shape (plus texture cues: wrinkles, teeth, the
+dark open mouth), so every AU shows both in the landmarks and in the pixels, and the two never
+disagree.
 """
 from __future__ import annotations
 
