@@ -193,7 +193,7 @@ def prepare_data(args: argparse.Namespace, out: Path, watch: Stopwatch) -> dict[
     """Steps 1-3: the twin, its shards and the folds manifest."""
     from pipeline.align import AlignConfig, run_align
     from pipeline.build_folds import FoldConfig, build_folds, write_folds
-    from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
+    from pipeline.twin import ERROR_LOG, SynthConfig, synthesize
 
     twin, shards = out / "disfa_twin", out / "shards"
     with watch.stage("synthesize"):
@@ -415,8 +415,8 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     import numpy as np
     import pandas as pd
 
-    from pipeline.disfa import au_columns
-    from pipeline.release import discover, read_labels
+    from pipeline.datasets.disfa.facts import au_columns
+    from pipeline.datasets.disfa import discover, read_labels
     from pipeline.shards import binarize
 
     from .evaluation.intensity import IntensityAccumulator

@@ -20,7 +20,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .disfa import CHIN, NOSE_ROOT, NOSE_TIP
+from .datasets.disfa.facts import CHIN, NOSE_ROOT, NOSE_TIP
 
 #: Default targets as fractions of the output size (x, y). The nose midpoint goes to the centre;
 #: the chin goes 7/8 of the way down, which keeps the brows and the jaw inside the crop for

@@ -33,11 +33,13 @@ import cv2
 import h5py
 import numpy as np
 
-from .align import AlignConfig, align_subject, open_video, plan_jobs
+from .align import AlignConfig, align_subject
+from .aligner.plan import plan_jobs
+from .aligner.video import open_video
 from .cli import HelpFormatter, CommandError, check_out_dir, handle_errors, int_range
 from .alignment import AlignmentConfig, align_face
-from .disfa import SUBJECTS, n_frames
-from .release import discover
+from .datasets.disfa.facts import SUBJECTS, n_frames
+from .datasets.disfa import discover
 from .shards import DEFAULT_JPEG_QUALITY, ShardReader, encode_jpeg, decode_jpeg
 
 log = logging.getLogger("pipeline.bench")  # not __name__: run with -m it is __main__
@@ -152,10 +154,22 @@ def real_frame_jpeg(quality: int = DEFAULT_JPEG_QUALITY) -> dict[str, float] | N
     return {"bytes": int(data.size), "psnr_db": psnr(decode_jpeg(data), aligned)}
 
 
+def _projection(results: dict[str, Any], stats: dict[str, Any], jobs: int, align_fps: float
+                ) -> dict[str, float]:
+    """The measured rates scaled to the whole release (hours to align, GB of shards)."""
+    return {
+        "release_frames": RELEASE_FRAMES,
+        "one_core_hours": RELEASE_FRAMES / align_fps / 3600,
+        f"{jobs}_jobs_hours": RELEASE_FRAMES / results["parallel_fps"] / 3600,
+        "shards_gb": RELEASE_FRAMES * stats["bytes_per_frame"] / 1e9,
+        "reader_seconds_per_epoch_one_core": RELEASE_FRAMES / results["reader_fps"],
+    }
+
+
 def run_bench(frames: int, workdir: Path, jobs: int = 2, repeat: int = 3) -> dict[str, Any]:
     """Measure everything ``repeat`` times, interleaved, and keep each figure's best run: other
     processes only ever slow a run down, so the best is the closest to this code's speed."""
-    from .synth import SynthConfig, synthesize
+    from .twin import SynthConfig, synthesize
 
     cv2.setNumThreads(1)
     twin = workdir / "twin"
@@ -205,13 +219,7 @@ def run_bench(frames: int, workdir: Path, jobs: int = 2, repeat: int = 3) -> dic
     readings = [reader_fps(workdir / "one" / name) for _ in range(repeat)]
     results["reader_fps"] = max(r[0] for r in readings)
     results["reader_cpu_fps"] = max(r[1] for r in readings)
-    results["projection"] = {
-        "release_frames": RELEASE_FRAMES,
-        "one_core_hours": RELEASE_FRAMES / align_fps / 3600,
-        f"{jobs}_jobs_hours": RELEASE_FRAMES / results["parallel_fps"] / 3600,
-        "shards_gb": RELEASE_FRAMES * stats["bytes_per_frame"] / 1e9,
-        "reader_seconds_per_epoch_one_core": RELEASE_FRAMES / results["reader_fps"],
-    }
+    results["projection"] = _projection(results, stats, jobs, align_fps)
     results["load_after"] = os.getloadavg()[0]
     results["targets"] = {k: {"target": v, "value": results[k],
                               "met": results[k] <= v if k == "bytes_per_frame" else results[k] >= v}

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .disfa import SUBJECT_PATTERN, is_subject_name, standard_folds
+from .datasets.disfa.facts import SUBJECT_PATTERN, is_subject_name, standard_folds
 from .shards import ShardError, ShardReader
 from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
@@ -148,6 +148,40 @@ def _assignments(cfg: FoldConfig, subjects: list[str]) -> list[dict[str, list[st
     return folds
 
 
+def _fold_entry(number: int, roles: dict[str, list[str]], stats: dict[str, Any],
+                au_ids: list[int]) -> dict[str, Any]:
+    """One fold of the manifest: its subjects, frames, positive rates and the peers' weights."""
+    k_aus = len(au_ids)
+    frames = {role: int(sum(stats[s].frames for s in subs)) for role, subs in roles.items()}
+    positives = {role: (np.sum([stats[s].positives for s in subs], axis=0)
+                        if subs else np.zeros(k_aus)) for role, subs in roles.items()}
+    pos_rate = {role: [float(p) / frames[role] if frames[role] else 0.0
+                       for p in positives[role]] for role in roles}
+    weights, zero = peer_au_weights(positives["train"], frames["train"])
+    if zero:
+        log.warning("fold %d: AU %s have no positive training frame; %s", number,
+                    [au_ids[i] for i in zero], ZERO_POSITIVE_NOTE)
+    return {
+        "fold": number,
+        "train": roles["train"], "val": roles["val"], "test": roles["test"],
+        "frames": frames,
+        "frames_per_subject": {s: stats[s].frames for subs in roles.values() for s in subs},
+        "pos_count": {role: [int(p) for p in positives[role]] for role in roles},
+        "pos_rate": pos_rate,
+        "au_weights": [float(w) for w in weights],
+        "zero_positive_aus": [au_ids[i] for i in zero],
+        "sampler": {
+            "au_weights": [float(w) for w in weights],
+            "train_frames_per_subject": {s: stats[s].frames for s in roles["train"]},
+            "train_pos_count": [int(p) for p in positives["train"]],
+            "note": ("per-AU loss weights w_i (peers' formula on the train subjects: "
+                     "r_i = pos_i/N, w_i = 1/r_i, normalised to sum K) for the weighted BCE; "
+                     "a frame sampler can weight frame j by sum_i w_i * y_ji; "
+                     + ZERO_POSITIVE_NOTE),
+        },
+    }
+
+
 def build_folds(shards_dir: Path | str, cfg: FoldConfig | None = None) -> dict[str, Any]:
     """The folds manifest (see module doc); does not write it (``write_folds`` does)."""
     cfg = cfg or FoldConfig()
@@ -163,7 +197,6 @@ def build_folds(shards_dir: Path | str, cfg: FoldConfig | None = None) -> dict[s
     unused = sorted(set(stats) - set(wanted))
     if unused:
         log.warning("shards of %s are in no fold of scheme %s", unused, cfg.scheme)
-    k_aus = len(common["au_ids"])
     folds = []
     for number, roles in enumerate(folds_subjects, start=1):
         roles = {role: [s for s in subs if s in stats] for role, subs in roles.items()}
@@ -173,34 +206,7 @@ def build_folds(shards_dir: Path | str, cfg: FoldConfig | None = None) -> dict[s
                                                    .values())])
         if not roles["train"] or not roles["test"]:
             raise FoldError(f"fold {number}: no training or no test subjects left")
-        frames = {role: int(sum(stats[s].frames for s in subs)) for role, subs in roles.items()}
-        positives = {role: (np.sum([stats[s].positives for s in subs], axis=0)
-                            if subs else np.zeros(k_aus)) for role, subs in roles.items()}
-        pos_rate = {role: [float(p) / frames[role] if frames[role] else 0.0
-                           for p in positives[role]] for role in roles}
-        weights, zero = peer_au_weights(positives["train"], frames["train"])
-        if zero:
-            log.warning("fold %d: AU %s have no positive training frame; %s", number,
-                        [common["au_ids"][i] for i in zero], ZERO_POSITIVE_NOTE)
-        folds.append({
-            "fold": number,
-            "train": roles["train"], "val": roles["val"], "test": roles["test"],
-            "frames": frames,
-            "frames_per_subject": {s: stats[s].frames for subs in roles.values() for s in subs},
-            "pos_count": {role: [int(p) for p in positives[role]] for role in roles},
-            "pos_rate": pos_rate,
-            "au_weights": [float(w) for w in weights],
-            "zero_positive_aus": [common["au_ids"][i] for i in zero],
-            "sampler": {
-                "au_weights": [float(w) for w in weights],
-                "train_frames_per_subject": {s: stats[s].frames for s in roles["train"]},
-                "train_pos_count": [int(p) for p in positives["train"]],
-                "note": ("per-AU loss weights w_i (peers' formula on the train subjects: "
-                         "r_i = pos_i/N, w_i = 1/r_i, normalised to sum K) for the weighted BCE; "
-                         "a frame sampler can weight frame j by sum_i w_i * y_ji; "
-                         + ZERO_POSITIVE_NOTE),
-            },
-        })
+        folds.append(_fold_entry(number, roles, stats, common["au_ids"]))
     return {
         "scheme": cfg.scheme,
         "au_ids": common["au_ids"],

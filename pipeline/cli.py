@@ -152,7 +152,7 @@ def positive_float(text: str) -> float:
 
 def threshold_arg(text: str) -> int:
     """An argparse ``type``: a FACS letter A-E or an intensity 1-5."""
-    from .disfa import FACS_LETTERS
+    from .datasets.disfa.facts import FACS_LETTERS
 
     word = text.strip().upper()
     if word in FACS_LETTERS:
@@ -232,16 +232,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def __getattr__(name: str) -> object:
-    """The folder lock lives in :mod:`pipeline.folder_lock`; ``from pipeline.cli import
-    FolderLock`` keeps working (a lazy import: that module imports this one)."""
-    if name in ("FolderLock", "lock_holds"):
-        from . import folder_lock
-
-        return getattr(folder_lock, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

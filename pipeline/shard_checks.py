@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .disfa import ALL_AUS, N_LANDMARKS
+from .datasets.disfa.facts import ALL_AUS, N_LANDMARKS
 
 #: Frames one shard (one subject, one camera) may hold: 40x a DISFA video (4845 frames), about
 #: 2.8 hours at 20 fps. Bounds the per-frame metadata the reader loads to about 110 MB.

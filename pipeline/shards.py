@@ -38,7 +38,8 @@ import cv2
 import h5py
 import numpy as np
 
-from .disfa import ALL_AUS, EVAL_AUS, N_LANDMARKS, SUBJECT_PATTERN, au_columns, is_subject_name
+from .datasets.disfa.facts import (ALL_AUS, EVAL_AUS, N_LANDMARKS, SUBJECT_PATTERN, au_columns,
+                                   is_subject_name)
 from .shard_checks import ShardStructureError, check_structure
 from .cli import CommandError
 from .validation import DATA_FIELDS, ValidationError, check_au_list, check_value

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .cli import CommandError
-from .disfa import ALL_AUS, FACS_LETTERS
+from .datasets.disfa.facts import ALL_AUS, FACS_LETTERS
 
 #: Largest network input / shard frame side (a 1024^2 RGB frame is 3 MB; 20000 would be 1.2 GB).
 MAX_IMAGE_SIZE = 1024

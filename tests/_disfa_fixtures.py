@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import scipy.io
 
-from pipeline.disfa import ALL_AUS, CHIN, NOSE_ROOT, NOSE_TIP
+from pipeline.datasets.disfa.facts import ALL_AUS, CHIN, NOSE_ROOT, NOSE_TIP
 
 REPO = Path(__file__).resolve().parents[1]
 #: The licensed real frame is never committed; it lives in ../shared beside the clone (CI has it).

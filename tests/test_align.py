@@ -16,7 +16,7 @@ from pipeline import align as align_mod
 from pipeline.align import AlignConfig, main, run_align
 from pipeline.alignment import nose_and_chin
 from pipeline.build_folds import FoldConfig, build_folds
-from pipeline.disfa import ALL_AUS, EVAL_AUS, SUBJECTS, n_frames, standard_folds
+from pipeline.datasets.disfa.facts import ALL_AUS, EVAL_AUS, SUBJECTS, n_frames, standard_folds
 from pipeline.shards import ShardReader, ShardWriter, is_complete_shard
 
 
@@ -320,9 +320,9 @@ def test_real_counts_make_the_standard_parts(real_count_shards):
 
 def test_synth_twin_end_to_end(tmp_path):
     """pipeline.synth -> pipeline.align (the twin's own error log) -> pipeline.build_folds."""
-    synth = pytest.importorskip("pipeline.synth")
+    synth = pytest.importorskip("pipeline.twin")
     from pipeline.build_folds import load_folds, write_folds
-    from pipeline.disfa import read_bad_frame_csv
+    from pipeline.datasets.disfa.facts import read_bad_frame_csv
 
     twin = tmp_path / "twin"
     result = synth.synthesize(twin, synth.SynthConfig.tiny(n_subjects=3, frames=40,

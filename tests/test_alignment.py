@@ -8,7 +8,7 @@ from _disfa_fixtures import (posed_landmarks, real_landmarks, require_fixture,
 from pipeline.alignment import (AlignmentConfig, AlignmentError, align_face, alignment_matrices,
                                 alignment_matrix, nose_and_chin, similarity_matrix,
                                 transform_points)
-from pipeline.disfa import CHIN
+from pipeline.datasets.disfa.facts import CHIN
 
 
 def test_similarity_matrix_maps_both_points_exactly():

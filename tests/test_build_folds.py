@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.build_folds import (FoldConfig, FoldError, build_folds, load_folds, main,
                                   peer_au_weights, write_folds)
-from pipeline.disfa import ALL_AUS, SUBJECTS, standard_folds
+from pipeline.datasets.disfa.facts import ALL_AUS, SUBJECTS, standard_folds
 from pipeline.shards import ShardWriter
 
 AUS4 = (1, 2, 4, 6)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def twin(tmp_path_factory):
     """Shards of both cameras of a 4-subject twin and a one-fold manifest testing SN003, SN004."""
     from pipeline.align import main as align_main
-    from pipeline.synth import ERROR_LOG, SynthConfig, synthesize
+    from pipeline.twin import ERROR_LOG, SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("camera")
     synthesize(root / "release", SynthConfig.tiny(n_subjects=4, width=320, height=240))

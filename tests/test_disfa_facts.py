@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline import disfa
+from pipeline.datasets.disfa import facts as disfa
 
 
 def kept_frames(subject: str, ranges) -> int:

@@ -20,7 +20,7 @@ from model.engine.config import TrainConfig
 from model.benchmarks.synthetic import make_face_video
 from model.train import train
 from pipeline.align import AlignConfig, run_align
-from pipeline.synth import TRUTH_JSON
+from pipeline.twin import TRUTH_JSON
 from test_docs import ROOT, _commands
 from trainer_fixtures import write_manifest
 

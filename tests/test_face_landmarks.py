@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 from _disfa_fixtures import real_landmarks, require_fixture
-from pipeline.disfa import CHIN, NOSE_ROOT, NOSE_TIP
+from pipeline.datasets.disfa.facts import CHIN, NOSE_ROOT, NOSE_TIP
 from pipeline.face_landmarks import (
     DISFA66_FROM_68,
     PREDICTOR_ENV,

@@ -28,7 +28,7 @@ def test_nets_import_no_io_or_pipeline():
 
 def test_nets_facts_match_the_pipeline():
     from model.nets.regions import ALL_AUS, DEFAULT_FACE_CENTER, EVAL_AUS
-    from pipeline import disfa
+    from pipeline.datasets.disfa import facts as disfa
     from pipeline.alignment import DEFAULT_NOSE_FRACTION
 
     assert ALL_AUS == disfa.ALL_AUS and EVAL_AUS == disfa.EVAL_AUS

@@ -18,7 +18,7 @@ from test_reliability import TINY_TRAIN, dataset, trained  # noqa: F401  (the sa
 from model import crossval, demo, export, predict, train as train_cmd
 from model.engine import cross_validation, trainer
 from model.engine.config import TrainConfig
-from pipeline.cli import FolderLock
+from pipeline.folder_lock import FolderLock
 
 pytestmark = pytest.mark.reliability  # docs/reliability.md names every test here
 
@@ -29,7 +29,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 #: A second writer: takes the lock of a folder (or of one output file) and keeps it.
 HOLDER = """
 import sys, time
-from pipeline.cli import FolderLock
+from pipeline.folder_lock import FolderLock
 target, kind = sys.argv[1], sys.argv[2]
 lock = FolderLock(target) if kind == "folder" else FolderLock.for_file(target)
 lock.acquire()

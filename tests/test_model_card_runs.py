@@ -15,9 +15,10 @@ from model.engine.checkpoint import load_checkpoint, load_for_inference, save_ch
 from model.engine.config import TrainConfig
 from model.engine.data import open_shards, shard_origin
 from model.train import main, train
-from pipeline.align import AlignConfig, data_origin, run_align
+from pipeline.align import AlignConfig, run_align
+from pipeline.origin import data_origin
 from pipeline.shards import ShardReader
-from pipeline.synth import TRUTH_JSON
+from pipeline.twin import TRUTH_JSON
 from trainer_fixtures import write_manifest, write_subject
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread

@@ -7,10 +7,11 @@ import pytest
 import scipy.io
 
 from _disfa_fixtures import write_mat, write_release
-from pipeline.disfa import ALL_AUS, BAD_FRAMES_CSV, FrameRange, bad_frame_ranges
-from pipeline.release import (ReleaseError, _fast_mat_variable, discover, landmark_file_index,
-                              parse_error_log_table, read_error_log, read_label_file,
-                              read_labels, read_landmark_mat, read_landmarks)
+from pipeline.datasets.disfa.facts import ALL_AUS, BAD_FRAMES_CSV, FrameRange, bad_frame_ranges
+from pipeline.datasets.disfa import (ReleaseError, discover, landmark_file_index,
+                                     parse_error_log_table, read_error_log, read_label_file,
+                                     read_labels, read_landmark_mat, read_landmarks)
+from pipeline.datasets.disfa.landmarks import _fast_mat_variable
 
 
 @pytest.fixture(scope="module")

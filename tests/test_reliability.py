@@ -23,9 +23,11 @@ from model import (bench as model_bench, crossval, demo, evaluate, predict, pred
                    train as train_cmd)
 from model.engine.checkpoint import load_checkpoint, save_checkpoint
 from model.inference.video_io import InputError, read_image_rgb
-from pipeline import align, bench as pipeline_bench, build_folds, synth
-from pipeline.cli import EXIT_INTERRUPTED, FolderLock, handle_errors
-from pipeline.release import ReleaseError, read_landmark_mat
+from pipeline import align, bench as pipeline_bench, build_folds
+from pipeline import twin as synth
+from pipeline.cli import EXIT_INTERRUPTED, handle_errors
+from pipeline.folder_lock import FolderLock
+from pipeline.datasets.disfa import ReleaseError, read_landmark_mat
 from pipeline.shards import ShardReader, shard_name
 
 #: Every test here proves a guarantee of docs/reliability.md (pytest -m reliability).

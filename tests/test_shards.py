@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.disfa import ALL_AUS
+from pipeline.datasets.disfa.facts import ALL_AUS
 from pipeline.shards import ShardError, ShardReader, ShardWriter, is_complete_shard
 
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import scipy.io
 
-from pipeline import disfa
-from pipeline import synth
-from pipeline.synth import SynthConfig, build_subject, plan_subjects, synthesize
-from pipeline.synth_face import (ALL_AUS, BROWS, EYES, JAW, MOUTH, NOSE, Identity, Pose,
-                                 face_shape, render_face, sample_identity)
+from pipeline.datasets.disfa import facts as disfa
+from pipeline import twin as synth
+from pipeline.twin import SynthConfig, build_subject, plan_subjects, synthesize
+from pipeline.twin.face_render import render_face
+from pipeline.twin.face_shape import (ALL_AUS, BROWS, EYES, JAW, MOUTH, NOSE, Identity, Pose,
+                                     face_shape, sample_identity)
 
 SUBJECTS = ("SN001", "SN002", "SN031")
 FRAMES = 40

@@ -11,7 +11,7 @@ import torch
 from model.engine.losses import branch_bce_loss
 from model.nets.transforms import VGGFACE2_MEAN_BGR, from_model_input, to_model_input
 from model.nets.tranet import REGION_OF_AU, VARIANTS, TRANetConfig, build_model, hard_masks
-from pipeline.disfa import ALL_AUS, EVAL_AUS
+from pipeline.datasets.disfa.facts import ALL_AUS, EVAL_AUS
 
 SMALL = dict(preset="small", image_size=112)
 

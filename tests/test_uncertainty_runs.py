@@ -257,7 +257,7 @@ def test_evaluate_reports_intervals_per_subject_results_and_tuned_rows(data, tmp
 
 def test_cross_camera_on_a_tiny_twin_with_both_cameras(tmp_path):
     from pipeline.align import main as align_main
-    from pipeline.synth import SynthConfig, synthesize
+    from pipeline.twin import SynthConfig, synthesize
 
     synthesize(tmp_path / "release", SynthConfig.tiny(n_subjects=4, width=320, height=240))
     assert align_main(["--disfa-root", str(tmp_path / "release"), "--out", str(tmp_path / "sh"),

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.disfa import ALL_AUS, EVAL_AUS
+from pipeline.datasets.disfa.facts import ALL_AUS, EVAL_AUS
 from model.engine.sampler import au_weights_from_labels
 from pipeline.shards import ShardError, ShardReader, ShardWriter, shard_name
 

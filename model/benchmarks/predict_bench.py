@@ -98,7 +98,7 @@ def postprocess_effect(demo: Path) -> list[dict[str, Any]]:
     ``--calibrate`` / ``--smooth``: the demo's ``model.predict`` CSVs (no post-processing) are
     post-processed as ``model.predict`` would and scored against the twin's labels, pooled over
     all frames of a fold's videos (a frame without a face counts as 'absent')."""
-    from pipeline.release import discover, read_labels
+    from pipeline.datasets.disfa import discover, read_labels
     from pipeline.shards import binarize
 
     from ..evaluation.metrics import confusion_counts, metrics_from_counts

@@ -70,7 +70,7 @@ def make_untrained_checkpoint(path: Path, preset: str = "small", image_size: int
 
     The ``data`` entry is what ``model.train`` records for shards made by ``pipeline.align`` with
     its defaults at ``image_size`` (targets in pixels, JPEG storage)."""
-    from pipeline.disfa import DEFAULT_THRESHOLD, EVAL_AUS
+    from pipeline.datasets.disfa.facts import DEFAULT_THRESHOLD, EVAL_AUS
 
     from ..nets.tranet import TRANetConfig, build_model
 

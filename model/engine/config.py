@@ -248,7 +248,7 @@ def config_from_args(args: argparse.Namespace, explicit: set[str] | None = None,
 
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
     """Command-line spellings to TrainConfig types: --au-weights on/off, --threshold B or 2."""
-    from pipeline.disfa import parse_threshold
+    from pipeline.datasets.disfa.facts import parse_threshold
 
     if isinstance(values.get("au_weights"), str):
         values["au_weights"] = values["au_weights"] == "on"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from pipeline.disfa import ALL_AUS, SUBJECT_PATTERN, au_columns, is_subject_name
+from pipeline.datasets.disfa.facts import ALL_AUS, SUBJECT_PATTERN, au_columns, is_subject_name
 from pipeline.shards import ShardError, ShardReader, binarize, shard_name
 
 from .augment import AlignmentJitter

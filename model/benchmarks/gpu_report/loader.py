@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from pipeline.disfa import ALL_AUS, EVAL_AUS
+from pipeline.datasets.disfa.facts import ALL_AUS, EVAL_AUS
 from pipeline.shards import ShardReader, ShardWriter, shard_name
 
 from ...engine.augment import AlignmentJitter

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-MANIFEST_DIR = Path(__file__).resolve().parent.parent / "data_manifests"
+MANIFEST_DIR = Path(__file__).resolve().parents[3] / "data_manifests"
 BAD_FRAMES_CSV = MANIFEST_DIR / "disfa_bad_frames.csv"
 FOLDS_JSON = MANIFEST_DIR / "disfa_folds.json"
 
