@@ -1,6 +1,6 @@
 """The facts the networks need about faces, as plain numbers (``nets`` imports no pipeline code).
 
-They mirror ``pipeline.disfa`` (the AUs DISFA codes and the 8 it is evaluated on) and
+They mirror ``pipeline.datasets.disfa.facts`` (the AUs DISFA codes and the 8 it is evaluated on) and
 ``pipeline.alignment.DEFAULT_NOSE_FRACTION`` (where alignment puts the nose midpoint); a test keeps
 them equal.
 """
