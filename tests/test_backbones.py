@@ -297,7 +297,8 @@ def test_predict_applies_the_checkpoints_transform(timm, tmp_path, monkeypatch) 
     from model.predict import main as predict
     from model.benchmarks.synthetic import astronaut_head
     from pipeline.alignment import AlignmentConfig, align_face
-    from pipeline.face_landmarks import FaceLandmarker
+    from model.inference.face_search import DEFAULT_MIN_FACE, still_landmarker
+    from pipeline.face_landmarks import DEFAULT_MIN_SCORE
 
     size, nose, chin = 64, (32.0, 28.8), (32.0, 54.4)
     model = _model(au_ids=(1, 2, 4, 6, 9, 12, 25, 26), center=(0.5, 0.45))
@@ -325,7 +326,8 @@ def test_predict_applies_the_checkpoints_transform(timm, tmp_path, monkeypatch) 
     row = pd.read_csv(tmp_path / "out" / "face.csv", skipinitialspace=True).iloc[0]
     probs = row[[f"AU{a:02d}_p" for a in model.config.au_ids]].to_numpy(float)
 
-    face = FaceLandmarker().detect(image)
+    # the landmarks model.predict finds in a still image (searched down to --min-face)
+    face = still_landmarker(DEFAULT_MIN_FACE, None, DEFAULT_MIN_SCORE).detect(image)
     aligned, _, _ = align_face(image, face.landmarks66, AlignmentConfig(size=size, nose_target=nose,
                                                                         chin_target=chin))
     with torch.inference_mode():

@@ -172,7 +172,8 @@ def _predict_matches_imagenet_input(checkpoint, tmp_path, predict) -> None:
     from model.engine.checkpoint import load_for_inference
     from model.benchmarks.synthetic import astronaut_head
     from pipeline.alignment import AlignmentConfig, align_face
-    from pipeline.face_landmarks import FaceLandmarker
+    from model.inference.face_search import DEFAULT_MIN_FACE, still_landmarker
+    from pipeline.face_landmarks import DEFAULT_MIN_SCORE
 
     model, meta = load_for_inference(checkpoint)
     assert model.input_transform == IMAGENET
@@ -184,7 +185,8 @@ def _predict_matches_imagenet_input(checkpoint, tmp_path, predict) -> None:
     row = pd.read_csv(tmp_path / "pred" / "face.csv", skipinitialspace=True).iloc[0]
     probs = row[[f"AU{a:02d}_p" for a in meta["au_ids"]]].to_numpy(float)
     size = int(meta["image_size"])
-    face = FaceLandmarker().detect(image)
+    # the landmarks model.predict finds in a still image (searched down to --min-face)
+    face = still_landmarker(DEFAULT_MIN_FACE, None, DEFAULT_MIN_SCORE).detect(image)
     aligned, _, _ = align_face(image, face.landmarks66, AlignmentConfig(
         size=size, nose_target=tuple(meta["nose_target"]), chin_target=tuple(meta["chin_target"])))
     with torch.inference_mode():
