@@ -47,7 +47,9 @@ from .engine.run_folder import TRAIN_RUN_FILES, RunFolder
 from .engine.validation import TRAIN_FIELDS
 from .weights.precheck import check_pretrained_option
 from .weights.vggface2 import WeightsError
-from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
+from .engine.fold_data import load_data  # noqa: F401  (re-exported)
+from .engine.stopping import NonFiniteLossError, StopRequest  # noqa: F401
+from .engine.trainer import train
 from .evaluation.run_report import run_markdown
 from .nets.backbones import MAX_FROZEN_BLOCKS
 from .nets.transforms import TRANSFORMS

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from model.engine import progress, trainer
+from model.engine import loop as trainer, progress
 from model.engine.sync_count import count_host_syncs
 from model.benchmarks.gpu_report.config import ReportConfig
 from model.benchmarks.gpu_report.trainer_stages import trainer_fixture

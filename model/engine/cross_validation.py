@@ -22,7 +22,9 @@ from .data import DataError, fold_numbers, fold_spec, training_subjects
 from .distributed import DistInfo
 from .evaluator import mean_over_folds
 from .run_folder import TRAIN_RUN_FILES, RunFolder
-from .trainer import RESUME_OVERRIDABLE, load_data, train
+from .fold_data import load_data
+from .resume import RESUME_OVERRIDABLE
+from .trainer import train
 from .validation import check_task_options
 from .crossval_reports import table1_rows, table2_rows
 from . import crossval_reports as reports

@@ -15,7 +15,7 @@ from .data import (DataError, ShardFrames, check_consistent, collate_frames, def
                    fold_spec, load_manifest, open_shards, select_frames,
                    single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
-from .trainer import run_task_evaluation
+from .evaluation_loop import run_task_evaluation
 from ..evaluation.cells import Num
 from ..evaluation.provenance import recipe_line
 from ..evaluation.statistics import DEFAULT_RESAMPLES
