@@ -17,7 +17,8 @@ from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tasks import common_task, reports_intensity, reports_occurrence, task_record
 from .camera_eval import check_camera_options, describe, test_on_camera
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import TrainConfig, config_from_args, recipe_differences
+from .config import TrainConfig, recipe_differences
+from .options import config_from_args
 from .data import DataError, fold_numbers, fold_spec, training_subjects
 from .distributed import DistInfo
 from .evaluator import mean_over_folds
