@@ -14,7 +14,8 @@ by DDP, evaluation counts are summed over ranks, and only rank 0 writes files.
                        epoch and the decision thresholds
 * ``freezing``, ``plotting``
 
-The names other modules and the tests import from here stay importable (``__all__``).
+The run's stages are imported here under their names, so ``from model.engine.trainer import
+build_run`` (and the other names of ``__all__``) keeps working.
 """
 from __future__ import annotations
 
@@ -26,29 +27,25 @@ from .build import build_run, prepare_runtime
 from .config import TrainConfig
 from .ddp import distribute, with_sync_batchnorm
 from .distributed import DistInfo
-from .epochs import end_of_epoch, run_epochs, save_interrupted
-from .evaluation_loop import evaluate, evaluate_tasks, run_evaluation, run_task_evaluation
-from .finish import best_weights, final_test, finish_run
-from .fold_data import FoldData, load_data, loader_workers
-from .freezing import freeze_pretrained_blocks
-from .loop import SYNC_EVERY, train_one_epoch, train_step
+from .epochs import run_epochs
+from .evaluation_loop import evaluate, run_task_evaluation
+from .finish import finish_run
+from .fold_data import FoldData, load_data
+from .loop import train_one_epoch, train_step
 from .resume import RESUME_OVERRIDABLE, check_resume_world, resume_run
-from .run import TrainingRun, checkpoint_state
-from .run_record import log_recipe_block, record_run_start
-from .selection import SCORE_NAMES, selection_score
+from .run import TrainingRun
+from .run_record import record_run_start
 from .step_log import EpochAccumulator
 from .stopping import NonFiniteLossError, StopRequest
-from .tuning import tune_decision_thresholds
 
-__all__ = ["RESUME_OVERRIDABLE", "SCORE_NAMES", "SYNC_EVERY", "DistInfo", "EpochAccumulator",
-           "FoldData", "NonFiniteLossError", "StopRequest", "TrainingRun", "best_weights",
-           "build_run", "check_resume_world", "checkpoint_state", "distribute", "end_of_epoch",
-           "evaluate", "evaluate_tasks", "final_test", "finish_run", "freeze_pretrained_blocks",
-           "load_data", "loader_workers", "log_recipe_block", "prepare_runtime",
-           "record_run_start", "resume_run", "run_epochs", "run_evaluation",
-           "run_task_evaluation", "save_interrupted", "selection_score", "train",
-           "train_one_epoch", "train_step", "tune_decision_thresholds", "with_sync_batchnorm"]
-
+# What callers imported from here before the split. ``train`` looks its steps up here, so a test
+# may patch ``trainer.load_data``; what other modules use (``loop.SYNC_EVERY``,
+# ``epochs.evaluate_tasks``) is not re-exported: patching a copy here would change nothing.
+__all__ = ["RESUME_OVERRIDABLE", "DistInfo", "EpochAccumulator", "FoldData",
+           "NonFiniteLossError", "StopRequest", "TrainingRun", "build_run", "check_resume_world",
+           "distribute", "evaluate", "finish_run", "load_data", "prepare_runtime",
+           "record_run_start", "resume_run", "run_epochs", "run_task_evaluation", "train",
+           "train_one_epoch", "train_step", "with_sync_batchnorm"]
 
 def train(
     cfg: TrainConfig, *,
