@@ -33,8 +33,8 @@ VGGFACE2_LICENCE = ("VGGFace2 terms: research use only; check the terms of the c
 
 
 def run_card(run: Any, metrics: dict[str, Any] | None = None) -> ModelCard:
-    """The card of a training run (a ``trainer.TrainingRun``); ``metrics`` default to the
-    run's crossval record (--all-subjects) or to "none, not evaluated yet"."""
+    """The card of a training run (a ``model.engine.run.TrainingRun``); ``metrics`` default to
+    the run's crossval record (--all-subjects) or to "none, not evaluated yet"."""
     cfg = run.cfg
     manifest = _manifest(str(cfg.manifest))
     record = {"train_config": dataclasses.asdict(cfg),
