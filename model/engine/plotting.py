@@ -12,7 +12,7 @@ log = logging.getLogger("model.train")
 
 
 def plot_run(run: TrainingRun) -> None:
-    """metrics plots of ``run.history`` in the run folder."""
+    """The plots of ``run.history`` (losses, scores per epoch) in the run folder."""
     from ..evaluation.plots import plot_history  # matplotlib: loaded only when drawing
 
     cfg = run.cfg
