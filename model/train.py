@@ -40,14 +40,17 @@ from pipeline.validation import arg_type
 from .cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, device_arg, handle_errors, setup_logging
 from .engine.all_subjects import all_subjects_config
 from .engine.checkpoint import CheckpointError
-from .engine.config import TrainConfig, config_from_args, protocol_note  # noqa: F401
+from .engine.config import TrainConfig, protocol_note  # noqa: F401
+from .engine.options import config_from_args
 from .engine.data import DataError
 from .engine.recipes import recipe_names
 from .engine.run_folder import TRAIN_RUN_FILES, RunFolder
 from .engine.validation import TRAIN_FIELDS
 from .weights.precheck import check_pretrained_option
 from .weights.vggface2 import WeightsError
-from .engine.trainer import NonFiniteLossError, StopRequest, load_data, train  # noqa: F401
+from .engine.fold_data import load_data  # noqa: F401  (re-exported)
+from .engine.stopping import NonFiniteLossError, StopRequest  # noqa: F401
+from .engine.trainer import train
 from .evaluation.run_report import run_markdown
 from .nets.backbones import MAX_FROZEN_BLOCKS
 from .nets.transforms import TRANSFORMS
@@ -125,27 +128,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                         "override it; recorded in config.json (default: none, i.e. the values "
                         "shown here)")
     add_model_options(p, d)
-    p.add_argument("--epochs", type=_field("epochs"), default=d.epochs,
-                   help="maximum number of epochs")
-    p.add_argument("--batches-per-epoch", type=_field("batches_per_epoch"),
-                   default=d.batches_per_epoch,
-                   help="optimiser steps that make one epoch (the sampler draws with replacement, "
-                        "so an epoch is a number of batches, not a pass over the data)")
-    p.add_argument("--batch-size", type=_field("batch_size"), default=d.batch_size,
-                   help="frames per optimiser step PER PROCESS (per GPU); under torchrun the "
-                        "global batch is this times the process count (printed and recorded)")
-    p.add_argument("--lr", type=_field("lr"), default=d.lr, help="SGD learning rate")
-    p.add_argument("--lr-scaling", default=d.lr_scaling, choices=["none", "linear"],
-                   help="none: --lr whatever the process count; linear: --lr times the process "
-                        "count (for the larger global batch)")
-    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"],
-                   help="constant (the paper) or cosine decay to 0 over --epochs, stepped "
-                        "every batch")
-    p.add_argument("--momentum", type=_field("momentum"), default=d.momentum, help="SGD momentum")
-    p.add_argument("--weight-decay", type=_field("weight_decay"), default=d.weight_decay,
-                   help="SGD weight decay (L2 penalty)")
-    p.add_argument("--patience", type=_field("patience"), default=d.patience,
-                   help="stop after this many epochs without a better mean F1")
+    add_optimiser_options(p, d)
     p.add_argument("--select-on", default=d.select_on, choices=["val", "test"],
                    help="split for early stopping / best.pt; 'test' is the paper's protocol "
                         "(optimistic) and is labelled so in every report")
@@ -191,6 +174,31 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="network input size; frames are resized on the fly when the shards "
                         "differ (default: the shards' size)")
     add_evaluation_options(p, d)
+
+
+def add_optimiser_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """How long and how fast the run trains: epochs, batches, SGD, patience."""
+    p.add_argument("--epochs", type=_field("epochs"), default=d.epochs,
+                   help="maximum number of epochs")
+    p.add_argument("--batches-per-epoch", type=_field("batches_per_epoch"),
+                   default=d.batches_per_epoch,
+                   help="optimiser steps that make one epoch (the sampler draws with replacement, "
+                        "so an epoch is a number of batches, not a pass over the data)")
+    p.add_argument("--batch-size", type=_field("batch_size"), default=d.batch_size,
+                   help="frames per optimiser step PER PROCESS (per GPU); under torchrun the "
+                        "global batch is this times the process count (printed and recorded)")
+    p.add_argument("--lr", type=_field("lr"), default=d.lr, help="SGD learning rate")
+    p.add_argument("--lr-scaling", default=d.lr_scaling, choices=["none", "linear"],
+                   help="none: --lr whatever the process count; linear: --lr times the process "
+                        "count (for the larger global batch)")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"],
+                   help="constant (the paper) or cosine decay to 0 over --epochs, stepped "
+                        "every batch")
+    p.add_argument("--momentum", type=_field("momentum"), default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=_field("weight_decay"), default=d.weight_decay,
+                   help="SGD weight decay (L2 penalty)")
+    p.add_argument("--patience", type=_field("patience"), default=d.patience,
+                   help="stop after this many epochs without a better mean F1")
 
 
 def add_evaluation_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:

@@ -272,7 +272,7 @@ def test_training_records_weights_and_transform_and_evaluation_uses_them(
     model, meta = load_for_inference(out / "best.pt")
     assert model.input_transform.as_dict() == expected and meta["pretrained"]["format"] == "state_dict"
 
-    import model.engine.trainer as trainer
+    import model.engine.forward as trainer
 
     used = []
 

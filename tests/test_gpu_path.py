@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.engine import trainer
+from model.engine import loop as trainer
 from model.engine.distributed import DistInfo, resolve_device
 from model.engine.losses import branch_bce_loss
 from model.engine.precision import choose_precision

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from model.engine import progress, trainer
+from model.engine import loop as trainer, progress
 from model.engine.sync_count import count_host_syncs
 from model.benchmarks.gpu_report.config import ReportConfig
 from model.benchmarks.gpu_report.trainer_stages import trainer_fixture
@@ -106,7 +106,7 @@ def test_a_log_gets_one_line_an_epoch_with_percent_f1_and_eta(data, tmp_path, ca
     with caplog.at_level("INFO", logger="model.train"):
         train(_config(data, tmp_path / "run", quiet=False))  # pytest's stderr is not a tty
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
-    pattern = (r"epoch (\d)/3: loss [\d.]+ \| val F1 \d+\.\d\d% \| best \d+\.\d\d% \(epoch \d\)"
+    pattern = (r"epoch (\d)/3: loss [\d.]+ \| val F1 \d+\.\d\d% \| best F1 \d+\.\d\d% \(epoch \d\)"
                r"( \*)? \| \d+s, elapsed \d+s, ETA (\d+s|\d+m \d\ds)$")
     assert [re.match(pattern, line).group(1) for line in lines] == ["1", "2", "3"], lines
     assert lines[-1].endswith("ETA 0s")

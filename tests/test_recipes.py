@@ -8,7 +8,7 @@ import torch
 from model.engine.config import TrainConfig
 from model.engine.recipes import RECIPE_DIR, load_recipe, recipe_names
 from model.train import build_parser, explicit_options, main
-from model.engine.config import config_from_args
+from model.engine.options import config_from_args
 from trainer_fixtures import make_dataset
 
 

@@ -53,7 +53,7 @@ def test_early_stopping_stops_patience_epochs_after_the_best():
 
 def test_training_stops_early_at_the_right_epoch(data, tmp_path, monkeypatch):
     # Scores rise for two epochs then fall: with patience 2 the run ends after epoch 4, best 2.
-    import model.engine.trainer as mt
+    import model.engine.epochs as mt
     from model.evaluation.metrics import metrics_from_counts
 
     scores = iter([0.2, 0.6, 0.5, 0.4, 0.9, 0.9])

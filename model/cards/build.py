@@ -20,8 +20,9 @@ from pipeline import __version__
 from pipeline.cli import atomic_write_text
 
 from ..evaluation.provenance import folds_phrase, recipe_line
-from ..evaluation.tables import summary as fold_summary
 from .card import CARD_KEY, TWIN_WARNING, ModelCard
+from .crossval_record import crossval_metrics, no_estimate, read_crossval
+from .metric_values import f1_values
 
 #: The card file written beside best.pt.
 CARD_FILE = "MODEL_CARD.md"
@@ -32,8 +33,8 @@ VGGFACE2_LICENCE = ("VGGFace2 terms: research use only; check the terms of the c
 
 
 def run_card(run: Any, metrics: dict[str, Any] | None = None) -> ModelCard:
-    """The card of a training run (a ``trainer.TrainingRun``); ``metrics`` default to the
-    run's crossval record (--all-subjects) or to "none, not evaluated yet"."""
+    """The card of a training run (a ``model.engine.run.TrainingRun``); ``metrics`` default to
+    the run's crossval record (--all-subjects) or to "none, not evaluated yet"."""
     cfg = run.cfg
     manifest = _manifest(str(cfg.manifest))
     record = {"train_config": dataclasses.asdict(cfg),
@@ -54,8 +55,6 @@ def run_card(run: Any, metrics: dict[str, Any] | None = None) -> ModelCard:
 
 def _planned_metrics(cfg: Any) -> dict[str, Any]:
     """Before the run's test: none yet; an --all-subjects run: its crossval record's, or none."""
-    from .crossval_record import crossval_metrics, no_estimate, read_crossval
-
     if not getattr(cfg, "all_subjects", False):
         return {"source": "none", "detail": "not evaluated yet", "values": {}}
     if not cfg.from_crossval:
@@ -191,18 +190,6 @@ def held_out_metrics(summary: dict[str, Any], resamples: int = 1000, seed: int =
             "detail": f"fold {summary.get('fold')} test subjects "
                       f"{', '.join(map(str, subjects)) or '?'} (best epoch "
                       f"{summary.get('best_epoch')})", "values": values}
-
-
-def f1_values(tests: list[dict[str, Any]], resamples: int, seed: int) -> dict[str, Any]:
-    s = fold_summary(tests, resamples, seed)
-    ci = s.get("ci") or {}
-    per_au = {f"AU{au}": {"f1": s["f1"][k], **({"ci": ci["f1"][k]} if ci else {})}
-              for k, au in enumerate(s["au_ids"])}
-    out: dict[str, Any] = {"mean_f1": s["mean_f1"], "per_au": per_au}
-    if ci:
-        out["mean_f1_ci"] = ci["mean_f1"]
-        out["ci_method"] = ci.get("method", "")
-    return out
 
 
 def card_with_test(checkpoint: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:

@@ -10,17 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .markdown import card_markdown
+from .wording import METRIC_SOURCES, TWIN_WARNING  # noqa: F401  (re-exported)
+
 #: The checkpoint dict's key holding ``ModelCard.to_dict()``.
 CARD_KEY = "model_card"
-
-#: Said wherever a twin-trained model's outputs are shown (log, CSV sidecar, plot titles).
-TWIN_WARNING = ("This model was trained on the synthetic DISFA twin, not on real faces: its "
-                "outputs on real faces mean nothing.")
-
-#: ``metrics["source"]`` values and how the summary line names them.
-METRIC_SOURCES = {"held-out fold": "held-out fold", "crossval": "crossval of the same recipe",
-                  "none": "no held-out estimate"}
-
 
 @dataclass
 class ModelCard:
@@ -68,8 +62,6 @@ class ModelCard:
 
     def to_markdown(self) -> str:
         """``MODEL_CARD.md``: the card as a human reads it."""
-        from .markdown import card_markdown  # rendering is its own concern
-
         return card_markdown(self)
 
 

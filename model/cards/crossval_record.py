@@ -13,6 +13,8 @@ from typing import Any
 
 from pipeline.cli import CommandError
 
+from .metric_values import f1_values
+
 REPORT = "crossval.json"
 
 
@@ -66,8 +68,6 @@ def fixed_epochs(record: dict[str, Any]) -> int:
 def crossval_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The card's metrics: the folds' test results pooled (mean over folds, subject bootstrap
     CIs), labelled as the crossval of the same recipe."""
-    from .build import f1_values
-
     runs = record["runs"]
     boot = record.get("bootstrap") or {}
     values: dict[str, Any] = {}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .wording import METRIC_SOURCES, TWIN_WARNING
+
 if TYPE_CHECKING:
     from .card import ModelCard
 
@@ -20,7 +22,6 @@ def _rows(record: dict[str, Any]) -> list[str]:
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[str]:
-    from .card import METRIC_SOURCES
 
     source = str(metrics.get("source", "none"))
     lines = [f"- **source**: {METRIC_SOURCES.get(source, source)}"]
@@ -65,7 +66,6 @@ def _value(key: str, value: Any) -> str:
 
 def card_markdown(card: "ModelCard") -> str:
     """The card as Markdown; the twin warning first when the model saw the synthetic twin."""
-    from .card import TWIN_WARNING
 
     out = ["# Model card", "", card.summary_line(), ""]
     if card.trained_on_twin:

@@ -17,12 +17,15 @@ from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tasks import common_task, reports_intensity, reports_occurrence, task_record
 from .camera_eval import check_camera_options, describe, test_on_camera
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import TrainConfig, config_from_args, recipe_differences
+from .config import TrainConfig, recipe_differences
+from .options import config_from_args
 from .data import DataError, fold_numbers, fold_spec, training_subjects
 from .distributed import DistInfo
 from .evaluator import mean_over_folds
 from .run_folder import TRAIN_RUN_FILES, RunFolder
-from .trainer import RESUME_OVERRIDABLE, load_data, train
+from .fold_data import load_data
+from .resume import RESUME_OVERRIDABLE
+from .trainer import train
 from .validation import check_task_options
 from .crossval_reports import table1_rows, table2_rows
 from . import crossval_reports as reports

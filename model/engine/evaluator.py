@@ -15,7 +15,7 @@ from .data import (DataError, ShardFrames, check_consistent, collate_frames, def
                    fold_spec, load_manifest, open_shards, select_frames,
                    single_threaded_opencv)
 from .distributed import DistInfo, resolve_device
-from .trainer import run_task_evaluation
+from .evaluation_loop import run_task_evaluation
 from ..evaluation.cells import Num
 from ..evaluation.provenance import recipe_line
 from ..evaluation.statistics import DEFAULT_RESAMPLES
@@ -51,31 +51,10 @@ def evaluate_checkpoint(
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     fold = int(fold if fold is not None else state["data"].get("fold", 0))
-    spec = fold_spec(manifest, fold)
-    check_compatible(state, checkpoint, variant=variant, au_ids=spec.au_ids)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+    spec, seen, threshold, dataset = _checked_split(state, checkpoint, shards, manifest, fold,
+                                                    split, variant, cameras, allow_seen,
+                                                    keep_frames)
     subjects = spec.subjects[split]
-    if not subjects:
-        raise DataError(f"{spec.manifest} fold {fold}: no {split} subjects")
-    seen = seen_subjects(state, subjects)
-    if seen and not allow_seen:
-        raise DataError(f"{checkpoint} was trained or selected on {', '.join(seen)}, which the "
-                        f"{split} split of fold {fold} evaluates; pass --allow-seen to evaluate "
-                        "anyway (the numbers are then optimistic and labelled so)")
-    readers = open_shards(shards, subjects, cameras, f"{spec.manifest} fold {fold}", spec)
-    geometry = check_consistent(readers, spec)
-    data = state["data"]
-    size = int(data["image_size"])
-    _check_alignment(readers[0].path, geometry, data, checkpoint)
-    threshold = int(data.get("threshold", spec.threshold))
-    dataset = ShardFrames(readers, spec.au_ids, threshold, size)
-    if len(dataset) == 0:
-        raise DataError(f"{spec.manifest} fold {fold}: the {split} subjects {subjects} have no frames")
-    dataset = select_frames(dataset, keep_frames, f"{spec.manifest} fold {fold} in {shards}")
-    if split != "test":
-        log.info("evaluating on the %s split of fold %d", split, fold)
-
     target = resolve_device(device, DistInfo())
     model, meta = load_for_inference(checkpoint, device=str(target), state=state)
     workers = default_workers() if workers is None else workers
@@ -103,6 +82,39 @@ def evaluate_checkpoint(
         "recipe": recipe_line(state, load_manifest(manifest)),
         "metrics": acc.compute().as_dict()}
     return _add_extras(result, acc, regression, state)
+
+
+def _checked_split(state: dict[str, Any], checkpoint: Path, shards: Path | str,
+                   manifest: Path | str, fold: int, split: str, variant: str | None,
+                   cameras: Sequence[str], allow_seen: bool, keep_frames: Mapping[str, Sequence[int]] | None
+                   ) -> tuple[Any, list[str], int, Any]:
+    """(fold spec, subjects the model saw, label threshold, dataset) of ``split``, after every
+    check ``evaluate_checkpoint`` makes before loading the model."""
+    spec = fold_spec(manifest, fold)
+    check_compatible(state, checkpoint, variant=variant, au_ids=spec.au_ids)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    subjects = spec.subjects[split]
+    if not subjects:
+        raise DataError(f"{spec.manifest} fold {fold}: no {split} subjects")
+    seen = seen_subjects(state, subjects)
+    if seen and not allow_seen:
+        raise DataError(f"{checkpoint} was trained or selected on {', '.join(seen)}, which the "
+                        f"{split} split of fold {fold} evaluates; pass --allow-seen to evaluate "
+                        "anyway (the numbers are then optimistic and labelled so)")
+    readers = open_shards(shards, subjects, cameras, f"{spec.manifest} fold {fold}", spec)
+    geometry = check_consistent(readers, spec)
+    data = state["data"]
+    size = int(data["image_size"])
+    _check_alignment(readers[0].path, geometry, data, checkpoint)
+    threshold = int(data.get("threshold", spec.threshold))
+    dataset = ShardFrames(readers, spec.au_ids, threshold, size)
+    if len(dataset) == 0:
+        raise DataError(f"{spec.manifest} fold {fold}: the {split} subjects {subjects} have no frames")
+    dataset = select_frames(dataset, keep_frames, f"{spec.manifest} fold {fold} in {shards}")
+    if split != "test":
+        log.info("evaluating on the %s split of fold %d", split, fold)
+    return spec, seen, threshold, dataset
 
 
 def _add_extras(result: dict[str, Any], acc: Any, regression: Any,

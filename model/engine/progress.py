@@ -99,7 +99,8 @@ def metric_words(f1: float | None, icc: float | None) -> list[str]:
 
 
 def best_words(task: str, score: float, epoch: int) -> str:
-    """The best selection score so far, in the unit of ``metric_words``."""
+    """The best selection score so far, named, in the unit of ``metric_words``."""
     if task == "occurrence":
-        return f"{100 * score:.2f}% (epoch {epoch})"
-    return f"{score:.3f} (epoch {epoch})"
+        return f"F1 {100 * score:.2f}% (epoch {epoch})"
+    name = "ICC" if task == "intensity" else "(F1 + ICC)/2"
+    return f"{name} {score:.3f} (epoch {epoch})"

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import GLOBAL_BATCH, TrainConfig
+from .validation import check_train_values
+
 #: Where the versioned recipes live (shipped as package data).
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 #: Options a recipe cannot set: they say where the data is and where this run goes.
@@ -33,8 +36,6 @@ class Recipe:
     def record(self, global_batch: bool = True) -> dict[str, Any]:
         """What config.json keeps of the recipe; with ``global_batch`` (the batch size is the
         recipe's, not the command line's) its batch is held as the global one under torchrun."""
-        from .config import GLOBAL_BATCH
-
         out = {"name": self.name, "source": self.source, "description": self.description,
                "requires_pretrained": self.requires_pretrained, "settings": dict(self.settings)}
         if global_batch and "batch_size" in self.settings:
@@ -69,9 +70,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 def _check_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings, each checked by the table the command line uses (``validation``) and
     normalised (``"threshold": "B"`` -> 2); a ValidationError names the file and the field."""
-    from .config import TrainConfig
-    from .validation import check_train_values
-
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -86,8 +84,6 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 def config_with_recipe(recipe: Recipe | str, **values: Any):
     """A TrainConfig from ``recipe`` with ``values`` (data, run folder, overrides) on top."""
-    from .config import TrainConfig
-
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     return TrainConfig(**{**recipe.settings, **values,
                           "recipe": recipe.record(global_batch="batch_size" not in values)})

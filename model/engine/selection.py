@@ -1,4 +1,5 @@
-"""What the model-selection split can score: its positive frames per AU, recorded and warned about.
+"""Model selection: what the selection split can score (its positive frames per AU, recorded
+and warned about) and the score early stopping maximises.
 
 DISFA's folds hold out two validation subjects. An AU none of their frames shows has F1 0 for
 every model (no true positive can exist), so the mean F1 that picks the epoch is blind to that
@@ -13,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data import ShardFrames
+from ..evaluation.intensity import IntensityMetrics
+from ..evaluation.metrics import AUMetrics
 
 log = logging.getLogger("model.train")
 
@@ -39,3 +42,17 @@ def selection_record(frames: ShardFrames, indices: np.ndarray, au_ids: Sequence[
                     "AU)", fold, split, ", ".join(names), ", ".join(f"AU{a}" for a in missing),
                     len(indices), "it" if len(missing) == 1 else "them")
     return record
+
+
+def selection_score(task: str, metrics: AUMetrics, intensity: IntensityMetrics | None) -> float:
+    """What early stopping maximises: mean F1 (occurrence), mean ICC over the evaluated AUs
+    (intensity), or the average of the two (both; each lies in [0, 1] where it matters)."""
+    if task == "occurrence" or intensity is None:
+        return metrics.mean_f1
+    if task == "intensity":
+        return intensity.mean_icc
+    return 0.5 * (metrics.mean_f1 + intensity.mean_icc)
+
+
+SCORE_NAMES = {"occurrence": "mean F1", "intensity": "mean ICC",
+               "both": "(mean F1 + mean ICC) / 2"}

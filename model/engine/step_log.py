@@ -1,13 +1,25 @@
-"""The epoch's per-step losses, kept on the device between the training loop's sync points."""
+"""The epoch's running sums, and its per-step losses kept on the device between the training
+loop's sync points."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-if TYPE_CHECKING:  # the trainer imports this module
-    from .trainer import EpochAccumulator
+
+@dataclass
+class EpochAccumulator:
+    """Running sums of the current epoch (saved mid-epoch so a resumed epoch logs whole)."""
+
+    loss_sum: float = 0.0
+    batches: int = 0
+    frames: int = 0
+    positives: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
 
 
 class StepLog:

@@ -19,7 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-PROBABILITY_THRESHOLD = 0.5
+# The decision threshold lives with the score ranking this module builds on (one import
+# direction); it is re-exported here, where reports look for it.
+from .ranking import (PROBABILITY_THRESHOLD, average_precision, per_au,  # noqa: F401
+                      probabilities_to_logits, roc_auc)
 
 
 def confusion_counts(
@@ -171,8 +174,6 @@ class MetricAccumulator:
                  keep_scores: bool = False,
                  thresholds: float | Sequence[float] = PROBABILITY_THRESHOLD,
                  logit_thresholds: float | Sequence[float] | None = None) -> None:
-        from .ranking import probabilities_to_logits
-
         self.au_ids = [int(a) for a in au_ids]
         self.subjects = [str(s) for s in subjects] if subjects else []
         self.thresholds = thresholds
@@ -250,8 +251,6 @@ class MetricAccumulator:
         return again
 
     def compute(self) -> AUMetrics:
-        from .ranking import average_precision, per_au, roc_auc
-
         loss = self.loss_sum / self.loss_frames if self.loss_frames else None
         metrics = metrics_from_counts(self.counts, self.au_ids, loss)
         if self.subjects:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import PROBABILITY_THRESHOLD
+#: The default decision: sigmoid >= 0.5 (logit >= 0); ``metrics`` decides at it and an AU's
+#: tuned threshold falls back to it.
+PROBABILITY_THRESHOLD = 0.5
 
 
 def _sweep(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

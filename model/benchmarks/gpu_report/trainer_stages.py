@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-# The trainer's names in one place: the engine's own split may move them.
-from ...engine import trainer
+from ...engine import loop
 from ...engine.config import TrainConfig
 from ...engine.distributed import DistInfo
 from ...engine.losses import region_bce_criterion
 from ...engine.precision import choose_precision
 from ...engine.sync_count import count_host_syncs
+from ...engine.trainer import train
 from .ceiling import build
 from .config import ReportConfig
 from .loader import SMALL_FRAMES, ensure_shards
@@ -43,12 +43,12 @@ def run_trainer_epoch(cfg: ReportConfig, device: torch.device, amp: bool,
     """Two calls of ``train_one_epoch`` (the first warms up cudnn and the allocator); the second
     is timed and its host syncs counted (``model.engine.sync_count``)."""
     run = trainer_fixture(cfg, device, amp, batches)
-    trainer.train_one_epoch(**run)
-    run["acc"] = trainer.EpochAccumulator()
+    loop.train_one_epoch(**run)
+    run["acc"] = loop.EpochAccumulator()
     sync(device)
     with cudnn_benchmark(True), count_host_syncs(device) as syncs:
         t0 = time.perf_counter()
-        trainer.train_one_epoch(**run)
+        loop.train_one_epoch(**run)
         sync(device)
         seconds = time.perf_counter() - t0
     return {"images_per_s": batches * cfg.batches[0] / seconds, "seconds": seconds,
@@ -84,7 +84,7 @@ def trainer_fixture(cfg: ReportConfig, device: torch.device, amp: bool,
                 loader=[distinct[i % len(distinct)] for i in range(batches)], device=device,
                 epoch=1, cfg=train_cfg, scaler=precision.grad_scaler(),
                 scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-                acc=trainer.EpochAccumulator(), stop=trainer.StopRequest(),
+                acc=loop.EpochAccumulator(), stop=loop.StopRequest(),
                 info=DistInfo())
 
 
@@ -100,7 +100,7 @@ def stage_end_to_end(report: Report) -> None:
                             device=str(report.device), plot_every=2,
                             workers=min(8, os.cpu_count() or 1) if not cfg.small else 1)
     t0 = time.perf_counter()
-    summary = trainer.train(train_cfg)
+    summary = train(train_cfg)
     wall = time.perf_counter() - t0
     history = summary_history(out)
     train_s = [row["seconds"] for row in history]
