@@ -50,9 +50,9 @@ def run_epochs(run: TrainingRun, stop: StopRequest,
                 return "interrupted"
             epoch += 1
         if run.stopper.should_stop and info.is_main:
-            log.info("early stop: no better %s %s for %d epochs (best %.4f at epoch %d)",
-                     cfg.select_on, SCORE_NAMES[cfg.task], cfg.patience, run.stopper.best_score,
-                     run.stopper.best_epoch)
+            log.info("early stop: no better %s %s for %d epochs (best %s)", cfg.select_on,
+                     SCORE_NAMES[cfg.task], cfg.patience,
+                     best_words(cfg.task, run.stopper.best_score, run.stopper.best_epoch))
         return "finished"
     finally:
         stop.uninstall()
