@@ -35,7 +35,7 @@ def test_nets_facts_match_the_pipeline():
     assert tuple(DEFAULT_FACE_CENTER) == tuple(DEFAULT_NOSE_FRACTION)
 
 
-def _long_functions(folder: Path, limit: int) -> list[str]:
+def long_functions(folder: Path, limit: int) -> list[str]:
     found = []
     for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -48,26 +48,30 @@ def _long_functions(folder: Path, limit: int) -> list[str]:
 
 @pytest.mark.parametrize("folder", ["model", "pipeline"])
 def test_no_function_over_80_lines(folder):
-    assert _long_functions(ROOT / folder, 80) == []
+    assert long_functions(ROOT / folder, 80) == []
 
 
 
 def test_no_function_in_model_over_60_lines():
     # #24: a function reads in one screen. pipeline/ keeps the 80-line rule above until its
     # reshape (tests of its own) tightens it.
-    assert _long_functions(ROOT / "model", 60) == []
+    assert long_functions(ROOT / "model", 60) == []
+
+
+def long_files(folder: Path, limit: int) -> dict[str, int]:
+    """Files of ``folder`` over ``limit`` lines, with their lengths."""
+    return {str(p.relative_to(ROOT)): n for p in sorted(folder.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > limit}
 
 
 def test_no_file_in_model_over_500_lines():
     # #24: one idea a file. pipeline/'s own layout test holds the same rule for pipeline/.
-    long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / "model").rglob("*.py"))
-            if (n := len(p.read_text().splitlines())) > 500}
-    assert long == {}
+    assert long_files(ROOT / "model", 500) == {}
 
 
 # -- no import circle ------------------------------------------------------------------------
 
-def _module_name(path: Path) -> str:
+def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -81,12 +85,13 @@ def _type_checking_only(tree: ast.Module) -> set[int]:
     return skipped
 
 
-def _imported(module: str, path: Path, known: set[str]) -> set[str]:
-    """The project modules ``module`` imports, at module level or inside functions (a lazy
-    import only hides a circle until the function runs)."""
+def imported_names(module: str, path: Path, type_checking: bool = False) -> set[str]:
+    """Every name ``module`` (at ``path``) imports, absolute, at module level or inside
+    functions (a lazy import only hides a circle until the function runs); ``from pkg import x``
+    gives ``pkg`` and ``pkg.x``. ``type_checking``: also those under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    skipped, found = _type_checking_only(tree), set()
+    skipped, found = set() if type_checking else _type_checking_only(tree), set()
     for node in ast.walk(tree):
         if id(node) in skipped:
             continue
@@ -100,11 +105,16 @@ def _imported(module: str, path: Path, known: set[str]) -> set[str]:
                 base = node.module or ""
             found.add(base)  # ``from pkg import mod`` imports pkg.mod too:
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {m for m in found if m in known and m != module}
+    return found
+
+
+def _imported(module: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules (``known``) that ``module`` imports."""
+    return {m for m in imported_names(module, path) if m in known and m != module}
 
 
 def import_graph(folders: tuple[str, ...] = ("model", "pipeline")) -> dict[str, set[str]]:
-    files = {_module_name(p): p for f in folders for p in sorted((ROOT / f).rglob("*.py"))}
+    files = {module_name(p): p for f in folders for p in sorted((ROOT / f).rglob("*.py"))}
     return {m: _imported(m, p, set(files)) for m, p in files.items()}
 
 

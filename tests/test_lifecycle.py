@@ -73,28 +73,20 @@ def _image_folder(path: Path) -> Path:
 # --------------------------------------------------------------------------- one writer
 
 
-def test_train_refuses_a_folder_another_writer_holds(dataset, tmp_path, capsys):
+@pytest.mark.parametrize("command, folds, leftover", [
+    (train_cmd, ["--fold", "1"], "config.json"), (crossval, ["--folds", "1"], "tranet")],
+    ids=["train", "crossval"])
+def test_a_folder_another_writer_holds_is_refused(command, folds, leftover, dataset, tmp_path,
+                                                  capsys):
     shards, manifest = dataset
     out = tmp_path / "run"
     out.mkdir()
     with held_lock(out) as holder:
-        code = train_cmd.main(["--shards", str(shards), "--manifest", str(manifest), "--fold",
-                               "1", "--out", str(out), *TINY_TRAIN])
+        code = command.main(["--shards", str(shards), "--manifest", str(manifest), *folds,
+                             "--out", str(out), *TINY_TRAIN])
         assert code == 1
         _refused_by(_error_line(capsys), holder)
-    assert not (out / "config.json").exists()
-
-
-def test_crossval_refuses_a_folder_another_writer_holds(dataset, tmp_path, capsys):
-    shards, manifest = dataset
-    out = tmp_path / "cv"
-    out.mkdir()
-    with held_lock(out) as holder:
-        code = crossval.main(["--shards", str(shards), "--manifest", str(manifest), "--folds",
-                              "1", "--out", str(out), *TINY_TRAIN])
-        assert code == 1
-        _refused_by(_error_line(capsys), holder)
-    assert not (out / "tranet").exists()
+    assert not (out / leftover).exists()
 
 
 def test_demo_refuses_a_folder_another_writer_holds(tmp_path, capsys, monkeypatch):

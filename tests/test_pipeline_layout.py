@@ -2,13 +2,15 @@
 synthetic twin, files and functions short enough to read, and the commands still run."""
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from test_layout import (import_graph, import_groups, imported_names, long_files,
+                         long_functions, module_name)
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "pipeline"
@@ -21,85 +23,24 @@ REAL = ["pipeline/datasets", "pipeline/aligner", "pipeline/align.py", "pipeline/
         "pipeline/build_folds.py"]
 
 
-def _sources() -> list[Path]:
-    return sorted(PIPELINE.rglob("*.py"))
-
-
 def _imported_modules(path: Path) -> set[str]:
-    """Absolute names of every module ``path`` imports, at the top or inside a function."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    if path.name == "__init__.py":
-        package = ".".join(path.relative_to(ROOT).parts[:-1])
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")
-            if node.level:
-                base = base[: len(base) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _import_graph() -> dict[str, set[str]]:
-    """pipeline module -> the pipeline modules it imports (``from pkg import mod`` as ``pkg.mod``)."""
-    modules = {_module_name(p): p for p in _sources()}
-    graph = {}
-    for name, path in modules.items():
-        deps = set()
-        for imported in _imported_modules(path):
-            if imported in modules:
-                deps.add(imported)
-            elif imported.rpartition(".")[0] in modules:  # ``from pkg import name``
-                deps.add(imported.rpartition(".")[0])
-        graph[name] = deps - {name}
-    return graph
+    """Absolute names of every module ``path`` imports, at the top, inside a function or for
+    type checking only."""
+    return imported_names(module_name(path), path, type_checking=True)
 
 
 def test_no_import_circle_in_pipeline():
-    graph, circles, state = _import_graph(), [], {}
-
-    def visit(module: str, stack: list[str]) -> None:
-        state[module], stack = "open", stack + [module]
-        for dep in sorted(graph[module]):
-            if state.get(dep) == "open":  # on the stack: a way back to itself
-                circles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
-            elif dep not in state:
-                visit(dep, stack)
-        state[module] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [])
-    assert circles == []
+    graph = import_graph(("pipeline",))
+    assert import_groups(graph) == []
     assert len(graph) > 30  # the walk saw the package
 
 
 def test_no_pipeline_file_over_500_lines():
-    long = {str(p.relative_to(ROOT)): n for p in _sources()
-            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
-    assert long == {}
+    assert long_files(PIPELINE, MAX_FILE_LINES) == {}
 
 
 def test_no_pipeline_function_over_60_lines():
-    long = []
-    for path in _sources():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length})")
-    assert long == []
+    assert long_functions(PIPELINE, MAX_FUNCTION_LINES) == []
 
 
 def test_the_parts_are_packages():
