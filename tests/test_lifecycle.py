@@ -201,23 +201,26 @@ def test_demo_fresh_refuses_a_folder_it_did_not_make(tmp_path, capsys, monkeypat
     assert (mine / "chapter1.tex").read_text() == "months of work"
 
 
-def test_demo_fresh_checks_options_before_removing(tmp_path, capsys, monkeypatch):
+def _earlier_demo(tmp_path, monkeypatch):
+    """A folder an earlier model.demo made (its marker and demo.md); the demo's data step must
+    not run."""
     monkeypatch.setattr(demo, "prepare_data", _must_not_run)
     out = tmp_path / "demo"
     out.mkdir()
     (out / MARKER).write_text(json.dumps({"tool": "model.demo", "version": "0"}))
     (out / "demo.md").write_text("old demo")
+    return out
+
+
+def test_demo_fresh_checks_options_before_removing(tmp_path, capsys, monkeypatch):
+    out = _earlier_demo(tmp_path, monkeypatch)
     assert demo.main(["--out", str(out), "--fresh", "--k", "3", "--folds", "9"]) == 2
     assert "--folds 9" in _error_line(capsys)
     assert (out / "demo.md").read_text() == "old demo"
 
 
 def test_demo_fresh_replaces_its_own_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "prepare_data", _must_not_run)
-    out = tmp_path / "demo"
-    out.mkdir()
-    (out / MARKER).write_text(json.dumps({"tool": "model.demo", "version": "0"}))
-    (out / "demo.md").write_text("old demo")
+    out = _earlier_demo(tmp_path, monkeypatch)
     assert demo.main(["--out", str(out), "--fresh", "--n-subjects", "4", "--k", "2"]) == 1
     assert not (out / "demo.md").exists() and json.loads((out / MARKER).read_text())["tool"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # nothing left beside
