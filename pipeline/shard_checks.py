@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .datasets.disfa.facts import ALL_AUS, N_LANDMARKS
+from .datasets.registry import KNOWN_AUS
 
 #: Frames one shard (one subject, one camera) may hold: 40x a DISFA video (4845 frames), about
 #: 2.8 hours at 20 fps. Bounds the per-frame metadata the reader loads to about 110 MB.
@@ -41,9 +41,15 @@ MAX_CHUNK_BYTES = 64 * 2**20
 ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 32000: "lzf"}
 #: Objects (groups, datasets, links) a shard may hold; one has about ten.
 MAX_OBJECTS = 1000
-#: Per-frame datasets: name -> shape after the frame axis (None: any length up to ALL_AUS).
-PER_FRAME = {"frame_index": (), "intensity": (len(ALL_AUS),), "labels": (None,),
-             "landmarks": (N_LANDMARKS, 2)}
+#: Per-frame datasets: name -> shape after the frame axis (None: a length the dataset sets, at
+#: most the AUs of every supported dataset for a label array, at most 68 landmarks). Which
+#: length a dataset has is checked when the attrs are read (``ShardReader``).
+PER_FRAME = {"frame_index": (), "intensity": (None,), "labels": (None,), "landmarks": (None, 2)}
+#: Per-frame datasets only some datasets have (schema 2).
+OPTIONAL_PER_FRAME = {"occurrence": (None,)}
+MAX_COLUMNS = {"intensity": len(KNOWN_AUS), "labels": len(KNOWN_AUS),
+               "occurrence": len(KNOWN_AUS), "landmarks": 68}
+MIN_COLUMNS = {"labels": 1, "landmarks": 1}
 
 
 class ShardStructureError(ValueError):
@@ -58,13 +64,22 @@ def check_structure(f: h5py.File, path: Path | str, max_frames: int | None = Non
         file_size = Path(path).stat().st_size
         _check_self_contained(f)
         n = _check_shapes(f, max_frames)
-        for name in ("images", *PER_FRAME):
+        for name in ("images", *PER_FRAME, *_optional(f)):
             _check_storage(f[name], name, file_size)
     except ShardStructureError as err:
         raise ShardStructureError(f"{path}: {err}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # h5py on odd types/layouts
         raise ShardStructureError(f"{path}: not a readable shard ({err})") from None
     return n
+
+
+def _optional(f: h5py.File) -> list[str]:
+    """The optional per-frame datasets ``f`` has (as datasets; anything else is refused)."""
+    present = [name for name in OPTIONAL_PER_FRAME if name in f]
+    for name in present:
+        if not isinstance(f.get(name), h5py.Dataset):
+            raise ShardStructureError(f"'{name}' is not a dataset")
+    return present
 
 
 def _check_self_contained(f: h5py.File) -> None:
@@ -113,7 +128,7 @@ def _check_shapes(f: h5py.File, max_frames: int | None) -> int:
     for name in ("images", *PER_FRAME):
         if not isinstance(f.get(name), h5py.Dataset):
             raise ShardStructureError(f"dataset '{name}' is missing")
-    shapes = {name: f[name].shape for name in ("images", *PER_FRAME)}
+    shapes = {name: f[name].shape for name in ("images", *PER_FRAME, *_optional(f))}
     if any(not shape for shape in shapes.values()):
         raise ShardStructureError("a per-frame dataset is a scalar")
     lengths = {shape[0] for shape in shapes.values()}
@@ -126,8 +141,9 @@ def _check_shapes(f: h5py.File, max_frames: int | None) -> int:
         limit, source = max_frames, f"the {max_frames} expected"
     if n > limit:
         raise ShardStructureError(f"declares {n} frames, more than {source}")
-    for name, tail in PER_FRAME.items():
-        _check_frame_shape(f[name], name, tail)
+    for name, tail in {**PER_FRAME, **OPTIONAL_PER_FRAME}.items():
+        if name in shapes:
+            _check_frame_shape(f[name], name, tail)
     images = f["images"]
     if images.ndim == 4:
         if images.shape[3] != 3 or images.shape[1] != images.shape[2]:
@@ -141,8 +157,8 @@ def _check_shapes(f: h5py.File, max_frames: int | None) -> int:
 def _check_frame_shape(dset: h5py.Dataset, name: str, tail: tuple) -> None:
     shape = dset.shape[1:]
     bad = len(shape) != len(tail) or any(t is not None and s != t for s, t in zip(shape, tail))
-    if name == "labels" and not bad:
-        bad = not 1 <= shape[0] <= len(ALL_AUS)
+    if name in MAX_COLUMNS and not bad:
+        bad = not MIN_COLUMNS.get(name, 0) <= shape[0] <= MAX_COLUMNS[name]
     if bad:
         want = ", ".join("K" if t is None else str(t) for t in ("N", *tail))
         raise ShardStructureError(f"dataset '{name}' has shape {dset.shape}, not [{want}]")

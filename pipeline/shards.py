@@ -4,9 +4,19 @@ Schema (other tools read it; keep the names)::
 
     images        JPEG bytes per frame (vlen uint8) or raw uint8 [N, S, S, 3]; attr ``encoding``
     frame_index   int32  [N]        0-based video frame
-    intensity     uint8  [N, 12]    FACS intensity 0-5 of AUs 1,2,4,5,6,9,12,15,17,20,25,26
-    labels        uint8  [N, K]     intensity >= threshold for the AUs in attr ``au_ids``
-    landmarks     float32 [N, 66, 2] landmarks in aligned pixel coordinates (0-based)
+    intensity     uint8  [N, R]     FACS intensity 0-5 of the AUs in attr ``intensity_au_ids``
+                                    (DISFA: the 12 AUs 1,2,4,5,6,9,12,15,17,20,25,26)
+    occurrence    uint8  [N, O]     (schema 2, datasets coded 0/1 such as BP4D) the release's
+                                    occurrence codes of the AUs in attr ``occurrence_au_ids``
+    labels        uint8  [N, K]     occurrence of the AUs in attr ``au_ids`` by the dataset's
+                                    rule (attr ``label_rule``: DISFA intensity >= threshold)
+    landmarks     float32 [N, P, 2] landmarks in aligned pixel coordinates (0-based); P = 66
+                                    (DISFA) or 49 (BP4D, DISFA+); NaN rows: the frame had none
+
+In every label array 255 (``NOT_CODED``) means "not coded": masked, never read as 0 or 1.
+Schema 2 adds the attrs ``dataset`` (see ``pipeline.datasets.registry``; shards without it are
+DISFA's), ``intensity_au_ids``, ``occurrence_au_ids``, ``n_landmarks`` and ``label_rule``;
+schema-1 shards read as DISFA shards.
 
 File attrs: ``subject``, ``camera``, ``au_ids``, ``threshold``, ``pos_count``,
 ``neg_pos_ratio`` (n_neg / max(n_pos, 1) per AU of ``au_ids`` in this shard alone: a statistic
@@ -38,13 +48,13 @@ import cv2
 import h5py
 import numpy as np
 
-from .datasets.disfa.facts import (ALL_AUS, EVAL_AUS, N_LANDMARKS, SUBJECT_PATTERN, au_columns,
-                                   is_subject_name)
+from .datasets.base import NOT_CODED, intensity_matrix, label_matrix
+from .datasets.registry import LEGACY_DATASET, DatasetInfo, dataset_info
 from .shard_checks import ShardStructureError, check_structure
 from .cli import CommandError
 from .validation import DATA_FIELDS, ValidationError, check_au_list, check_value
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ENCODINGS = ("jpeg", "raw")
 DEFAULT_JPEG_QUALITY = 90
 
@@ -91,22 +101,27 @@ def verify_images(reader: "ShardReader") -> str | None:
     return None
 
 
-def binarize(intensity: np.ndarray, au_ids: Sequence[int], threshold: int) -> np.ndarray:
-    """0/1 labels ``intensity >= threshold`` for the columns of ``au_ids``."""
-    return (intensity[:, au_columns(au_ids)] >= threshold).astype(np.uint8)
+def binarize(intensity: np.ndarray, au_ids: Sequence[int], threshold: int,
+             dataset: str = LEGACY_DATASET, occurrence: np.ndarray | None = None) -> np.ndarray:
+    """uint8 labels of ``au_ids`` by ``dataset``'s rule (DISFA: ``intensity >= threshold``),
+    NOT_CODED where the release has no code."""
+    labels = label_matrix(dataset_info(dataset), intensity, occurrence, au_ids, threshold)
+    return np.where(np.isnan(labels), NOT_CODED, labels).astype(np.uint8)
 
 
 def label_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-AU positive counts and negatives per positive, n_neg / max(n_pos, 1)."""
-    pos = labels.sum(axis=0).astype(np.int64)
-    neg = labels.shape[0] - pos
+    """Per-AU positive counts and negatives per positive, n_neg / max(n_pos, 1), over the
+    coded frames."""
+    coded = labels != NOT_CODED
+    pos = ((labels == 1) & coded).sum(axis=0).astype(np.int64)
+    neg = coded.sum(axis=0).astype(np.int64) - pos
     return pos, (neg / np.maximum(pos, 1)).astype(np.float32)
 
 
 def intensity_histogram(intensity: np.ndarray) -> np.ndarray:
-    """[12, 6] counts of each intensity 0-5 per AU."""
-    hist = np.zeros((len(ALL_AUS), 6), dtype=np.int64)
-    for col in range(len(ALL_AUS)):
+    """[R, 6] counts of each intensity 0-5 per intensity column (NOT_CODED not counted)."""
+    hist = np.zeros((intensity.shape[1], 6), dtype=np.int64)
+    for col in range(intensity.shape[1]):
         hist[col] = np.bincount(intensity[:, col].astype(np.int64), minlength=6)[:6]
     return hist
 
@@ -124,9 +139,13 @@ class ShardWriter:
         image_size: int,
         encoding: str = "jpeg",
         jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+        dataset: str = LEGACY_DATASET,
     ) -> None:
+        """``dataset`` (``pipeline.datasets.registry``) sets the label columns and the number
+        of landmarks the frames carry."""
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.info: DatasetInfo = dataset_info(dataset)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
@@ -154,32 +173,38 @@ class ShardWriter:
         self._images.attrs["encoding"] = encoding
         self._frame_index: list[int] = []
         self._intensity: list[np.ndarray] = []
+        self._occurrence: list[np.ndarray] = []
         self._landmarks: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self._frame_index)
 
     def append(
-        self, image_rgb: np.ndarray, frame_index: int, intensity: np.ndarray, landmarks: np.ndarray
+        self, image_rgb: np.ndarray, frame_index: int, intensity: np.ndarray, landmarks: np.ndarray,
+        occurrence: np.ndarray | None = None,
     ) -> None:
-        """Append one aligned RGB frame with its 12 intensities and 66 aligned landmarks."""
+        """Append one aligned RGB frame with its intensities, occurrence codes (datasets that
+        have them) and aligned landmarks."""
         s = self.image_size
         if image_rgb.shape != (s, s, 3) or image_rgb.dtype != np.uint8:
             raise ShardError(f"frame {frame_index}: expected uint8 {s}x{s}x3, got "
                              f"{image_rgb.dtype} {image_rgb.shape}")
         self.append_many(image_rgb[None], [frame_index], np.asarray(intensity)[None],
-                         np.asarray(landmarks)[None])
+                         np.asarray(landmarks)[None],
+                         occurrence=None if occurrence is None else np.asarray(occurrence)[None])
 
     def append_many(
         self, images_rgb: np.ndarray, frame_indices: Sequence[int], intensities: np.ndarray,
-        landmarks: np.ndarray, bgr: bool = False,
+        landmarks: np.ndarray, bgr: bool = False, occurrence: np.ndarray | None = None,
     ) -> None:
         """Append a block of frames: ``[k, S, S, 3]`` uint8 images and their metadata.
 
         One HDF5 resize and write per block
         instead of per frame (h5py's per-call overhead is ~0.2-0.5 ms, more than aligning a
         frame). ``bgr=True`` takes OpenCV's channel order (what a decoder gives), which saves
-        two colour conversions per JPEG frame; the shard still stores RGB.
+        two colour conversions per JPEG frame; the shard still stores RGB. ``intensities``
+        ``[k, len(info.intensity_aus)]``, ``occurrence`` ``[k, len(info.occurrence_aus)]``
+        (required when the dataset codes occurrence), ``landmarks`` ``[k, P, 2]``.
         """
         k, s = len(frame_indices), self.image_size
         images = np.asarray(images_rgb)
@@ -200,9 +225,16 @@ class ShardWriter:
         else:
             self._images[n : n + k] = images[..., ::-1] if bgr else images
         self._frame_index.extend(int(f) for f in frame_indices)
-        self._intensity.extend(np.asarray(intensities, dtype=np.uint8).reshape(k, len(ALL_AUS)))
+        info = self.info
+        self._intensity.extend(
+            np.asarray(intensities, dtype=np.uint8).reshape(k, len(info.intensity_aus)))
+        if info.occurrence_aus:
+            if occurrence is None:
+                raise ShardError(f"{info.title} frames need their occurrence codes")
+            self._occurrence.extend(
+                np.asarray(occurrence, dtype=np.uint8).reshape(k, len(info.occurrence_aus)))
         self._landmarks.extend(
-            np.asarray(landmarks, dtype=np.float32).reshape(k, N_LANDMARKS, 2))
+            np.asarray(landmarks, dtype=np.float32).reshape(k, info.n_landmarks, 2))
 
     def commit(
         self,
@@ -210,7 +242,7 @@ class ShardWriter:
         subject: str,
         camera: str,
         threshold: int,
-        au_ids: Sequence[int] = EVAL_AUS,
+        au_ids: Sequence[int] | None = None,
         nose_target: Sequence[float],
         chin_target: Sequence[float],
         n_source_frames: int,
@@ -224,23 +256,33 @@ class ShardWriter:
         """Write the per-frame arrays and attrs, then rename the file to its final name.
 
         ``n_video_frames``/``n_label_frames`` default to ``n_source_frames`` (lengths agree).
-        ``origin``: ``{"data_source": ..., "release_root": ...}`` (written as attrs when given)."""
-        n = len(self._frame_index)
-        intensity = np.stack(self._intensity) if n else np.zeros((0, len(ALL_AUS)), np.uint8)
-        landmarks = np.stack(self._landmarks) if n else np.zeros((0, N_LANDMARKS, 2), np.float32)
-        labels = binarize(intensity, au_ids, threshold)
+        ``origin``: ``{"data_source": ..., "release_root": ...}`` (written as attrs when given).
+        ``au_ids`` defaults to the dataset's evaluated AUs."""
+        info, n = self.info, len(self._frame_index)
+        au_ids = info.eval_aus if au_ids is None else au_ids
+        intensity = self._stacked(self._intensity, (len(info.intensity_aus),), np.uint8)
+        occurrence = self._stacked(self._occurrence, (len(info.occurrence_aus),), np.uint8)
+        landmarks = self._stacked(self._landmarks, (info.n_landmarks, 2), np.float32)
+        labels = binarize(intensity, au_ids, threshold, info.name, occurrence)
         pos, neg_pos_ratio = label_stats(labels)
         f = self._file
         f.create_dataset("frame_index", data=np.asarray(self._frame_index, dtype=np.int32))
         f.create_dataset("intensity", data=intensity)
+        if info.occurrence_aus:
+            f.create_dataset("occurrence", data=occurrence)
         f.create_dataset("labels", data=labels)
         f.create_dataset("landmarks", data=landmarks)
         attrs = f.attrs
         attrs["schema_version"] = SCHEMA_VERSION
+        attrs["dataset"] = info.name
         attrs["subject"] = subject
         attrs["camera"] = camera
         attrs["au_ids"] = np.asarray(au_ids, dtype=np.int32)
-        attrs["all_au_ids"] = np.asarray(ALL_AUS, dtype=np.int32)
+        attrs["all_au_ids"] = np.asarray(info.au_ids, dtype=np.int32)
+        attrs["intensity_au_ids"] = np.asarray(info.intensity_aus, dtype=np.int32)
+        attrs["occurrence_au_ids"] = np.asarray(info.occurrence_aus, dtype=np.int32)
+        attrs["n_landmarks"] = int(info.n_landmarks)
+        attrs["label_rule"] = info.label_rule
         attrs["threshold"] = int(threshold)
         attrs["pos_count"] = pos
         attrs["neg_pos_ratio"] = neg_pos_ratio
@@ -262,6 +304,9 @@ class ShardWriter:
         f.close()
         os.replace(self.tmp_path, self.path)
         return self.path
+
+    def _stacked(self, rows: list[np.ndarray], tail: tuple[int, ...], dtype) -> np.ndarray:
+        return np.stack(rows) if rows else np.zeros((0, *tail), dtype)
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
@@ -335,19 +380,57 @@ class ShardReader:
                 _check_structure(f, self.path, max_frames)
                 self.frame_index = f["frame_index"][()]
                 self.intensity = f["intensity"][()]
+                self.occurrence = f["occurrence"][()] if "occurrence" in f else None
                 self.labels = f["labels"][()]
                 self.landmarks = f["landmarks"][()]
                 self.encoding = str(f["images"].attrs.get("encoding", "raw"))
         except OSError as err:
             raise ShardError(f"{self.path}: not a readable HDF5 shard ({err})") from err
         self._check_attr_values()
+        self.info = self._dataset_info()
+        self.dataset = self.info.name
         self.au_ids = tuple(int(a) for a in self.attrs["au_ids"])
         self.image_size = int(self.attrs["image_size"])
         self.subject = str(self.attrs["subject"])
-        if not is_subject_name(self.subject):
+        if not self.info.is_subject(self.subject):
             raise ShardError(f"{self.path}: subject {self.subject!r} is not a subject name "
-                             f"({SUBJECT_PATTERN.pattern})")
+                             f"of {self.info.title} ({self.info.subject_pattern.pattern})")
         self.camera = str(self.attrs["camera"])
+        self._check_label_columns()
+
+    def _dataset_info(self) -> DatasetInfo:
+        try:
+            return dataset_info(str(self.attrs.get("dataset", LEGACY_DATASET)))
+        except ValueError as err:
+            raise ShardError(f"{self.path}: {err}") from None
+
+    def _check_label_columns(self) -> None:
+        """The label arrays have the columns the shard's dataset says (a schema-2 shard could
+        claim any dataset)."""
+        info = self.info
+        wants = {"intensity": len(info.intensity_aus), "landmarks": info.n_landmarks}
+        have = {"intensity": self.intensity.shape[1], "landmarks": self.landmarks.shape[1]}
+        if info.occurrence_aus:
+            if self.occurrence is None:
+                raise ShardError(f"{self.path}: a {info.title} shard needs dataset 'occurrence'")
+            wants["occurrence"] = len(info.occurrence_aus)
+            have["occurrence"] = self.occurrence.shape[1]
+        for name, want in wants.items():
+            if have[name] != want:
+                raise ShardError(f"{self.path}: dataset '{name}' has {have[name]} columns; a "
+                                 f"{info.title} shard has {want}")
+        missing = [a for a in self.au_ids if info.label_source(a) == "none"]
+        if missing:
+            raise ShardError(f"{self.path}: au_ids {missing} are not coded in {info.title}")
+
+    def label_matrix(self, au_ids: Sequence[int], threshold: int) -> np.ndarray:
+        """Occurrence ``[N, len(au_ids)]`` float32 by this dataset's rule (1/0), NaN where the
+        frame is not coded for that AU or the dataset does not code the AU at all."""
+        return label_matrix(self.info, self.intensity, self.occurrence, au_ids, threshold)
+
+    def intensity_matrix(self, au_ids: Sequence[int]) -> np.ndarray:
+        """Intensity ``[N, len(au_ids)]`` float32 0-5, NaN where not coded / not in the dataset."""
+        return intensity_matrix(self.info, self.intensity, au_ids)
 
     def _check_attr_values(self) -> None:
         """The attrs training and inference size things by: the one validation's data fields

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .cli import CommandError
-from .datasets.disfa.facts import ALL_AUS, FACS_LETTERS
+from .datasets.disfa.facts import FACS_LETTERS
+from .datasets.registry import KNOWN_AUS
 
 #: Largest network input / shard frame side (a 1024^2 RGB frame is 3 MB; 20000 would be 1.2 GB).
 MAX_IMAGE_SIZE = 1024
@@ -163,15 +164,15 @@ DATA_FIELDS: dict[str, Field] = {
     "image_size": Field(int, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
     "threshold": Field(int, parse=parse_label_threshold,
                        what="a FACS letter A-E or an intensity 1-5"),
-    "au_ids": Field(list, item=Field(int, choices=ALL_AUS),
-                    what=f"a list of DISFA AUs ({', '.join(map(str, ALL_AUS))})"),
+    "au_ids": Field(list, item=Field(int, choices=KNOWN_AUS),
+                    what=f"a list of AUs a supported dataset codes ({', '.join(map(str, KNOWN_AUS))})"),
 }
 
 
 def check_au_list(name: str, value: Any, source: str, allow_empty: bool = False) -> list[int]:
-    """A non-empty (unless ``allow_empty``) list of distinct DISFA AUs."""
+    """A non-empty (unless ``allow_empty``) list of distinct AUs (those of the supported datasets)."""
     aus = check_value(name, value, DATA_FIELDS["au_ids"], source)
     if (not aus and not allow_empty) or len(set(aus)) != len(aus):
         raise ValidationError(f"{source}: {name} must be a {'' if allow_empty else 'non-empty '}"
-                              f"list of distinct DISFA AUs, got {list(aus)!r}")
+                              f"list of distinct AUs, got {list(aus)!r}")
     return aus

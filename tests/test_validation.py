@@ -113,7 +113,7 @@ def test_a_config_built_in_code_is_checked_too():
     ("data", {"image_size": 20000}, "image_size must be an integer 8..1024, got 20000"),
     ("data", {"alignment": {"source_image_size": 100000}}, "source_image_size must be"),
     ("data", {"threshold": "Z"}, "threshold must be a FACS letter"),
-    ("data", {"au_ids": [1, 99]}, "au_ids must be a list of DISFA AUs"),
+    ("data", {"au_ids": [1, 99]}, "au_ids must be a list of AUs a supported dataset codes"),
     ("model_config", {"image_size": 100000}, "model_config: image_size must be"),
     ("model_config", {"variant": "resnet"}, "model_config: variant must be one of"),
     ("model_config", {"reduction": "16"}, "model_config: reduction must be an integer"),
@@ -181,7 +181,7 @@ def _onnx_with_meta(path: Path, meta: object) -> Path:
     ({"au_ids": AUS, "image_size": 100000}, "image_size must be an integer 8..1024, got 100000"),
     ({"au_ids": AUS, "image_size": 64, "model_config": {"variant": "nope"}},
      "model_config: variant must be one of"),
-    ({"au_ids": "1,2", "image_size": 64}, "au_ids must be a list of DISFA AUs"),
+    ({"au_ids": "1,2", "image_size": 64}, "au_ids must be a list of AUs a supported dataset codes"),
     ({"au_ids": AUS, "image_size": 64, "threshold": 9}, "threshold must be a FACS letter"),
     ("{not json", "metadata is not JSON"),
 ])
@@ -198,7 +198,7 @@ def test_onnx_metadata_is_checked_like_a_checkpoint(tmp_path, meta, words):
 @pytest.mark.parametrize("attr, value, words", [
     ("image_size", 100000, "image_size must be an integer 8..1024, got 100000"),
     ("threshold", 9, "threshold must be a FACS letter A-E or an intensity 1-5, got 9"),
-    ("au_ids", np.asarray([1, 3], np.int32), "au_ids must be a list of DISFA AUs"),
+    ("au_ids", np.asarray([1, 3], np.int32), "au_ids must be a list of AUs a supported dataset codes"),
 ])
 def test_shard_attrs_are_checked_by_the_same_fields(tmp_path, attr, value, words):
     shard = write_subject(tmp_path / "SN001_left.h5", "SN001", 4, 16, 0)
