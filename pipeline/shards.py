@@ -35,12 +35,9 @@ so a file under the final name is always whole.
 """
 from __future__ import annotations
 
-import atexit
 import errno
 import json
-import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,9 +45,11 @@ import cv2
 import h5py
 import numpy as np
 
-from .datasets.base import NOT_CODED, intensity_matrix, label_matrix
+from .datasets.base import intensity_matrix, label_matrix
 from .datasets.registry import LEGACY_DATASET, DatasetInfo, dataset_info
 from .shard_checks import ShardStructureError, check_structure
+from .hdf5_faults import is_disk_full, keep_unclosed  # noqa: F401 (API)
+from .shard_labels import binarize, intensity_histogram, label_stats  # noqa: F401 (API)
 from .cli import CommandError
 from .validation import DATA_FIELDS, ValidationError, check_au_list, check_value
 
@@ -99,31 +98,6 @@ def verify_images(reader: "ShardReader") -> str | None:
         except ShardError as err:
             return str(err)
     return None
-
-
-def binarize(intensity: np.ndarray, au_ids: Sequence[int], threshold: int,
-             dataset: str = LEGACY_DATASET, occurrence: np.ndarray | None = None) -> np.ndarray:
-    """uint8 labels of ``au_ids`` by ``dataset``'s rule (DISFA: ``intensity >= threshold``),
-    NOT_CODED where the release has no code."""
-    labels = label_matrix(dataset_info(dataset), intensity, occurrence, au_ids, threshold)
-    return np.where(np.isnan(labels), NOT_CODED, labels).astype(np.uint8)
-
-
-def label_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-AU positive counts and negatives per positive, n_neg / max(n_pos, 1), over the
-    coded frames."""
-    coded = labels != NOT_CODED
-    pos = ((labels == 1) & coded).sum(axis=0).astype(np.int64)
-    neg = coded.sum(axis=0).astype(np.int64) - pos
-    return pos, (neg / np.maximum(pos, 1)).astype(np.float32)
-
-
-def intensity_histogram(intensity: np.ndarray) -> np.ndarray:
-    """[R, 6] counts of each intensity 0-5 per intensity column (NOT_CODED not counted)."""
-    hist = np.zeros((intensity.shape[1], 6), dtype=np.int64)
-    for col in range(intensity.shape[1]):
-        hist[col] = np.bincount(intensity[:, col].astype(np.int64), minlength=6)[:6]
-    return hist
 
 
 class ShardWriter:
@@ -258,13 +232,12 @@ class ShardWriter:
         ``n_video_frames``/``n_label_frames`` default to ``n_source_frames`` (lengths agree).
         ``origin``: ``{"data_source": ..., "release_root": ...}`` (written as attrs when given).
         ``au_ids`` defaults to the dataset's evaluated AUs."""
-        info, n = self.info, len(self._frame_index)
+        info = self.info
         au_ids = info.eval_aus if au_ids is None else au_ids
         intensity = self._stacked(self._intensity, (len(info.intensity_aus),), np.uint8)
         occurrence = self._stacked(self._occurrence, (len(info.occurrence_aus),), np.uint8)
         landmarks = self._stacked(self._landmarks, (info.n_landmarks, 2), np.float32)
         labels = binarize(intensity, au_ids, threshold, info.name, occurrence)
-        pos, neg_pos_ratio = label_stats(labels)
         f = self._file
         f.create_dataset("frame_index", data=np.asarray(self._frame_index, dtype=np.int32))
         f.create_dataset("intensity", data=intensity)
@@ -272,7 +245,25 @@ class ShardWriter:
             f.create_dataset("occurrence", data=occurrence)
         f.create_dataset("labels", data=labels)
         f.create_dataset("landmarks", data=landmarks)
-        attrs = f.attrs
+        self._write_attrs(f.attrs, subject=subject, camera=camera, au_ids=au_ids,
+                          threshold=threshold, labels=labels, intensity=intensity,
+                          nose_target=nose_target, chin_target=chin_target,
+                          frame_counts=(n_source_frames, n_video_frames, n_label_frames),
+                          dropped=dropped, config=config, pipeline_version=pipeline_version,
+                          origin=origin)
+        f.attrs["complete"] = True
+        f.close()
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def _write_attrs(self, attrs, *, subject: str, camera: str, au_ids: Sequence[int],
+                     threshold: int, labels: np.ndarray, intensity: np.ndarray,
+                     nose_target: Sequence[float], chin_target: Sequence[float],
+                     frame_counts: tuple, dropped: dict | None, config: dict | None,
+                     pipeline_version: str, origin: dict | None) -> None:
+        info = self.info
+        n_source_frames, n_video_frames, n_label_frames = frame_counts
+        pos, neg_pos_ratio = label_stats(labels)
         attrs["schema_version"] = SCHEMA_VERSION
         attrs["dataset"] = info.name
         attrs["subject"] = subject
@@ -300,10 +291,6 @@ class ShardWriter:
         attrs["pipeline_version"] = pipeline_version
         for key, value in (origin or {}).items():
             attrs[key] = str(value)
-        attrs["complete"] = True
-        f.close()
-        os.replace(self.tmp_path, self.path)
-        return self.path
 
     def _stacked(self, rows: list[np.ndarray], tail: tuple[int, ...], dtype) -> np.ndarray:
         return np.stack(rows) if rows else np.zeros((0, *tail), dtype)
@@ -326,34 +313,6 @@ class ShardWriter:
             self.tmp_path.unlink(missing_ok=True)
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path)) from exc
         self.abort()
-
-
-def is_disk_full(err: BaseException) -> bool:
-    """ENOSPC, also when h5py reports it as a RuntimeError with the errno in its text."""
-    text = str(err)
-    return (getattr(err, "errno", None) == errno.ENOSPC or "errno = 28," in text
-            or "No space left on device" in text)
-
-
-#: Writers whose HDF5 file could not be flushed (a full disk). Freeing such a handle crashes the
-#: HDF5 library (segfault), also at interpreter exit, so they are kept, and a process holding
-#: any ends with os._exit (after flushing its output) instead of tearing the library down.
-_UNCLOSABLE: list["ShardWriter"] = []
-
-
-def keep_unclosed(writer: "ShardWriter") -> None:
-    if not _UNCLOSABLE:
-        atexit.register(_exit_without_freeing)
-    _UNCLOSABLE.append(writer)
-
-
-def _exit_without_freeing() -> None:
-    from . import cli
-
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(cli.LAST_EXIT_CODE)
 
 
 class ShardReader:
