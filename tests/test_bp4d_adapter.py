@@ -223,3 +223,12 @@ def test_a_csv_without_its_frame_folder_is_named(twin, tmp_path):
     with pytest.raises(CommandError) as err:
         BP4DAdapter().sequences(root)
     _one_line_naming(err, "AUCoding/F001_T1.csv", "F001/T1/")
+
+
+def test_a_landmark_file_that_names_no_sequence_is_refused(twin, tmp_path):
+    root = _copy(twin, tmp_path)
+    (root / "2DFeatures" / "F001").mkdir()
+    shutil.copy(next((root / "2DFeatures").glob("*.mat")), root / "2DFeatures" / "F001" / "x.mat")
+    with pytest.raises(CommandError) as err:
+        BP4DAdapter().sequences(root)
+    _one_line_naming(err, "2DFeatures/F001/x.mat", "does not say its sequence")

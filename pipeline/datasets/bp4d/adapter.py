@@ -74,7 +74,8 @@ class BP4DAdapter:
         for key in sorted(layout.occurrence):
             if key not in layout.frames:
                 raise ReleaseError(f"{layout.rel(layout.occurrence[key])}: no frame folder "
-                                   f"{key[0]}/{key[1]}/ with images anywhere under {root}")
+                                   f"{key[0]}/{key[1]}/ with images anywhere under {root} "
+                                   "(videos are not read: extract their frames first)")
             refs.append(SequenceRef(key[0], key[1], layout.frames[key]))
         return refs
 

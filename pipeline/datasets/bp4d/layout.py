@@ -81,8 +81,7 @@ def _has_image(folder: str) -> bool:
         return any(e.name.lower().endswith(IMAGE_SUFFIXES) for e in entries)
 
 
-def _scan_dir(layout: BP4DLayout, path: str, dirs: list[str], files: list[str],
-              context: set[str]) -> None:
+def _scan_dir(layout: BP4DLayout, path: str, files: list[str], context: set[str]) -> None:
     """Record what folder ``path`` holds; ``context`` says which kinds of folder it is under."""
     here = Path(path)
     if "coding" in context and "intensity" not in context:
@@ -100,6 +99,11 @@ def _scan_dir(layout: BP4DLayout, path: str, dirs: list[str], files: list[str],
             rel = layout.rel(here / name)
             if (m := _LM_PATH_RE.search(rel)) is not None:
                 _put(layout.landmarks, _key(*m.groups()), here / name, layout, "landmark")
+            elif name.lower().endswith(".mat"):
+                # The landmark folders' layout is UNVERIFIED: a file we cannot place means the
+                # assumption is wrong, and going on would silently drop every landmark.
+                raise ReleaseError(f"{rel}: a landmark .mat whose name does not say its "
+                                   "sequence (expected F001_T1.mat, one file per sequence)")
     if _TASK_RE.match(here.name) and _SUBJECT_RE.match(here.parent.name) and _has_image(path):
         _put(layout.frames, _key(here.parent.name, here.name), here, layout, "frame folder")
 
@@ -115,7 +119,7 @@ def find_release(root: Path | str) -> BP4DLayout:
     for path, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         context = contexts.pop(path, set())
-        _scan_dir(layout, path, dirs, files, context)
+        _scan_dir(layout, path, files, context)
         for d in dirs:
             sub = set(context)
             sub |= {kind for kind, test in (("coding", _is_coding_dir),
