@@ -87,3 +87,11 @@ def test_bad_twin_options_give_one_line(tmp_path, capsys):
     code = main(["--layout", "bp4d", "--out", str(tmp_path / "x"), "--frames", "5"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--frames" in err and len(err.splitlines()) == 1
+
+
+def test_every_evaluated_au_is_coded_present_in_every_sequence(both):
+    for path in sorted((both / "AUCoding").rglob("*.csv")):
+        rows = np.array([[int(v) for v in line.split(",")]
+                         for line in path.read_text().splitlines()[1:]])
+        present = (rows[:, list(bp4d.OCCURRENCE_AUS)] == 1).any(axis=0)
+        assert present.all(), (path.name, np.array(bp4d.OCCURRENCE_AUS)[~present])

@@ -146,11 +146,30 @@ def plan_sequences(cfg: BP4DTwinConfig) -> list[SequencePlan]:
 
 
 def sequence_intensity(plan: SequencePlan) -> np.ndarray:
-    """Twin intensities ``[n, 12]`` 0-5 in BP4D's OCCURRENCE_AUS order."""
+    """Twin intensities ``[n, 12]`` 0-5 in BP4D's OCCURRENCE_AUS order: the DISFA twin's
+    episodes, plus one planted episode for each AU still without a coded frame."""
     rng = np.random.default_rng(list(plan.seed))
     schedule = au_schedule(plan.n, rng)
-    return np.stack([schedule[:, DISFA_AUS.index(TIMELINE.get(au, au))]
-                     for au in bp4d.OCCURRENCE_AUS], axis=1)
+    out = np.stack([schedule[:, DISFA_AUS.index(TIMELINE.get(au, au))]
+                    for au in bp4d.OCCURRENCE_AUS], axis=1)
+    return _ensure_coverage(out, rng)
+
+
+def _ensure_coverage(intensity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Every AU at >= OCCURRENCE_MIN somewhere in the sequence: the DISFA schedule leaves the
+    timelines BP4D borrows for AUs 7, 14 (DISFA's rare 5, 20), 15 and 17 often empty, and an AU
+    with no positive frame cannot be learned or scored."""
+    n = len(intensity)
+    for j in range(intensity.shape[1]):
+        if intensity[:, j].max() >= OCCURRENCE_MIN:
+            continue
+        length = int(min(n, rng.integers(14, 41)))
+        start = int(rng.integers(0, n - length + 1))
+        ramp = np.minimum(np.arange(1, length + 1), np.arange(length, 0, -1)) / 4.0
+        apex = int(rng.integers(OCCURRENCE_MIN, 6))
+        values = np.rint(np.minimum(ramp, 1.0) * apex).astype(np.uint8)
+        intensity[start:start + length, j] = np.maximum(intensity[start:start + length, j], values)
+    return intensity
 
 
 def _drawn(intensity_row: np.ndarray) -> dict[int, float]:
