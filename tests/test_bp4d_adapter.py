@@ -232,3 +232,13 @@ def test_a_landmark_file_that_names_no_sequence_is_refused(twin, tmp_path):
     with pytest.raises(CommandError) as err:
         BP4DAdapter().sequences(root)
     _one_line_naming(err, "2DFeatures/F001/x.mat", "does not say its sequence")
+
+
+@pytest.mark.parametrize("folder", ["AU Intensity Codes3.0", "AUCoding/AU_INT"])
+def test_the_intensity_folder_is_found_under_each_spelling(twin, tmp_path, folder):
+    root = _copy(twin, tmp_path)
+    (root / "AU-Intensity-Codes3.0").rename(root / folder)  # the fixture's (odd-seed) spelling
+    adapter = BP4DAdapter()
+    ref = adapter.sequences(root)[0]
+    data = adapter.read_sequence(root, ref)
+    assert (data.intensity[3:] != NOT_CODED).all() and data.counts[NO_INTENSITY_ROW] == 1
