@@ -42,7 +42,8 @@ class SequenceData:
     file number); ``images``: the image file of each; ``occurrence`` ``[N, len(info.occurrence_aus)]``
     0/1 and ``intensity`` ``[N, len(info.intensity_aus)]`` 0-5, both uint8 with NOT_CODED;
     ``landmarks`` ``[N, P, 2]`` float32 0-based pixels in the frame, NaN rows where the release
-    has none; ``dropped``: reason -> frames left out while reading (e.g. no image file)."""
+    has none; ``dropped``: reason -> frames left out while reading (e.g. no image file);
+    ``counts``: reason -> frames kept but short of something (e.g. no landmarks)."""
 
     frame_numbers: np.ndarray
     images: list[Path]
@@ -50,6 +51,7 @@ class SequenceData:
     intensity: np.ndarray
     landmarks: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frame_numbers)

@@ -32,6 +32,8 @@ from .writer import synthesize
 
 # --------------------------------------------------------------------------- CLI
 
+LAYOUTS = ("disfa", "bp4d")
+
 
 def _frames_arg(text: str) -> int:
     if text.strip().lower() == "real":
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline.synth", description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder to write the twin into")
+    p.add_argument("--layout", choices=LAYOUTS, default="disfa",
+                   help="which release's layout to write (bp4d: docs/twin.md)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--subjects", nargs="+", help="subjects to write (e.g. SN001 SN031 or 1 31)")
     who.add_argument("--n-subjects", type=int, default=3,
@@ -55,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per subject; 'real' or >= 4845 gives the release's counts "
                         "(4845, SN010 4844) and its exact Error_LOG ranges")
     p.add_argument("--seed", type=int, default=0, help="base seed (each subject derives its own)")
-    p.add_argument("--width", type=int_range(32, 4096), default=disfa.FRAME_SIZE[0],
-                   help="frame width, 32..4096")
-    p.add_argument("--height", type=int_range(24, 4096), default=disfa.FRAME_SIZE[1],
-                   help="frame height, 24..4096")
+    p.add_argument("--width", type=int_range(32, 4096), default=None,
+                   help=f"frame width, 32..4096 (default {disfa.FRAME_SIZE[0]}; bp4d 260)")
+    p.add_argument("--height", type=int_range(24, 4096), default=None,
+                   help=f"frame height, 24..4096 (default {disfa.FRAME_SIZE[1]}; bp4d 348)")
     p.add_argument("--fps", type=video_fps, default=disfa.FPS,
                    help=f"video frame rate (>= {MIN_FPS:g})")
     p.add_argument("--jobs", type=int_range(1), default=1, help="subjects rendered in parallel")
@@ -67,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int_range(1, 100), default=90, help="MJPG quality 1-100")
     p.add_argument("--preview", action="store_true",
                    help="also save OUT/preview.png: frames with landmarks, AUs, an AU gallery")
+    p.add_argument("--bp4d-variant", choices=("fera", "full", "both"), default="both",
+                   help="bp4d: the FERA 2015 subset's layout, the full release's, or both "
+                        "(subjects alternate)")
+    p.add_argument("--tasks", type=int_range(1, 8), default=2,
+                   help="bp4d: tasks (sequences) per subject; --frames is split over them")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -83,9 +92,19 @@ def video_fps(text: str) -> float:
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     return SynthConfig(
         subjects=tuple(args.subjects) if args.subjects else None,
-        n_subjects=args.n_subjects, frames=args.frames, seed=args.seed, width=args.width,
-        height=args.height, fps=args.fps, jobs=args.jobs, right_camera=not args.no_right_camera,
+        n_subjects=args.n_subjects, frames=args.frames, seed=args.seed,
+        width=args.width or disfa.FRAME_SIZE[0], height=args.height or disfa.FRAME_SIZE[1], fps=args.fps, jobs=args.jobs, right_camera=not args.no_right_camera,
         jpeg_quality=args.jpeg_quality, preview=args.preview)
+
+
+def _bp4d(args: argparse.Namespace) -> int:
+    from .bp4d_layout import run_from_args  # only this layout needs it
+
+    try:
+        return run_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 @handle_errors("pipeline.synth")
@@ -93,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.layout == "bp4d":
+        return _bp4d(args)
     try:
         cfg = config_from_args(args)
     except ValueError as err:
