@@ -93,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
     return SynthConfig(
         subjects=tuple(args.subjects) if args.subjects else None,
         n_subjects=args.n_subjects, frames=args.frames, seed=args.seed,
-        width=args.width or disfa.FRAME_SIZE[0], height=args.height or disfa.FRAME_SIZE[1], fps=args.fps, jobs=args.jobs, right_camera=not args.no_right_camera,
+        width=args.width or disfa.FRAME_SIZE[0], height=args.height or disfa.FRAME_SIZE[1],
+        fps=args.fps, jobs=args.jobs, right_camera=not args.no_right_camera,
         jpeg_quality=args.jpeg_quality, preview=args.preview)
 
 
