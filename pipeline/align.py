@@ -159,22 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Align DISFA, DISFA+ or BP4D frames (two-point similarity: nose midpoint to "
                     "the centre, chin near the bottom; or JAA's rule for the 49-point datasets) "
                     "and write one HDF5 shard per subject and camera.")
-    p.add_argument("--dataset", choices=tuple(DATASETS), default=LEGACY_DATASET,
-                   help="which release: disfa (videos, the default), disfa+ or bp4d (frame "
-                        "images, one <subject>_frontal.h5 shard per subject)")
-    p.add_argument("--disfa-root", "--root", dest="disfa_root", required=True, type=Path,
-                   help="the release root (DISFA: holds ActionUnit_Labels, Videos_LeftCamera, "
-                        "Landmark_Points, ...; --root is the same option, for any dataset)")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder for <subject>_<camera>.h5 shards and align_summary.json")
-    p.add_argument("--alignment", dest="alignment_rule", choices=ALIGNMENT_RULES,
-                   default="nose-chin",
-                   help="nose-chin: the paper's rule (49-point datasets take the chin from "
-                        "dlib's 68 points); jaa: JAA-Net's eye/nose/mouth similarity, 200 px "
-                        "by default, grey border (disfa+ and bp4d only; default: nose-chin)")
-    p.add_argument("--drop-list", choices=("jaa",),
-                   help="bp4d: leave out the frames a peer's lists drop (jaa: the 271 frames "
-                        "JAA-Net's lists leave out, 146,576 frames kept); counted as drop_list")
+    _add_dataset_args(p)
     p.add_argument("--camera", choices=("left", "right", "both"), default="left",
                    help="which camera(s): the release's landmarks (and its error log) belong to "
                         "the left camera; right-camera landmarks come from dlib, frames without "
@@ -219,6 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"JPEG quality 1-100 (default: {DEFAULT_JPEG_QUALITY})")
     _add_run_and_check_args(p)
     return p
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """Which release, where, and (the 49-point datasets) which alignment rule and drop list."""
+    p.add_argument("--dataset", choices=tuple(DATASETS), default=LEGACY_DATASET,
+                   help="which release: disfa (videos, the default), disfa+ or bp4d (frame "
+                        "images, one <subject>_frontal.h5 shard per subject)")
+    p.add_argument("--disfa-root", "--root", dest="disfa_root", required=True, type=Path,
+                   help="the release root (DISFA: holds ActionUnit_Labels, Videos_LeftCamera, "
+                        "Landmark_Points, ...; --root is the same option, for any dataset)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder for <subject>_<camera>.h5 shards and align_summary.json")
+    p.add_argument("--alignment", dest="alignment_rule", choices=ALIGNMENT_RULES,
+                   default="nose-chin",
+                   help="nose-chin: the paper's rule (49-point datasets take the chin from "
+                        "dlib's 68 points); jaa: JAA-Net's eye/nose/mouth similarity, 200 px "
+                        "by default, grey border (disfa+ and bp4d only; default: nose-chin)")
+    p.add_argument("--drop-list", choices=("jaa",),
+                   help="bp4d: leave out the frames a peer's lists drop (jaa: the 271 frames "
+                        "JAA-Net's lists leave out, 146,576 frames kept); counted as drop_list")
 
 
 def _add_run_and_check_args(p: argparse.ArgumentParser) -> None:
