@@ -258,3 +258,58 @@ def test_a_shard_whose_frame_numbers_disagree_in_length_is_refused(release, tmp_
         f.create_dataset("frame_number", data=np.arange(3, dtype=np.int32))
     with pytest.raises(Exception, match="disagree in length"):
         ShardReader(out / "M002_frontal.h5")
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def _bp4d_shard(out: Path, subject: str, n: int, seed: int) -> None:
+    from pipeline.shards import ShardWriter
+
+    rng = np.random.default_rng(seed)
+    occurrence = rng.integers(0, 2, (n, 12)).astype(np.uint8)
+    occurrence[: n // 2, 0] = NOT_CODED  # half the frames not coded for AU1
+    with ShardWriter(out / f"{subject}_frontal.h5", 16, encoding="raw", dataset="bp4d") as w:
+        w.append_many(np.zeros((n, 16, 16, 3), np.uint8), range(n),
+                      rng.integers(0, 6, (n, 5)), np.zeros((n, 49, 2)), occurrence=occurrence)
+        w.commit(subject=subject, camera="frontal", threshold=3, nose_target=(8, 8),
+                 chin_target=(8, 14), n_source_frames=n)
+
+
+def test_folds_take_any_dataset_and_leave_not_coded_frames_out_of_rates(tmp_path, capsys):
+    from pipeline.build_folds import load_folds, main as folds_main
+
+    shards = tmp_path / "shards"
+    for i, subject in enumerate(("F001", "F002", "M001", "M002")):
+        _bp4d_shard(shards, subject, 20, i)
+    assert folds_main(["--shards", str(shards), "--out", str(tmp_path / "f"), "--scheme",
+                       "kfold", "--k", "2"]) == 0  # the camera defaults to frontal here
+    manifest = load_folds(tmp_path / "f")
+    assert manifest["dataset"] == "bp4d" and manifest["camera"] == "frontal"
+    fold = manifest["folds"][0]
+    labels = np.concatenate([ShardReader(shards / f"{s}_frontal.h5").labels
+                             for s in fold["train"]])
+    coded = labels[:, 0] != NOT_CODED
+    assert fold["pos_count"]["train"][0] == int((labels[coded, 0] == 1).sum())
+    assert fold["pos_rate"]["train"][0] == pytest.approx((labels[coded, 0] == 1).mean())
+    assert sorted(fold["train"] + fold["val"] + fold["test"]) == ["F001", "F002", "M001", "M002"]
+    # DISFA's split does not fit BP4D's shards.
+    assert folds_main(["--shards", str(shards), "--out", str(tmp_path / "g")]) == 2
+    assert "DISFA's split" in capsys.readouterr().err
+
+
+def test_bp4d3_reads_the_parts_manifest(tmp_path, monkeypatch):
+    from pipeline import build_folds as bf
+
+    shards = tmp_path / "shards"
+    for i, subject in enumerate(("F001", "F002", "M001", "M002", "M003", "F003")):
+        _bp4d_shard(shards, subject, 10, i)
+    monkeypatch.setattr(bf, "MANIFEST_DIR", tmp_path)
+    with pytest.raises(bf.FoldError, match="bp4d_folds.json"):
+        bf.build_folds(shards, bf.FoldConfig(scheme="bp4d3", camera="frontal"))
+    (tmp_path / "bp4d_folds.json").write_text(json.dumps({
+        "dataset": "bp4d", "parts": [["F001", "M001"], ["F002", "M002"], ["M003", "F003"]],
+        "validation_subjects_per_fold": [["F002"], ["F001"], ["F001"]]}))
+    manifest = bf.build_folds(shards, bf.FoldConfig(scheme="bp4d3", camera="frontal"))
+    assert manifest["folds"][0]["test"] == ["F001", "M001"]
+    assert manifest["folds"][0]["val"] == ["F002"] and manifest["dataset"] == "bp4d"
