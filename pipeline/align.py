@@ -261,8 +261,8 @@ def _add_run_and_check_args(p: argparse.ArgumentParser) -> None:
 def subject_arg(text: str) -> str:
     """An argparse ``type`` for --subjects: a subject name, never a path (it names the shard)."""
     if not (is_subject_name(text) or is_known_subject(text.strip().upper())):
-        raise argparse.ArgumentTypeError(f"must be a subject name like SN001 (DISFA, DISFA+) "
-                                         f"or F001 (BP4D), got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a DISFA subject name like SN001 (DISFA+ "
+                                         f"too) or a BP4D one like F001, got {text!r}")
     return text
 
 
