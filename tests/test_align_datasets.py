@@ -313,3 +313,38 @@ def test_bp4d3_reads_the_parts_manifest(tmp_path, monkeypatch):
     manifest = bf.build_folds(shards, bf.FoldConfig(scheme="bp4d3", camera="frontal"))
     assert manifest["folds"][0]["test"] == ["F001", "M001"]
     assert manifest["folds"][0]["val"] == ["F002"] and manifest["dataset"] == "bp4d"
+
+
+def test_an_unreadable_frame_is_dropped_and_counted(release, tmp_path):
+    image = next((release.root / "M002" / "T1").glob("*6.png"))
+    image.write_bytes(b"not an image at all")
+    out = tmp_path / "shards"
+    assert _align(release.root, out, "--alignment", "jaa", "--subjects", "M002") == 0
+    r = ShardReader(out / "M002_frontal.h5")
+    assert len(r) == 4 and r.attrs["dropped"] == {"image_unreadable": 1}
+
+
+def test_real_face_takes_its_chin_and_missing_points_from_dlib(tmp_path, monkeypatch):
+    """On the real DISFA frame (the fixture): dlib's chin lands near the release's own chin,
+    and a frame without release landmarks is aligned from dlib's points."""
+    from _disfa_fixtures import REAL_FRAME, real_landmarks, require_fixture
+
+    frame = cv2.imread(str(require_fixture(REAL_FRAME)))
+    pts66 = real_landmarks()
+    folder = tmp_path / "bp4d" / "F001" / "T1"
+    folder.mkdir(parents=True)
+    for n in (1, 2):
+        cv2.imwrite(str(folder / f"{n}.png"), frame)
+    lms = np.stack([pts66[17:], np.full((49, 2), np.nan)]).astype(np.float32)
+    np.savez(folder / "labels.npz", frames=np.array([1, 2]),
+             occurrence=np.zeros((2, 12), np.uint8), intensity=np.zeros((2, 5), np.uint8),
+             landmarks=lms)
+    monkeypatch.setattr(frames_run, "get_adapter", lambda name: FakeAdapter())
+    out = tmp_path / "shards"
+    assert _align(tmp_path / "bp4d", out, "--size", 100) == 0  # nose-chin, real dlib
+    r = ShardReader(out / "F001_frontal.h5")
+    assert len(r) == 2 and r.attrs["config"]["landmarks_from_detector"] == 1
+    m = cv2.estimateAffinePartial2D(pts66[17:], r.landmarks[0])[0]
+    chin = pts66[8] @ m[:, :2].T + m[:, 2]  # the release's chin, aligned
+    assert np.hypot(*(chin - [50, 87.5])) < 6  # dlib's chin was put at (50, 87.5)
+    np.testing.assert_allclose(r.landmarks[1], r.landmarks[0], atol=6)

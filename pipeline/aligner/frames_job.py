@@ -36,6 +36,7 @@ from ..cli import describe_os_error
 from ..datasets.base import SequenceData, SequenceRef
 from ..datasets.disfa import ReleaseError
 from ..datasets.registry import dataset_info
+from ..image_limits import ImageSizeError, check_image_size
 from ..origin import data_origin
 from ..shards import ShardError, ShardReader, ShardWriter, is_complete_shard, verify_images
 from .config import DETECTOR_REASON, AlignConfig
@@ -260,9 +261,8 @@ def _align_sequence(job: FramesJob, index: int, ref: SequenceRef, data: Sequence
         if int(number) in drop:
             counts.drop("drop_list")
             continue
-        frame = cv2.imread(str(data.images[i]), cv2.IMREAD_COLOR)
+        frame = read_frame(data.images[i])
         if frame is None:
-            log.warning("%s: cannot read the image; frame dropped", data.images[i])
             counts.drop("image_unreadable")
             continue
         points, matrix, reason = frame_alignment(cfg, data.landmarks[i], frame, detector)
@@ -276,6 +276,23 @@ def _align_sequence(job: FramesJob, index: int, ref: SequenceRef, data: Sequence
         writer.add(index, int(number), data.intensity[i], data.occurrence[i],
                    points @ matrix[:, :2].T + matrix[:, 2])
     check_still_owner(job)  # a worker orphaned by a killed run stops here
+
+
+def read_frame(path: Path) -> np.ndarray | None:
+    """A frame's BGR pixels as stored, or None (warned) if it cannot be read. The header's size
+    is checked before decoding (a decompression bomb is refused); EXIF orientation is ignored
+    because the release's landmarks are in stored pixels (MATLAB's imread ignores it too)."""
+    try:
+        data = Path(path).read_bytes()
+        check_image_size(data)
+    except (OSError, ImageSizeError) as err:
+        log.warning("%s: cannot read the image (%s); frame dropped", path, err)
+        return None
+    frame = cv2.imdecode(np.frombuffer(data, np.uint8),
+                         cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if frame is None:
+        log.warning("%s: the image does not decode; frame dropped", path)
+    return frame
 
 
 def frame_alignment(cfg: AlignConfig, release: np.ndarray, frame_bgr: np.ndarray,
