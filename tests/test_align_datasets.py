@@ -348,3 +348,13 @@ def test_real_face_takes_its_chin_and_missing_points_from_dlib(tmp_path, monkeyp
     chin = pts66[8] @ m[:, :2].T + m[:, 2]  # the release's chin, aligned
     assert np.hypot(*(chin - [50, 87.5])) < 6  # dlib's chin was put at (50, 87.5)
     np.testing.assert_allclose(r.landmarks[1], r.landmarks[0], atol=6)
+
+
+def test_subjects_run_in_parallel_processes(release, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert _align(release.root, serial, "--alignment", "jaa", "--subjects", "M002") == 0
+    assert _align(release.root, parallel, "--alignment", "jaa", "--jobs", "2") == 0
+    summary = json.loads((parallel / "align_summary.json").read_text())
+    assert sorted(summary["subjects"]) == ["F001_frontal", "M002_frontal"]
+    a, b = ShardReader(serial / "M002_frontal.h5"), ShardReader(parallel / "M002_frontal.h5")
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)
