@@ -59,10 +59,13 @@ class FakeAdapter:
         z = np.load(ref.frames_dir / "labels.npz")
         images = {int(p.stem): p for p in ref.frames_dir.glob("*.png")}
         keep = [i for i, n in enumerate(z["frames"]) if int(n) in images]
-        return SequenceData(z["frames"][keep], [images[int(z["frames"][i])] for i in keep],
+        data = SequenceData(z["frames"][keep], [images[int(z["frames"][i])] for i in keep],
                             z["occurrence"][keep], z["intensity"][keep], z["landmarks"][keep],
                             {"no_image": len(z["frames"]) - len(keep)} if
                             len(keep) < len(z["frames"]) else {})
+        # What an adapter counts about frames it keeps (BP4D's: frames without landmarks).
+        data.counts = {"no_landmarks": int(np.isnan(data.landmarks).any(axis=(1, 2)).sum())}
+        return data
 
     def standard_folds(self) -> dict:
         return {}
@@ -151,6 +154,7 @@ def test_jaa_alignment_writes_one_frontal_shard_per_subject(release, tmp_path, c
     np.testing.assert_allclose(r.landmarks[0], want, atol=1e-3)
     summary = json.loads((out / "align_summary.json").read_text())
     assert summary["totals"]["from_detector"] == 1
+    assert summary["subjects"]["F001_frontal"]["adapter_counts"] == {"no_landmarks": 2}
     assert summary["subjects"]["F001_frontal"]["dropped"] == {"no_image": 1, "no_face": 1}
     table = capsys.readouterr().out
     assert "detector" in table and "noimage" in table and "F001" in table

@@ -125,6 +125,7 @@ class _Counts:
     read: int = 0
     detector: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)  # the adapter's counts of kept frames
 
     def drop(self, reason: str, k: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + int(k)
@@ -160,6 +161,7 @@ def frames_row(job: FramesJob, reader: ShardReader, status: str, seconds: float
             "frames_read": int(reader.attrs["n_source_frames"]), "kept": len(reader),
             "dropped": dict(reader.attrs["dropped"]), "filled": 0,
             "from_detector": int(config.get(DETECTOR_REASON, 0)),
+            "adapter_counts": dict(config.get("adapter_counts", {})),
             "alignment_rule": config.get("alignment_rule"),
             "landmark_source": config.get("landmark_source"),
             "au_ids": list(reader.au_ids), "pos_rate": [float(p) for p in pos_rate],
@@ -203,6 +205,9 @@ def _write_shard(job: FramesJob, make_detector: DetectorFactory) -> None:
             for reason, k in data.dropped.items():
                 counts.drop(reason, k)
             counts.read += len(data) + sum(data.dropped.values())
+            # An adapter may count things about frames it keeps (e.g. no landmarks).
+            for note, k in (getattr(data, "counts", None) or {}).items():
+                counts.notes[note] = counts.notes.get(note, 0) + int(k)
             detector.reset()
             _align_sequence(job, index, ref, data, writer, counts, detector)
         writer.flush()
@@ -210,7 +215,7 @@ def _write_shard(job: FramesJob, make_detector: DetectorFactory) -> None:
             log.warning("%s: no frame kept (%s)", job.subject, counts.dropped)
         config = dataclasses.asdict(cfg)
         config.update(content_key=cfg.content_key(CAMERA), landmark_source=landmark_source(cfg),
-                      sequences=[ref.name for ref in job.sequences],
+                      sequences=[ref.name for ref in job.sequences], adapter_counts=counts.notes,
                       **{DETECTOR_REASON: counts.detector})
         targets = _recorded_targets(cfg)
         check_still_owner(job)
