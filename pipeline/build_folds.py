@@ -157,16 +157,35 @@ def standard_manifest(scheme: str) -> dict[str, Any]:
     return manifest
 
 
+def _test_parts(manifest: dict[str, Any]) -> list[int]:
+    """Per fold the 0-based index of the part it tests: the manifest's ``folds[k].test_part``
+    (1-based; BP4D's fold 1 tests part 3, as ME-GraphAU numbers them), else part k (DISFA)."""
+    n = len(manifest["parts"])
+    entries = manifest.get("folds")
+    if not entries:
+        return list(range(n))
+    tests = [int(entry["test_part"]) - 1 for entry in entries]
+    if sorted(tests) != list(range(n)):
+        raise FoldError(f"{_manifest_name(manifest)}: folds test parts {[t + 1 for t in tests]}, "
+                        f"not each of the {n} parts once")
+    return tests
+
+
+def _manifest_name(manifest: dict[str, Any]) -> str:
+    return str(manifest.get("name") or manifest.get("dataset") or "the folds manifest")
+
+
 def _assignments(cfg: FoldConfig, subjects: list[str]) -> list[dict[str, list[str]]]:
     """Per fold the subject lists, before checking which shards exist."""
     if cfg.scheme in STANDARD_SCHEMES:
         manifest = standard_manifest(cfg.scheme)
         parts = manifest["parts"]
         folds = []
-        for k, test in enumerate(parts):
+        for k, test_index in enumerate(_test_parts(manifest)):
             val = list(manifest["validation_subjects_per_fold"][k])
-            train = [s for j, part in enumerate(parts) if j != k for s in part if s not in val]
-            folds.append({"train": train, "val": val, "test": list(test)})
+            train = [s for j, part in enumerate(parts) if j != test_index for s in part
+                     if s not in val]
+            folds.append({"train": train, "val": val, "test": list(parts[test_index])})
         return folds
     if len(subjects) < cfg.k:
         raise FoldError(f"{len(subjects)} subjects cannot make {cfg.k} folds")

@@ -311,12 +311,19 @@ def test_bp4d3_reads_the_parts_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(bf, "MANIFEST_DIR", tmp_path)
     with pytest.raises(bf.FoldError, match="bp4d_folds.json"):
         bf.build_folds(shards, bf.FoldConfig(scheme="bp4d3", camera="frontal"))
+    # As BP4D's manifest numbers them (ME-GraphAU's): fold 1 tests part 3, fold 3 part 1.
     (tmp_path / "bp4d_folds.json").write_text(json.dumps({
         "dataset": "bp4d", "parts": [["F001", "M001"], ["F002", "M002"], ["M003", "F003"]],
-        "validation_subjects_per_fold": [["F002"], ["F001"], ["F001"]]}))
+        "folds": [{"fold": 1, "test_part": 3}, {"fold": 2, "test_part": 2},
+                  {"fold": 3, "test_part": 1}],
+        "validation_subjects_per_fold": [["F001", "F002"], ["F001", "M003"], ["F002", "M003"]]}))
     manifest = bf.build_folds(shards, bf.FoldConfig(scheme="bp4d3", camera="frontal"))
-    assert manifest["folds"][0]["test"] == ["F001", "M001"]
-    assert manifest["folds"][0]["val"] == ["F002"] and manifest["dataset"] == "bp4d"
+    first, last = manifest["folds"][0], manifest["folds"][2]
+    assert first["test"] == ["M003", "F003"] and last["test"] == ["F001", "M001"]
+    assert first["val"] == ["F001", "F002"] and first["train"] == ["M001", "M002"]
+    assert manifest["dataset"] == "bp4d"
+    for fold in manifest["folds"]:
+        assert not set(fold["test"]) & set(fold["train"] + fold["val"])
 
 
 def test_an_unreadable_frame_is_dropped_and_counted(release, tmp_path):
