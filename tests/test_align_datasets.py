@@ -61,8 +61,7 @@ class FakeAdapter:
         keep = [i for i, n in enumerate(z["frames"]) if int(n) in images]
         data = SequenceData(z["frames"][keep], [images[int(z["frames"][i])] for i in keep],
                             z["occurrence"][keep], z["intensity"][keep], z["landmarks"][keep],
-                            {"no_image": len(z["frames"]) - len(keep)} if
-                            len(keep) < len(z["frames"]) else {})
+                            {"no_image": len(z["frames"]) - len(keep), "other": 0})
         # What an adapter counts about frames it keeps (BP4D's: frames without landmarks).
         data.counts = {"no_landmarks": int(np.isnan(data.landmarks).any(axis=(1, 2)).sum())}
         return data

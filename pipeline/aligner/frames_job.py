@@ -128,7 +128,8 @@ class _Counts:
     notes: dict[str, int] = field(default_factory=dict)  # the adapter's counts of kept frames
 
     def drop(self, reason: str, k: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + int(k)
+        if k:  # an adapter may report a reason with no frame
+            self.dropped[reason] = self.dropped.get(reason, 0) + int(k)
 
 
 def _is_current(job: FramesJob) -> bool:
@@ -207,7 +208,8 @@ def _write_shard(job: FramesJob, make_detector: DetectorFactory) -> None:
             counts.read += len(data) + sum(data.dropped.values())
             # An adapter may count things about frames it keeps (e.g. no landmarks).
             for note, k in (getattr(data, "counts", None) or {}).items():
-                counts.notes[note] = counts.notes.get(note, 0) + int(k)
+                if k:
+                    counts.notes[note] = counts.notes.get(note, 0) + int(k)
             detector.reset()
             _align_sequence(job, index, ref, data, writer, counts, detector)
         writer.flush()
