@@ -368,3 +368,28 @@ def test_subjects_run_in_parallel_processes(release, tmp_path):
     assert sorted(summary["subjects"]) == ["F001_frontal", "M002_frontal"]
     a, b = ShardReader(serial / "M002_frontal.h5"), ShardReader(parallel / "M002_frontal.h5")
     np.testing.assert_array_equal(a.landmarks, b.landmarks)
+
+
+class FakeDisfaPlus(FakeAdapter):
+    """DISFA+'s scheme: 12 intensity columns, no occurrence codes, SN0xx subjects."""
+
+    info = dataset_info("disfa+")
+
+    def read_sequence(self, root: Path, ref: SequenceRef) -> SequenceData:
+        data = super().read_sequence(root, ref)
+        n = len(data)
+        data.intensity = np.tile(np.arange(12, dtype=np.uint8) % 6, (n, 1))
+        data.occurrence = np.zeros((n, 0), np.uint8)
+        return data
+
+
+def test_disfa_plus_intensities_become_labels_at_its_threshold(tmp_path, monkeypatch):
+    root = tmp_path / "dplus"
+    _write_sequence(root / "SN001" / "A1_AU1_TrailNo_1", 0, 3, 5)
+    monkeypatch.setattr(frames_run, "get_adapter", lambda name: FakeDisfaPlus())
+    out = tmp_path / "shards"
+    assert align_mod.main(["--dataset", "disfa+", "--root", str(root), "--out", str(out),
+                           "--alignment", "jaa", "--size", "48"]) == 0
+    r = ShardReader(out / "SN001_frontal.h5")
+    assert (r.dataset, len(r), r.occurrence, int(r.attrs["threshold"])) == ("disfa+", 3, None, 2)
+    assert r.labels[0].tolist() == [int(v >= 2) for v in np.arange(12) % 6]
