@@ -393,3 +393,14 @@ def test_disfa_plus_intensities_become_labels_at_its_threshold(tmp_path, monkeyp
     r = ShardReader(out / "SN001_frontal.h5")
     assert (r.dataset, len(r), r.occurrence, int(r.attrs["threshold"])) == ("disfa+", 3, None, 2)
     assert r.labels[0].tolist() == [int(v >= 2) for v in np.arange(12) % 6]
+
+
+def test_disfa_shards_name_their_landmark_source_and_alignment_rule(tmp_path):
+    from _disfa_fixtures import write_release
+
+    rel = write_release(tmp_path / "disfa", {"SN001": 6}, width=96, height=72)
+    out = tmp_path / "shards"
+    assert align_mod.main(["--root", str(rel.root), "--out", str(out), "--size", "32"]) == 0
+    with h5py.File(out / "SN001_left.h5") as f:
+        assert (f.attrs["dataset"], f.attrs["landmark_source"], f.attrs["alignment_rule"]) == (
+            "disfa", "release", "nose-chin")
