@@ -211,9 +211,10 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=tuple(DATASETS), default=LEGACY_DATASET,
                    help="which release: disfa (videos, the default), disfa+ or bp4d (frame "
                         "images, one <subject>_frontal.h5 shard per subject)")
-    p.add_argument("--disfa-root", "--root", dest="disfa_root", required=True, type=Path,
+    p.add_argument("--root", "--disfa-root", dest="disfa_root", required=True, type=Path,
+                   metavar="DIR",
                    help="the release root (DISFA: holds ActionUnit_Labels, Videos_LeftCamera, "
-                        "Landmark_Points, ...; --root is the same option, for any dataset)")
+                        "Landmark_Points, ...; --disfa-root is the same option, as before)")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder for <subject>_<camera>.h5 shards and align_summary.json")
     p.add_argument("--alignment", dest="alignment_rule", choices=ALIGNMENT_RULES,
