@@ -1,6 +1,11 @@
 """Align every frame of a DISFA release and write one HDF5 shard per subject and camera.
 
     python -m pipeline.align --disfa-root /data/DISFA --out shards/ --jobs 4
+    python -m pipeline.align --dataset bp4d --root /data/BP4D --out shards/ --alignment jaa
+
+BP4D and DISFA+ (``--dataset``) are folders of frame images read through their dataset adapter
+(``pipeline.datasets.adapters``) and aligned by :mod:`pipeline.aligner.frames_run`, one shard
+``<subject>_frontal.h5`` per subject. The rest of this text is DISFA's path.
 
 Per subject and camera (one job each, run in parallel with joblib or on a Dask cluster):
 
@@ -28,8 +33,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .alignment import BORDER_MODES, DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION
+from .alignment_rules import ALIGNMENT_RULES, JAA_DEFAULT_SIZE
 from .aligner import job as subject_job
 from .aligner.config import LANDMARK_SOURCES, PIPELINE_VERSION, SUMMARY_NAME, AlignConfig
+from .aligner.frames_run import run_frames_align
 from .aligner.job import SubjectJob
 from .aligner.plan import load_bad_ranges, plan_jobs, root_error_logs_differing
 from .aligner.summary import format_summary, summary_warnings, write_summary
@@ -38,6 +45,7 @@ from .cli import (HelpFormatter, check_out_dir, fraction_pair, handle_errors, in
 from .datasets.disfa import ReleaseError, discover
 from .datasets.disfa.facts import (BAD_FRAMES_CSV, DEFAULT_THRESHOLD, EVAL_AUS, is_subject_name,
                                    parse_threshold)
+from .datasets.registry import DATASETS, LEGACY_DATASET, dataset_info, is_known_subject
 from .folder_lock import FolderLock
 from .shards import DEFAULT_JPEG_QUALITY, ENCODINGS
 # Tests patch the shard writer's class through this module, as they did before the split.
@@ -108,6 +116,8 @@ def _run_dask(jobs: list[SubjectJob], cfg: AlignConfig) -> Iterator[dict[str, An
 def run_align(cfg: AlignConfig) -> dict[str, Any]:
     """Run the whole alignment; returns (and writes) the summary. Raises ReleaseError only for
     problems that stop every subject (no release root, an unreadable error log)."""
+    if cfg.dataset != LEGACY_DATASET:
+        return run_frames_align(cfg)
     layout = discover(cfg.disfa_root)
     ranges = load_bad_ranges(cfg)
     out = check_out_dir(cfg.out)
@@ -146,13 +156,10 @@ def _run_locked(cfg: AlignConfig, jobs: list[SubjectJob], error_log: dict[str, A
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m pipeline.align",
-        description="Align DISFA frames (two-point similarity: nose midpoint to the centre, chin "
-                    "near the bottom) and write one HDF5 shard per subject and camera.")
-    p.add_argument("--disfa-root", required=True, type=Path,
-                   help="the release root (holds ActionUnit_Labels, Videos_LeftCamera, "
-                        "Landmark_Points, ...)")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder for SN0xx_<camera>.h5 shards and align_summary.json")
+        description="Align DISFA, DISFA+ or BP4D frames (two-point similarity: nose midpoint to "
+                    "the centre, chin near the bottom; or JAA's rule for the 49-point datasets) "
+                    "and write one HDF5 shard per subject and camera.")
+    _add_dataset_args(p)
     p.add_argument("--camera", choices=("left", "right", "both"), default="left",
                    help="which camera(s): the release's landmarks (and its error log) belong to "
                         "the left camera; right-camera landmarks come from dlib, frames without "
@@ -162,17 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "dlib for the right; dlib: dlib for both cameras, no error log, e.g. "
                         "into another --out for model.crossval --camera-shards, so a "
                         "cross-camera test compares cameras only (default: auto)")
-    p.add_argument("--subjects", nargs="+", metavar="SN0xx", type=subject_arg,
+    p.add_argument("--subjects", nargs="+", metavar="NAME", type=subject_arg,
                    help="only these subjects (default: every subject found)")
     p.add_argument("--jobs", type=int_range(1), default=1,
                    help="subjects aligned in parallel (default: 1)")
-    p.add_argument("--threshold", type=threshold_arg, default=str(DEFAULT_THRESHOLD),
+    p.add_argument("--threshold", type=threshold_arg,
                    help="minimum intensity of a positive label: FACS letter A-E or 1-5 "
-                        "(default: C = 3; peers use 2 = B). Shards keep raw intensities too.")
-    p.add_argument("--aus", type=int, nargs="+", default=list(EVAL_AUS), metavar="AU",
-                   help=f"AUs binarised into the shard's labels (default: {list(EVAL_AUS)})")
-    p.add_argument("--size", type=int_range(32, 1024), default=224,
-                   help="aligned frame size in pixels, 32..1024 (default: 224)")
+                        f"(default: DISFA C = {DEFAULT_THRESHOLD}, peers use 2 = B; other "
+                        "datasets: their own). Shards keep raw intensities too.")
+    p.add_argument("--aus", type=int, nargs="+", metavar="AU",
+                   help=f"AUs binarised into the shard's labels (default: the dataset's "
+                        f"evaluated AUs; DISFA {list(EVAL_AUS)})")
+    p.add_argument("--size", type=int_range(32, 1024),
+                   help=f"aligned frame size in pixels, 32..1024 (default: 224; "
+                        f"{JAA_DEFAULT_SIZE} with --alignment jaa)")
     p.add_argument("--nose-target", type=fraction_pair, default=DEFAULT_NOSE_FRACTION,
                    metavar="X,Y", help="where the nose midpoint lands, as fractions of the size "
                    f"(default: {DEFAULT_NOSE_FRACTION[0]},{DEFAULT_NOSE_FRACTION[1]})")
@@ -194,6 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"JPEG quality 1-100 (default: {DEFAULT_JPEG_QUALITY})")
     _add_run_and_check_args(p)
     return p
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """Which release, where, and (the 49-point datasets) which alignment rule and drop list."""
+    p.add_argument("--dataset", choices=tuple(DATASETS), default=LEGACY_DATASET,
+                   help="which release: disfa (videos, the default), disfa+ or bp4d (frame "
+                        "images, one <subject>_frontal.h5 shard per subject)")
+    p.add_argument("--root", "--disfa-root", dest="disfa_root", required=True, type=Path,
+                   metavar="DIR",
+                   help="the release root (DISFA: holds ActionUnit_Labels, Videos_LeftCamera, "
+                        "Landmark_Points, ...; --disfa-root is the same option, as before)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder for <subject>_<camera>.h5 shards and align_summary.json")
+    p.add_argument("--alignment", dest="alignment_rule", choices=ALIGNMENT_RULES,
+                   default="nose-chin",
+                   help="nose-chin: the paper's rule (49-point datasets take the chin from "
+                        "dlib's 68 points); jaa: JAA-Net's eye/nose/mouth similarity, 200 px "
+                        "by default, grey border (disfa+ and bp4d only; default: nose-chin)")
+    p.add_argument("--drop-list", choices=("jaa",),
+                   help="bp4d: leave out the frames a peer's lists drop (jaa: the 271 frames "
+                        "JAA-Net's lists leave out, 146,576 frames kept); counted as drop_list")
 
 
 def _add_run_and_check_args(p: argparse.ArgumentParser) -> None:
@@ -230,17 +261,28 @@ def _add_run_and_check_args(p: argparse.ArgumentParser) -> None:
 
 def subject_arg(text: str) -> str:
     """An argparse ``type`` for --subjects: a subject name, never a path (it names the shard)."""
-    if not is_subject_name(text):
-        raise argparse.ArgumentTypeError(f"must be a DISFA subject name like SN001, got {text!r}")
+    if not (is_subject_name(text) or is_known_subject(text.strip().upper())):
+        raise argparse.ArgumentTypeError(f"must be a DISFA subject name like SN001 (DISFA+ "
+                                         f"too) or a BP4D one like F001, got {text!r}")
     return text
 
 
 def config_from_args(args: argparse.Namespace) -> AlignConfig:
+    info = dataset_info(args.dataset)
+    subjects = [s.strip().upper() for s in args.subjects] if args.subjects else None
+    if subjects and info.name != LEGACY_DATASET:
+        odd = [s for s in subjects if not info.is_subject(s)]
+        if odd:
+            raise ValueError(f"--subjects {' '.join(odd)}: not {info.title} subject names")
+    threshold = info.default_threshold if args.threshold is None else args.threshold
+    size = args.size or (JAA_DEFAULT_SIZE if args.alignment_rule == "jaa" else 224)
     return AlignConfig(
         disfa_root=str(args.disfa_root), out=str(args.out), camera=args.camera,
-        landmarks=args.landmarks,
-        subjects=args.subjects, jobs=args.jobs, threshold=parse_threshold(args.threshold),
-        au_ids=args.aus, size=args.size, nose_target=args.nose_target,
+        landmarks=args.landmarks, dataset=info.name, alignment_rule=args.alignment_rule,
+        drop_list=args.drop_list,
+        subjects=subjects if info.name != LEGACY_DATASET else args.subjects, jobs=args.jobs,
+        threshold=parse_threshold(threshold), au_ids=args.aus or list(info.eval_aus),
+        size=size, nose_target=args.nose_target,
         chin_target=args.chin_target, border=args.border, encoding=args.encoding,
         jpeg_quality=args.jpeg_quality,
         error_log=str(args.error_log) if args.error_log else None, force=args.force,
@@ -271,7 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     totals = summary["totals"]
     print(f"\n{len(rows)} shard(s) this run; all shards in {cfg.out}: {totals['kept']} of "
           f"{totals['frames_read']} frames kept, dropped {totals['dropped']}, "
-          f"filled {totals['filled']}. Summary: {Path(cfg.out) / SUMMARY_NAME}")
+          f"filled {totals['filled']}"
+          + (f", landmarks from the detector {totals['from_detector']}"
+             if "from_detector" in totals else "")
+          + f". Summary: {Path(cfg.out) / SUMMARY_NAME}")
     if summary["warnings"]:
         print("\nWARNINGS (also in the summary):\n" + "\n".join(
             f"  {line}" for line in summary["warnings"]))

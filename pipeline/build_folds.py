@@ -2,6 +2,11 @@
 
     python -m pipeline.build_folds --shards shards/ --out folds/            # DISFA's 3 parts
     python -m pipeline.build_folds --shards twin/ --out folds/ --scheme kfold --k 3
+    python -m pipeline.build_folds --shards bp4d/ --out folds/ --scheme bp4d3  # BP4D's 3 parts
+
+Any supported dataset's shards (``pipeline.datasets.registry``; all of one dataset, recorded
+as the manifest's ``dataset``). Frames "not coded" for an AU count neither as positive nor as
+negative for that AU: its rate and weight are over the frames coded for it.
 
 Writes ``OUT/folds.json`` (schema in the notes/CONTRACTS): per fold the train / val / test
 subjects, their frame counts and per-AU positive rates, and the per-AU loss weights of the
@@ -26,7 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .datasets.disfa.facts import SUBJECT_PATTERN, is_subject_name, standard_folds
+from .datasets.disfa.facts import MANIFEST_DIR, standard_folds
+from .datasets.registry import LEGACY_DATASET, dataset_info, is_known_subject
 from .shards import ShardError, ShardReader
 from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
@@ -34,7 +40,11 @@ from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir,
 log = logging.getLogger("pipeline.build_folds")  # not __name__: run with -m it is __main__
 
 FOLDS_NAME = "folds.json"
-SCHEMES = ("disfa3", "kfold")
+SCHEMES = ("disfa3", "bp4d3", "kfold")
+#: The standard-parts schemes: dataset and its folds manifest in ``data_manifests/``.
+STANDARD_SCHEMES = {"disfa3": ("disfa", "disfa_folds.json"), "bp4d3": ("bp4d", "bp4d_folds.json")}
+#: Cameras a shard name may end in (DISFA's two; image-folder datasets' one).
+CAMERAS = ("left", "right", "frontal")
 ZERO_POSITIVE_NOTE = ("an AU with no positive training frame gets r_i = 1/N (as if it had one "
                       "positive), which gives it the largest weight instead of an infinite one")
 
@@ -69,17 +79,24 @@ class SubjectStats:
     frames: int
     positives: np.ndarray  # [K] positive frames per AU
     path: str
+    coded: np.ndarray | None = None  # [K] frames coded for each AU (None: all of them)
+
+    def coded_frames(self) -> np.ndarray:
+        return (np.full(len(self.positives), self.frames, dtype=np.int64)
+                if self.coded is None else self.coded)
 
 
 def peer_au_weights(positives: np.ndarray, n_frames: int) -> tuple[np.ndarray, list[int]]:
     """JAA-Net / ARL / ME-GraphAU loss weights: ``r_i = pos_i / N``, ``w_i = 1 / r_i``,
     ``w <- w / sum(w) * K``. Returns the weights and the indices of AUs without positives
-    (given ``r_i = 1 / N``, see :data:`ZERO_POSITIVE_NOTE`)."""
+    (given ``r_i = 1 / N``, see :data:`ZERO_POSITIVE_NOTE`). ``n_frames`` may be per AU: the
+    frames coded for it (BP4D's "not coded" frames are left out of its rate)."""
     positives = np.asarray(positives, dtype=np.float64)
-    if n_frames <= 0:
+    n = np.broadcast_to(np.asarray(n_frames, dtype=np.float64), positives.shape)
+    if np.asarray(n_frames).max(initial=0) <= 0:
         raise FoldError("no training frames: cannot compute AU weights")
     zero = [int(i) for i in np.flatnonzero(positives <= 0)]
-    rate = np.maximum(positives, 1.0) / n_frames
+    rate = np.maximum(positives, 1.0) / np.maximum(n, 1.0)
     w = 1.0 / rate
     return w / w.sum() * len(w), zero
 
@@ -99,7 +116,7 @@ def scan_shards(shards_dir: Path, camera: str) -> tuple[dict[str, SubjectStats],
         except ShardError as err:
             raise FoldError(str(err)) from err  # the message names the shard
         with reader:
-            settings = {"au_ids": [int(a) for a in reader.au_ids],
+            settings = {"dataset": reader.dataset, "au_ids": [int(a) for a in reader.au_ids],
                         "threshold": int(reader.attrs["threshold"]),
                         "image_size": int(reader.image_size)}
             if common is None:
@@ -110,24 +127,65 @@ def scan_shards(shards_dir: Path, camera: str) -> tuple[dict[str, SubjectStats],
                     f"{path.name} was made with different settings from {first_path.name}: "
                     + ", ".join(f"{k} {b} vs {a}" for k, (a, b) in diff.items())
                     + "; re-run pipeline.align so that all shards agree")
-            stats[reader.subject] = SubjectStats(
-                subject=reader.subject, frames=len(reader),
-                positives=reader.labels.sum(axis=0).astype(np.int64), path=str(path))
+            stats[reader.subject] = _subject_stats(reader, path)
     if common is None:
         raise FoldError(f"no {camera}-camera shards (*_{camera}.h5) in {shards_dir}")
     return stats, common
 
 
+def _subject_stats(reader: ShardReader, path: Path) -> SubjectStats:
+    """Frames, positives and coded frames per AU (255 = not coded counts as neither)."""
+    labels = np.asarray(reader.labels)
+    coded = (labels != 255).sum(axis=0).astype(np.int64)
+    return SubjectStats(subject=reader.subject, frames=len(reader),
+                        positives=(labels == 1).sum(axis=0).astype(np.int64), path=str(path),
+                        coded=None if (coded == len(labels)).all() else coded)
+
+
+def standard_manifest(scheme: str) -> dict[str, Any]:
+    """The standard parts of ``scheme`` (``disfa3``, ``bp4d3``) from ``data_manifests/``."""
+    dataset, name = STANDARD_SCHEMES[scheme]
+    if dataset == LEGACY_DATASET:
+        return standard_folds()
+    path = MANIFEST_DIR / name
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FoldError(f"{path}: cannot read the {scheme} parts ({err})") from err
+    if manifest.get("dataset") != dataset or not isinstance(manifest.get("parts"), list):
+        raise FoldError(f"{path}: not a {dataset} folds manifest (needs 'dataset' and 'parts')")
+    return manifest
+
+
+def _test_parts(manifest: dict[str, Any]) -> list[int]:
+    """Per fold the 0-based index of the part it tests: the manifest's ``folds[k].test_part``
+    (1-based; BP4D's fold 1 tests part 3, as ME-GraphAU numbers them), else part k (DISFA)."""
+    n = len(manifest["parts"])
+    entries = manifest.get("folds")
+    if not entries:
+        return list(range(n))
+    tests = [int(entry["test_part"]) - 1 for entry in entries]
+    if sorted(tests) != list(range(n)):
+        raise FoldError(f"{_manifest_name(manifest)}: folds test parts {[t + 1 for t in tests]}, "
+                        f"not each of the {n} parts once")
+    return tests
+
+
+def _manifest_name(manifest: dict[str, Any]) -> str:
+    return str(manifest.get("name") or manifest.get("dataset") or "the folds manifest")
+
+
 def _assignments(cfg: FoldConfig, subjects: list[str]) -> list[dict[str, list[str]]]:
     """Per fold the subject lists, before checking which shards exist."""
-    if cfg.scheme == "disfa3":
-        manifest = standard_folds()
+    if cfg.scheme in STANDARD_SCHEMES:
+        manifest = standard_manifest(cfg.scheme)
         parts = manifest["parts"]
         folds = []
-        for k, test in enumerate(parts):
+        for k, test_index in enumerate(_test_parts(manifest)):
             val = list(manifest["validation_subjects_per_fold"][k])
-            train = [s for j, part in enumerate(parts) if j != k for s in part if s not in val]
-            folds.append({"train": train, "val": val, "test": list(test)})
+            train = [s for j, part in enumerate(parts) if j != test_index for s in part
+                     if s not in val]
+            folds.append({"train": train, "val": val, "test": list(parts[test_index])})
         return folds
     if len(subjects) < cfg.k:
         raise FoldError(f"{len(subjects)} subjects cannot make {cfg.k} folds")
@@ -155,9 +213,13 @@ def _fold_entry(number: int, roles: dict[str, list[str]], stats: dict[str, Any],
     frames = {role: int(sum(stats[s].frames for s in subs)) for role, subs in roles.items()}
     positives = {role: (np.sum([stats[s].positives for s in subs], axis=0)
                         if subs else np.zeros(k_aus)) for role, subs in roles.items()}
-    pos_rate = {role: [float(p) / frames[role] if frames[role] else 0.0
-                       for p in positives[role]] for role in roles}
-    weights, zero = peer_au_weights(positives["train"], frames["train"])
+    coded = {role: (np.sum([stats[s].coded_frames() for s in subs], axis=0)
+                    if subs else np.zeros(k_aus, dtype=np.int64)) for role, subs in roles.items()}
+    pos_rate = {role: [float(p) / c if c else 0.0 for p, c in zip(positives[role], coded[role])]
+                for role in roles}
+    if frames["train"] <= 0:
+        raise FoldError("no training frames: cannot compute AU weights")
+    weights, zero = peer_au_weights(positives["train"], coded["train"])
     if zero:
         log.warning("fold %d: AU %s have no positive training frame; %s", number,
                     [au_ids[i] for i in zero], ZERO_POSITIVE_NOTE)
@@ -187,6 +249,10 @@ def build_folds(shards_dir: Path | str, cfg: FoldConfig | None = None) -> dict[s
     cfg = cfg or FoldConfig()
     shards_dir = Path(shards_dir)
     stats, common = scan_shards(shards_dir, cfg.camera)
+    wants = STANDARD_SCHEMES.get(cfg.scheme, (common["dataset"],))[0]
+    if wants != common["dataset"]:
+        raise FoldError(f"--scheme {cfg.scheme} is {dataset_info(wants).title}'s split; the "
+                        f"shards in {shards_dir} are {dataset_info(common['dataset']).title}'s")
     folds_subjects = _assignments(cfg, sorted(stats))
     wanted = sorted({s for f in folds_subjects for role in f.values() for s in role})
     missing = [s for s in wanted if s not in stats]
@@ -209,6 +275,7 @@ def build_folds(shards_dir: Path | str, cfg: FoldConfig | None = None) -> dict[s
         folds.append(_fold_entry(number, roles, stats, common["au_ids"]))
     return {
         "scheme": cfg.scheme,
+        "dataset": common["dataset"],
         "au_ids": common["au_ids"],
         "threshold": common["threshold"],
         "image_size": common["image_size"],
@@ -258,16 +325,17 @@ def load_folds(path: Path | str) -> dict[str, Any]:
 
 def _check_fold_subjects(fold: dict[str, Any], path: Path) -> None:
     """Every subject a fold names is a subject name: shard paths are built from them, so
-    ``../elsewhere/SN003`` must not reach a file outside the shards folder."""
+    ``../elsewhere/SN003`` must not reach a file outside the shards folder. Names of any
+    supported dataset (the manifest's ``dataset`` says which; older manifests are DISFA's)."""
     number = fold.get("fold", "?")
     for key in ("train", "val", "test", "frames_per_subject"):
         names = fold.get(key) or []
         if not isinstance(names, (list, dict)):
             raise FoldError(f"{path}: fold {number}: {key!r} is not a list of subjects")
-        bad = [s for s in names if not is_subject_name(s)]
+        bad = [s for s in names if not is_known_subject(s)]
         if bad:
             raise FoldError(f"{path}: fold {number}: {key} names {bad[0]!r}, which is not a "
-                            f"subject name ({SUBJECT_PATTERN.pattern})")
+                            "subject name of a supported dataset (SN001, F001, ...)")
 
 
 def format_folds(manifest: dict[str, Any]) -> str:
@@ -291,25 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m pipeline.build_folds",
         description="Subject-independent folds with validation hold-outs and per-AU loss "
                     "weights, from pipeline.align shards; writes OUT/folds.json.")
-    p.add_argument("--shards", required=True, type=Path, help="folder of SN0xx_<camera>.h5 shards")
+    p.add_argument("--shards", required=True, type=Path,
+                   help="folder of <subject>_<camera>.h5 shards (one dataset)")
     p.add_argument("--out", required=True, type=Path, help="folder for folds.json")
     p.add_argument("--scheme", choices=SCHEMES, default="disfa3",
-                   help="disfa3: the standard three DISFA parts (fold k tests part k); "
-                        "kfold: seeded subject-independent k folds of the shards found "
-                        "(default: disfa3)")
+                   help="disfa3 / bp4d3: the dataset's standard three parts (fold k tests "
+                        "part k; data_manifests/<dataset>_folds.json); kfold: seeded subject-"
+                        "independent k folds of the shards found (default: disfa3)")
     p.add_argument("--k", type=int_range(2), default=3, help="kfold: number of folds (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="kfold: shuffling seed (default: 0)")
     p.add_argument("--val-subjects", type=int, default=1,
                    help="kfold: validation subjects held out of each fold's training subjects "
                         "(default: 1); disfa3 uses the manifest's rule (the first-listed subject "
                         "of each training part)")
-    p.add_argument("--camera", choices=("left", "right"), default="left",
-                   help="which camera's shards (default: left)")
+    p.add_argument("--camera", choices=CAMERAS,
+                   help="which camera's shards: DISFA left or right, frontal for BP4D and "
+                        "DISFA+ (default: left, or frontal where the folder has no left-camera "
+                        "shard)")
     p.add_argument("--allow-missing", action="store_true",
                    help="build the folds without subjects that have no shard (warned) instead "
                         "of failing")
     p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     return p
+
+
+def default_camera(shards_dir: Path) -> str:
+    """``left`` (DISFA's default), or ``frontal`` where the folder holds only frontal shards."""
+    folder = Path(shards_dir)
+    if folder.is_dir() and not any(folder.glob("*_left.h5")) and any(folder.glob("*_frontal.h5")):
+        return "frontal"
+    return "left"
 
 
 @handle_errors("pipeline.build_folds")
@@ -320,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = FoldConfig(scheme=args.scheme, k=args.k, seed=args.seed,
-                         val_subjects=args.val_subjects, camera=args.camera,
+                         val_subjects=args.val_subjects,
+                         camera=args.camera or default_camera(args.shards),
                          allow_missing=args.allow_missing)
     except ValueError as err:
         parser.error(str(err))

@@ -45,8 +45,10 @@ MAX_OBJECTS = 1000
 #: most the AUs of every supported dataset for a label array, at most 68 landmarks). Which
 #: length a dataset has is checked when the attrs are read (``ShardReader``).
 PER_FRAME = {"frame_index": (), "intensity": (None,), "labels": (None,), "landmarks": (None, 2)}
-#: Per-frame datasets only some datasets have (schema 2).
-OPTIONAL_PER_FRAME = {"occurrence": (None,)}
+#: Per-frame datasets only some shards have (schema 2): ``occurrence`` (datasets coded 0/1),
+#: ``sequence`` (index into the JSON attr ``sequences``) and ``frame_number`` (the dataset's
+#: own frame number) in image-folder datasets' shards.
+OPTIONAL_PER_FRAME = {"occurrence": (None,), "sequence": (), "frame_number": ()}
 MAX_COLUMNS = {"intensity": len(KNOWN_AUS), "labels": len(KNOWN_AUS),
                "occurrence": len(KNOWN_AUS), "landmarks": 68}
 MIN_COLUMNS = {"labels": 1, "landmarks": 1}

@@ -8,7 +8,9 @@ from typing import Any
 
 from .. import __version__
 from ..alignment import DEFAULT_CHIN_FRACTION, DEFAULT_NOSE_FRACTION, AlignmentConfig
+from ..alignment_rules import ALIGNMENT_RULES
 from ..datasets.disfa.facts import DEFAULT_THRESHOLD, EVAL_AUS, au_columns, parse_threshold
+from ..datasets.registry import LEGACY_DATASET, dataset_info
 from ..shards import DEFAULT_JPEG_QUALITY, ENCODINGS
 
 ALIGN_VERSION = 1
@@ -23,7 +25,13 @@ DROP_REASONS = (
     "landmarks_degenerate",     # nose and chin (nearly) coincide, or the chin is above the nose
     "landmarks_outside_frame",  # nose/chin off the frame, or any point far outside it
     "no_face",                  # right camera: dlib found no face
+    # image-folder datasets (BP4D, DISFA+):
+    "drop_list",                # --drop-list (e.g. the 271 frames JAA's BP4D lists leave out)
+    "no_image",                 # a labelled frame whose image file is missing
+    "image_unreadable",         # an image file that does not decode
 )
+#: Frames whose missing release landmarks came from the 68-point detector; kept, reported.
+DETECTOR_REASON = "landmarks_from_detector"
 #: Frames kept with a repaired landmark file; reported, not dropped.
 FILLED_REASON = "landmarks_filled_from_neighbour"
 #: Settings that change a shard's content; a rerun redoes a shard whose stored values differ.
@@ -67,12 +75,17 @@ class AlignConfig:
     predictor: str | None = None  # right camera: dlib 68-point predictor (None: installed one)
     trim_to_shorter: bool = False  # any video/labels length difference: align the common frames
     length_tolerance: int = 2  # video and labels may differ by this many frames (warned)
+    dataset: str = LEGACY_DATASET  # disfa (videos) | bp4d | disfa+ (image folders)
+    alignment_rule: str = "nose-chin"  # nose-chin (the paper's) | jaa (49-point datasets)
+    drop_list: str | None = None  # bp4d: "jaa" leaves out the frames JAA's lists drop
     pipeline_version: str = PIPELINE_VERSION
 
     def __post_init__(self) -> None:
         self.threshold = parse_threshold(self.threshold)
         self.au_ids = [int(a) for a in self.au_ids]
-        au_columns(self.au_ids)  # validates
+        if self.dataset == LEGACY_DATASET:
+            au_columns(self.au_ids)  # validates
+        self._check_dataset_options()
         if self.camera not in ("left", "right", "both"):
             raise ValueError(f"camera must be left, right or both, got {self.camera!r}")
         if self.landmarks not in LANDMARK_SOURCES:
@@ -100,11 +113,35 @@ class AlignConfig:
             self.subjects = list(dict.fromkeys(names))
         self.alignment()  # validates size and targets
 
+    def _check_dataset_options(self) -> None:
+        """The options that depend on the dataset: image-folder datasets have one frontal
+        camera, their own AUs and no DISFA error log; JAA's rule needs 49 points."""
+        info = dataset_info(self.dataset)
+        if self.alignment_rule not in ALIGNMENT_RULES:
+            raise ValueError(f"alignment must be one of {ALIGNMENT_RULES}, got "
+                             f"{self.alignment_rule!r}")
+        if self.dataset == LEGACY_DATASET:
+            if self.alignment_rule != "nose-chin" or self.drop_list:
+                raise ValueError("--alignment jaa and --drop-list are for the 49-point image-"
+                                 "folder datasets (--dataset bp4d or disfa+), not DISFA")
+            return
+        missing = [a for a in self.au_ids if info.label_source(a) == "none"]
+        if missing:
+            raise ValueError(f"--aus {missing}: not coded in {info.title} (its AUs: "
+                             f"{list(info.au_ids)})")
+        if self.camera != "left" or self.landmarks != "auto" or self.error_log:
+            raise ValueError(f"--camera, --landmarks and --error-log are DISFA's; {info.title} "
+                             "has one frontal camera and its own landmarks")
+        if self.drop_list is not None and self.dataset != "bp4d":
+            raise ValueError(f"--drop-list {self.drop_list}: only BP4D has drop lists")
+
     def alignment(self) -> AlignmentConfig:
         return AlignmentConfig.from_fractions(self.size, self.nose_target, self.chin_target,
                                               self.border)
 
     def cameras(self) -> list[str]:
+        if self.dataset != LEGACY_DATASET:
+            return ["frontal"]
         return ["left", "right"] if self.camera == "both" else [self.camera]
 
     def uses_dlib(self, camera: str) -> bool:
@@ -119,6 +156,9 @@ class AlignConfig:
         key = {k: d[k] for k in CONTENT_FIELDS if k not in unused}
         if camera == "left" and self.uses_dlib(camera):  # absent otherwise: older keys still match
             key["landmarks"] = "dlib"
+        if self.dataset != LEGACY_DATASET:  # DISFA's keys stay as they were
+            key.update(dataset=self.dataset, alignment_rule=self.alignment_rule,
+                       drop_list=self.drop_list)
         return json.loads(json.dumps(key, default=str))
 
 

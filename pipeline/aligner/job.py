@@ -290,7 +290,11 @@ def _align_opened(job: SubjectJob, video: VideoReader, intensity: np.ndarray,
                       chin_target=acfg.chin_target, n_source_frames=counts.common,
                       n_video_frames=counts.video, n_label_frames=counts.labels,
                       dropped=dropped, config=config, pipeline_version=cfg.pipeline_version,
-                      origin=data_origin(cfg.disfa_root))
+                      # Every shard names its landmark source and alignment rule as attrs
+                      # (image-folder shards do too); commit writes these as string attrs.
+                      origin={**data_origin(cfg.disfa_root),
+                              "landmark_source": config["landmark_source"],
+                              "alignment_rule": cfg.alignment_rule})
     with ShardReader(job.shard_path) as reader:
         row = _row_from_shard(job, reader, "ok", 0.0)
     if plan.filled:

@@ -61,7 +61,10 @@ def write_summary(cfg: AlignConfig, rows: list[dict[str, Any]], error_log: dict[
         "totals": {"frames_read": sum(r.get("frames_read", 0) for r in ok),
                    "kept": sum(r.get("kept", 0) for r in ok),
                    "dropped": dropped_total,
-                   "filled": sum(r.get("filled", 0) for r in ok)},
+                   "filled": sum(r.get("filled", 0) for r in ok),
+                   # image-folder datasets: frames whose landmarks came from the detector
+                   **({"from_detector": sum(r.get("from_detector", 0) for r in ok)}
+                      if any("from_detector" in r for r in ok) else {})},
         "error_log": error_log,
         "warnings": summary_warnings([merged[k] for k in sorted(merged)], error_log),
         "subjects": dict(sorted(merged.items())),
@@ -72,12 +75,18 @@ def write_summary(cfg: AlignConfig, rows: list[dict[str, Any]], error_log: dict[
 
 def format_summary(rows: Sequence[dict[str, Any]], au_ids: Sequence[int]) -> str:
     """A plain-text table: per subject frames read, kept, dropped by reason, positive rates."""
-    reasons = [r for r in DROP_REASONS if any(row.get("dropped", {}).get(r) for row in rows)]
+    seen = [r for row in rows for r in row.get("dropped", {})]
+    # An adapter may name reasons of its own; they follow the pipeline's, in first-seen order.
+    reasons = [r for r in dict.fromkeys([*DROP_REASONS, *seen])
+               if any(row.get("dropped", {}).get(r) for row in rows)]
     short = {"error_log": "errlog", "landmarks_missing": "lm_miss", "landmarks_nan": "lm_nan",
              "landmarks_degenerate": "lm_degen", "landmarks_outside_frame": "lm_out",
-             "no_face": "noface"}
-    head = (["subject", "camera", "status", "read", "kept", *[short[r] for r in reasons],
-             "filled"] + [f"AU{a}%" for a in au_ids])
+             "no_face": "noface", "drop_list": "droplist", "no_image": "noimage",
+             "image_unreadable": "unread"}
+    detector = any("from_detector" in row for row in rows)  # image-folder datasets only
+    head = (["subject", "camera", "status", "read", "kept",
+             *[short.get(r, r) for r in reasons], "filled", *(["detector"] if detector else [])]
+            + [f"AU{a}%" for a in au_ids])
     table, failures = [], []
     for row in rows:
         if row["status"] == "failed":
@@ -85,7 +94,8 @@ def format_summary(rows: Sequence[dict[str, Any]], au_ids: Sequence[int]) -> str
             continue
         table.append([row["subject"], row["camera"], row["status"], str(row["frames_read"]),
                       str(row["kept"]), *[str(row["dropped"].get(r, 0)) for r in reasons],
-                      str(row.get("filled", 0))]
+                      str(row.get("filled", 0)),
+                      *([str(row.get("from_detector", 0))] if detector else [])]
                      + [f"{100 * p:.1f}" for p in row.get("pos_rate", [])])
     widths = [max([len(h)] + [len(line[i]) for line in table if i < len(line)])
               for i, h in enumerate(head)]

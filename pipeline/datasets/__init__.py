@@ -14,6 +14,9 @@ a dataset through what its adapter provides, one sub-package per dataset (``disf
   are missing, for the two-point alignment of ``pipeline.alignment``;
 * **error log**: the frame ranges the dataset's authors mark as unusable.
 
+Image-folder datasets (BP4D, DISFA+) follow the protocol of ``base.DatasetAdapter``;
+``adapters.get_adapter(name)`` gives one (imported only when asked for).
+
 An adapter reads; it never writes shards and knows nothing of the synthetic twin
 (``pipeline.twin``), which writes a release in DISFA's layout for the adapter to read.
 """
