@@ -363,9 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of <subject>_<camera>.h5 shards (one dataset)")
     p.add_argument("--out", required=True, type=Path, help="folder for folds.json")
     p.add_argument("--scheme", choices=SCHEMES, default="disfa3",
-                   help="disfa3 / bp4d3: the dataset's standard three parts (fold k tests "
-                        "part k; data_manifests/<dataset>_folds.json); kfold: seeded subject-"
-                        "independent k folds of the shards found (default: disfa3)")
+                   help="disfa3 / bp4d3: the dataset's standard three parts "
+                        "(data_manifests/<dataset>_folds.json; disfa3: fold k tests part k; "
+                        "bp4d3: the manifest's mapping, fold 1 tests part 3 as ME-GraphAU "
+                        "numbers them); kfold: seeded subject-independent k folds of the shards "
+                        "found (default: disfa3)")
     p.add_argument("--k", type=int_range(2), default=3, help="kfold: number of folds (default: 3)")
     p.add_argument("--seed", type=int, default=0, help="kfold: shuffling seed (default: 0)")
     p.add_argument("--val-subjects", type=int, default=1,
