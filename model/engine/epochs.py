@@ -13,9 +13,11 @@ from .checkpoint_writer import CheckpointWriter
 from .config import TrainConfig
 from .distributed import all_reduce_sum
 from .evaluation_loop import evaluate_tasks
-from .forward import unwrap
+from .forward import shard_frames, unwrap, uses_intensity
+from .graph_step import make_graph_step
 from .loop import agree_stop, train_one_epoch
 from .plotting import plot_run
+from .precision import choose_precision
 from .progress import RunClock, best_words, epoch_line, metric_words
 from .run import TrainingRun, checkpoint_state
 from .selection import SCORE_NAMES, selection_score
@@ -51,11 +53,15 @@ def _epoch_loop(run: TrainingRun, stop: StopRequest,
                 on_batch_end: Callable[[int, int, float], None] | None,
                 writer: CheckpointWriter) -> str:
     cfg, info = run.cfg, run.info
+    graph = make_graph_step(run.model, run.criterion, run.optimizer, run.device, cfg, info,
+                            choose_precision(run.device, cfg.amp),
+                            shard_frames(run.data.train_loader)
+                            if uses_intensity(run.criterion) else None)
     epoch = run.completed + 1
     while epoch <= cfg.epochs and not run.stopper.should_stop:
         done = train_one_epoch(run.model, run.criterion, run.optimizer, run.data.train_loader,
                                run.device, epoch, cfg, run.scaler, run.scheduler, run.acc,
-                               stop, info, on_batch_end, run.clock)
+                               stop, info, on_batch_end, run.clock, graph)
         if not done:
             save_interrupted(run, epoch, stop, writer)
             return "interrupted"
