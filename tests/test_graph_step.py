@@ -140,6 +140,46 @@ def test_the_epoch_loop_uses_the_graph_and_steps_a_batch_of_another_size_eagerly
     assert acc.loss_sum == pytest.approx(sum(expected), rel=1e-5)
 
 
+class _Intensities:
+    """ShardFrames' lookup for the intensity loss: 12 AUs' 0-5 intensities by frame index."""
+
+    def __init__(self, frames: int) -> None:
+        self.table = torch.randint(0, 6, (frames, 12), generator=torch.Generator().manual_seed(3))
+
+    def intensities(self, index, au_ids):
+        return self.table[torch.as_tensor(index, dtype=torch.long)].float()
+
+
+def test_the_graphed_step_feeds_the_intensity_loss_from_a_static_buffer():
+    from model.engine.losses import task_loss_for
+    from model.nets.regions import ALL_AUS
+
+    frames = _Intensities(16)
+    runs = []
+    for _ in range(2):
+        run = _run(steps=3)
+        torch.manual_seed(0)
+        run["model"] = build_model(TRANetConfig(preset="small", image_size=32,
+                                                intensity_aus=tuple(ALL_AUS)))
+        run["optimizer"] = torch.optim.SGD(run["model"].parameters(), lr=0.05, momentum=0.9)
+        run["scheduler"] = torch.optim.lr_scheduler.LambdaLR(run["optimizer"], lambda _: 1.0)
+        run["criterion"] = task_loss_for("both", run["model"].config.au_ids, ALL_AUS)
+        run["batches"] = [(i, t, torch.arange(4) + 4 * k) for k, (i, t, _) in
+                          enumerate(run["batches"])]
+        runs.append(run)
+    eager, graphed = runs
+    precision = choose_precision(CPU, False)
+    expected = [float(loop.train_step(eager["model"], eager["criterion"], eager["optimizer"],
+                                      precision.grad_scaler(), eager["scheduler"], i, t, CPU,
+                                      eager["cfg"], precision, index=x, frames=frames))
+                for i, t, x in eager["batches"]]
+    graph = GraphStep(graphed["model"], graphed["criterion"], graphed["optimizer"], CPU,
+                      graphed["cfg"], precision, frames=frames, capture=False)
+    got = [float(graph(i, t, x, graphed["scheduler"])) for i, t, x in graphed["batches"]]
+    assert got == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(graph.intensity, frames.intensities(torch.arange(8, 12), ALL_AUS))
+
+
 def test_cuda_graphs_auto_on_and_off(monkeypatch):
     cfg = dict(shards="", manifest="", fold=1, out="")
     fp32, ddp = choose_precision(CPU, False), DistInfo(rank=0, world=2, local_rank=0)
