@@ -84,7 +84,12 @@ def test_a_background_write_returns_at_once_and_writes_the_state_of_its_call(tmp
     assert writer.busy  # the caller goes on while the file is written
     weights.add_(1)  # training changes the weights and the history meanwhile
     history.append({"epoch": 2})
+    second = threading.Thread(target=writer.submit, args=([(tmp_path / "next.pt", {})],))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # one write in flight: the next waits for it
     release.set()
+    second.join(30)
     writer.close()
     assert not writer.busy
     saved = torch.load(tmp_path / "last.pt", weights_only=True)

@@ -218,8 +218,9 @@ def make_graph_step(model: torch.nn.Module, criterion: Callable, optimizer: torc
                     precision: Precision, frames: Any = None) -> GraphStep | None:
     """The run's graphed step, or None where ``graphs_wanted`` says no (logged)."""
     wanted, why = graphs_wanted(cfg, device, info, precision)
-    if info.is_main:
-        log.info("training step: %s", why if wanted else f"eager ({why})")
+    if info.is_main:  # said on CUDA, where it matters; a CPU run has only the eager step
+        log.log(logging.INFO if device.type == "cuda" else logging.DEBUG, "training step: %s",
+                why if wanted else f"eager ({why})")
     if not wanted:
         return None
     return GraphStep(model, criterion, optimizer, device, cfg, precision, frames)
