@@ -58,3 +58,24 @@ def test_evaluate_and_crossval_import_and_skip_the_heat_map_without_matplotlib(
         assert reports.write_heatmap(entries, [1, 2], tmp_path / "c.png", "t", []) is None
     assert not list(tmp_path.glob("*.png"))
     assert sum("no plots" in r.getMessage() for r in caplog.records) == 2  # one a command
+
+
+def test_predict_writes_its_csv_and_skips_the_plot_without_matplotlib(tmp_path, no_matplotlib,
+                                                                      caplog):
+    import cv2
+    import numpy as np
+
+    from model.benchmarks.synthetic import astronaut_head, make_untrained_checkpoint
+    from model.predict import main
+
+    checkpoint = make_untrained_checkpoint(tmp_path / "m.pt", "small", 64,
+                                           au_ids=[1, 2, 4, 6, 9, 12, 25, 26])
+    canvas = np.full((320, 400, 3), 120, np.uint8)
+    canvas[20:300, 40:320] = astronaut_head()
+    cv2.imwrite(str(tmp_path / "one.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    with caplog.at_level(logging.WARNING):
+        code = main(["--checkpoint", str(checkpoint), "--images", str(tmp_path / "one.png"),
+                     "--out", str(tmp_path / "out"), "--plot", "--no-progress"])
+    assert code == 0
+    assert list((tmp_path / "out").glob("*.csv")) and not list((tmp_path / "out").glob("*.png"))
+    assert sum("no plots" in r.getMessage() for r in caplog.records) == 1

@@ -29,7 +29,7 @@ from pipeline.cli import CommandError
 
 from .config import TrainConfig
 from .distributed import DistInfo
-from .forward import forward_loss, prepare, unwrap
+from .forward import forward_loss, prepare, unwrap, uses_intensity
 from .precision import Precision
 from ..nets.regions import ALL_AUS
 
@@ -170,7 +170,7 @@ class GraphStep:
         self.images = torch.empty(images.shape, dtype=images.dtype, device=self.device)
         self.targets = torch.empty(targets.shape, dtype=targets.dtype, device=self.device)
         self.index = index.clone()  # host: only the intensity lookup reads it, outside the graph
-        if getattr(self.criterion, "uses_intensity", False):
+        if uses_intensity(self.criterion):
             if self.frames is None:
                 raise ValueError("intensity targets need the batch's frame index and its "
                                  "ShardFrames")
