@@ -9,7 +9,9 @@ by DDP, evaluation counts are summed over ranks, and only rank 0 writes files.
 * ``fold_data``        the fold's shards, sampler and loaders (``load_data``)
 * ``run``              ``TrainingRun`` and what its checkpoints hold; ``build``, ``resume``,
                        ``ddp``, ``run_record``, ``epochs``, ``finish``: the run's stages
-* ``loop``             one step, one epoch, the host's sync points; ``stopping``: signals
+* ``loop``             one step, one epoch, the host's sync points; ``stopping``: signals;
+                       ``graph_step``: the step as one CUDA graph; ``checkpoint_writer``:
+                       checkpoints written in the background
 * ``evaluation_loop``  one scored pass over a loader; ``selection``, ``tuning``: what picks the
                        epoch and the decision thresholds
 * ``freezing``, ``plotting``
