@@ -62,15 +62,23 @@ def _eager_steps(run, batches) -> list[float]:
 def test_the_step_traces_as_one_graph_without_breaks_or_host_syncs():
     run = _run(steps=2)
     graph = _graph(run)
+    twin = _run(steps=2)
+    twin_graph = _graph(twin)
     images, targets, index = run["batches"][0]
-    assert graph(images, targets, index, run["scheduler"]) is graph.loss  # buffers made
+    for g, r in ((graph, run), (twin_graph, twin)):
+        assert g(images, targets, index, r["scheduler"]) is g.loss  # buffers made
     with count_host_syncs(CPU) as syncs:
         graph.step_fn()
     assert syncs.total == 0, syncs.by_kind
+    twin_graph.step_fn()
     torch._dynamo.reset()
     # backward inside the traced step: dynamo traces autograd ops only when asked to
     with torch._dynamo.config.patch(trace_autograd_ops=True):
-        explained = torch._dynamo.explain(graph.step_fn)()
+        explained = torch._dynamo.explain(graph.step_fn)()  # runs the step through the graph
+    twin_graph.step_fn()
+    # what torch.compile would wrap trains as the eager body: the same weights after it
+    for a, b in zip(run["model"].parameters(), twin["model"].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert explained.graph_break_count == 0, [str(r.reason)[:300] for r in explained.break_reasons]
     assert explained.graph_count == 1
     assert not explained.break_reasons  # not even a torch.compiler.disable'd call skipped
