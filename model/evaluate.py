@@ -38,7 +38,7 @@ from .engine.checkpoint import CheckpointError
 from .engine.data import MAX_WORKERS, DataError
 from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows  # noqa: F401
 from .evaluation.intensity import INTENSITY_UNITS, intensity_report
-from .evaluation.plots import plot_subject_heatmap
+from .evaluation.optional_plots import draw, plots_module
 from .evaluation.cells import PERCENT_UNITS, degenerate_line, subjects_of
 from .evaluation.records import markdown_table, prose_lines, write_csv, write_json
 from .evaluation.statistics import DEFAULT_RESAMPLES, MAX_RESAMPLES, method_line
@@ -118,10 +118,11 @@ def write_subject_heatmap(results: Sequence[dict], path: Path, title: str,
         subjects += [f"{s} (fold {r['fold']})" for s in per.get("subjects", [])]
         f1 += per.get("f1", [])
         positives += per.get("positives", [])
-    if not subjects:
+    plots = plots_module(log) if subjects else None  # without matplotlib: the tables only
+    if plots is None:
         return None
-    return plot_subject_heatmap(subjects, results[0]["metrics"]["au_ids"], f1, path,
-                                title=title, notes=notes, positives=positives)
+    return draw(log, path, plots.plot_subject_heatmap, subjects, results[0]["metrics"]["au_ids"],
+                f1, path, title=title, notes=notes, positives=positives)
 
 
 
@@ -233,10 +234,11 @@ def write_occurrence_report(results: Sequence[dict], out: Path, stem: str,
     title = f"Evaluation on the {args.split} subjects ({results[0]['variant']})"
     text = f"# {title}\n\n" + "\n\n".join(lines) + "\n\n" + markdown_table(header, rows) + "\n"
     (out / f"{stem}.md").write_text(text)
-    write_subject_heatmap(results, out / f"{stem}_subjects.png", f"{title}: F1 per subject",
-                          [n for n in lines if n.startswith(("Protocol", "Recipe", "Task"))])
+    drawn = write_subject_heatmap(results, out / f"{stem}_subjects.png",
+                                  f"{title}: F1 per subject",
+                                  [n for n in lines if n.startswith(("Protocol", "Recipe", "Task"))])
     print(text)
-    print(f"saved {out / stem}.{{json,csv,md}} and {stem}_subjects.png")
+    print(f"saved {out / stem}.{{json,csv,md}}" + (f" and {stem}_subjects.png" if drawn else ""))
     return {"results": results,
             "mean_over_folds": mean_over_folds(results) if len(results) > 1 else None,
             "intervals": summarise([r["metrics"] for r in results], args.bootstrap,

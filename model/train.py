@@ -206,6 +206,10 @@ def add_evaluation_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     p.add_argument("--eval-batches", type=_field("eval_batches"), default=None,
                    help="per-epoch evaluation on at most this many batches, spread evenly over "
                         "the split (final test evaluation always uses every frame)")
+    p.add_argument("--eval-every", type=_field("eval_every"), default=d.eval_every,
+                   help="evaluate on the selection split every N epochs and always at the last "
+                        "(default 1); early stopping's --patience and the best epoch count "
+                        "evaluated epochs only")
     p.add_argument("--eval-batch-size", type=_field("eval_batch_size"), default=d.eval_batch_size,
                    help="frames per forward pass when evaluating")
     p.add_argument("--decoder-se", default=d.decoder_se, choices=["residual", "plain"],
@@ -229,6 +233,10 @@ def add_runtime_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "compute capability >= 8.0), else float16 with a GradScaler")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (slow first steps; off by default)")
+    p.add_argument("--cuda-graphs", default=d.cuda_graphs, choices=["auto", "on", "off"],
+                   help="capture each training step (forward, loss, backward, fused SGD) as one "
+                        "CUDA graph: auto = on on a CUDA device with batches of one size, off "
+                        "under torchrun (DDP) and with fp16; on = refuse where it cannot run")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    default=d.channels_last,
                    help="run the model and its inputs in the channels_last memory format (faster "

@@ -22,10 +22,11 @@ from .early_stopping import EarlyStopping
 log = logging.getLogger("model.train")
 
 #: Options an --all-subjects run may set whatever the crossval recipe said: how it runs, not
-#: what it learns, plus the epoch count (the crossval's is the default) and the monitor's size.
+#: what it learns, plus the epoch count (the crossval's is the default) and the monitor's size
+#: and frequency.
 FREE_OPTIONS = set(RUNTIME_OPTIONS) | {"manifest", "fold", "epochs", "patience", "select_on",
-                                       "eval_batches", "tune_threshold", "all_subjects",
-                                       "from_crossval"}
+                                       "eval_batches", "eval_every", "tune_threshold",
+                                       "all_subjects", "from_crossval"}
 #: Training frames the per-epoch monitor scores (batches of eval_batch_size), unless given.
 MONITOR_BATCHES = 2
 

@@ -51,6 +51,8 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    #: One CUDA graph a training step (``graph_step``): "auto" = on where CUDA and static shapes.
+    cuda_graphs: str = "auto"
     sync_bn: bool = True
     decoder_se: str = "residual"
     pretrained: str | None = None
@@ -61,6 +63,9 @@ class TrainConfig:
     cache_frames_mb: int = 2048
     quiet: bool = False
     plot_every: int = 1
+    #: Evaluate on the selection split every N epochs and at the last; early stopping's
+    #: patience and the best epoch count evaluated epochs only.
+    eval_every: int = 1
     task: str = "occurrence"
     intensity_weight: float = 4.0
     intensity_loss: str = "mse"       # or "ordinal" (losses.branch_ordinal_loss)
@@ -104,7 +109,8 @@ class TrainConfig:
 #: Options that change how a run executes, not what it learns: a finished or interrupted run may
 #: be reused under other values of these (``recipe_differences``).
 RUNTIME_OPTIONS = ("device", "workers", "eval_batch_size", "resume", "out", "shards", "threads",
-                   "quiet", "plot_every", "channels_last", "compile", "recipe", "cache_frames_mb")
+                   "quiet", "plot_every", "channels_last", "compile", "recipe", "cache_frames_mb",
+                   "cuda_graphs")
 #: What a recorded train_config without an option meant (runs made before the option existed).
 LEGACY_TRAIN_CONFIG: dict[str, Any] = {"decoder_se": "plain", "intensity_loss": "mse"}
 

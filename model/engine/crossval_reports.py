@@ -16,7 +16,7 @@ import numpy as np
 
 from ..evaluation.paper_tables import (PAPER_AUS, PAPER_PROTOCOL, TABLE1_TRA, TABLE2_F1,
                                        TABLE2_ORDER, comparison_line, paper_column)
-from ..evaluation.plots import plot_subject_heatmap
+from ..evaluation.optional_plots import draw, plots_module
 from ..evaluation.cells import PERCENT_UNITS, degenerate_line, p_cell
 from ..evaluation.provenance import recipe_line
 from ..evaluation.records import markdown_table, write_csv, write_json
@@ -313,17 +313,14 @@ def per_subject(results: Sequence[dict[str, Any]], key: str = "test") -> list[di
 
 def write_heatmap(entries: Sequence[dict[str, Any]], au_ids: Sequence[int], path: Path,
                   title: str, lines: Sequence[str]) -> Path | None:
-    if not entries:
+    plots = plots_module(log) if entries else None  # a plotting problem never costs the tables
+    if plots is None:
         return None
-    try:
-        return plot_subject_heatmap([f"{e['subject']} (fold {e['fold']})" for e in entries],
-                                    au_ids, [e["f1"] for e in entries], path, title=title,
-                                    notes=[n for n in lines
-                                           if not n.startswith(("Paper", "Comparison"))],
-                                    positives=_positives(entries))
-    except Exception as err:  # a plotting problem must never cost the tables
-        log.warning("could not draw %s: %s", path, err)
-        return None
+    return draw(log, path, plots.plot_subject_heatmap,
+                [f"{e['subject']} (fold {e['fold']})" for e in entries],
+                au_ids, [e["f1"] for e in entries], path, title=title,
+                notes=[n for n in lines if not n.startswith(("Paper", "Comparison"))],
+                positives=_positives(entries))
 
 
 def _positives(entries: Sequence[dict[str, Any]]) -> list | None:

@@ -43,7 +43,9 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
                                "best_epoch": stopper.best_epoch,
                                "task": cfg.task, "selection_score": SCORE_NAMES[cfg.task],
                                "best_select_score": stopper.best_score,
-                               "epochs_run": len(run.history)}
+                               # the last evaluated epoch: the last trained one
+                               # unless stopped (--eval-every skips evaluations)
+                               "epochs_run": run.history[-1]["epoch"] if run.history else 0}
     if cfg.task == "occurrence":  # the key older tools read
         summary["best_select_mean_f1"] = stopper.best_score
     if status == "finished" and run.history and cfg.all_subjects:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
 from .forward import forward_loss, prepare, shard_frames, unwrap, uses_intensity
+from .graph_step import GraphStep
 from .precision import choose_precision
 from .progress import EpochBar, RunClock
 from .step_log import EpochAccumulator, StepLog
@@ -63,13 +64,15 @@ def train_one_epoch(
     info: DistInfo,
     on_batch_end: Callable[[int, int, float], None] | None = None,
     clock: RunClock | None = None,
+    graph: GraphStep | None = None,
 ) -> bool:
     """Train until the epoch's batches are done (True) or a stop is requested (False).
 
     ``acc`` carries on from a resumed mid-epoch state; ``acc.batches`` is the batch to start at.
     The host waits for the device only every ``SYNC_EVERY`` steps (and when ``on_batch_end``,
     which gets each step's loss as a float, is given); the bar moves every step. ``clock``: the
-    run's (for its ETA), else one for this epoch alone.
+    run's (for its ETA), else one for this epoch alone. ``graph``: the run's captured step
+    (``graph_step``), used for every batch of its shape; None: the eager ``train_step``.
     """
     model.train()
     total, precision = cfg.batches_per_epoch, choose_precision(device, cfg.amp)
@@ -83,8 +86,11 @@ def train_one_epoch(
         frames = shard_frames(loader) if uses_intensity(criterion) else None
         for images, targets, index in _batches(loader, stop):
             batch = acc.batches + 1
-            loss = train_step(model, criterion, optimizer, scaler, scheduler, images, targets,
-                              device, cfg, precision, transform, index=index, frames=frames)
+            loss = graph(images, targets, index, scheduler) if graph is not None else None
+            if loss is None:  # no graph, or a batch of another size
+                loss = train_step(model, criterion, optimizer, scaler, scheduler, images,
+                                  targets, device, cfg, precision, transform, index=index,
+                                  frames=frames)
             steps.record(batch, loss, targets)
             bar.step(batch)
             if on_batch_end is not None:

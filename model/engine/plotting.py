@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from .run import TrainingRun, run_name
+from ..evaluation.optional_plots import draw, plots_module
 from ..evaluation.provenance import recipe_line
 from ..evaluation.tasks import reports_occurrence
 
@@ -13,12 +14,10 @@ log = logging.getLogger("model.train")
 
 def plot_run(run: TrainingRun) -> None:
     """The plots of ``run.history`` (losses, scores per epoch) in the run folder."""
-    from ..evaluation.plots import plot_history  # matplotlib: loaded only when drawing
-
+    plots = plots_module(log)  # matplotlib: loaded only when drawing, and may be missing
+    if plots is None:
+        return
     cfg = run.cfg
-    try:
-        plot_history(run.history, run.au_ids, run.run_dir, split=cfg.select_on,
-                     title=f"{run_name(cfg)}, {cfg.variant}",
-                     occurrence=reports_occurrence(cfg.task), notes=[recipe_line(run.payload())])
-    except Exception as err:  # a plotting problem must never cost a training run
-        log.warning("could not draw the plots: %s", err)
+    draw(log, "the plots", plots.plot_history, run.history, run.au_ids, run.run_dir,
+         split=cfg.select_on, title=f"{run_name(cfg)}, {cfg.variant}",
+         occurrence=reports_occurrence(cfg.task), notes=[recipe_line(run.payload())])

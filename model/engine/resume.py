@@ -20,7 +20,7 @@ log = logging.getLogger("model.train")
 #: Options that may change when a run is resumed; every other one must match the stored run.
 RESUME_OVERRIDABLE = ("epochs", "device", "workers", "eval_batch_size", "resume", "out",
                       "shards", "manifest", "threads", "quiet", "plot_every", "compile",
-                      "cache_frames_mb")
+                      "cache_frames_mb", "cuda_graphs")
 
 
 def resume_config(cfg: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, dict[str, Any]]:

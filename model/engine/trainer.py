@@ -9,7 +9,9 @@ by DDP, evaluation counts are summed over ranks, and only rank 0 writes files.
 * ``fold_data``        the fold's shards, sampler and loaders (``load_data``)
 * ``run``              ``TrainingRun`` and what its checkpoints hold; ``build``, ``resume``,
                        ``ddp``, ``run_record``, ``epochs``, ``finish``: the run's stages
-* ``loop``             one step, one epoch, the host's sync points; ``stopping``: signals
+* ``loop``             one step, one epoch, the host's sync points; ``stopping``: signals;
+                       ``graph_step``: the step as one CUDA graph; ``checkpoint_writer``:
+                       checkpoints written in the background
 * ``evaluation_loop``  one scored pass over a loader; ``selection``, ``tuning``: what picks the
                        epoch and the decision thresholds
 * ``freezing``, ``plotting``
@@ -31,7 +33,9 @@ from .epochs import run_epochs
 from .evaluation_loop import evaluate, run_task_evaluation
 from .finish import finish_run
 from .fold_data import FoldData, load_data
+from .graph_step import graphs_wanted
 from .loop import train_one_epoch, train_step
+from .precision import choose_precision
 from .resume import RESUME_OVERRIDABLE, check_resume_world, resume_run
 from .run import TrainingRun
 from .run_record import record_run_start
@@ -62,6 +66,8 @@ def train(
     where a --fresh run is written until it has started cleanly.
     """
     cfg, info, device, resume_state = prepare_runtime(cfg, explicit or set())
+    # --cuda-graphs on where no graph can run is refused now, before any file is written
+    graphs_wanted(cfg, device, info, choose_precision(device, cfg.amp))
     data = load_data(cfg, info, device)
     run = build_run(cfg, info, device, data, resume_state)
     run.run_dir = stage.path if stage is not None else run.run_dir  # run_folder.RunFolder

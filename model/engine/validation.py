@@ -63,6 +63,7 @@ TRAIN_FIELDS: dict[str, Field] = {
     "amp": Field(bool),
     "channels_last": Field(bool),
     "compile": Field(bool),
+    "cuda_graphs": Field(str, choices=("auto", "on", "off")),
     "sync_bn": Field(bool),
     "decoder_se": Field(str, choices=tuple(SE_KINDS)),
     "pretrained": Field(str, optional=True),
@@ -71,6 +72,7 @@ TRAIN_FIELDS: dict[str, Field] = {
     "threads": Field(int, 1, 1024, optional=True),
     "cache_frames_mb": Field(int, 0, 1 << 30),
     "quiet": Field(bool),
+    "eval_every": Field(int, 1, MAX_EPOCHS),
     "plot_every": Field(int, 1),            # the demo gives 10^6: never mid-run
     "task": Field(str, choices=TASKS),
     "intensity_weight": Field(float, 0, 1000, low_open=True),

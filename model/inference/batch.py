@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..evaluation.optional_plots import warn_no_plots
 from .output import (au_name, draw_banner, draw_overlay, save_bar_plot, save_image_chart,
                      save_timeline_plot, write_table)
 from . import workers
@@ -255,7 +256,10 @@ def run_job(predictor: AUPredictor, job: Job, cfg: PredictConfig) -> dict[str, A
         result["bad_files"] = [{"file": str(p), "error": e} for p, e in source.failures]
         result["status"] = "partial"
     if cfg.plot:
-        result["plot"] = str(_plot(predictor, table, job, cfg.out))
+        try:
+            result["plot"] = str(_plot(predictor, table, job, cfg.out))
+        except ImportError as err:  # no matplotlib: one warning, the CSV stands
+            warn_no_plots(log, err)
     return result
 
 
