@@ -13,10 +13,10 @@ log = logging.getLogger("model.train")
 
 def plot_run(run: TrainingRun) -> None:
     """The plots of ``run.history`` (losses, scores per epoch) in the run folder."""
-    from ..evaluation.plots import plot_history  # matplotlib: loaded only when drawing
-
     cfg = run.cfg
     try:
+        from ..evaluation.plots import plot_history  # matplotlib: loaded only when drawing, and
+        # inside the try: a bare GPU image without it must still train
         plot_history(run.history, run.au_ids, run.run_dir, split=cfg.select_on,
                      title=f"{run_name(cfg)}, {cfg.variant}",
                      occurrence=reports_occurrence(cfg.task), notes=[recipe_line(run.payload())])
