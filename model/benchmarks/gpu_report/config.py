@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STAGES = ("environment", "ceiling_train", "ceiling_infer", "trainer_epoch", "loader",
-          "end_to_end", "predict", "compile")
+#: In priority order: what the issue-25 targets are judged on first (a whole epoch with its
+#: evaluation, the step in fp32 and bf16), torch.compile last (its compile time is least bounded).
+STAGES = ("environment", "end_to_end", "ceiling_train", "trainer_epoch", "graphs", "loader",
+          "ceiling_infer", "predict", "compile")
 
 
 @dataclass
