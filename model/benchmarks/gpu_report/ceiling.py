@@ -12,6 +12,7 @@ from ...engine.precision import choose_precision
 from ...nets.tranet import TRANet, TRANetConfig, build_model
 from ..train_bench import make_infer_step, make_train_step
 from .config import ReportConfig
+from .deadline import Estimate
 from .report import Report, cudnn_benchmark, free_device_memory, peak_memory, reset_peak
 from .timing import time_steps
 from .utilisation import UtilisationSampler
@@ -89,10 +90,13 @@ def first_estimate(report: Report, setting: StepSetting) -> float:
                                        PRIOR_S * (0.1 if cfg.small else 1)).seconds
 
 
-def time_setting(report: Report, setting: StepSetting, train: bool,
-                 left: float) -> dict[str, Any]:
-    """Build the model for ``setting``, time its step within ``left`` seconds (build included)."""
+def time_setting(report: Report, setting: StepSetting, train: bool, left: float,
+                 pilot: bool = False) -> dict[str, Any]:
+    """Build the model for ``setting``, time its step within ``left`` seconds (build included);
+    ``pilot``: one warm-up step and one timed step only."""
     cfg, device = report.cfg, report.device
+    seconds, warmup, min_steps = (0.0, 1, 1) if pilot else (cfg.seconds, cfg.warmup,
+                                                            cfg.min_steps)
     t0 = time.monotonic()
     precision = choose_precision(device, amp=setting.precision != "fp32", dtype=setting.precision)
     model = step = x = y = None
@@ -105,13 +109,26 @@ def time_setting(report: Report, setting: StepSetting, train: bool,
                     else make_infer_step(model, x, precision))
             reset_peak(device)
             with UtilisationSampler(device) as util:
-                timing = time_steps(step, device, cfg.seconds, cfg.warmup, cfg.min_steps,
+                timing = time_steps(step, device, seconds, warmup, min_steps,
                                     budget=left - (time.monotonic() - t0))
         return {"images_per_s": setting.batch / timing["step_s"], **timing, **util.result(),
                 **peak_memory(device)}
     finally:
         model = step = x = y = None  # noqa: F841  (free device memory before the next)
         free_device_memory(device)
+
+
+def stage_pilot(report: Report) -> None:
+    """One training step at an eighth of the batch (at least 2), timed first: every later stage's cost
+    is estimated from it (scaled to its batch) before that stage measures anything itself."""
+    cfg = report.cfg
+    # the end_to_end stage's precision (fp32 in the test mode); BatchNorm needs a batch of 2
+    setting = StepSetting("fp32" if cfg.small else "bf16", True, max(cfg.batches[0] // 8, 2), True)
+    result = report.measure({**setting.label()}, Estimate(PRIOR_S * (0.1 if cfg.small else 1),
+                                                          "prior guess (the first step)"),
+                            lambda left: time_setting(report, setting, True, left, pilot=True))
+    if result:
+        report.costs.note_step(setting.batch, result["step_s"])
 
 
 def stage_ceiling_train(report: Report) -> None:

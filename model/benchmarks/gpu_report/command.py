@@ -12,12 +12,13 @@ left, when it would not fit; a step that is being timed stops at the deadline. A
 measurement or stage is recorded and the next still runs. Stages, in priority order:
 
 1. ``environment``   GPU, torch/CUDA/cuDNN versions, CPU count, libraries (and why one is missing);
-2. ``ceiling_train`` the training step on device-resident data (full TRA-Net at 224): bf16 and
-                     fp32 at batch 64 and 128, then fp16, NCHW, cudnn.benchmark off, batch 8;
-                     host ms and GPU ms a step, GPU utilisation (NVML);
-3. ``end_to_end``    three short epochs through ``model.engine.trainer.train`` (model.train's
+   ``pilot``         one training step at batch 8, which later costs are estimated from;
+2. ``end_to_end``    three short epochs through ``model.engine.trainer.train`` (model.train's
                      path): epoch wall time with and without evaluation and checkpoints, the
                      share of the training time spent waiting for data;
+3. ``ceiling_train`` the training step on device-resident data (full TRA-Net at 224): bf16 and
+                     fp32 at batch 64 and 128, then fp16, NCHW, cudnn.benchmark off, batch 8;
+                     host ms and GPU ms a step, GPU utilisation (NVML);
 4. ``trainer_epoch`` the trainer's ``train_one_epoch`` on in-memory batches, bf16 and fp32 (and
                      its ``cuda_graphs`` off/on where the build has it), host syncs counted;
 5. ``graphs``        the training step captured whole in one CUDA graph, bf16/fp32, batch 64/128;
@@ -41,7 +42,7 @@ import torch
 from pipeline.cli import HelpFormatter
 
 from ...cli import CommandError, check_device, handle_errors
-from .ceiling import stage_ceiling_infer, stage_ceiling_train
+from .ceiling import stage_ceiling_infer, stage_ceiling_train, stage_pilot
 from .compiled import stage_compile
 from .config import STAGES, ReportConfig
 from .end_to_end import stage_end_to_end
@@ -57,9 +58,9 @@ log = logging.getLogger("model.gpu_report")
 
 
 #: Time a stage needs at least (seconds) before it is started, in full mode (x 0.05 in --small).
-MIN_SECONDS = {"environment": 0, "ceiling_train": 20, "ceiling_infer": 10, "trainer_epoch": 15,
+MIN_SECONDS = {"environment": 0, "pilot": 5, "ceiling_train": 20, "ceiling_infer": 10, "trainer_epoch": 15,
                "graphs": 15, "loader": 15, "end_to_end": 30, "compile": 60, "predict": 15}
-STAGE_FUNCTIONS = {"environment": stage_environment, "ceiling_train": stage_ceiling_train,
+STAGE_FUNCTIONS = {"environment": stage_environment, "pilot": stage_pilot, "ceiling_train": stage_ceiling_train,
                    "ceiling_infer": stage_ceiling_infer, "trainer_epoch": stage_trainer_epoch,
                    "graphs": stage_graphs, "loader": stage_loader, "end_to_end": stage_end_to_end,
                    "compile": stage_compile, "predict": stage_predict}

@@ -27,7 +27,7 @@ def stage_end_to_end(report: Report) -> None:
     epochs, batches = (2, 2) if cfg.small else (3, 30)
     for graphs in graph_settings(report.device.type):
         optional = {"eval_every": 1, **({"cuda_graphs": graphs} if graphs else {})}
-        what = {"batch": cfg.batches[0], "batches": batches, "epochs": epochs}
+        what = {"batch": cfg.batches[0], "batches": batches, "epochs": epochs, "amp": not cfg.small}
         # every epoch's steps, its evaluation (~a third of a step a batch), worker start-ups
         estimate = report.costs.steps_estimate(cfg.batches[0], epochs * batches * 1.5,
                                                3 if cfg.small else 20, 5 if cfg.small else 90)
@@ -76,7 +76,8 @@ def _config(cfg: ReportConfig, report: Report, manifest: Path, out: Path, epochs
             batches: int) -> dict[str, Any]:
     return dict(shards=str(manifest.parent / "shards"), manifest=str(manifest), fold=1,
                 out=str(out), preset=cfg.preset, epochs=epochs, batches_per_epoch=batches,
-                batch_size=cfg.batches[0], eval_batch_size=cfg.batches[1], amp=True,
+                batch_size=cfg.batches[0], eval_batch_size=cfg.batches[1],
+                amp=not cfg.small,  # the test mode in fp32: bf16 on a CPU is slow
                 quiet=True, device=str(report.device), plot_every=1,
                 workers=1 if cfg.small else min(8, os.cpu_count() or 1))
 

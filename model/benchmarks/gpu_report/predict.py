@@ -28,7 +28,10 @@ def stage_predict(report: Report) -> None:
         for batch in sizes:
             for engine, fn in predict_engines(report, model, batch, size):
                 family = f"predict-{preset}-{engine}"
-                estimate = report.costs.estimate(family, batch, 0.5 if cfg.small else 5)
+                # the first of an engine: its steps at a third of a training step (the pilot's)
+                first = report.costs.steps_estimate(batch, (cfg.warmup + cfg.min_steps + 1) / 3,
+                                                    cfg.seconds / 2, 2 if cfg.small else 10)
+                estimate = report.costs.estimate(family, batch, first.seconds)
                 report.measure({"preset": preset, "size": size, "batch": batch,
                                 "engine": engine}, estimate,
                                lambda left, f=fn, b=batch: _time(report, f, b, left),
