@@ -66,8 +66,9 @@ def inputs(model: TRANet, batch: int, size: int, device: torch.device,
 
 
 def measure_ceiling(report: Report, train: bool) -> None:
-    cfg, family = report.cfg, "ceiling_train" if train else "ceiling_infer"
+    cfg, stage = report.cfg, "ceiling_train" if train else "ceiling_infer"
     for setting in ceiling_settings(cfg, train):
+        family = f"{stage}-{setting.precision}"  # precisions differ by several x on a CPU
         estimate = report.costs.estimate(family, setting.batch, first_estimate(report, setting))
         result = report.measure({**setting.label()}, estimate,
                                 lambda left, s=setting: time_setting(report, s, train, left),
@@ -87,15 +88,17 @@ def first_estimate(report: Report, setting: StepSetting) -> float:
     cfg = report.cfg
     return report.costs.steps_estimate(setting.batch, cfg.warmup + cfg.min_steps + 1,
                                        cfg.seconds + (0.5 if cfg.small else 5),
-                                       PRIOR_S * (0.1 if cfg.small else 1)).seconds
+                                       PRIOR_S * (0.1 if cfg.small else 1), setting.precision,
+                                       report.device.type == "cuda").seconds
 
 
 def time_setting(report: Report, setting: StepSetting, train: bool, left: float,
                  pilot: bool = False) -> dict[str, Any]:
     """Build the model for ``setting``, time its step within ``left`` seconds (build included);
-    ``pilot``: one warm-up step and one timed step only."""
+    ``pilot``: two warm-up steps and one timed step only."""
     cfg, device = report.cfg, report.device
-    seconds, warmup, min_steps = (0.0, 1, 1) if pilot else (cfg.seconds, cfg.warmup,
+    # the pilot's step after two warm-up steps: the first ones pay the process's first-use costs
+    seconds, warmup, min_steps = (0.0, 2, 1) if pilot else (cfg.seconds, cfg.warmup,
                                                             cfg.min_steps)
     t0 = time.monotonic()
     precision = choose_precision(device, amp=setting.precision != "fp32", dtype=setting.precision)
@@ -119,8 +122,9 @@ def time_setting(report: Report, setting: StepSetting, train: bool, left: float,
 
 
 def stage_pilot(report: Report) -> None:
-    """One training step at an eighth of the batch (at least 2), timed first: every later stage's cost
-    is estimated from it (scaled to its batch) before that stage measures anything itself."""
+    """One training step at an eighth of the batch (at least 2), timed first: every later
+    stage's cost is estimated from it (scaled to its batch) before that stage has measured
+    anything itself."""
     cfg = report.cfg
     # the end_to_end stage's precision (fp32 in the test mode); BatchNorm needs a batch of 2
     setting = StepSetting("fp32" if cfg.small else "bf16", True, max(cfg.batches[0] // 8, 2), True)
@@ -129,6 +133,7 @@ def stage_pilot(report: Report) -> None:
                             lambda left: time_setting(report, setting, True, left, pilot=True))
     if result:
         report.costs.note_step(setting.batch, result["step_s"])
+        report.costs.step_precision = setting.precision
 
 
 def stage_ceiling_train(report: Report) -> None:

@@ -58,11 +58,13 @@ log = logging.getLogger("model.gpu_report")
 
 
 #: Time a stage needs at least (seconds) before it is started, in full mode (x 0.05 in --small).
-MIN_SECONDS = {"environment": 0, "pilot": 5, "ceiling_train": 20, "ceiling_infer": 10, "trainer_epoch": 15,
-               "graphs": 15, "loader": 15, "end_to_end": 30, "compile": 60, "predict": 15}
-STAGE_FUNCTIONS = {"environment": stage_environment, "pilot": stage_pilot, "ceiling_train": stage_ceiling_train,
-                   "ceiling_infer": stage_ceiling_infer, "trainer_epoch": stage_trainer_epoch,
-                   "graphs": stage_graphs, "loader": stage_loader, "end_to_end": stage_end_to_end,
+MIN_SECONDS = {"environment": 0, "pilot": 5, "ceiling_train": 20, "ceiling_infer": 10,
+               "trainer_epoch": 15, "graphs": 15, "loader": 15, "end_to_end": 30, "compile": 60,
+               "predict": 15}
+STAGE_FUNCTIONS = {"environment": stage_environment, "pilot": stage_pilot,
+                   "ceiling_train": stage_ceiling_train, "ceiling_infer": stage_ceiling_infer,
+                   "trainer_epoch": stage_trainer_epoch, "graphs": stage_graphs,
+                   "loader": stage_loader, "end_to_end": stage_end_to_end,
                    "compile": stage_compile, "predict": stage_predict}
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 #: In priority order: the pilot step every later cost is estimated from, then what the issue-25
 #: targets are judged on (a whole epoch with its evaluation, the step in fp32 and bf16);
 #: torch.compile last (its compile time is the least bounded).
-STAGES = ("environment", "pilot", "end_to_end", "ceiling_train", "trainer_epoch", "graphs", "loader",
-          "ceiling_infer", "predict", "compile")
+STAGES = ("environment", "pilot", "end_to_end", "ceiling_train", "trainer_epoch", "graphs",
+          "loader", "ceiling_infer", "predict", "compile")
 
 
 @dataclass

@@ -26,6 +26,7 @@ class CostModel:
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, float]] = {}
         self.step_s: dict[int, float] = {}
+        self.step_precision: str | None = None   # the pilot step's
 
     def record(self, family: str, size: float, seconds: float) -> None:
         self._last[family] = (size, seconds)
@@ -41,13 +42,22 @@ class CostModel:
         """A training step's seconds at ``batch`` (the fastest seen), for the trainer stages."""
         self.step_s[batch] = min(step_s, self.step_s.get(batch, step_s))
 
-    def steps_estimate(self, batch: int, steps: float, overhead: float,
-                       prior: float) -> Estimate:
+    def steps_estimate(self, batch: int, steps: float, overhead: float, prior: float,
+                       precision: str | None = None, cuda: bool = False) -> Estimate:
         """``steps`` training steps at ``batch`` plus ``overhead`` seconds, from the step time
-        measured nearest that batch (scaled), else ``prior``."""
+        measured nearest that batch (scaled; and by UNLIKE_PRECISION when ``precision`` is not
+        the one it was measured in), else ``prior``."""
         if not self.step_s:
             return Estimate(prior, "prior guess (no step measured yet)")
         near = min(self.step_s, key=lambda b: abs(b - batch))
         per = self.step_s[near] * max(batch / near, 1.0)
+        if precision is not None and self.step_precision not in (None, precision):
+            per *= UNLIKE_PRECISION[cuda]
         return Estimate(steps * per + overhead,
                         f"{steps:g} steps x {per:.3f} s (batch {near}) + {overhead:g} s")
+
+
+#: How much slower a precision unlike the measured step's may be (index: on CUDA): bf16
+#: autocast ran 3-5x slower than fp32 on the 2-core CPU this was written on; on a GPU the two
+#: are within 2x of each other.
+UNLIKE_PRECISION = (5.0, 2.0)

@@ -30,7 +30,8 @@ def stage_end_to_end(report: Report) -> None:
         what = {"batch": cfg.batches[0], "batches": batches, "epochs": epochs, "amp": not cfg.small}
         # every epoch's steps, its evaluation (~a third of a step a batch), worker start-ups
         estimate = report.costs.steps_estimate(cfg.batches[0], epochs * batches * 1.5,
-                                               3 if cfg.small else 20, 5 if cfg.small else 90)
+                                               3 if cfg.small else 20, 5 if cfg.small else 90,
+                                               "fp32" if cfg.small else None)
         report.measure(what, estimate,
                        lambda _left, o=optional: run_end_to_end(report, manifest, o, epochs,
                                                                 batches))

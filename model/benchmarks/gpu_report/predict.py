@@ -1,4 +1,5 @@
-"""The ``predict`` stage: predict-sized inference, torch (fp32 and the AMP choice) and onnxruntime per provider."""
+"""The ``predict`` stage: predict-sized inference, torch (fp32 and the AMP choice) and
+onnxruntime per provider."""
 from __future__ import annotations
 
 import copy
@@ -67,7 +68,8 @@ def predict_engines(report: Report, model: TRANet, batch: int,
     return engines
 
 
-def onnx_engines(report: Report, model: TRANet, x: torch.Tensor) -> list[tuple[str, Callable[[], Any]]]:
+def onnx_engines(report: Report, model: TRANet,
+                 x: torch.Tensor) -> list[tuple[str, Callable[[], Any]]]:
     """onnxruntime sessions of the model (exported once per preset and size) per provider."""
     ort, why = optional_import("onnxruntime")
     if ort is None:
