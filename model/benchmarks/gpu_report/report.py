@@ -115,9 +115,6 @@ class Report:
                       "cost_s": time.monotonic() - t0, **estimate.record()})
         return result
 
-    def out_of_time(self, reserve: float) -> bool:
-        return self.remaining() < reserve
-
 
 def process_start() -> float:
     """The monotonic time this process started (Linux: from /proc, so the interpreter's start
