@@ -147,6 +147,30 @@ def test_a_timed_step_stops_at_its_budget():
     assert timing["host_ms"] >= 45 and timing["gpu_ms"] is None
 
 
+def test_gpu_utilisation_comes_from_nvml_or_is_null_with_the_reason(monkeypatch):
+    from types import SimpleNamespace
+
+    from model.benchmarks.gpu_report import utilisation
+
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(utilisation, "optional_import",
+                        lambda name: (None, f"{name} not importable (ModuleNotFoundError)"))
+    with utilisation.UtilisationSampler(gpu) as missing:
+        pass
+    assert missing.result()["gpu_util_pct"] is None
+    assert missing.result()["gpu_util_reason"].startswith("pynvml not importable")
+    busy = iter([30.0, 50.0] + [40.0] * 100)
+    nvml = SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetUtilizationRates=lambda handle:
+                           SimpleNamespace(gpu=next(busy)))
+    monkeypatch.setattr(utilisation, "optional_import", lambda name: (nvml, None))
+    monkeypatch.setattr(utilisation, "_handle", lambda module, device: "handle")
+    with utilisation.UtilisationSampler(gpu) as sampler:
+        time.sleep(10 * utilisation.INTERVAL)
+    result = sampler.result()
+    assert result["gpu_util_samples"] >= 2 and result["gpu_util_reason"] is None
+    assert 30.0 <= result["gpu_util_pct"] <= 50.0
+
+
 def test_loader_worker_counts_are_capped_by_the_cpus_and_recorded():
     from model.benchmarks.gpu_report.loader import loader_settings
 
