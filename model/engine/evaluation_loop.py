@@ -6,11 +6,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .distributed import DistInfo, all_reduce_sum, gather_objects
 from .forward import forward_loss, prepare, shard_frames, unwrap
 from .precision import choose_precision
+from .progress import progress_bar
 from ..evaluation.intensity import IntensityAccumulator, IntensityMetrics
 from ..evaluation.metrics import PROBABILITY_THRESHOLD, AUMetrics, MetricAccumulator
 from ..nets.regions import ALL_AUS
@@ -75,7 +75,8 @@ def run_task_evaluation(model, loader, device, au_ids, criterion=None, *, amp=Fa
     regression = (IntensityAccumulator(ALL_AUS, mean_over=au_ids, subjects=names)
                   if with_intensity else None)
     precision = choose_precision(device, amp)
-    for images, targets, index in tqdm(loader, desc=desc, leave=False, disable=True if quiet else None):
+    for images, targets, index in progress_bar(loader, desc=desc, leave=False,
+                                            disable=True if quiet else None):
         x = prepare(images, device, channels_last, transform)
         y = targets.to(device)
         loss, logits, predicted, target_r = forward_loss(

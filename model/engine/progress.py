@@ -10,9 +10,37 @@ the run sooner).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable, Iterable
 
-from tqdm import tqdm
+try:
+    from tqdm import tqdm
+except ImportError:  # a bare GPU image has no tqdm: no bars, the epoch log line still shows pace
+    tqdm = None
+
+
+class _NoBar:
+    """What the loops need of a tqdm bar, doing nothing (tqdm not installed)."""
+
+    def __init__(self, iterable: Iterable | None = None, **_: Any) -> None:
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> Any:
+    """A tqdm bar, or one that shows nothing when tqdm is not installed."""
+    make = tqdm or _NoBar
+    return make(**kwargs) if iterable is None else make(iterable, **kwargs)
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -59,7 +87,7 @@ class EpochBar:
     def __init__(self, epoch: int, total: int, initial: int, clock: RunClock,
                  disable: bool | None) -> None:
         self.epoch, self.clock, self.shown, self.loss = epoch, clock, initial, None
-        self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{clock.epochs}",
+        self.bar = progress_bar(total=total, initial=initial, desc=f"epoch {epoch}/{clock.epochs}",
                         leave=False, disable=disable, dynamic_ncols=True)
 
     def step(self, batch: int) -> None:

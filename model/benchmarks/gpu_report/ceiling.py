@@ -1,5 +1,5 @@
-"""Stages 2, 3 and 8: the model's ceiling on device-resident data (training step, inference),
-eager and through ``torch.compile``."""
+"""The model's ceiling on device-resident data (training step, inference): bf16 / fp32 at both
+batches, then one change at a time."""
 from __future__ import annotations
 
 import time
@@ -12,8 +12,10 @@ from ...engine.precision import choose_precision
 from ...nets.tranet import TRANet, TRANetConfig, build_model
 from ..train_bench import make_infer_step, make_train_step
 from .config import ReportConfig
-from .report import (Report, cudnn_benchmark, free_device_memory, peak_memory, reset_peak, sync,
-                     time_steps)
+from .deadline import Estimate
+from .report import Report, cudnn_benchmark, free_device_memory, peak_memory, reset_peak
+from .timing import time_steps
+from .utilisation import UtilisationSampler
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,20 @@ class StepSetting:
 
 
 def ceiling_settings(cfg: ReportConfig, train: bool) -> list[StepSetting]:
-    """The default (bf16, channels_last, batch 64, benchmark on) first, then one change each."""
+    """bf16 and fp32 (channels_last, cudnn.benchmark on) at both batches first: the questions
+    the report answers; then one change each from the default (bf16, batch 64)."""
     small, large = cfg.batches
-    base = StepSetting("bf16", True, small, True)
-    settings = [base, StepSetting("bf16", True, large, True), StepSetting("fp16", True, small, True),
-                StepSetting("fp32", True, small, True), StepSetting("bf16", False, small, True),
-                StepSetting("bf16", True, small, False), StepSetting("fp32", False, small, False)]
-    if not train:
-        settings.insert(2, StepSetting("bf16", True, large * 2, True))
-    else:
+    core = [StepSetting(p, True, b, True) for p in ("bf16", "fp32") for b in (small, large)]
+    if cfg.small:
+        return core if train else core[:1] + core[2:3]
+    more = [StepSetting("fp16", True, small, True), StepSetting("bf16", False, small, True),
+            StepSetting("bf16", True, small, False), StepSetting("fp32", False, small, False)]
+    if train:
         # A batch of 8 costs the GPU little: its step time is the host's (launch) overhead floor.
-        settings.append(StepSetting("bf16", True, max(small // 8, 1), True))
-    return settings[:1] if cfg.small else settings
+        more.append(StepSetting("bf16", True, max(small // 8, 1), True))
+    else:
+        more.insert(0, StepSetting("bf16", True, large * 2, True))
+    return core + more
 
 
 def build(cfg: ReportConfig, device: torch.device, channels_last: bool, preset: str | None = None,
@@ -62,30 +66,74 @@ def inputs(model: TRANet, batch: int, size: int, device: torch.device,
 
 
 def measure_ceiling(report: Report, train: bool) -> None:
-    cfg, device = report.cfg, report.device
+    cfg, stage = report.cfg, "ceiling_train" if train else "ceiling_infer"
     for setting in ceiling_settings(cfg, train):
-        what = {"kind": "measurement", **setting.label()}
-        if report.out_of_time(reserve=10 if not cfg.small else 1):
-            report.skip(what, "deadline")
-            continue
-        try:
-            precision = choose_precision(device, amp=setting.precision != "fp32",
-                                         dtype=setting.precision)
-            with cudnn_benchmark(setting.cudnn_benchmark):
-                model = build(cfg, device, setting.channels_last)
-                model.train(train)
-                x, y = inputs(model, setting.batch, cfg.size, device, setting.channels_last)
-                step = (make_train_step(model, x, y, precision) if train
-                        else make_infer_step(model, x, precision))
-                reset_peak(device)
-                timing = time_steps(step, device, cfg.seconds, cfg.warmup, cfg.min_steps)
-            report.write(**what, status="ok", images_per_s=setting.batch / timing["step_s"],
-                         **timing, **peak_memory(device))
-        except Exception as err:
-            report.write(**what, status="error", error=f"{type(err).__name__}: {err}")
-        finally:
-            model = step = x = y = None  # noqa: F841  (free device memory before the next)
-            free_device_memory(device)
+        family = f"{stage}-{setting.precision}"  # precisions differ by several x on a CPU
+        estimate = report.costs.estimate(family, setting.batch, first_estimate(report, setting))
+        result = report.measure({**setting.label()}, estimate,
+                                lambda left, s=setting: time_setting(report, s, train, left),
+                                family=family, size=setting.batch)
+        if result and train and setting.channels_last and setting.cudnn_benchmark:
+            report.costs.note_step(setting.batch, result["step_s"])
+
+
+#: Seconds the first measurement of a ceiling stage is guessed to take (model build, cudnn's
+#: search, warm-up, timing) before one has been measured.
+PRIOR_S = 20.0
+
+
+def first_estimate(report: Report, setting: StepSetting) -> float:
+    """The first measurement's cost: its warm-up and timed steps at the step time seen so far
+    (the end_to_end stage's), plus the timing and a build; else PRIOR_S."""
+    cfg = report.cfg
+    return report.costs.steps_estimate(setting.batch, cfg.warmup + cfg.min_steps + 1,
+                                       cfg.seconds + (0.5 if cfg.small else 5),
+                                       PRIOR_S * (0.1 if cfg.small else 1), setting.precision,
+                                       report.device.type == "cuda").seconds
+
+
+def time_setting(report: Report, setting: StepSetting, train: bool, left: float,
+                 pilot: bool = False) -> dict[str, Any]:
+    """Build the model for ``setting``, time its step within ``left`` seconds (build included);
+    ``pilot``: two warm-up steps and one timed step only."""
+    cfg, device = report.cfg, report.device
+    # the pilot's step after two warm-up steps: the first ones pay the process's first-use costs
+    seconds, warmup, min_steps = (0.0, 2, 1) if pilot else (cfg.seconds, cfg.warmup,
+                                                            cfg.min_steps)
+    t0 = time.monotonic()
+    precision = choose_precision(device, amp=setting.precision != "fp32", dtype=setting.precision)
+    model = step = x = y = None
+    try:
+        with cudnn_benchmark(setting.cudnn_benchmark):
+            model = build(cfg, device, setting.channels_last)
+            model.train(train)
+            x, y = inputs(model, setting.batch, cfg.size, device, setting.channels_last)
+            step = (make_train_step(model, x, y, precision) if train
+                    else make_infer_step(model, x, precision))
+            reset_peak(device)
+            with UtilisationSampler(device) as util:
+                timing = time_steps(step, device, seconds, warmup, min_steps,
+                                    budget=left - (time.monotonic() - t0))
+        return {"images_per_s": setting.batch / timing["step_s"], **timing, **util.result(),
+                **peak_memory(device)}
+    finally:
+        model = step = x = y = None  # noqa: F841  (free device memory before the next)
+        free_device_memory(device)
+
+
+def stage_pilot(report: Report) -> None:
+    """One training step at an eighth of the batch (at least 2), timed first: every later
+    stage's cost is estimated from it (scaled to its batch) before that stage has measured
+    anything itself."""
+    cfg = report.cfg
+    # the end_to_end stage's precision (fp32 in the test mode); BatchNorm needs a batch of 2
+    setting = StepSetting("fp32" if cfg.small else "bf16", True, max(cfg.batches[0] // 8, 2), True)
+    result = report.measure({**setting.label()}, Estimate(PRIOR_S * (0.1 if cfg.small else 1),
+                                                          "prior guess (the first step)"),
+                            lambda left: time_setting(report, setting, True, left, pilot=True))
+    if result:
+        report.costs.note_step(setting.batch, result["step_s"])
+        report.costs.step_precision = setting.precision
 
 
 def stage_ceiling_train(report: Report) -> None:
@@ -94,45 +142,3 @@ def stage_ceiling_train(report: Report) -> None:
 
 def stage_ceiling_infer(report: Report) -> None:
     measure_ceiling(report, train=False)
-
-
-#: torch.compile modes tried, in order: "default" fuses kernels; "reduce-overhead" adds CUDA
-#: graphs, which removes the per-kernel launch cost that bounds the eager step at batch 64.
-COMPILE_MODES = ("default", "reduce-overhead")
-
-
-def stage_compile(report: Report) -> None:
-    cfg = report.cfg
-    if cfg.small:
-        # Even dynamo's tracing alone (backend "eager") takes ~15 s of CPU for this model.
-        report.write(kind="measurement", status="skipped", reason="not run in the test mode")
-        return
-    for mode in COMPILE_MODES:
-        what = {"kind": "measurement", "mode": mode, "batch": cfg.batches[0]}
-        if report.out_of_time(reserve=45):
-            report.skip(what, "deadline")
-            continue
-        try:
-            report.write(**what, status="ok", **time_compiled(report, mode))
-        except Exception as err:
-            report.write(**what, status="error", error=f"{type(err).__name__}: {err}"[:1000])
-        finally:
-            torch._dynamo.reset()
-            free_device_memory(report.device)
-
-
-def time_compiled(report: Report, mode: str) -> dict[str, Any]:
-    """First-step (compile) seconds and steady images/s of the compiled training step."""
-    cfg, device = report.cfg, report.device
-    precision = choose_precision(device, amp=True)
-    with cudnn_benchmark(True):
-        model = build(cfg, device, channels_last=True)
-        x, y = inputs(model, cfg.batches[0], cfg.size, device, True)
-        step = make_train_step(torch.compile(model, mode=mode), x, y, precision)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        compile_s = time.perf_counter() - t0
-        timing = time_steps(step, device, cfg.seconds, cfg.warmup, cfg.min_steps)
-    return {"precision": precision.name, "first_step_s": compile_s,
-            "images_per_s": cfg.batches[0] / timing["step_s"], **timing}

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ...engine.precision import choose_precision
+from .optional import library_report, optional_import
 from .report import Report
 
 
@@ -31,19 +32,13 @@ def stage_environment(report: Report) -> None:
                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                     tf32_cudnn=torch.backends.cudnn.allow_tf32)
     info["amp_choice"] = choose_precision(device, amp=True).name
-    info["libraries"] = _library_versions()
+    info["libraries"], info["missing"] = library_report()
+    info["onnxruntime_providers"] = _onnx_providers()
     report.write(kind="environment", **info)
 
 
-def _library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in ("numpy", "cv2", "h5py", "scipy", "timm", "onnxruntime", "tqdm", "dlib"):
-        try:
-            module = __import__(name)
-            versions[name] = str(getattr(module, "__version__", "?"))
-        except Exception:
-            versions[name] = None
+def _onnx_providers() -> str | None:
+    ort, _ = optional_import("onnxruntime")
     with contextlib.suppress(Exception):
-        import onnxruntime
-        versions["onnxruntime_providers"] = ",".join(onnxruntime.get_available_providers())
-    return versions
+        return ",".join(ort.get_available_providers()) if ort is not None else None
+    return None

@@ -56,14 +56,29 @@ def synth_shards(root: Path, frames: int, size: int, seed: int = 0) -> tuple[Pat
     return shards, manifest
 
 
-def loader_settings(cfg: ReportConfig) -> list[dict[str, Any]]:
-    cpus = os.cpu_count() or 1
-    counts = [1] if cfg.small else [w for w in (1, 2, 4, 8) if w <= max(cpus, 1)]
-    settings = [{"workers": w, "flip": True, "jitter": True} for w in counts]
+#: Worker counts the loader is timed with (those above the CPU count are recorded as skipped).
+WORKERS = (1, 2, 4, 8, 16)
+
+
+def loader_settings(cfg: ReportConfig, cpus: int | None = None
+                    ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """(settings to time, (setting, why not) for the others): flip + jitter at each worker
+    count up to the CPU count (1 in the test mode), then flip only and neither at the largest."""
+    cpus = cpus or os.cpu_count() or 1
+    run, skipped = [], []
+    for w in WORKERS:
+        setting = {"workers": w, "flip": True, "jitter": True}
+        if w > cpus:
+            skipped.append((setting, f"capped: {w} workers > {cpus} CPUs"))
+        elif cfg.small and w > 1:
+            skipped.append((setting, "the test mode times 1 worker"))
+        else:
+            run.append(setting)
     if not cfg.small:
-        settings.append({"workers": counts[-1], "flip": True, "jitter": False})
-        settings.append({"workers": counts[-1], "flip": False, "jitter": False})
-    return settings
+        top = run[-1]["workers"]
+        run += [{"workers": top, "flip": True, "jitter": False},
+                {"workers": top, "flip": False, "jitter": False}]
+    return run, skipped
 
 
 def stage_loader(report: Report) -> None:
@@ -72,13 +87,17 @@ def stage_loader(report: Report) -> None:
     t0 = time.perf_counter()
     shards, _ = ensure_shards(report, frames)
     report.write(kind="shards", frames_per_subject=frames, subjects=len(SUBJECTS),
-                 write_s=time.perf_counter() - t0, bytes_per_frame=_jpeg_bytes(shards, frames))
-    for setting in loader_settings(cfg):
-        what = {"kind": "measurement", **setting, "batch": cfg.batches[0]}
-        if report.out_of_time(reserve=10 if not cfg.small else 1):
-            report.skip(what, "deadline")
-            continue
-        report.write(**what, status="ok", **time_loader(report, shards, **setting))
+                 write_s=time.perf_counter() - t0, bytes_per_frame=_jpeg_bytes(shards, frames),
+                 cpu_count=os.cpu_count())
+    settings, capped = loader_settings(cfg)
+    for setting, why in capped:
+        report.skip({**setting, "batch": cfg.batches[0]}, why)
+    for setting in settings:
+        # the same frames each time: fewer workers cost more, so the last cost bounds the next
+        estimate = report.costs.estimate("loader", 1, 2 if cfg.small else 20)
+        report.measure({**setting, "batch": cfg.batches[0]}, estimate,
+                       lambda _left, s=setting: time_loader(report, shards, **s),
+                       family="loader")
 
 
 def ensure_shards(report: Report, frames: int) -> tuple[Path, Path]:

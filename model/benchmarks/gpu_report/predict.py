@@ -1,4 +1,5 @@
-"""Stage 7: predict-sized inference, torch (fp32 and the AMP choice) and onnxruntime per provider."""
+"""The ``predict`` stage: predict-sized inference, torch (fp32 and the AMP choice) and
+onnxruntime per provider."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,9 @@ from ...engine.precision import choose_precision
 from ...nets.tranet import TRANet
 from ..train_bench import make_infer_step
 from .ceiling import build
-from .report import Report, time_steps
+from .optional import optional_import
+from .report import Report
+from .timing import time_steps
 
 
 def stage_predict(report: Report) -> None:
@@ -25,18 +28,27 @@ def stage_predict(report: Report) -> None:
         model = build(cfg, report.device, channels_last=True, preset=preset, size=size).eval()
         for batch in sizes:
             for engine, fn in predict_engines(report, model, batch, size):
-                what = {"kind": "measurement", "preset": preset, "size": size, "batch": batch,
-                        "engine": engine}
-                if report.out_of_time(reserve=5 if not cfg.small else 0.5):
-                    report.skip(what, "deadline")
-                    continue
-                try:
-                    timing = time_steps(fn, report.device, cfg.seconds / 2, cfg.warmup,
-                                        cfg.min_steps)
-                    report.write(**what, status="ok", images_per_s=batch / timing["step_s"],
-                                 ms_per_batch=1000 * timing["step_s"], steps=timing["steps"])
-                except Exception as err:
-                    report.write(**what, status="error", error=f"{type(err).__name__}: {err}")
+                family = f"predict-{preset}-{engine}"
+                # the first of an engine: its steps at a third of a training step (the pilot's)
+                first = report.costs.steps_estimate(batch, (cfg.warmup + cfg.min_steps + 1) / 3,
+                                                    cfg.seconds / 2, 2 if cfg.small else 10)
+                estimate = report.costs.estimate(family, batch, first.seconds)
+                report.measure({"preset": preset, "size": size, "batch": batch,
+                                "engine": engine}, estimate,
+                               lambda left, f=fn, b=batch: _time(report, f, b, left),
+                               family=family, size=batch)
+
+
+def _time(report: Report, fn: Callable[[], Any], batch: int, left: float) -> dict[str, Any]:
+    cfg = report.cfg
+    timing = time_steps(fn, report.device, cfg.seconds / 2, cfg.warmup, cfg.min_steps,
+                        budget=left)
+    return {"images_per_s": batch / timing["step_s"], "ms_per_batch": 1000 * timing["step_s"],
+            "steps": timing["steps"], "host_ms": timing["host_ms"], "gpu_ms": timing["gpu_ms"]}
+
+
+#: Seconds an ONNX export of the model is guessed to take, by preset.
+EXPORT_S = {"small": 5.0, "full": 30.0}
 
 
 def predict_engines(report: Report, model: TRANet, batch: int,
@@ -56,14 +68,21 @@ def predict_engines(report: Report, model: TRANet, batch: int,
     return engines
 
 
-def onnx_engines(report: Report, model: TRANet, x: torch.Tensor) -> list[tuple[str, Callable[[], Any]]]:
+def onnx_engines(report: Report, model: TRANet,
+                 x: torch.Tensor) -> list[tuple[str, Callable[[], Any]]]:
     """onnxruntime sessions of the model (exported once per preset and size) per provider."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
+    ort, why = optional_import("onnxruntime")
+    if ort is None:
+        report.skip({"engine": "onnxruntime", "batch": len(x)}, why or "")
         return []
     path = report.dir / f"tranet-{model.config.preset}-{x.shape[-1]}.onnx"
     if not path.exists():
+        need = EXPORT_S.get(model.config.preset, 30.0) * (0.3 if report.cfg.small else 1)
+        if need > report.remaining():
+            report.skip({"engine": "onnxruntime", "batch": len(x)},
+                        f"deadline: the export is estimated at {need:.0f} s, "
+                        f"{max(report.remaining(), 0):.1f} s left")
+            return []
         export_onnx(model, x, path)
     feed = {"images": x.float().cpu().numpy()}
     engines = []

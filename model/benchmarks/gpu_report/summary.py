@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import STAGES
+from .targets import target_lines
 
 
 def read_records(path: Path, run: str | None = None) -> list[dict[str, Any]]:
@@ -48,47 +49,51 @@ def write_summary(jsonl: Path, md: Path, run: str | None = None) -> Path:
     return md
 
 
-GOAL_TRAIN_IMAGES_PER_S = 1500  # full TRA-Net at 224 with --amp on one H100/H200
-
-
 def headline(records: list[dict[str, Any]]) -> list[str]:
-    """The figures that answer the issue's questions, each with the row it comes from."""
+    """The issue's targets, then the figures that answer its questions, each from its stage."""
     ok = [r for r in records if r.get("kind") == "measurement" and r.get("status") == "ok"]
 
-    def best(stage: str, key: str, **match: Any) -> dict[str, Any] | None:
-        rows = [r for r in ok if r.get("stage") == stage and key in r
+    def rows(stage: str, **match: Any) -> list[dict[str, Any]]:
+        return [r for r in ok if r.get("stage") == stage
                 and all(r.get(k) == v for k, v in match.items())]
-        return max(rows, key=lambda r: r[key]) if rows else None
 
-    lines = ["## Headline", ""]
-    default = best("ceiling_train", "images_per_s", precision="bf16", channels_last=True,
-                   cudnn_benchmark=True, batch=64)
-    top = best("ceiling_train", "images_per_s")
-    for label, row in (("model ceiling, bf16, batch 64", default),
-                       ("model ceiling, best setting", top)):
-        if row:
-            verdict = "meets" if row["images_per_s"] >= GOAL_TRAIN_IMAGES_PER_S else "misses"
-            lines.append(f"- {label}: {row['images_per_s']:.0f} training images/s "
-                         f"({verdict} the {GOAL_TRAIN_IMAGES_PER_S} goal; precision "
-                         f"{row['precision']}, batch {row['batch']})")
-    trainer = best("trainer_epoch", "images_per_s", amp=True)
-    if trainer:
-        lines.append(f"- trainer's train_one_epoch (--amp, in-memory batches): "
-                     f"{trainer['images_per_s']:.0f} images/s, "
-                     f"{trainer['syncs_per_step']:.2f} host syncs a step")
-    loader = best("loader", "frames_per_s", flip=True, jitter=True)
+    lines = target_lines(records) + ["", "## Headline", ""]
+    for row in rows("ceiling_train", channels_last=True, cudnn_benchmark=True):
+        lines.append(f"- training step, {row['precision']}, batch {row['batch']}: "
+                     f"{row['images_per_s']:.0f} images/s, {_ms(row['step_s'] * 1000)} a step, "
+                     f"host {_ms(row.get('host_ms'))}, GPU {_ms(row.get('gpu_ms'))}, "
+                     f"GPU busy {_pct(row.get('gpu_util_pct'), row.get('gpu_util_reason'))}")
+    for row in rows("graphs"):
+        lines.append(f"- one CUDA graph a step, {row['precision']}, batch {row['batch']}: "
+                     f"{row['images_per_s']:.0f} images/s")
+    for row in rows("compile"):
+        lines.append(f"- torch.compile ({row['mode']}), batch {row['batch']}: "
+                     f"{row['images_per_s']:.0f} images/s after {row['first_step_s']:.0f} s")
+    for row in rows("trainer_epoch"):
+        lines.append(f"- trainer's train_one_epoch, {row['precision']}, cuda_graphs "
+                     f"{row.get('cuda_graphs')}: {row['images_per_s']:.0f} images/s, "
+                     f"{row['syncs_per_step']:.2f} host syncs a step")
+    for row in rows("end_to_end"):
+        lines.append(f"- epochs through model.train's path (batch {row['batch']}): "
+                     f"{_fmt(row['epoch_images_per_s'])} images/s with evaluation and "
+                     f"checkpoints, {_fmt(row['train_images_per_s'])} training steps only; "
+                     f"waiting for data {_fmt([100 * w for w in row['data_wait_share']])} % of "
+                     f"the training time; GPU busy "
+                     f"{_pct(row.get('gpu_util_pct'), row.get('gpu_util_reason'))}")
+    loader = rows("loader", flip=True, jitter=True)
     if loader:
-        lines.append(f"- loader (flip + jitter): up to {loader['frames_per_s']:.0f} frames/s "
-                     f"with {loader['workers']} workers")
-    e2e = best("end_to_end", "wall_s")
-    if e2e and e2e.get("train_images_per_s"):
-        lines.append(f"- two epochs through the trainer: {_fmt(e2e['train_images_per_s'])} "
-                     f"training images/s, {e2e['wall_s']:.1f} s in all")
-    compiled = best("compile", "images_per_s")
-    if compiled:
-        lines.append(f"- torch.compile ({compiled['mode']}): {compiled['images_per_s']:.0f} "
-                     f"training images/s after {compiled['first_step_s']:.0f} s compiling")
-    return lines if len(lines) > 2 else lines + ["- nothing measured yet"]
+        lines.append("- loader (flip + jitter): " + ", ".join(
+            f"{r['frames_per_s']:.0f} frames/s with {r['workers']}" for r in loader)
+            + " workers")
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _pct(value: float | None, reason: str | None) -> str:
+    return f"{value:.0f} %" if value is not None else f"null ({reason})"
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
