@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+from pipeline.datasets.base import label_matrix
 from pipeline.datasets.disfa import facts as disfa
 from pipeline.datasets.disfa.layout import ReleaseError
 from pipeline.datasets.disfa_plus import facts
@@ -100,6 +101,10 @@ def test_labels_map_by_au_number_and_frames_need_all_12_files_and_an_image(relea
         assert data.intensity[:, col].tolist() == truth[("SN001", TRIAL)][au][kept].tolist()
     assert data.occurrence.shape == (10, 0) and data.intensity.dtype == np.uint8
     assert data.landmarks.shape == (10, 49, 2) and np.isnan(data.landmarks).all()
+    # The contract's label rule: positive at intensity >= 2 by default, raw values kept.
+    labels = label_matrix(adapter.info, data.intensity, data.occurrence, facts.AUS,
+                          adapter.info.default_threshold)
+    assert np.array_equal(labels, (data.intensity >= 2).astype(np.float32))
     nested = adapter.read_sequence(root, by_name["B2_AU6_TrailNo_2"])
     assert len(nested) == 6 and nested.dropped == {DROP_NOT_IN_ALL: 0, "no image file": 0}
 

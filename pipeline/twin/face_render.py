@@ -368,11 +368,12 @@ def noise_bank(width: int, height: int, rng: np.random.Generator, n: int = 4,
     return bank
 
 
-def render_frame(background: np.ndarray, identity: Identity, aus12: Sequence[float],
-                 pose: Pose, blur_sigma: float = 1.0,
+def render_frame(background: np.ndarray, identity: Identity,
+                 aus12: Sequence[float] | dict[int, float], pose: Pose, blur_sigma: float = 1.0,
                  noise: tuple[np.ndarray, np.ndarray] | None = None,
                  brightness: float = 1.0) -> np.ndarray:
-    """A full BGR frame: backdrop, face, defocus blur on the face box, sensor noise."""
+    """A full BGR frame: backdrop, face, defocus blur on the face box, sensor noise
+    (``aus12`` as in :func:`render_face`: 12 DISFA intensities or ``{au: intensity}``)."""
     frame = background.copy()
     x0, y0, x1, y1 = render_face(frame, identity, aus12, pose)
     if x1 > x0 and y1 > y0:
