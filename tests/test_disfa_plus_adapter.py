@@ -16,6 +16,7 @@ from pipeline.datasets.disfa.layout import ReleaseError
 from pipeline.datasets.disfa_plus import facts
 from pipeline.datasets.disfa_plus.adapter import DisfaPlusAdapter
 from pipeline.datasets.disfa_plus.labels import DROP_NOT_IN_ALL, read_au_file
+from pipeline.datasets.disfa_plus.landmarks import read_crop_landmarks
 
 TRIAL = "A1_AU1_TrailNo_1"
 
@@ -50,13 +51,19 @@ def _write_trial(top: Path, subject: str, trial: str, n: int, nested: bool = Fal
     return truth
 
 
-def _write_mat(top: Path, subject: str, trial: str, n: int) -> None:
+def _write_mat(top: Path, subject: str, trial: str, n: int, positional: bool = False) -> None:
+    """Structs with named fields, or (one source's reading) 3-cells in field order."""
     folder = top / "FaceLandmarks" / subject
     folder.mkdir(parents=True, exist_ok=True)
     cells = np.empty((1, n), dtype=object)
     for f in range(n):
-        cells[0, f] = {"imgID": f"{f:03d}.jpg", "ImgCropped": np.zeros((20, 20, 3), np.uint8),
-                       "LndPntCropped": np.full((49, 2), f + 1.0)}
+        fields = {"imgID": f"{f:03d}.jpg", "ImgCropped": np.zeros((20, 20, 3), np.uint8),
+                  "LndPntCropped": np.full((49, 2), f + 1.0)}
+        cells[0, f] = fields
+        if positional:
+            cells[0, f] = np.empty((1, 3), dtype=object)
+            for k, value in enumerate(fields.values()):
+                cells[0, f][0, k] = value
     scipy.io.savemat(folder / f"{trial}_FaceCropped.mat", {"FaceImg_CropResize": cells})
 
 
@@ -118,6 +125,14 @@ def test_the_face_cropped_mat_is_read_and_recorded_not_used(release):
     assert seen["frames"] == 12 and seen["points"] == [49] and seen["problem"] is None
     assert seen["crop_shape"] == [20, 20, 3]
     assert adapter.crop_landmarks[("SN001", "Z_SupriseText_TrailNo_2")]["problem"] == "absent"
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_a_mat_of_3_cells_reads_as_well(tmp_path, n):
+    _write_mat(tmp_path, "SN009", TRIAL, n, positional=True)
+    seen = read_crop_landmarks(tmp_path / "FaceLandmarks" / "SN009" / f"{TRIAL}_FaceCropped.mat")
+    assert seen.problem is None and sorted(seen.points) == list(range(n))
+    assert seen.points[n - 1][0, 0] == n and seen.crop_shape == (20, 20, 3)
 
 
 def test_an_unreadable_mat_is_reported_not_raised(release):

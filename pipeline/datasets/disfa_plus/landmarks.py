@@ -55,6 +55,20 @@ def _element_fields(element: object) -> tuple[object, object, object] | None:
     return None
 
 
+def _elements(cells: object) -> list:
+    """The per-frame elements of the variable as ``loadmat(simplify_cells=True)`` gives it: a
+    list of structs (dicts), an array of 3-cells, or one element alone (a 1x1 variable)."""
+    if isinstance(cells, dict):
+        return [cells]
+    if isinstance(cells, np.ndarray):
+        seq = list(np.ravel(cells)) if cells.dtype == object else []
+    else:
+        seq = list(cells) if isinstance(cells, (list, tuple)) else []
+    if len(seq) == 3 and isinstance(seq[0], str):  # one frame's (imgID, image, points)
+        return [seq]
+    return seq
+
+
 def read_crop_landmarks(path: Path) -> CropLandmarks:
     """Read ``path`` defensively: an unreadable or unexpected file is reported, not raised
     (no full-frame landmark depends on it)."""
@@ -74,9 +88,7 @@ def read_crop_landmarks(path: Path) -> CropLandmarks:
     if cells is None:
         out.problem = f"no variable {VARIABLE!r} (has {sorted(k for k in mat if k[0] != '_')})"
         return out
-    elements = [cells] if isinstance(cells, dict) else list(np.ravel(np.asarray(cells,
-                                                                                 dtype=object)))
-    for pos, element in enumerate(elements):
+    for pos, element in enumerate(_elements(cells)):
         parts = _element_fields(element)
         pts = None if parts is None else np.asarray(parts[2], dtype=float)
         if pts is None or pts.ndim != 2 or 2 not in pts.shape:
