@@ -164,6 +164,13 @@ def test_a_label_file_without_headers_keeps_its_first_frames(tmp_path):
     assert read_au_file(path) == {0: 3, 1: 0, 2: 5}
 
 
+def test_disfa_plus_offers_no_drop_list():
+    adapter = DisfaPlusAdapter()
+    assert adapter.drop_lists == ()
+    with pytest.raises(ValueError, match="--drop-list jaa: DISFA\\+ has no drop lists"):
+        adapter.dropped_frames("jaa")
+
+
 def test_a_folder_that_is_not_the_release_fails_clearly(tmp_path):
     with pytest.raises(ReleaseError, match="not a DISFA\\+ release"):
         DisfaPlusAdapter().sequences(tmp_path)

@@ -95,6 +95,10 @@ class DisfaPlusAdapter:
             log.warning("%s: %s", path, seen.problem)
         self.crop_landmarks[(ref.subject, ref.name)] = seen.summary()
 
+    def dropped_frames(self, name: str) -> dict[tuple[str, str], set[int]]:
+        """The contract's drop-list hook (BP4D has JAA's); DISFA+ offers none."""
+        raise ValueError(f"--drop-list {name}: DISFA+ has no drop lists (BP4D has 'jaa')")
+
     def standard_folds(self) -> dict:
         """``data_manifests/disfa_plus_test.json``: the 9 subjects, all test (no split)."""
         return json.loads((MANIFEST_DIR / TEST_MANIFEST).read_text())
