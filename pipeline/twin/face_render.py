@@ -265,13 +265,15 @@ def _draw_bp4d_textures(face: _Face) -> None:
     for corner in (48, 54):
         sx = -1 if corner == 48 else 1
         c = canon[corner]
-        face.crease([c + [sx * 0.03, -0.03], c + [sx * 0.045, 0.0], c + [sx * 0.03, 0.03]],
-                    t[14], 0.012)
+        face.crease([c + [sx * 0.03, -0.035], c + [sx * 0.05, 0.0], c + [sx * 0.03, 0.035]],
+                    t[14], 0.016)
+        face.crease([c + [sx * 0.045, -0.012], c + [sx * 0.058, 0.0], c + [sx * 0.045, 0.012]],
+                    t[14] * 0.8, 0.012)  # the dimple's pit
     if t[23] > 0.01:
         # Vertical puckering lines across both lips (drawn over the lips, so in lip colour).
         dark = _mix(face.identity.lips, _scaled(face.identity.lips, 0.4), t[23])
         for upper, lower in ((49, 59), (50, 58), (51, 57), (52, 56), (53, 55)):
-            face.cv.line([canon[upper] + [0, 0.006], canon[lower] - [0, 0.006]], dark, 0.006)
+            face.cv.line([canon[upper] + [0, 0.006], canon[lower] - [0, 0.006]], dark, 0.008)
     upper_mid, lower_mid = canon[[49, 50, 51, 52, 53]], canon[[59, 58, 57, 56, 55]]
     face.crease(upper_mid - [0, 0.03], t[24] * 0.9, 0.012)
     face.crease(lower_mid + [0, 0.035], t[24], 0.014)
