@@ -27,12 +27,13 @@ from ..cli import (HelpFormatter, check_out_dir, handle_errors, int_range, posit
                    remove_stale_temp_files)
 from ..datasets.disfa import facts as disfa
 from .config import DEFAULT_FRAMES, MIN_FPS, SynthConfig
+from .disfa_plus_layout import summary_lines as disfa_plus_summary, synthesize_disfa_plus
 from .preview import make_preview
 from .writer import synthesize
 
 # --------------------------------------------------------------------------- CLI
 
-LAYOUTS = ("disfa", "bp4d")
+LAYOUTS = ("disfa", "disfa+", "bp4d")
 
 
 def _frames_arg(text: str) -> int:
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder to write the twin into")
     p.add_argument("--layout", choices=LAYOUTS, default="disfa",
-                   help="which release's layout to write (bp4d: docs/twin.md)")
+                   help="whose release layout to write: disfa (videos), disfa+ (image "
+                        "folders per trial, 0-based 000.jpg, AU<N>.txt files) or bp4d (both "
+                        "release variants; docs/twin.md)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--subjects", nargs="+", help="subjects to write (e.g. SN001 SN031 or 1 31)")
     who.add_argument("--n-subjects", type=int, default=3,
@@ -121,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     remove_stale_temp_files(check_out_dir(args.out))
+    if args.layout == "disfa+":
+        return _main_disfa_plus(args, cfg)
     summary = synthesize(args.out, cfg)
     print(f"{'subject':8} {'frames':>6} {'bad':>5} {'fps':>7}  left video")
     for subject, info in summary["subjects"].items():
@@ -134,6 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for subject, error in summary["failed"].items():
             print(f"FAILED {subject}: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _main_disfa_plus(args: argparse.Namespace, cfg: SynthConfig) -> int:
+    if args.preview:
+        print("error: --preview draws the DISFA layout only (not --layout disfa+)",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = synthesize_disfa_plus(args.out, cfg)
+    except ValueError as err:  # a subject DISFA+ does not have
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(disfa_plus_summary(summary)))
     return 0
 
 

@@ -8,10 +8,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..datasets.disfa.facts import ALL_AUS
 from .canvas import _SHIFT, _Canvas, _arc, _ip, _mix, _scaled, _smooth_closed, _smooth_open
-from .face_shape import (TEXTURE_GAIN, Identity, Pose, apply_pose, au_vector, canonical_shape,
-                         gain, landmark_depth)
+from .face_shape import (TEXTURE_GAIN, Identity, Pose, apply_pose, au_intensities,
+                         canonical_shape, gain, landmark_depth)
 def head_outline(shape: np.ndarray, identity: Identity) -> np.ndarray:
     """Closed face contour: the jaw plus a forehead arc up to the hairline."""
     left, right = shape[0], shape[16]
@@ -94,17 +93,19 @@ class _Face:
         self.cv.line(pts, _mix(self.skin, _scaled(self.skin, 0.32), strength), units)
 
 
-def render_face(img: np.ndarray, identity: Identity, aus12: Sequence[float], pose: Pose,
-                shape: np.ndarray | None = None) -> tuple[int, int, int, int]:
+def render_face(img: np.ndarray, identity: Identity, aus12: Sequence[float] | dict[int, float],
+                pose: Pose, shape: np.ndarray | None = None) -> tuple[int, int, int, int]:
     """Draw the face in place on ``img`` (BGR uint8). Returns the touched box (x0, y0, x1, y1).
 
-    ``shape`` is the canonical shape (computed from identity and AUs when omitted).
+    ``aus12``: DISFA's 12 intensities in ``ALL_AUS`` order, or ``{au: intensity}`` naming any
+    of ``face_shape.RENDER_AUS`` (DISFA's 12 and BP4D's 7, 10, 14, 23, 24), e.g.
+    ``{7: 3.0, 12: 2.0}``; AUs left out are 0. ``shape`` is the canonical shape (computed from
+    identity and AUs when omitted).
     Drawing happens on the face's bounding crop only, which keeps full-size frames fast.
     The steps below queue their shapes back to front; ``flush`` draws them in that order.
     """
-    aus = au_vector(aus12)
-    a = dict(zip(ALL_AUS, aus))
-    canon = canonical_shape(identity, aus) if shape is None else shape
+    a = au_intensities(aus12)
+    canon = canonical_shape(identity, a) if shape is None else shape
     outline = _outline(canon, identity, pose)
     box = _crop_box(img, outline, pose)
     if box is None:
@@ -124,6 +125,7 @@ def render_face(img: np.ndarray, identity: Identity, aus12: Sequence[float], pos
     _draw_nose(face)
     _draw_mouth_creases(face)
     _draw_mouth(face.cv, canon, face.zl, identity, a)  # dark interior, teeth, lips on top
+    _draw_bp4d_textures(face)  # queues nothing at intensity 0: DISFA frames stay as they were
     _draw_chin_and_jaw(face)
     face.cv.flush()
     return box
@@ -237,7 +239,7 @@ def _draw_nose(face: _Face) -> None:
         face.crease([[-0.07, y + 0.012], [0.0, y - 0.006], [0.07, y + 0.012]],
                     t[9] * (1 - 0.15 * k), 0.013)
     # Nasolabial folds: deepen with AU12, AU9 and AU6.
-    fold = max(t[12], 0.8 * t[9], 0.5 * t[6], 0.15)
+    fold = max(t[12], 0.8 * t[9], 0.5 * t[6], 0.9 * t[10], 0.15)
     for wing, corner in ((31, 48), (35, 54)):
         sx = -1 if wing == 31 else 1
         w_pt, c_pt = canon[wing], canon[corner]
@@ -253,6 +255,28 @@ def _draw_mouth_creases(face: _Face) -> None:
         c = face.canon[corner]
         face.crease([c + [sx * 0.01, 0.02], c + [sx * 0.02, 0.08]], face.t[15], 0.01)
         face.crease([c + [sx * 0.025, -0.01], c + [sx * 0.085, 0.0]], face.t[20] * 0.9, 0.008)
+
+
+def _draw_bp4d_textures(face: _Face) -> None:
+    """AU7's bulge under the lower lids, AU14's dimples, AU23's lip wrinkles, AU24's bulges."""
+    canon, t = face.canon, face.t
+    for lower in ((36, 41, 40, 39), (42, 47, 46, 45)):
+        face.crease(canon[list(lower)] + [0, 0.02], t[7] * 0.8, 0.009)
+    for corner in (48, 54):
+        sx = -1 if corner == 48 else 1
+        c = canon[corner]
+        face.crease([c + [sx * 0.03, -0.035], c + [sx * 0.05, 0.0], c + [sx * 0.03, 0.035]],
+                    t[14], 0.016)
+        face.crease([c + [sx * 0.045, -0.012], c + [sx * 0.058, 0.0], c + [sx * 0.045, 0.012]],
+                    t[14] * 0.8, 0.012)  # the dimple's pit
+    if t[23] > 0.01:
+        # Vertical puckering lines across both lips (drawn over the lips, so in lip colour).
+        dark = _mix(face.identity.lips, _scaled(face.identity.lips, 0.4), t[23])
+        for upper, lower in ((49, 59), (50, 58), (51, 57), (52, 56), (53, 55)):
+            face.cv.line([canon[upper] + [0, 0.006], canon[lower] - [0, 0.006]], dark, 0.008)
+    upper_mid, lower_mid = canon[[49, 50, 51, 52, 53]], canon[[59, 58, 57, 56, 55]]
+    face.crease(upper_mid - [0, 0.03], t[24] * 0.9, 0.012)
+    face.crease(lower_mid + [0, 0.035], t[24], 0.014)
 
 
 def _draw_chin_and_jaw(face: _Face) -> None:
@@ -346,11 +370,12 @@ def noise_bank(width: int, height: int, rng: np.random.Generator, n: int = 4,
     return bank
 
 
-def render_frame(background: np.ndarray, identity: Identity, aus12: Sequence[float],
-                 pose: Pose, blur_sigma: float = 1.0,
+def render_frame(background: np.ndarray, identity: Identity,
+                 aus12: Sequence[float] | dict[int, float], pose: Pose, blur_sigma: float = 1.0,
                  noise: tuple[np.ndarray, np.ndarray] | None = None,
                  brightness: float = 1.0) -> np.ndarray:
-    """A full BGR frame: backdrop, face, defocus blur on the face box, sensor noise."""
+    """A full BGR frame: backdrop, face, defocus blur on the face box, sensor noise
+    (``aus12`` as in :func:`render_face`: 12 DISFA intensities or ``{au: intensity}``)."""
     frame = background.copy()
     x0, y0, x1, y1 = render_face(frame, identity, aus12, pose)
     if x1 > x0 and y1 > y0:

@@ -19,6 +19,11 @@ import numpy as np
 from ..datasets.disfa.facts import ALL_AUS
 
 N_POINTS = 66
+#: BP4D's AUs beyond DISFA's 12 (lid tightener, upper lip raiser, dimpler, lip tightener, lip
+#: pressor), drawn so a BP4D twin's labels are learnable too.
+EXTRA_AUS: tuple[int, ...] = (7, 10, 14, 23, 24)
+#: Every AU the renderer can show (DISFA's 12 first, so their drawing order never changes).
+RENDER_AUS: tuple[int, ...] = tuple(ALL_AUS) + EXTRA_AUS
 
 #: DISFA/iBUG mean shape (66 points, canonical units), taken from one real DISFA frame's
 #: AAM landmarks, de-rolled on the eye line and mirror-symmetrised. Eyes are re-opened
@@ -88,7 +93,7 @@ def _au_displacements() -> dict[int, np.ndarray]:
     Only the points FACS attributes to the AU move; everything else stays at zero so tests can
     check that, e.g., AU12 leaves the brows alone.
     """
-    d = {au: np.zeros((N_POINTS, 2)) for au in ALL_AUS}
+    d = {au: np.zeros((N_POINTS, 2)) for au in RENDER_AUS}
 
     def move(au: int, idx: int, dx: float, dy: float) -> None:
         # Write the point and its mirror partner (dx mirrored), keeping AUs bilateral.
@@ -99,6 +104,7 @@ def _au_displacements() -> dict[int, np.ndarray]:
 
     _move_upper_face(move)
     _move_lower_face(move)
+    _move_bp4d_extra(move)
     return d
 
 
@@ -174,6 +180,43 @@ def _move_lower_face(move) -> None:
         move(26, i, 0.0, 0.15 * w)
     for i, w in ((57, 0.9), (58, 0.85), (59, 0.55), (64, 0.95), (65, 0.8), (48, 0.2)):
         move(26, i, 0.0, 0.15 * w)
+
+
+def _move_bp4d_extra(move) -> None:
+    """BP4D's AU7, 10, 14, 23, 24, each on points apart from the DISFA AUs' main motions."""
+    # AU7 lid tightener: lower lids straighten upwards, upper lids come down a little; the
+    # cheeks stay (unlike AU6), so the eye narrows from below without crow's feet.
+    for i in (40, 41):
+        move(7, i, 0.0, -0.032)
+    for i in (37, 38):
+        move(7, i, 0.0, 0.012)
+    # AU10 upper lip raiser: the middle of the upper lip goes up (teeth show), the nose wings a
+    # little; the nose bridge stays (unlike AU9).
+    for i, w in ((51, 1.0), (50, 0.95), (49, 0.6), (61, 0.9), (60, 0.6), (48, 0.15)):
+        move(10, i, 0.0, -0.05 * w)
+    move(10, 31, 0.0, -0.012)
+    # AU14 dimpler: corners pulled back into the cheeks (a little out, a little up) without
+    # AU12's lift; the dimple itself is texture.
+    move(14, 48, -0.036, -0.01)
+    for i, w in ((49, 0.3), (59, 0.3), (60, 0.4), (65, 0.4)):
+        move(14, i, -0.036 * w, -0.005 * w)
+    # AU23 lip tightener: the red of the lips narrows (outer contour towards the lip line) and
+    # the mouth gets narrower.
+    move(23, 48, 0.032, 0.0)
+    for i, w in ((51, 1.0), (50, 0.9), (49, 0.6)):
+        move(23, i, 0.008 * (i != 51), 0.016 * w)
+    for i, w in ((57, 1.0), (58, 0.9), (59, 0.6)):
+        move(23, i, 0.008 * (i != 57), -0.02 * w)
+    for i in (60, 65):
+        move(23, i, 0.015, 0.0)
+    # AU24 lip pressor: the lips pressed flat together (both contours towards the lip line,
+    # corners in place); the bulges above and below the lips are texture.
+    for i, w in ((51, 1.0), (50, 0.8), (49, 0.45)):
+        move(24, i, 0.0, 0.012 * w)
+    for i, w in ((57, 1.0), (58, 0.8), (59, 0.45)):
+        move(24, i, 0.0, -0.014 * w)
+    for i, w in ((7, 0.4), (8, 0.6)):
+        move(24, i, 0.0, -0.01 * w)
 
 
 AU_DISPLACEMENT: dict[int, np.ndarray] = _au_displacements()
@@ -280,6 +323,17 @@ def identity_shape(identity: Identity) -> np.ndarray:
     return s
 
 
+def au_intensities(aus: Sequence[float] | dict[int, float]) -> dict[int, float]:
+    """{AU: intensity} over ``RENDER_AUS`` (absent AUs 0) from the 12 DISFA intensities in
+    ``ALL_AUS`` order or from an {au: intensity} dict naming any of ``RENDER_AUS``."""
+    if isinstance(aus, dict):
+        unknown = set(aus) - set(RENDER_AUS)
+        if unknown:
+            raise ValueError(f"unknown AUs {sorted(unknown)}; the twin draws {list(RENDER_AUS)}")
+        return {au: float(aus.get(au, 0)) for au in RENDER_AUS}
+    return {**dict(zip(ALL_AUS, au_vector(aus))), **{au: 0.0 for au in EXTRA_AUS}}
+
+
 def au_vector(aus: Sequence[float] | dict[int, float]) -> np.ndarray:
     """12 intensities in ``ALL_AUS`` order from a sequence or an {au: intensity} dict."""
     if isinstance(aus, dict):
@@ -299,11 +353,11 @@ def gain(intensity: float, table: np.ndarray = INTENSITY_GAIN) -> float:
 
 
 def canonical_shape(identity: Identity, aus12: Sequence[float] | dict[int, float]) -> np.ndarray:
-    """66x2 shape of ``identity`` showing the AU intensities, canonical units."""
-    vec = au_vector(aus12)
+    """66x2 shape of ``identity`` showing the AU intensities (see :func:`au_intensities`)."""
+    a = au_intensities(aus12)
     shape = identity_shape(identity)
-    au1 = gain(vec[ALL_AUS.index(1)])
-    for au, value in zip(ALL_AUS, vec):
+    au1 = gain(a[1])
+    for au, value in a.items():  # DISFA's 12 in their old order, then EXTRA_AUS
         if value > 0:
             disp = AU_DISPLACEMENT[au]
             if au == 4 and au1 > 0:
