@@ -173,3 +173,26 @@ def test_predict_bench_times_the_int8_export(tmp_path, capsys):
     for row in rows:
         assert row["threads"] == 1 and row["processing_fps"] > 0 and row["cpu_ms_per_frame"] > 0
     assert "onnx-int8" in capsys.readouterr().out
+
+
+def test_every_convolution_runs_in_int8(untrained, tmp_path):
+    """The exporter hands equal biases (an untrained model's zeros) to several layers through
+    Identity nodes; unshared before quantising, onnxruntime fuses every Conv into QLinearConv
+    (left shared, most stayed float and int8 ran slower than fp32)."""
+    import onnx
+    import onnxruntime as ort
+
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    assert export_main(["--checkpoint", str(untrained), "--out", str(fp32)]) == 0
+    exported = onnx.load(str(fp32)).graph.node
+    assert any(n.op_type == "Identity" for n in exported)        # the case this is about
+    convs = sum(n.op_type == "Conv" for n in exported)
+    from model.inference.quantize import quantize_export
+
+    faces = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    quantize_export(fp32, int8, faces, {"source": "test"})
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == convs > 0 and "Conv" not in ops
