@@ -1,13 +1,16 @@
-"""Speed of ``model.predict`` end to end on a synthetic 640x360 video with a real face,
-PyTorch against onnxruntime, for the small preset and the full model in one run.
+"""Speed of ``model.predict`` end to end on a synthetic 640x360 video with a real face:
+PyTorch, onnxruntime on the fp32 export and on the int8 export, for the small preset and the
+full model in one run, at the network thread counts asked for.
 
-    python -m model.predict_bench                      # small + full, torch + onnx
+    python -m model.predict_bench              # small + full; torch, onnx, onnx-int8
+    python -m model.predict_bench --presets full --backends onnx onnx-int8 --threads 1 2
     python -m model.predict_bench --presets small --backends torch --frames 300
     python -m model.predict_bench --presets full --backends torch --device cuda
 
 The video is skimage's astronaut photograph (a real face, so dlib behaves as on real footage)
 cropped to her head and moved across a textured background; the checkpoint is an untrained
-model of each preset (weights do not change the speed), exported to ONNX for the onnx backend.
+model of each preset (weights do not change the speed), exported to ONNX for the onnx backend
+and quantised (``model.export --int8``, calibrated on the video's own faces) for onnx-int8.
 Reports the processing speed (frames processed per second, end to end), per-stage milliseconds
 per frame (``network`` is where the backends differ), and the video's own frame rate for the
 real-time comparison. ``--device cuda`` runs the torch backend's network on the GPU (decoding,

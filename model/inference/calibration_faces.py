@@ -52,6 +52,16 @@ def _open(path: Path) -> tuple[Iterable[Any], int | None, bool]:
                      f"({', '.join(VIDEO_SUFFIXES)})")
 
 
+def check_inputs(inputs: Sequence[Path]) -> None:
+    """An InputError naming the first ``--calibration`` input that is missing, unreadable or of
+    no kind calibration takes, before the (slow) export starts."""
+    for path in inputs:
+        frames, _, _ = _open(Path(path))
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
 def faces_from_inputs(onnx_fp32: Path, inputs: Sequence[Path],
                       limit: int = DEFAULT_CALIBRATION_FACES, predictor: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Up to ``limit`` aligned faces from videos, image files and image folders, found and

@@ -111,9 +111,11 @@ def export_int8(checkpoint: Path, out: Path, opset: int, calibration: Sequence[P
     """``model.export --int8``: the fp32 export (a temporary file beside ``out``), calibration
     faces from ``calibration`` inputs, ``shards`` or (neither given) a synthetic twin, then
     :func:`quantize_export` into ``out``. Returns the int8 export's metadata."""
-    from .calibration_faces import faces_from_inputs, faces_from_shards, faces_from_twin
+    from .calibration_faces import (check_inputs, faces_from_inputs, faces_from_shards,
+                                    faces_from_twin)
     from .onnx_export import export_onnx
 
+    check_inputs(calibration)
     out = Path(out)
     fp32 = out.with_name(f".{out.name}.fp32-{os.getpid()}.onnx")
     try:
