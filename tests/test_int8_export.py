@@ -135,6 +135,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                              "no .h5 shards")}
 
 
+@pytest.mark.reliability  # docs/reliability.md names it
 def test_int8_bad_calibration_input_is_one_line(untrained, tmp_path, capsys):
     for case, (argv, named) in _bad_inputs(tmp_path).items():
         out = tmp_path / f"{case.replace(' ', '_')}.onnx"
