@@ -56,8 +56,8 @@ def _int8_options(add: Any) -> None:
              "is calibrated on a small synthetic twin made in a temporary folder")
     add("--calibration", type=Path, nargs="+", default=[], metavar="VIDEO|IMAGE|DIR",
         help="--int8: videos, images or image folders to calibrate on; faces are found and "
-             "aligned exactly as model.predict does (footage like what you will predict on, with its "
-             "variety of people and light); default: none (a synthetic twin)")
+             "aligned exactly as model.predict does (footage like what you will predict on, "
+             "with its variety of people and light); default: none (a synthetic twin)")
     add("--calibration-shards", type=Path, default=None, metavar="DIR|H5",
         help="--int8: calibrate on the aligned crops of pipeline.align shards instead")
     add("--calibration-faces", type=int_range(1, 100_000), default=DEFAULT_CALIBRATION_FACES,

@@ -56,9 +56,9 @@ def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
     if not ckpt.exists():
         make_untrained_checkpoint(ckpt, preset, image_size)
     model = bench_model(ckpt, backend, video)
-    cfg = PredictConfig(checkpoint=model, out=workdir / f"out_{preset}_{backend}_{detect_every}_{threads}",
-                        videos=[video], backend="torch" if backend == "torch" else "onnx",
-                        device=device,
+    out = workdir / f"out_{preset}_{backend}_{detect_every}_{threads}"
+    cfg = PredictConfig(checkpoint=model, out=out, videos=[video],
+                        backend="torch" if backend == "torch" else "onnx", device=device,
                         batch_size=batch_size, threads=threads,
                         detect_every=detect_every, detect_width=detect_width, progress=False)
     if device.startswith("cuda"):

@@ -63,7 +63,8 @@ def check_inputs(inputs: Sequence[Path]) -> None:
 
 
 def faces_from_inputs(onnx_fp32: Path, inputs: Sequence[Path],
-                      limit: int = DEFAULT_CALIBRATION_FACES, predictor: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                      limit: int = DEFAULT_CALIBRATION_FACES, predictor: Path | None = None
+                      ) -> tuple[np.ndarray, dict[str, Any]]:
     """Up to ``limit`` aligned faces from videos, image files and image folders, found and
     prepared by ``model.predict``'s own predictor for the export ``onnx_fp32``; spread evenly
     over each input (a frame stride) and over the inputs (an equal share each)."""
