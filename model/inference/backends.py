@@ -90,8 +90,9 @@ class TorchBackend:
 def default_onnx_threads(cores: int | None = None) -> int:
     """onnxruntime's intra-op threads when ``--threads`` is not given: half the physical cores,
     1 to 4. ``model.predict``'s reader thread (decode, dlib, alignment) needs a core of its own:
-    on 2 cores onnxruntime's default (every core) ran the full model slower than 1 thread; past
-    4, per-frame batches of 16 faces gain little from more (docs/benchmarks.md)."""
+    on 2 cores onnxruntime's default (every core) ran the full model slower than 1 thread
+    (docs/benchmarks.md). The cap of 4 is a rule, not a measurement: no larger machine was at
+    hand; ``--threads`` overrides it."""
     if cores is None:
         cores = physical_cores()
     return max(1, min(cores // 2, 4))

@@ -1,7 +1,7 @@
 """Static int8 quantisation of an ONNX export (``python -m model.export --int8``).
 
-onnxruntime.quantization's ``quantize_static`` in QDQ format: int8 weights (per output channel
-for convolutions, which keeps the small preset's thin layers accurate), uint8 activations whose
+onnxruntime.quantization's ``quantize_static`` in QDQ format: int8 weights (a scale per output
+channel, so a filter of small weights keeps its resolution), uint8 activations whose
 ranges come from calibration faces: aligned uint8 crops prepared exactly as ``model.predict``
 prepares them (see :mod:`model.inference.calibration_faces`). The graph's outputs stay float:
 the nodes that write ``probabilities``/``intensities`` are left unquantised, so a probability is
