@@ -1,13 +1,16 @@
-"""Speed of ``model.predict`` end to end on a synthetic 640x360 video with a real face,
-PyTorch against onnxruntime, for the small preset and the full model in one run.
+"""Speed of ``model.predict`` end to end on a synthetic 640x360 video with a real face:
+PyTorch, onnxruntime on the fp32 export and on the int8 export, for the small preset and the
+full model in one run, at the network thread counts asked for.
 
-    python -m model.predict_bench                      # small + full, torch + onnx
+    python -m model.predict_bench              # small + full; torch, onnx, onnx-int8
+    python -m model.predict_bench --presets full --backends onnx onnx-int8 --threads 1 2
     python -m model.predict_bench --presets small --backends torch --frames 300
     python -m model.predict_bench --presets full --backends torch --device cuda
 
 The video is skimage's astronaut photograph (a real face, so dlib behaves as on real footage)
 cropped to her head and moved across a textured background; the checkpoint is an untrained
-model of each preset (weights do not change the speed), exported to ONNX for the onnx backend.
+model of each preset (weights do not change the speed), exported to ONNX for the onnx backend
+and quantised (``model.export --int8``, calibrated on the video's own faces) for onnx-int8.
 Reports the processing speed (frames processed per second, end to end), per-stage milliseconds
 per frame (``network`` is where the backends differ), and the video's own frame rate for the
 real-time comparison. ``--device cuda`` runs the torch backend's network on the GPU (decoding,
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -37,6 +41,9 @@ from .synthetic import make_face_video, make_untrained_checkpoint
 
 log = logging.getLogger("model.predict_bench")
 
+#: What --backends compares.
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
 
 def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
                   detect_width: int, batch_size: int, threads: int | None, workdir: Path,
@@ -48,15 +55,10 @@ def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
     ckpt = workdir / f"{preset}_{image_size}.pt"
     if not ckpt.exists():
         make_untrained_checkpoint(ckpt, preset, image_size)
-    model = ckpt
-    if backend == "onnx":
-        from ..inference.onnx_export import export_onnx
-
-        model = ckpt.with_suffix(".onnx")
-        if not model.exists():
-            export_onnx(ckpt, model)
-    cfg = PredictConfig(checkpoint=model, out=workdir / f"out_{preset}_{backend}_{detect_every}",
-                        videos=[video], backend=backend, device=device,
+    model = bench_model(ckpt, backend, video)
+    out = workdir / f"out_{preset}_{backend}_{detect_every}_{threads}"
+    cfg = PredictConfig(checkpoint=model, out=out, videos=[video],
+                        backend="torch" if backend == "torch" else "onnx", device=device,
                         batch_size=batch_size, threads=threads,
                         detect_every=detect_every, detect_width=detect_width, progress=False)
     if device.startswith("cuda"):
@@ -68,7 +70,7 @@ def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
     return {"preset": preset, "backend": backend, "device": device_name(backend, device),
             "image_size": image_size, "video": "640x360",
             "video_fps": fps, "detect_every": detect_every, "detect_width": detect_width,
-            "batch_size": batch_size, "threads": threads, "cpu_count": os.cpu_count(),
+            "batch_size": batch_size, "threads": summary["threads"], "cpu_count": os.cpu_count(),
             "frames": result["frames"], "faces_found": result["faces_found"],
             "processing_fps": result["processing_fps"],
             "real_time": result["processing_fps"] >= fps,
@@ -76,6 +78,33 @@ def run_benchmark(preset: str, image_size: int, frames: int, detect_every: int,
             # CPU time of all threads per frame: the work itself, whatever else runs on the machine.
             "cpu_ms_per_frame": result["cpu_ms_per_frame"],
             "ms_per_frame": result["ms_per_frame"]}
+
+
+#: Faces of the benchmark video an int8 export is calibrated on (its speed does not depend on
+#: how many; the video is what it will run on).
+BENCH_CALIBRATION_FACES = 32
+
+
+def bench_model(ckpt: Path, backend: str, video: Path) -> Path:
+    """The file ``model.predict`` runs for ``backend``: the checkpoint (torch), its ONNX export
+    (onnx) or its int8 export calibrated on the benchmark video (onnx-int8); made once."""
+    if backend == "torch":
+        return ckpt
+    from ..inference.onnx_export import export_onnx
+
+    fp32 = ckpt.with_suffix(".onnx")
+    if not fp32.exists():
+        export_onnx(ckpt, fp32)
+    if backend == "onnx":
+        return fp32
+    from ..inference.calibration_faces import faces_from_inputs
+    from ..inference.quantize import quantize_export
+
+    int8 = ckpt.with_name(f"{ckpt.stem}_int8.onnx")
+    if not int8.exists():
+        faces, record = faces_from_inputs(fp32, [video], BENCH_CALIBRATION_FACES)
+        quantize_export(fp32, int8, faces, record)
+    return int8
 
 
 def device_name(backend: str, device: str) -> str:
@@ -147,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     parser.add_argument("--presets", "--preset", nargs="+", choices=("small", "full"),
                         default=["small", "full"], help="model presets to time")
-    parser.add_argument("--backends", nargs="+", choices=("torch", "onnx"),
-                        default=["torch", "onnx"], help="network runtimes to compare")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help="network runtimes to compare: PyTorch, onnxruntime on the fp32 "
+                             "export, onnxruntime on the int8 export (model.export --int8, "
+                             "calibrated on the benchmark video)")
     parser.add_argument("--image-size", type=int_range(32, 1024), default=224,
                         help="aligned face size")
     parser.add_argument("--frames", type=int_range(1), default=100,
@@ -163,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_arg, default="cpu",
                         help="torch device for the network, e.g. cuda (the onnx backend always "
                              "runs on the CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads "
-                        "(default cores-1)")
+    parser.add_argument("--threads", type=int_range(1), nargs="+", default=[None],
+                        help="network threads to compare (default: model.predict's: torch "
+                             "cores-1, onnxruntime half the physical cores, 1-4)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--postprocess-demo", type=Path, default=None, metavar="DEMO_DIR",
                         help="instead of speed: F1 with/without --calibrate and --smooth on the "
@@ -188,18 +220,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="predict_bench_") as tmp:
         for preset in args.presets:
             for backend in args.backends:
-                for every in args.detect_every:
+                for every, threads in itertools.product(args.detect_every, args.threads):
                     rows.append(run_benchmark(preset, args.image_size, args.frames, every,
-                                              args.detect_width, args.batch_size, args.threads,
+                                              args.detect_width, args.batch_size, threads,
                                               Path(tmp), args.fps, backend, args.device))
     devices = sorted({r["device"] for r in rows})
     print(f"network on: {', '.join(devices)}; {os.cpu_count()} CPU cores")
-    print(f"{'preset':<6} {'backend':<7} {'size':>4} {'every':>5} {'proc fps':>8} "
+    print(f"{'preset':<6} {'backend':<9} {'threads':>7} {'size':>4} {'every':>5} {'proc fps':>8} "
           f"{'net ms':>7} {'video':>6} {'cpu ms':>7}  ms/frame per stage (reader stages "
           "overlap the network)")
     for r in rows:
         stages = " ".join(f"{k}={v}" for k, v in r["ms_per_frame"].items())
-        print(f"{r['preset']:<6} {r['backend']:<7} {r['image_size']:>4} {r['detect_every']:>5} "
+        print(f"{r['preset']:<6} {r['backend']:<9} {r['threads']:>7} {r['image_size']:>4} "
+              f"{r['detect_every']:>5} "
               f"{r['processing_fps']:>8.1f} {r['network_ms_per_frame']:>7.1f} "
               f"{r['video_fps']:>6g} {r['cpu_ms_per_frame']:>7.1f}  {stages}  "
               f"(faces {r['faces_found']}/{r['frames']})")

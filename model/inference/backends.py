@@ -9,6 +9,7 @@ with ``logits`` and ``intensity``/``intensities``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,6 +75,8 @@ class TorchBackend:
         self.meta["selected"] = "metrics" in state   # best.pt carries its selection metrics
         self.net = ProbabilityModel(model).eval()
         self.has_intensity = bool(getattr(model, "has_intensity", False))
+        # torch's threads as model.predict set them for this run (recorded in its summary)
+        self.threads = torch.get_num_threads()
 
     @torch.inference_mode()
     def __call__(self, aligned: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -82,6 +85,32 @@ class TorchBackend:
         if isinstance(out, tuple):
             return out[0].cpu().numpy(), out[1].cpu().numpy()
         return out.cpu().numpy(), None
+
+
+def default_onnx_threads(cores: int | None = None) -> int:
+    """onnxruntime's intra-op threads when ``--threads`` is not given: half the physical cores,
+    1 to 4. ``model.predict``'s reader thread (decode, dlib, alignment) needs a core of its own:
+    on 2 cores onnxruntime's default (every core) ran the full model slower than 1 thread
+    (docs/benchmarks.md). The cap of 4 is a rule, not a measurement: no larger machine was at
+    hand; ``--threads`` overrides it."""
+    if cores is None:
+        cores = physical_cores()
+    return max(1, min(cores // 2, 4))
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (logical CPUs when psutil cannot tell)."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        logical = os.cpu_count() or 1
+    try:
+        import psutil
+
+        ratio = (psutil.cpu_count(logical=True) or 1) // (psutil.cpu_count(logical=False) or 1)
+    except ImportError:
+        ratio = 1
+    return max(1, logical // max(1, ratio))
 
 
 class OnnxBackend:
@@ -97,8 +126,11 @@ class OnnxBackend:
                                   f"(pip install 'tranet-au[onnx]')") from err
         refuse_torch_file(path)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
+        #: intra-op threads the session runs with (recorded in predict_summary.json)
+        self.threads = int(threads) if threads else default_onnx_threads()
+        options.intra_op_num_threads = self.threads
+        # An int8 graph makes onnxruntime warn about unused constants the quantiser left behind.
+        options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])

@@ -373,6 +373,8 @@ def _write_summary(cfg: PredictConfig, predictor: AUPredictor, results: list[dic
         "seconds": round(elapsed, 3),
         "processing_fps": round(frames / elapsed, 2) if elapsed > 0 and frames else None,
         "failed": sum(r["status"] in ("failed", "partial") for r in results),
+        # the network's intra-op threads in this process (--threads, else the backend's default)
+        "threads": getattr(predictor.backend, "threads", None),
     }
     path = cfg.out / SUMMARY_NAME
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
