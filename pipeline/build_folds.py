@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .datasets.disfa.facts import SUBJECT_PATTERN, is_subject_name, standard_folds
+from .datasets.disfa.facts import standard_folds
+from .datasets.registry import is_known_subject
 from .shards import ShardError, ShardReader
 from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
@@ -264,10 +265,10 @@ def _check_fold_subjects(fold: dict[str, Any], path: Path) -> None:
         names = fold.get(key) or []
         if not isinstance(names, (list, dict)):
             raise FoldError(f"{path}: fold {number}: {key!r} is not a list of subjects")
-        bad = [s for s in names if not is_subject_name(s)]
+        bad = [s for s in names if not is_known_subject(s)]
         if bad:
             raise FoldError(f"{path}: fold {number}: {key} names {bad[0]!r}, which is not a "
-                            f"subject name ({SUBJECT_PATTERN.pattern})")
+                            "subject name of DISFA, DISFA+ or BP4D")
 
 
 def format_folds(manifest: dict[str, Any]) -> str:

@@ -80,7 +80,7 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
                     if cfg.au_weights else None)
     # One loss for every variant: the paper's three AU groups, whichever head made the logits.
     criterion = task_loss_for(cfg.task, au_ids, model_cfg.intensity_aus, loss_weights,
-                              cfg.intensity_weight, cfg.intensity_loss)
+                              cfg.intensity_weight, cfg.intensity_loss, data.has_uncoded)
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,

@@ -69,6 +69,9 @@ class TrainConfig:
     #: Train on every subject of the manifest, none held out, for a fixed number of epochs
     #: (the deployable model; ``all_subjects``), with the recipe and metrics of a crossval run.
     all_subjects: bool = False
+    #: Train on shards of several datasets in one run (refused by default: the manifest's
+    #: dataset only); each keeps its own label rule, and AUs a dataset does not code are masked.
+    mix_datasets: bool = False
     from_crossval: str | None = None
 
     def __post_init__(self) -> None:
