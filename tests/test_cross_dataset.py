@@ -57,7 +57,7 @@ def test_a_bp4d_model_on_disfa_shards_scores_the_aus_both_code(bp4d_model, tmp_p
     assert "occurrence codes" in cross["train_label_rules"][0]
     assert cross["test_label_rule"].startswith("DISFA: ") and "here threshold 3" in \
         cross["test_label_rule"]
-    # the shared columns' decisions are the model's own on those AUs
+    assert result["protocol"].startswith("labels: DISFA: ")
     assert len(result["metrics"]["f1"]) == 7
 
 

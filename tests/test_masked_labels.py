@@ -105,6 +105,7 @@ def test_bp4d_shards_train_with_their_uncoded_labels_masked(bp4d_run):
     assert all(np.isfinite(h["train_loss"]) for h in state["history"])
     assert state["data"]["dataset"] == "bp4d" and state["data"]["datasets"] == ["bp4d"]
     assert "occurrence codes" in state["data"]["label_rules"]["bp4d"]
+    assert state["protocol"].startswith("labels: BP4D: the release's occurrence codes")
     assert state["data"]["regions"]["7"] == "upper" and state["data"]["regions"]["10"] == "middle"
     assert state["data"]["regions"]["14"] == "lower" and state["data"]["regions"]["24"] == "lower"
     card = state["model_card"]["data"]
@@ -114,6 +115,7 @@ def test_bp4d_shards_train_with_their_uncoded_labels_masked(bp4d_run):
     summary = __import__("json").loads((run / "results.json").read_text())
     scored = summary["test"]["n_scored"]
     assert len(scored) == 12 and max(scored) <= 24 and min(scored) < 24
+    assert "| Frames scored | " + " | ".join(map(str, scored)) in (run / "results.md").read_text()
 
 
 def test_a_checkpoint_whose_regions_moved_is_refused(bp4d_run, tmp_path):
@@ -173,3 +175,16 @@ def test_intensity_metrics_drop_uncoded_frames():
     m = acc.compute()
     assert acc.sums[:, 0].tolist() == [3, 3]  # frames per AU: its coded ones
     assert m.mae == pytest.approx([1 / 3, 1 / 3])  # AU6: |0|,|0|,|1|; AU10: |1|,|0|,|0|
+
+
+def test_predict_writes_the_columns_of_the_checkpoints_au_set(bp4d_run):
+    from model.benchmarks.synthetic import astronaut_head
+    from model.inference.api import AUDetector
+
+    _, run = bp4d_run
+    detector = AUDetector(run / "best.pt")
+    table = detector.predict_frame(astronaut_head())
+    names = ["AU01", "AU02", "AU04", "AU06", "AU07", "AU10", "AU12", "AU14", "AU15", "AU17",
+             "AU23", "AU24"]
+    assert detector.au_ids == [int(n[2:]) for n in names]
+    assert [c for c in table.columns if c.endswith("_p")] == [f"{n}_p" for n in names]

@@ -189,24 +189,6 @@ def open_shards(
     return readers
 
 
-#: The one camera of the image-folder datasets (DISFA+, BP4D): their shards are
-#: ``<subject>_frontal.h5``.
-FRONTAL = "frontal"
-
-
-def dataset_cameras(cameras: Sequence[str], dataset: str, context: str) -> list[str]:
-    """The shards' cameras to read: DISFA's as given; an image-folder dataset has one, "frontal",
-    which the default ``left`` means there (a DataError for ``right``)."""
-    cameras = list(cameras)
-    if dataset_info(dataset).name == "disfa":
-        return cameras
-    others = sorted(set(cameras) - {"left", FRONTAL})
-    if others:
-        raise DataError(f"{context}: {dataset_info(dataset).title} has one camera ({FRONTAL}); "
-                        f"there is no {others[0]} camera")
-    return [FRONTAL]
-
-
 def manifest_frames(spec: FoldSpec) -> dict[str, int]:
     """``frames_per_subject`` of a fold (subject -> frames); entries that are not counts are
     left out (the shard's own limit then applies)."""
@@ -226,30 +208,13 @@ def check_subject_names(subjects: Sequence[object], source: object) -> None:
                         "or BP4D")
 
 
-def check_datasets(readers: Sequence[ShardReader], spec: FoldSpec, mix: bool = False) -> None:
-    """The shards are of the manifest's dataset; shards of several datasets only with ``mix``
-    (``--mix-datasets``: each dataset's own label rule, its uncoded AUs masked)."""
-    found: dict[str, list[str]] = {}
-    for r in readers:
-        found.setdefault(r.dataset, []).append(r.path.name)
-    if len(found) > 1 and not mix:
-        kinds = "; ".join(f"{d}: {', '.join(names[:3])}" for d, names in sorted(found.items()))
-        raise DataError(f"{spec.manifest} fold {spec.fold}: the shards are of {len(found)} "
-                        f"datasets ({kinds}); pass --mix-datasets to train on them together")
-    if len(found) == 1 and spec.dataset not in found:
-        (dataset, names), = found.items()
-        raise DataError(f"{names[0]}: a {dataset} shard, but the manifest {spec.manifest} is "
-                        f"of {spec.dataset} (its 'dataset' key); use that dataset's manifest")
-
-
 def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec,
                      mix_datasets: bool = False) -> dict[str, Any]:
-    """All shards agree with the manifest (dataset, AUs, image size) and with each other
-    (targets).
+    """All shards agree with the manifest (AUs, image size) and with each other (targets);
+    ``mix_datasets``: shards of several datasets (``dataset_checks``), whose AU lists differ.
 
     Returns the shared geometry: ``image_size``, ``nose_target``, ``chin_target``.
     """
-    check_datasets(readers, spec, mix_datasets)
     first = readers[0]
     geometry = {"image_size": first.image_size,
                 "nose_target": [float(v) for v in first.attrs["nose_target"]],
@@ -438,10 +403,6 @@ class ShardFrames(Dataset):
     def has_uncoded(self) -> bool:
         """Whether any label is "not coded" (NaN): the loss then masks (DISFA never has one)."""
         return bool(np.isnan(self.labels).any())
-
-    def coded_counts(self) -> np.ndarray:
-        """Per AU, the frames coded for it (int64 ``[K]``)."""
-        return (~np.isnan(self.labels)).sum(axis=0).astype(np.int64)
 
 
 def frame_subset(dataset: ShardFrames, keep: Mapping[str, Sequence[int]]) -> np.ndarray:

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import check_compatible, load_checkpoint, load_for_inference
 from .config import protocol_note
-from .data import (DataError, ShardFrames, check_consistent, collate_frames, dataset_cameras,
-                   default_workers,
+from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
                    fold_spec, load_manifest, open_shards, select_frames,
                    single_threaded_opencv)
+from .dataset_checks import check_datasets, dataset_cameras
 from .distributed import DistInfo, resolve_device
 from .evaluation_loop import run_task_evaluation
 from .shared_columns import SharedColumns
@@ -73,7 +73,7 @@ def evaluate_checkpoint(
                                           quiet=not sys.stderr.isatty(), by_subject=True,
                                           scores=True)
     select_on = train_cfg.get("select_on", "val")
-    note = protocol_note(select_on, threshold)
+    note = protocol_note(select_on, threshold, labels=plan.test_rule if plan else None)
     if seen:
         log.warning("%s: evaluated on subjects it was trained or selected on: %s",
                     checkpoint, ", ".join(seen))
@@ -121,6 +121,7 @@ def _checked_split(state: dict[str, Any], checkpoint: Path, shards: Path | str,
     context = f"{spec.manifest} fold {fold}"
     readers = open_shards(shards, subjects, dataset_cameras(cameras, spec.dataset, context),
                           context, spec)
+    check_datasets(readers, spec)
     geometry = check_consistent(readers, spec)
     data = state["data"]
     size = int(data["image_size"])

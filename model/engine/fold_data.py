@@ -23,9 +23,9 @@ from .all_subjects import needs_test, run_subjects
 from .augment import AlignmentJitter
 from .config import TrainConfig
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
-                   check_frame_counts, collate_frames, dataset_cameras, default_workers,
-                   evaluation_indices,
+                   check_frame_counts, collate_frames, default_workers, evaluation_indices,
                    load_manifest, open_shards, shard_origin, single_threaded_opencv)
+from .dataset_checks import check_datasets, dataset_cameras
 from .distributed import DistInfo
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       task_frame_weights)
@@ -100,8 +100,9 @@ def _check_subjects(spec: FoldSpec, cfg: TrainConfig, context: str) -> None:
 def _geometry(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list],
               context: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(network input geometry, the shards' alignment record), checked across all shards."""
-    geometry = check_consistent([r for rs in readers.values() for r in rs], spec,
-                                cfg.mix_datasets)
+    every = [r for rs in readers.values() for r in rs]
+    check_datasets(every, spec, cfg.mix_datasets)
+    geometry = check_consistent(every, spec, cfg.mix_datasets)
     check_frame_counts(spec, [r for rs in readers.values() for r in rs],
                        load_manifest(cfg.manifest).get("camera", "left"))
     if cfg.flip:

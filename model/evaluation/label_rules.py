@@ -41,6 +41,15 @@ def dataset_record(datasets: Sequence[str], threshold: int, au_ids: Sequence[int
             "regions": regions_of(au_ids)}
 
 
+def labels_phrase(datasets: Sequence[str], threshold: int, au_ids: Sequence[int]) -> str | None:
+    """The protocol line's label rule where the data are not (only) DISFA's; None for DISFA,
+    whose line stays as it always was."""
+    names = list(dict.fromkeys(datasets))
+    if names in ([], [LEGACY_DATASET]):
+        return None
+    return "; ".join(rule_phrase(n, threshold, au_ids) for n in names)
+
+
 def trained_dataset(data: Mapping[str, Any]) -> list[str]:
     """The datasets a checkpoint's ``data`` record says it trained on (DISFA before #26)."""
     names = data.get("datasets") or [data.get("dataset") or LEGACY_DATASET]
