@@ -97,9 +97,16 @@ def test_a_disfa_model_on_disfa_plus_shards_counts_the_coded_frames(disfa_model,
 
 
 def test_no_shared_au_is_one_clear_error(bp4d_model, tmp_path):
-    """A model of BP4D's AUs cannot be scored on shards whose dataset codes none of them:
-    the registry's DISFA codes 1, 2, 4, 6, 12, 15, 17, so this needs a made-up plan."""
-    from model.evaluation.cross_dataset import plan_cross_dataset
+    """A model of BP4D-only AUs has nothing DISFA could score: refused, naming the checkpoint."""
+    from model.engine.checkpoint import load_checkpoint, save_checkpoint
+    from model.engine.data import DataError
 
-    plan = plan_cross_dataset({"au_ids": [7, 10, 14, 23, 24], "dataset": "bp4d"}, "disfa+", 2)
-    assert plan.shared == [] and sorted(plan.skipped) == [7, 10, 14, 23, 24]
+    state = load_checkpoint(bp4d_model)
+    state["data"]["au_ids"] = [7, 10, 14, 23, 24]
+    save_checkpoint(tmp_path / "only_bp4d.pt", state)
+    shards = tmp_path / "disfa"
+    write_dataset_shard(shards, "disfa", "SN011", n=8, seed=3)
+    manifest = write_dataset_manifest(tmp_path / "disfa.json", "disfa", [], [], ["SN011"])
+    with pytest.raises(DataError, match=r"only_bp4d.pt predicts AUs \[7, 10, 14, 23, 24\], none "
+                                        "of which disfa codes"):
+        evaluate_checkpoint(tmp_path / "only_bp4d.pt", shards, manifest, 1, workers=0)

@@ -188,3 +188,34 @@ def test_predict_writes_the_columns_of_the_checkpoints_au_set(bp4d_run):
              "AU23", "AU24"]
     assert detector.au_ids == [int(n[2:]) for n in names]
     assert [c for c in table.columns if c.endswith("_p")] == [f"{n}_p" for n in names]
+
+
+def test_a_manifest_names_its_dataset_and_only_that_datasets_aus(tmp_path):
+    import json
+
+    from model.engine.data import fold_spec
+    from dataset_shards import write_dataset_manifest
+
+    path = write_dataset_manifest(tmp_path / "bp4d.json", "bp4d", ["F001"], [], ["M001"])
+    spec = fold_spec(path, 1)
+    assert spec.dataset == "bp4d" and spec.au_ids == (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
+    manifest = json.loads(path.read_text())
+    (tmp_path / "unknown.json").write_text(json.dumps({**manifest, "dataset": "ck+"}))
+    with pytest.raises(DataError, match="unknown.json: unknown dataset 'ck\\+'"):
+        fold_spec(tmp_path / "unknown.json", 1)
+    (tmp_path / "disfa_aus.json").write_text(json.dumps({**manifest, "au_ids": [1, 9, 25]}))
+    with pytest.raises(DataError, match=r"AUs \[9, 25\] are not BP4D AUs"):
+        fold_spec(tmp_path / "disfa_aus.json", 1)
+
+
+def test_image_folder_datasets_read_their_frontal_shards_and_mix_is_an_option():
+    from model.engine.dataset_checks import dataset_cameras
+    from model.train import build_parser
+
+    assert dataset_cameras(["left"], "bp4d", "ctx") == ["frontal"]
+    assert dataset_cameras(["left", "right"], "disfa", "ctx") == ["left", "right"]
+    with pytest.raises(DataError, match="BP4D has one camera"):
+        dataset_cameras(["right"], "bp4d", "ctx")
+    args = build_parser().parse_args(["--shards", "s", "--manifest", "m", "--fold", "1",
+                                      "--out", "o", "--mix-datasets", "--cameras", "frontal"])
+    assert args.mix_datasets and args.cameras == ["frontal"]
