@@ -219,3 +219,25 @@ def test_image_folder_datasets_read_their_frontal_shards_and_mix_is_an_option():
     args = build_parser().parse_args(["--shards", "s", "--manifest", "m", "--fold", "1",
                                       "--out", "o", "--mix-datasets", "--cameras", "frontal"])
     assert args.mix_datasets and args.cameras == ["frontal"]
+
+
+@pytest.mark.parametrize("dataset", ["disfa", "bp4d"])
+def test_crossval_tables_show_the_papers_disfa_numbers_only_beside_disfa_runs(tmp_path, dataset):
+    import json
+
+    from model.engine.crossval_reports import header_lines, table1_rows, table2_rows
+    from model.evaluation.metrics import metrics_from_counts
+
+    aus = [1, 2, 4, 6]
+    (tmp_path / "config.json").write_text(json.dumps({"data": {"dataset": dataset,
+                                                               "threshold": 3}}))
+    counts = np.tile([[5, 2, 20, 3]], (len(aus), 1))
+    results = [{"run_dir": str(tmp_path), "fold": 1, "variant": "tranet",
+                "test": metrics_from_counts(counts, aus).as_dict()}]
+    header, rows, _ = table1_rows(results, 0, 0)
+    lines = header_lines({"tranet": results}, "ours", None, 0, 0)
+    _, rows2, _ = table2_rows({"tranet": results}, 0, 0)
+    paper = any("paper" in h for h in header)
+    assert paper == (dataset == "disfa")
+    assert any(r[1] == "paper" for r in rows2) == (dataset == "disfa")
+    assert any(line.startswith("Paper: not shown") for line in lines) == (dataset != "disfa")
