@@ -2,6 +2,8 @@
 
     python -m model.evaluate --checkpoint runs/fold1/best.pt --shards SHARDS --manifest FOLDS --fold 1
     python -m model.evaluate --checkpoint runs/fold{1,2,3}/best.pt --shards SHARDS --manifest FOLDS
+    python -m model.evaluate --checkpoint bp4d_run/best.pt --shards DISFA_SHARDS \
+        --manifest DISFA_FOLDS --fold 1    # cross-dataset: scores the AUs both code
 
 Per AU: sigmoid >= 0.5, TP/FP/TN/FN pooled over every frame of every test subject of the fold,
 F1 and accuracy, and their unweighted means. With one checkpoint per fold, the table also gives
@@ -17,7 +19,10 @@ resamples of the held-out subjects; see model/evaluation/statistics.py); per AU 
 average precision, and F1 at the checkpoint's tuned thresholds if it has them. Writes
 ``evaluation_<split>.{json,csv,md}`` and ``evaluation_<split>_subjects.png`` (F1 per subject)
 into ``--out``: by default the checkpoint's folder, or for several the folder holding all of
-theirs (never fold 1's). The CSVs have one header line and numeric columns after a ``#`` note
+theirs (never fold 1's). On another dataset's shards (the manifest's ``dataset`` differs from
+the checkpoint's) only the AUs both datasets code are scored, by the test dataset's rule; the
+table names both rules, the AUs skipped and why, and the frames each AU was scored on
+(``model.evaluation.cross_dataset``). The CSVs have one header line and numeric columns after a ``#`` note
 block (``pandas.read_csv(path, comment="#")``).
 """
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .engine.evaluator import evaluate_checkpoint, mean_over_folds, results_rows
 from .evaluation.intensity import INTENSITY_UNITS, intensity_report
 from .evaluation.optional_plots import draw, plots_module
 from .evaluation.cells import PERCENT_UNITS, degenerate_line, subjects_of
+from .evaluation.cross_dataset import cross_dataset_lines
 from .evaluation.records import markdown_table, prose_lines, write_csv, write_json
 from .evaluation.statistics import DEFAULT_RESAMPLES, MAX_RESAMPLES, method_line
 from .evaluation.tasks import (common_task, reports_intensity, reports_occurrence, task_line,
@@ -77,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-seen", action="store_true",
                    help="evaluate even on subjects the checkpoint was trained or selected on "
                         "(refused without it; the report then says so)")
-    p.add_argument("--cameras", nargs="+", default=["left"], choices=["left", "right"],
-                   help="cameras whose shards are evaluated")
+    p.add_argument("--cameras", nargs="+", default=["left"], choices=["left", "right", "frontal"],
+                   help="cameras whose shards are evaluated (DISFA+ and BP4D have one, frontal, "
+                        "which the default means there)")
     add_bootstrap_options(p)
     return p
 
@@ -180,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CommandError(str(err)) from err
     remove_stale_temp_files(check_out_dir(out))
     stem = f"evaluation_{args.split}"
-    lines = [*report_lines(results, args.bootstrap, args.bootstrap_seed), task_line(task)]
+    lines = [*report_lines(results, args.bootstrap, args.bootstrap_seed), task_line(task),
+             *cross_dataset_lines(results)]
     summary = {"split": args.split, **task_record(task),
                "protocol": sorted({r["protocol"] for r in results}),
                "recipe": list(dict.fromkeys(r["recipe"] for r in results)), "notes": lines}

@@ -151,6 +151,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="weight each AU's BCE by the fold's per-AU weights (sum K)")
     p.add_argument("--sampler", default=d.sampler, choices=["weighted", "uniform"],
                    help="weighted = the paper's sampler (model.sampler); uniform for comparison")
+    p.add_argument("--mix-datasets", action="store_true",
+                   help="train on shards of several datasets (DISFA, DISFA+, BP4D) in one run; "
+                        "refused without it. Each keeps its label rule; uncoded AUs are masked")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="turn off the random horizontal flip (on by default, as in the paper)")
     p.add_argument("--jitter-scale", type=_field("jitter_scale"), default=d.jitter_scale,
@@ -168,8 +171,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=_field("threshold"), default=None,
                    help="positive label = intensity >= this (FACS letter A-E or 1-5); default: the "
                         "manifest's")
-    p.add_argument("--cameras", nargs="+", default=d.cameras, choices=["left", "right"],
-                   help="cameras whose shards are used")
+    p.add_argument("--cameras", nargs="+", default=d.cameras, choices=["left", "right", "frontal"],
+                   help="cameras whose shards are used (DISFA+ and BP4D have one, frontal, which "
+                        "the default means there)")
     p.add_argument("--image-size", type=_field("image_size"), default=None,
                    help="network input size; frames are resized on the fly when the shards "
                         "differ (default: the shards' size)")

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.cli import atomic_write_text
 
+from ..evaluation.label_rules import dataset_record, dataset_titles
 from ..evaluation.provenance import folds_phrase, recipe_line
 from .card import CARD_KEY, TWIN_WARNING, ModelCard
 from .crossval_record import crossval_metrics, no_estimate, read_crossval
@@ -80,12 +81,14 @@ def _manifest(path: str) -> dict[str, Any] | None:
 def _data(run: Any) -> dict[str, Any]:
     alignment = run.data.alignment or {}
     source = alignment.get("data_source", "unknown")
-    detail = {"twin": "the synthetic DISFA twin (pipeline.synth), not real faces",
-              "release": "the DISFA release", "mixed": "shards of several sources: "
+    labels = dataset_record(run.data.train.datasets, run.data.threshold, run.data.spec.au_ids)
+    title = dataset_titles(labels["datasets"])
+    detail = {"twin": f"the synthetic {title} twin (pipeline.synth), not real faces",
+              "release": f"the {title} release", "mixed": "shards of several sources: "
               + ", ".join(alignment.get("data_sources") or []),
               }.get(source, "not recorded (shards aligned before pipeline.align recorded it)")
     geometry = run.data.geometry
-    return {"dataset": "DISFA", "source": source, "source_detail": detail,
+    return {"dataset": title, "source": source, "source_detail": detail,
             "sources": alignment.get("data_sources") or [source],
             "release_roots": alignment.get("release_roots") or [],
             "subjects": list(run.data.spec.subjects["train"]),
@@ -96,7 +99,11 @@ def _data(run: Any) -> dict[str, Any]:
                           "nose_target": geometry["nose_target"],
                           "chin_target": geometry["chin_target"],
                           "pipeline_version": alignment.get("pipeline_version", "")},
-            "threshold": f"FACS intensity >= {run.data.threshold}"}
+            "threshold": (f"FACS intensity >= {run.data.threshold}"
+                          if "intensity" in " ".join(labels["label_rules"].values())
+                          else "none: the release's occurrence codes"),
+            "labels": "; ".join(labels["label_rules"].values()),
+            "au_regions": ", ".join(f"AU{a} {r}" for a, r in labels["regions"].items())}
 
 
 def _heads(task: str) -> list[str]:

@@ -19,6 +19,7 @@ from .losses import task_loss_for
 from .precision import choose_precision
 from .resume import check_resume_world, resume_config
 from .run import TrainingRun
+from ..evaluation.label_rules import labels_phrase
 from ..nets.regions import ALL_AUS
 from ..nets.tranet import TRANetConfig, build_model
 from ..weights.pretrained import load_pretrained
@@ -80,13 +81,21 @@ def build_run(cfg: TrainConfig, info: DistInfo, device: torch.device, data: Fold
                     if cfg.au_weights else None)
     # One loss for every variant: the paper's three AU groups, whichever head made the logits.
     criterion = task_loss_for(cfg.task, au_ids, model_cfg.intensity_aus, loss_weights,
-                              cfg.intensity_weight, cfg.intensity_loss)
+                              cfg.intensity_weight, cfg.intensity_loss,
+                              getattr(data, "has_uncoded", False))
     return TrainingRun(cfg=cfg, info=info, device=device, run_dir=Path(cfg.out), data=data,
                        model_config=model_cfg, model=model, optimizer=optimizer, scaler=scaler,
                        scheduler=scheduler, criterion=criterion,
                        stopper=make_stopper(cfg), pretrained=pretrained,
-                       note=protocol_note(cfg.select_on, data.threshold, cfg.all_subjects),
+                       note=protocol_note(cfg.select_on, data.threshold, cfg.all_subjects,
+                                          labels_phrase(_datasets(data), data.threshold,
+                                                        au_ids)),
                        freezing=freezing)
+
+
+def _datasets(data: FoldData) -> tuple[str, ...]:
+    """The training shards' datasets (a stand-in without shards, as some tests pass: DISFA's)."""
+    return tuple(getattr(getattr(data, "train", None), "datasets", ()) or ())
 
 
 def _initial_weights(cfg: TrainConfig, model: torch.nn.Module,

@@ -164,6 +164,20 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def check_regions(data: dict[str, Any], path: Path | str) -> None:
+    """The checkpoint's recorded AU regions (``data.regions``, #26) are the ones its branches
+    are rebuilt with here; a toolkit that moved an AU would route it to another branch's
+    weights. Checkpoints without the record predate any change (DISFA's regions)."""
+    from ..nets.tranet import REGION_OF_AU
+
+    recorded = data.get("regions") or {}
+    moved = [f"AU{a} {r} -> {REGION_OF_AU.get(int(a), 'none')}" for a, r in recorded.items()
+             if REGION_OF_AU.get(int(a)) != r]
+    if moved:
+        raise CheckpointError(f"{path}: trained with other AU regions than this toolkit's "
+                              f"({', '.join(moved)}); use the toolkit version that made it")
+
+
 def load_for_inference(
     path: Path | str, device: str | torch.device = "cpu", state: dict[str, Any] | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -187,6 +201,7 @@ def load_for_inference(
         raise CheckpointError(f"{path}: its backbone cannot be built here: {err}") from err
     except (TypeError, ValueError) as err:  # ValueError: an unknown variant, preset, AU...
         raise CheckpointError(f"{path}: model_config does not describe a TRA-Net model ({err})") from err
+    check_regions(data["data"], path)
     check_shapes(model, data["model"], path)
     missing, unexpected = model.load_state_dict(data["model"], strict=False)
     if missing or unexpected:

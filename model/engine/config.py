@@ -74,6 +74,9 @@ class TrainConfig:
     #: Train on every subject of the manifest, none held out, for a fixed number of epochs
     #: (the deployable model; ``all_subjects``), with the recipe and metrics of a crossval run.
     all_subjects: bool = False
+    #: Train on shards of several datasets in one run (refused by default: the manifest's
+    #: dataset only); each keeps its own label rule, and AUs a dataset does not code are masked.
+    mix_datasets: bool = False
     from_crossval: str | None = None
 
     def __post_init__(self) -> None:
@@ -207,8 +210,10 @@ def effective_lr(cfg: TrainConfig, world: int) -> float:
     return cfg.lr * world if scaled else cfg.lr
 
 
-def protocol_note(select_on: str, threshold: int, all_subjects: bool = False) -> str:
-    """One line every report carries: how labels, decisions and model selection were made."""
+def protocol_note(select_on: str, threshold: int, all_subjects: bool = False,
+                  labels: str | None = None) -> str:
+    """One line every report carries: how labels, decisions and model selection were made.
+    ``labels``: the label rule in words where it is not DISFA's (``evaluation.label_rules``)."""
     selection = ("trained on EVERY subject for a fixed number of epochs, no model selection, "
                  "no held-out subject (its metrics can only come from a crossval of the recipe)"
                  if all_subjects else
@@ -216,7 +221,8 @@ def protocol_note(select_on: str, threshold: int, all_subjects: bool = False) ->
                  "protocol; optimistic, test-set leakage)" if select_on == "test" else
                  "model selected on the held-out validation subjects (test subjects unseen)")
     # The paper says only "C-level"; say so, and which intensity this run took it to be.
-    return (f"labels: positive at {C_LEVEL}, here FACS intensity >= {threshold}; "
+    rule = labels or f"positive at {C_LEVEL}, here FACS intensity >= {threshold}"
+    return (f"labels: {rule}; "
             f"decision: sigmoid >= {PROBABILITY_THRESHOLD}; "
             f"{selection}; F1/accuracy pooled over all frames of the split")
 

@@ -52,6 +52,13 @@ def run_thresholds(results: Sequence[dict[str, Any]]) -> list[int | None]:
     return [(run_record(r).get("data") or {}).get("threshold") for r in results]
 
 
+def on_disfa(results: Sequence[dict[str, Any]]) -> bool:
+    """Whether the runs trained on DISFA (runs made before #26 recorded no dataset: DISFA), the
+    only dataset the paper's numbers are of: other datasets' tables leave them out."""
+    return all((run_record(r).get("data") or {}).get("dataset", "disfa") == "disfa"
+               for r in results)
+
+
 def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
                  manifest_path: Path | str | None, resamples: int, seed: int,
                  paper: bool = True) -> list[str]:
@@ -67,7 +74,10 @@ def header_lines(per_variant: dict[str, list[dict[str, Any]]], protocol: str,
             manifest = None
         recipes = dict.fromkeys(recipe_line(record, manifest) for record in records)
         lines += [f"Recipe ({variant}): {r}" for r in recipes]
-    if paper:
+    every = [r for rs in per_variant.values() for r in rs]
+    if paper and not on_disfa(every):
+        lines.append("Paper: not shown: its numbers are DISFA's, these runs are not on DISFA")
+    elif paper:
         lines.append(f"Paper: {PAPER_PROTOCOL}")
         lines.append(comparison_line(
             [t for rs in per_variant.values() for t in run_thresholds(rs)]))
@@ -127,11 +137,12 @@ def table1_rows(results: Sequence[dict[str, Any]], resamples: int, seed: int
     s = summary([r["test"] for r in results], resamples, seed)
     ci, bad = s["ci"], bool(s.get("ci_degenerate"))
     thresholds = run_thresholds(results)  # the paper columns say when labels differ
+    disfa = on_disfa(results)  # the paper's numbers are DISFA's: none beside other datasets
     header = ["AU", "F1 ours [95% CI]", paper_column("F1", thresholds), "Accuracy ours [95% CI]",
               paper_column("Accuracy", thresholds), "ROC-AUC ours", "AP ours"]
     rows = []
     for k, au in enumerate(s["au_ids"]):
-        j = PAPER_AUS.index(au) if au in PAPER_AUS else None
+        j = PAPER_AUS.index(au) if au in PAPER_AUS and disfa else None
         rows.append([au, pct_ci(s["f1"][k], ci["f1"][k] if ci else None, bad),
                      f"{TABLE1_TRA['f1'][j]:.1f}" if j is not None else "",
                      pct_ci(s["accuracy"][k], ci["accuracy"][k] if ci else None, bad),
@@ -139,10 +150,13 @@ def table1_rows(results: Sequence[dict[str, Any]], resamples: int, seed: int
                      pct_num((s.get("auc") or [None] * len(s["f1"]))[k]),
                      pct_num((s.get("average_precision") or [None] * len(s["f1"]))[k])])
     rows.append(["Avg", pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None, bad),
-                 f"{TABLE1_TRA['f1_avg']:.1f}",
+                 f"{TABLE1_TRA['f1_avg']:.1f}" if disfa else "",
                  pct_ci(s["mean_accuracy"], ci["mean_accuracy"] if ci else None, bad),
-                 f"{TABLE1_TRA['accuracy_avg']:.1f}", pct_num(s.get("mean_auc")),
+                 f"{TABLE1_TRA['accuracy_avg']:.1f}" if disfa else "", pct_num(s.get("mean_auc")),
                  pct_num(s.get("mean_average_precision"))])
+    if not disfa:  # no paper columns at all
+        header = [c for j, c in enumerate(header) if j not in (2, 4)]
+        rows = [[c for j, c in enumerate(row) if j not in (2, 4)] for row in rows]
     return header, rows, s
 
 
@@ -229,6 +243,7 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
     header = ["Method", "source", *[f"AU{a}" for a in aus], "Avg",
               "difference to TRA-Net [95% CI], p (Holm over the variants)"]
     rows, differences = [], differences_to_tranet(per_variant, resamples, seed)
+    disfa = on_disfa([r for rs in per_variant.values() for r in rs])
     for variant in TABLE2_ORDER:
         name, paper_f1, paper_avg = TABLE2_F1[variant]
         if per_variant.get(variant):
@@ -238,6 +253,8 @@ def table2_rows(per_variant: dict[str, list[dict[str, Any]]], resamples: int, se
             rows.append([name, "ours", *[pct_ci(v, ci["f1"][k] if ci else None, bad)
                                          for k, v in enumerate(s["f1"])],
                          pct_ci(s["mean_f1"], ci["mean_f1"] if ci else None, bad), cell])
+        if not disfa:  # the paper's rows are DISFA's
+            continue
         paper = [f"{paper_f1[PAPER_AUS.index(a)]:.1f}" if a in PAPER_AUS else "" for a in aus]
         rows.append([name, "paper", *paper, f"{paper_avg:.1f}",
                      "0 (reference)" if variant == "tranet"

@@ -4,8 +4,12 @@ Only per-frame labels (a few bytes a frame) are held in memory; images are decod
 HDF5 shards on demand, in whichever DataLoader worker asks for them (``ShardReader`` reopens
 its file per process).
 
-Labels are re-derived from the shards' raw FACS intensities at the requested threshold, so
-``--threshold 2`` (the peers' protocol) works on shards written at the default 3.
+Labels are re-derived from the shards' raw codes by their dataset's rule
+(``ShardReader.label_matrix``: DISFA intensity >= the requested threshold, so ``--threshold 2``,
+the peers' protocol, works on shards written at the default 3; BP4D's 0/1 occurrence codes).
+A label the release did not code is NaN: masked in the loss, the per-AU weights and the metrics,
+never read as 0 or 1. A fold reads the shards of one dataset (the manifest's ``dataset``, DISFA
+when it has none); shards of several datasets in one run are refused unless ``mix_datasets``.
 
 Horizontal flip: the alignment puts the hard-mask centre (the nose midpoint) on the vertical
 midline of the aligned image, so a mirrored frame has the same centre and the same
@@ -27,8 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from pipeline.datasets.disfa.facts import ALL_AUS, SUBJECT_PATTERN, au_columns, is_subject_name
-from pipeline.shards import ShardError, ShardReader, binarize, shard_name
+from pipeline.datasets.disfa.facts import ALL_AUS, au_columns
+from pipeline.datasets.base import NOT_CODED
+from pipeline.datasets.registry import LEGACY_DATASET, dataset_info, is_known_subject
+from pipeline.shards import ShardError, ShardReader, shard_name
 
 from .augment import AlignmentJitter
 from pipeline.cli import CommandError
@@ -54,6 +60,7 @@ class FoldSpec:
     image_size: int
     au_weights: tuple[float, ...] | None
     raw: dict[str, Any]
+    dataset: str = LEGACY_DATASET  # the manifest's "dataset" (manifests without one: DISFA)
 
 
 def load_manifest(path: Path | str) -> dict[str, Any]:
@@ -83,16 +90,29 @@ def fold_spec(manifest_path: Path | str, fold: int) -> FoldSpec:
         raise DataError(f"{manifest_path}: no fold {fold} (folds: {known})")
     entry = entries[0]
     subjects = {split: [str(s) for s in entry.get(split, []) or []] for split in SPLITS}
-    unknown = [a for a in manifest["au_ids"] if int(a) not in ALL_AUS]
+    dataset = manifest_dataset(manifest, manifest_path)
+    info = dataset_info(dataset)
+    unknown = [a for a in manifest["au_ids"] if int(a) not in info.au_ids]
     if unknown:
-        raise DataError(f"{manifest_path}: AUs {unknown} are not DISFA AUs")
+        raise DataError(f"{manifest_path}: AUs {unknown} are not {info.title} AUs "
+                        f"({info.title} codes {list(info.au_ids)})")
     weights = entry.get("au_weights") or (entry.get("sampler") or {}).get("au_weights")
     return FoldSpec(
         manifest=manifest_path, fold=int(fold), subjects=subjects,
         au_ids=tuple(int(a) for a in manifest["au_ids"]), threshold=int(manifest["threshold"]),
         image_size=int(manifest["image_size"]),
         au_weights=tuple(float(w) for w in weights) if weights else None, raw=entry,
+        dataset=dataset,
     )
+
+
+def manifest_dataset(manifest: Mapping[str, Any], path: Path) -> str:
+    """The dataset a folds manifest is of (its ``dataset`` key; DISFA without one)."""
+    name = manifest.get("dataset", LEGACY_DATASET)
+    try:
+        return dataset_info(name).name
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 def check_frame_counts(spec: FoldSpec, readers: Sequence[ShardReader], camera: str) -> None:
@@ -182,14 +202,16 @@ def manifest_frames(spec: FoldSpec) -> dict[str, int]:
 def check_subject_names(subjects: Sequence[object], source: object) -> None:
     """A DataError naming ``source`` for any subject that is not a subject name (a shard file
     name is built from it, so ``../elsewhere/SN003`` would read outside the shards folder)."""
-    bad = [s for s in subjects if not is_subject_name(s)]
+    bad = [s for s in subjects if not is_known_subject(s)]
     if bad:
-        raise DataError(f"{source}: subject {bad[0]!r} is not a subject name "
-                        f"({SUBJECT_PATTERN.pattern})")
+        raise DataError(f"{source}: subject {bad[0]!r} is not a subject name of DISFA, DISFA+ "
+                        "or BP4D")
 
 
-def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec) -> dict[str, Any]:
-    """All shards agree with the manifest (AUs, image size) and with each other (targets).
+def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec,
+                     mix_datasets: bool = False) -> dict[str, Any]:
+    """All shards agree with the manifest (AUs, image size) and with each other (targets);
+    ``mix_datasets``: shards of several datasets (``dataset_checks``), whose AU lists differ.
 
     Returns the shared geometry: ``image_size``, ``nose_target``, ``chin_target``.
     """
@@ -198,7 +220,8 @@ def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec) -> dict[str
                 "nose_target": [float(v) for v in first.attrs["nose_target"]],
                 "chin_target": [float(v) for v in first.attrs["chin_target"]]}
     for r in readers:
-        if tuple(r.au_ids) != spec.au_ids:
+        # mixed datasets: labels come from each shard's raw codes, its uncoded AUs NaN
+        if tuple(r.au_ids) != spec.au_ids and not mix_datasets:
             raise DataError(f"{r.path}: AUs {list(r.au_ids)} differ from the manifest "
                             f"{spec.manifest} ({list(spec.au_ids)})")
         if r.image_size != spec.image_size:
@@ -279,11 +302,15 @@ class ShardFrames(Dataset):
         self.image_size = int(image_size or self.source_size)
         lengths = np.array([len(r) for r in self.readers], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        # float32 1/0, NaN = not coded (or an AU the shard's dataset does not code)
         self.labels = np.concatenate(
-            [binarize(r.intensity, self.au_ids, self.threshold) for r in self.readers]
-        ).astype(np.uint8)
-        # Raw FACS intensities 0-5 of the 12 coded AUs (ALL_AUS order), for --task intensity/both.
-        self.intensity = np.concatenate([np.asarray(r.intensity, np.uint8) for r in self.readers])
+            [r.label_matrix(self.au_ids, self.threshold) for r in self.readers])
+        self.datasets = tuple(dict.fromkeys(r.dataset for r in self.readers))
+        # Raw FACS intensities 0-5 of the 12 coded AUs (ALL_AUS order), for --task intensity/both;
+        # None where a shard's intensity columns are not DISFA's 12 (BP4D codes 5 of its own).
+        disfa_columns = all(r.info.intensity_aus == ALL_AUS for r in self.readers)
+        self.intensity = (np.concatenate([np.asarray(r.intensity, np.uint8) for r in self.readers])
+                          if disfa_columns else None)
         self.subjects = [r.subject for r in self.readers]
         self.jitter = jitter if jitter is not None and jitter.enabled else None
         self._decoded: np.ndarray | None = None  # every frame, once preload() has run
@@ -345,7 +372,7 @@ class ShardFrames(Dataset):
             else (key, False, None)
         index = int(index)
         image = torch.from_numpy(self.image(index, bool(flip), uniforms))
-        return image, torch.from_numpy(self.labels[index].astype(np.float32)), index
+        return image, torch.from_numpy(self.labels[index].copy()), index
 
     def subject_groups(self) -> tuple[list[str], np.ndarray]:
         """Distinct subject names and the ``[len(self)]`` index of each frame's subject (a
@@ -361,10 +388,21 @@ class ShardFrames(Dataset):
         (host) index tensor is used as it is: no ``.numpy()``/``.cpu()`` call, which the
         training loop's no-sync check would count as a host copy."""
         rows = torch.from_numpy(self.intensity)[torch.as_tensor(index, dtype=torch.long)]
-        return rows[:, au_columns(au_ids)].float()
+        rows = rows[:, au_columns(au_ids)]
+        # "not coded" is NaN (the metrics leave it out); DISFA has none, so nothing changes there
+        return torch.where(rows == NOT_CODED, float("nan"), rows.float())
 
     def natural_positive_rate(self) -> np.ndarray:
-        return self.labels.mean(axis=0) if len(self) else np.zeros(len(self.au_ids))
+        """Per-AU positive rate over the frames coded for that AU."""
+        if not len(self):
+            return np.zeros(len(self.au_ids))
+        labels = self.labels.astype(np.float64)
+        return np.nanmean(labels, axis=0) if self.has_uncoded else labels.mean(axis=0)
+
+    @property
+    def has_uncoded(self) -> bool:
+        """Whether any label is "not coded" (NaN): the loss then masks (DISFA never has one)."""
+        return bool(np.isnan(self.labels).any())
 
 
 def frame_subset(dataset: ShardFrames, keep: Mapping[str, Sequence[int]]) -> np.ndarray:

@@ -14,9 +14,13 @@ from .config import protocol_note
 from .data import (DataError, ShardFrames, check_consistent, collate_frames, default_workers,
                    fold_spec, load_manifest, open_shards, select_frames,
                    single_threaded_opencv)
+from .dataset_checks import check_datasets, dataset_cameras
 from .distributed import DistInfo, resolve_device
 from .evaluation_loop import run_task_evaluation
+from .shared_columns import SharedColumns
 from ..evaluation.cells import Num
+from ..evaluation.cross_dataset import (CrossDatasetPlan, frames_row, is_cross_dataset,
+                                        plan_cross_dataset)
 from ..evaluation.provenance import recipe_line
 from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tables import metric_rows, summary
@@ -47,28 +51,29 @@ def evaluate_checkpoint(
     checkpoint's input geometry. Runs as the trainer's evaluation does: ``workers`` from the
     CPU count, pinned memory on CUDA, and ``amp`` (None) as the run was trained.
     ``keep_frames`` (subject -> 0-based video frames): only those (a cross-camera frame set).
+    Another dataset's shards: the AUs both code, by its rule (``evaluation.cross_dataset``).
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     fold = int(fold if fold is not None else state["data"].get("fold", 0))
-    spec, seen, threshold, dataset = _checked_split(state, checkpoint, shards, manifest, fold,
-                                                    split, variant, cameras, allow_seen,
-                                                    keep_frames)
+    spec, seen, threshold, dataset, plan = _checked_split(
+        state, checkpoint, shards, manifest, fold, split, variant, cameras, allow_seen,
+        keep_frames)
     subjects = spec.subjects[split]
     target = resolve_device(device, DistInfo())
-    model, meta = load_for_inference(checkpoint, device=str(target), state=state)
+    model, meta, au_ids = _scored_model(checkpoint, state, target, spec, plan)
     workers = default_workers() if workers is None else workers
     single_threaded_opencv(workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_frames, pin_memory=target.type == "cuda")
     train_cfg = meta.get("train_config", {})
     amp = bool(train_cfg.get("amp", False)) if amp is None else amp
-    acc, regression = run_task_evaluation(model, loader, target, list(spec.au_ids), amp=amp,
+    acc, regression = run_task_evaluation(model, loader, target, au_ids, amp=amp,
                                           desc=f"fold {fold} {split}",
                                           quiet=not sys.stderr.isatty(), by_subject=True,
                                           scores=True)
     select_on = train_cfg.get("select_on", "val")
-    note = protocol_note(select_on, threshold)
+    note = protocol_note(select_on, threshold, labels=plan.test_rule if plan else None)
     if seen:
         log.warning("%s: evaluated on subjects it was trained or selected on: %s",
                     checkpoint, ", ".join(seen))
@@ -81,17 +86,28 @@ def evaluate_checkpoint(
         "protocol": note, "seen_subjects": seen,
         "recipe": recipe_line(state, load_manifest(manifest)),
         "metrics": acc.compute().as_dict()}
-    return _add_extras(result, acc, regression, state)
+    return _add_extras(result, acc, regression, state, plan)
+
+
+def _scored_model(checkpoint: Path, state: dict[str, Any], target: Any, spec: Any,
+                  plan: CrossDatasetPlan | None) -> tuple[Any, dict[str, Any], list[int]]:
+    """(model, its meta, the AUs scored): on another dataset, only the shared AUs' columns."""
+    model, meta = load_for_inference(checkpoint, device=str(target), state=state)
+    if plan is None:
+        return model, meta, list(spec.au_ids)
+    return SharedColumns(model, plan.columns).to(target), meta, list(plan.shared)
 
 
 def _checked_split(state: dict[str, Any], checkpoint: Path, shards: Path | str,
                    manifest: Path | str, fold: int, split: str, variant: str | None,
                    cameras: Sequence[str], allow_seen: bool, keep_frames: Mapping[str, Sequence[int]] | None
-                   ) -> tuple[Any, list[str], int, Any]:
-    """(fold spec, subjects the model saw, label threshold, dataset) of ``split``, after every
-    check ``evaluate_checkpoint`` makes before loading the model."""
+                   ) -> tuple[Any, list[str], int, Any, CrossDatasetPlan | None]:
+    """(fold spec, subjects the model saw, label threshold, dataset, cross-dataset plan or
+    None) of ``split``, after every check ``evaluate_checkpoint`` makes before loading the
+    model."""
     spec = fold_spec(manifest, fold)
-    check_compatible(state, checkpoint, variant=variant, au_ids=spec.au_ids)
+    cross = is_cross_dataset(state["data"], spec.dataset)
+    check_compatible(state, checkpoint, variant=variant, au_ids=None if cross else spec.au_ids)
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     subjects = spec.subjects[split]
@@ -102,25 +118,51 @@ def _checked_split(state: dict[str, Any], checkpoint: Path, shards: Path | str,
         raise DataError(f"{checkpoint} was trained or selected on {', '.join(seen)}, which the "
                         f"{split} split of fold {fold} evaluates; pass --allow-seen to evaluate "
                         "anyway (the numbers are then optimistic and labelled so)")
-    readers = open_shards(shards, subjects, cameras, f"{spec.manifest} fold {fold}", spec)
+    context = f"{spec.manifest} fold {fold}"
+    readers = open_shards(shards, subjects, dataset_cameras(cameras, spec.dataset, context),
+                          context, spec)
+    check_datasets(readers, spec)
     geometry = check_consistent(readers, spec)
     data = state["data"]
     size = int(data["image_size"])
     _check_alignment(readers[0].path, geometry, data, checkpoint)
     threshold = int(data.get("threshold", spec.threshold))
-    dataset = ShardFrames(readers, spec.au_ids, threshold, size)
+    plan, au_ids = None, spec.au_ids
+    if cross:
+        plan, threshold = _cross_plan(state, checkpoint, spec, readers), spec.threshold
+        au_ids = plan.shared
+    dataset = ShardFrames(readers, au_ids, threshold, size)
     if len(dataset) == 0:
         raise DataError(f"{spec.manifest} fold {fold}: the {split} subjects {subjects} have no frames")
     dataset = select_frames(dataset, keep_frames, f"{spec.manifest} fold {fold} in {shards}")
     if split != "test":
         log.info("evaluating on the %s split of fold %d", split, fold)
-    return spec, seen, threshold, dataset
+    return spec, seen, threshold, dataset, plan
+
+
+def _cross_plan(state: dict[str, Any], checkpoint: Path, spec: Any,
+                readers: Sequence[Any]) -> CrossDatasetPlan:
+    """The shared AUs of a checkpoint and another dataset's shards (none: a DataError)."""
+    plan = plan_cross_dataset(state["data"], spec.dataset, spec.threshold,
+                              readers[0].attrs.get("label_rule"))
+    if not plan.shared:
+        raise DataError(f"{checkpoint} predicts AUs {plan.model_aus}, none of which "
+                        f"{spec.dataset} codes: nothing to score on {spec.manifest}")
+    log.info("cross-dataset: %s model on %s shards; scoring AUs %s%s", "+".join(
+        plan.train_datasets), spec.dataset, plan.shared,
+        f", skipping {sorted(plan.skipped)} (not coded there)" if plan.skipped else "")
+    return plan
 
 
 def _add_extras(result: dict[str, Any], acc: Any, regression: Any,
-                state: dict[str, Any]) -> dict[str, Any]:
+                state: dict[str, Any], plan: CrossDatasetPlan | None = None) -> dict[str, Any]:
     """The intensity metrics (a model with an intensity head) and the F1 at the checkpoint's
-    tuned thresholds (if it has them), beside the occurrence metrics at 0.5."""
+    tuned thresholds (if it has them), beside the occurrence metrics at 0.5; on another
+    dataset, the cross-dataset record instead (thresholds tuned on the training dataset's
+    AUs and rule do not carry over)."""
+    if plan is not None:
+        result["cross_dataset"] = plan.as_dict()
+        return result
     if regression is not None:
         result["intensity"] = regression.compute().as_dict()
     tuned = state.get("decision_thresholds")
@@ -172,6 +214,8 @@ def results_rows(results: Sequence[dict[str, Any]], resamples: int = DEFAULT_RES
     rows = []
     for r in results:
         rows += metric_rows(r["fold"], summary([r["metrics"]], resamples, seed))
+        if "cross_dataset" in r or len(set(r["metrics"].get("n_scored") or [0])) > 1:
+            rows.append(frames_row(r["fold"], r["metrics"]))
         if "metrics_tuned" in r:
             rows += tuned_rows(r["fold"], [r["metrics_tuned"]], resamples, seed)
     if len(results) > 1:

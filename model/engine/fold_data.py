@@ -17,12 +17,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from pipeline.datasets.base import NOT_CODED
+
 from .all_subjects import needs_test, run_subjects
 from .augment import AlignmentJitter
 from .config import TrainConfig
 from .data import (DataError, FoldSpec, ShardFrames, check_consistent, check_flip_symmetry,
                    check_frame_counts, collate_frames, default_workers, evaluation_indices,
                    load_manifest, open_shards, shard_origin, single_threaded_opencv)
+from .dataset_checks import check_datasets, dataset_cameras
 from .distributed import DistInfo
 from .sampler import (WeightedFrameSampler, au_weights_from_labels, expected_positive_rate,
                       task_frame_weights)
@@ -49,6 +52,8 @@ class FoldData:
     select_frames: int
     test_frames: int
     selection: dict[str, Any] = field(default_factory=dict)  # selection.selection_record
+    #: Some label of the fold's frames is "not coded" (NaN): the loss masks (DISFA: never).
+    has_uncoded: bool = False
 
 
 def _loader_generator() -> torch.Generator:
@@ -95,7 +100,9 @@ def _check_subjects(spec: FoldSpec, cfg: TrainConfig, context: str) -> None:
 def _geometry(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list],
               context: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(network input geometry, the shards' alignment record), checked across all shards."""
-    geometry = check_consistent([r for rs in readers.values() for r in rs], spec)
+    every = [r for rs in readers.values() for r in rs]
+    check_datasets(every, spec, cfg.mix_datasets)
+    geometry = check_consistent(every, spec, cfg.mix_datasets)
     check_frame_counts(spec, [r for rs in readers.values() for r in rs],
                        load_manifest(cfg.manifest).get("camera", "left"))
     if cfg.flip:
@@ -118,11 +125,27 @@ def _datasets(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list], thresh
     datasets = {split: ShardFrames(rs, spec.au_ids, threshold, size,
                                    jitter=jitter if split == "train" else None) if rs else None
                 for split, rs in readers.items()}
+    _check_intensity_task(cfg, datasets["train"], context)
     for split in needs_test(cfg) + (("val",) if cfg.select_on == "val" else ()):
         if datasets[split] is None or len(datasets[split]) == 0:
             raise DataError(f"{context}: the {split} subjects {spec.subjects[split]} have no frames")
     _cache_frames(cfg, [datasets["train"], datasets[cfg.select_on]])
     return datasets
+
+
+def _check_intensity_task(cfg: TrainConfig, train: ShardFrames, context: str) -> None:
+    """--task intensity/both trains on DISFA's 12 intensity columns, every one coded (the
+    intensity losses do not mask; the intensity metrics do)."""
+    if cfg.task == "occurrence":
+        return
+    if train.intensity is None:
+        raise DataError(f"{context}: --task {cfg.task} reads DISFA's 12 intensity AUs; "
+                        f"{', '.join(train.datasets)} shards have other intensity columns "
+                        "(train with --task occurrence)")
+    if (train.intensity == NOT_CODED).any():
+        raise DataError(f"{context}: --task {cfg.task}: some training intensities are not "
+                        "coded, which the intensity loss cannot mask yet (train with --task "
+                        "occurrence)")
 
 
 def _cache_frames(cfg: TrainConfig, datasets: Sequence[ShardFrames]) -> None:
@@ -165,7 +188,8 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
     context = f"{spec.manifest} fold {spec.fold}"
     _check_subjects(spec, cfg, context)
     threshold = cfg.threshold if cfg.threshold is not None else spec.threshold
-    readers = {split: open_shards(cfg.shards, spec.subjects[split], cfg.cameras, context, spec)
+    cameras = dataset_cameras(cfg.cameras, spec.dataset, context)
+    readers = {split: open_shards(cfg.shards, spec.subjects[split], cameras, context, spec)
                for split in ("train", "val", "test")}
     geometry, alignment = _geometry(cfg, spec, readers, context)
     jitter = AlignmentJitter(cfg.jitter_scale, cfg.jitter_degrees, cfg.jitter_shift)
@@ -196,4 +220,5 @@ def load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> FoldDat
         select_frames=len(select_idx), test_frames=len(test) if test is not None else 0,
         selection=selection_record(select, select_idx, spec.au_ids, cfg.select_on, spec.fold,
                                    warn=info.is_main),
+        has_uncoded=any(d.has_uncoded for d in datasets.values() if d is not None),
     )

@@ -9,6 +9,11 @@ other DISFA AUs by ``REGION_OF_AU``), not the heads of the model: a single-branc
 (``senet50``, ``senet50_cbam``) gets the same loss as TRA-Net on the same logits. One mean over all
 K columns instead would scale its gradients by about 1/3, an effective learning rate a third of
 TRA-Net's, and Table 2's rows would not compare the modules they name.
+
+"Not coded" labels (NaN targets: BP4D's 9, or an AU a shard's dataset does not code) are masked
+when the loss is built with ``masked=True``: each group's loss is then the mean over its coded
+entries only (a group with none in the batch adds 0). Unmasked (DISFA: every label is coded)
+the loss is computed exactly as before, so DISFA runs do not change by a bit.
 """
 from __future__ import annotations
 
@@ -21,13 +26,15 @@ from ..nets.tranet import region_groups
 
 
 def branch_bce_loss(logits: torch.Tensor, targets: torch.Tensor, branch_groups: Sequence[Sequence[int]],
-                    au_weights: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
+                    au_weights: torch.Tensor | Sequence[float] | None = None,
+                    masked: bool = False) -> torch.Tensor:
     """Sum over groups of the mean BCE-with-logits of that group's AU columns.
 
     ``logits``/``targets``: [B, K] (targets 0/1, any float dtype). ``branch_groups``: column
     indices per group, together covering every column once. ``au_weights`` ([K], optional)
     multiplies each AU's per-entry loss before the group mean (e.g. the folds' ``au_weights``,
-    which sum to K so an all-ones vector is the unweighted loss).
+    which sum to K so an all-ones vector is the unweighted loss). ``masked``: NaN targets are
+    "not coded" and left out of each group's mean (no host synchronisation either way).
     """
     if logits.shape != targets.shape or logits.dim() != 2:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must both be [B, K]")
@@ -35,13 +42,28 @@ def branch_bce_loss(logits: torch.Tensor, targets: torch.Tensor, branch_groups: 
     covered = sorted(i for group in branch_groups for i in group)
     if covered != list(range(k)):
         raise ValueError(f"branch_groups {list(map(list, branch_groups))} must cover columns 0..{k - 1} once each")
-    per_entry = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    targets = targets.to(logits.dtype)
+    coded = None
+    if masked:
+        coded = ~torch.isnan(targets)
+        targets = torch.where(coded, targets, torch.zeros_like(targets))
+    per_entry = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     if au_weights is not None:
         weights = torch.as_tensor(au_weights, dtype=logits.dtype, device=logits.device)
         if weights.shape != (k,):
             raise ValueError(f"au_weights has shape {tuple(weights.shape)}, expected ({k},)")
         per_entry = per_entry * weights
-    return sum(_columns(per_entry, group).mean() for group in branch_groups)
+    if coded is None:
+        return sum(_columns(per_entry, group).mean() for group in branch_groups)
+    return _masked_group_sum(per_entry, coded.to(per_entry.dtype), branch_groups)
+
+
+def _masked_group_sum(per_entry: torch.Tensor, coded: torch.Tensor,
+                      branch_groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Sum over groups of the mean of the coded entries (``coded`` 1/0) of each group."""
+    per_entry = per_entry * coded  # an uncoded entry's BCE against the placeholder 0 drops out
+    return sum(_columns(per_entry, group).sum() / _columns(coded, group).sum().clamp_min(1.0)
+               for group in branch_groups)
 
 
 def _columns(values: torch.Tensor, group: Sequence[int]) -> torch.Tensor:
@@ -59,13 +81,14 @@ def region_loss_groups(au_ids: Sequence[int]) -> list[list[int]]:
     return list(region_groups(au_ids).values())
 
 
-def region_bce_criterion(au_ids: Sequence[int], au_weights: torch.Tensor | None = None
+def region_bce_criterion(au_ids: Sequence[int], au_weights: torch.Tensor | None = None,
+                         masked: bool = False
                          ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss of every variant: ``branch_bce_loss`` over the region groups of ``au_ids``."""
     groups = region_loss_groups(au_ids)
 
     def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return branch_bce_loss(logits, targets, groups, au_weights)
+        return branch_bce_loss(logits, targets, groups, au_weights, masked)
 
     return criterion
 
@@ -131,7 +154,7 @@ TASKS = ("occurrence", "intensity", "both")
 
 def task_loss_for(task: str, au_ids: Sequence[int], intensity_aus: Sequence[int] = (),
                   au_weights: torch.Tensor | None = None, intensity_weight: float = 1.0,
-                  intensity_loss: str = "mse") -> "TaskLoss":
+                  intensity_loss: str = "mse", masked: bool = False) -> "TaskLoss":
     """The :class:`TaskLoss` of every variant: both terms summed over the region groups of their
     AUs (occurrence ``au_ids``, intensity ``intensity_aus``), not over the model's heads.
 
@@ -141,7 +164,7 @@ def task_loss_for(task: str, au_ids: Sequence[int], intensity_aus: Sequence[int]
     """
     return TaskLoss(task, region_loss_groups(au_ids),
                     region_loss_groups(intensity_aus) if intensity_aus else (), au_weights,
-                    intensity_weight, intensity_loss)
+                    intensity_weight, intensity_loss, masked)
 
 
 class TaskLoss:
@@ -169,7 +192,7 @@ class TaskLoss:
     def __init__(self, task: str, branch_groups: Sequence[Sequence[int]],
                  intensity_groups: Sequence[Sequence[int]] = (),
                  au_weights: torch.Tensor | None = None, intensity_weight: float = 1.0,
-                 intensity_loss: str = "mse") -> None:
+                 intensity_loss: str = "mse", masked: bool = False) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if intensity_loss not in INTENSITY_LOSSES:
@@ -181,6 +204,7 @@ class TaskLoss:
         self.au_weights = au_weights
         self.intensity_weight = float(intensity_weight)
         self.intensity_loss = intensity_loss
+        self.masked = bool(masked)  # NaN occurrence targets are "not coded" (branch_bce_loss)
 
     @property
     def uses_intensity(self) -> bool:
@@ -190,12 +214,14 @@ class TaskLoss:
                  intensity: torch.Tensor | None = None,
                  intensity_targets: torch.Tensor | None = None) -> torch.Tensor:
         if not self.uses_intensity:
-            return branch_bce_loss(logits, targets, self.branch_groups, self.au_weights)
+            return branch_bce_loss(logits, targets, self.branch_groups, self.au_weights,
+                                   self.masked)
         if intensity is None or intensity_targets is None:
             raise ValueError(f"task {self.task!r} needs intensity predictions and targets")
         regress = branch_ordinal_loss if self.intensity_loss == "ordinal" else branch_intensity_loss
         regression = regress(intensity, intensity_targets, self.intensity_groups)
         if self.task == "intensity":
             return regression + 0.0 * logits.sum()
-        return (branch_bce_loss(logits, targets, self.branch_groups, self.au_weights)
+        return (branch_bce_loss(logits, targets, self.branch_groups, self.au_weights,
+                                self.masked)
                 + self.intensity_weight * regression)

@@ -32,6 +32,7 @@ from .progress import RunClock
 from .step_log import EpochAccumulator
 from ..cards.build import run_card
 from ..cards.card import CARD_KEY
+from ..evaluation.label_rules import dataset_record
 from ..nets.tranet import TRANetConfig
 
 
@@ -74,7 +75,10 @@ class TrainingRun:
                      "image_size": g["image_size"], "nose_target": g["nose_target"],
                      "chin_target": g["chin_target"], "alignment": self.data.alignment,
                      "fold": self.cfg.fold, "subjects": self.data.spec.subjects,
-                     "manifest": str(self.cfg.manifest)},
+                     "manifest": str(self.cfg.manifest),
+                     # the dataset(s), their label rules and the AUs' regions (#26)
+                     **dataset_record(self.data.train.datasets, self.data.threshold,
+                                      self.au_ids)},
             "train_config": asdict(self.cfg),
             "protocol": self.note,
             "pretrained": self.pretrained,

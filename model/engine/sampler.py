@@ -42,16 +42,28 @@ from pipeline.build_folds import peer_au_weights
 
 def au_weights_from_labels(labels: np.ndarray) -> np.ndarray:
     """Peers' per-AU weights ``w_i ∝ 1/r_i`` normalised to sum to K (float64 ``[K]``), from
-    0/1 labels; the formula itself is ``pipeline.build_folds.peer_au_weights``."""
+    0/1 labels; the formula itself is ``pipeline.build_folds.peer_au_weights``.
+
+    NaN labels ("not coded") count for nothing: ``r_i`` is AU i's positives over the frames
+    coded for it (labels without NaN: the frames, as ever)."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] == 0:
         raise ValueError(f"labels must be a non-empty [N, K] array, got shape {labels.shape}")
-    return peer_au_weights(labels.sum(axis=0), labels.shape[0])[0]
+    coded = ~np.isnan(labels) if labels.dtype.kind == "f" else np.ones(labels.shape, bool)
+    if coded.all():
+        return peer_au_weights(labels.sum(axis=0), labels.shape[0])[0]
+    positives = np.where(coded, labels, 0).sum(axis=0)
+    # The peers' formula per AU with its own frame count: w_i = coded_i / max(pos_i, 1); an AU
+    # never coded gets the weight of an AU present in every frame (it trains nothing anyway).
+    rate = np.maximum(positives, 1.0) / np.maximum(coded.sum(axis=0), 1)
+    w = 1.0 / np.minimum(rate, 1.0)
+    return w / w.sum() * len(w)
 
 
 def frame_weights(labels: np.ndarray, au_weights: np.ndarray) -> np.ndarray:
-    """Draw weight ``g(f) = max(1, sum of the weights of frame f's positive AUs)``."""
-    labels = np.asarray(labels, dtype=np.float64)
+    """Draw weight ``g(f) = max(1, sum of the weights of frame f's positive AUs)``; a label not
+    coded (NaN) is no positive."""
+    labels = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0)
     au_weights = np.asarray(au_weights, dtype=np.float64)
     if labels.ndim != 2 or labels.shape[1] != len(au_weights):
         raise ValueError(f"labels {labels.shape} and {len(au_weights)} AU weights do not fit")
@@ -84,9 +96,16 @@ def task_frame_weights(task: str, labels: np.ndarray, intensity: np.ndarray | No
 
 
 def expected_positive_rate(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per-AU positive rate expected among frames drawn with probability ∝ ``weights``."""
+    """Per-AU positive rate expected among frames drawn with probability ∝ ``weights`` (over
+    the frames coded for the AU)."""
     weights = np.asarray(weights, dtype=np.float64)
-    return (np.asarray(labels, dtype=np.float64) * weights[:, None]).sum(0) / weights.sum()
+    labels = np.asarray(labels, dtype=np.float64)
+    coded = ~np.isnan(labels)
+    if coded.all():
+        return (labels * weights[:, None]).sum(0) / weights.sum()
+    # among the drawn frames coded for the AU
+    return ((np.where(coded, labels, 0.0) * weights[:, None]).sum(0)
+            / np.maximum((coded * weights[:, None]).sum(0), np.finfo(float).tiny))
 
 
 class WeightedFrameSampler(Sampler):

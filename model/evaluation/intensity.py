@@ -42,7 +42,7 @@ def frame_terms(predictions: torch.Tensor | np.ndarray, targets: torch.Tensor | 
                 clip: bool = True) -> np.ndarray:
     """Per-frame ``[N, K, 7]`` float64 terms (1, x, y, x², y², xy, |x-y|) whose sums over frames
     are :func:`intensity_sums`; x the (clipped) predictions and y the coded intensities, both
-    shifted by 2.5."""
+    shifted by 2.5. A NaN target ("not coded") adds nothing, not even to the count."""
     x = torch.as_tensor(predictions).detach().cpu().double()
     y = torch.as_tensor(targets).detach().cpu().double()
     if x.shape != y.shape or x.dim() != 2:
@@ -51,8 +51,8 @@ def frame_terms(predictions: torch.Tensor | np.ndarray, targets: torch.Tensor | 
     if clip:
         x = x.clamp(INTENSITY_MIN, INTENSITY_MAX)
     x, y = x - _SHIFT, y - _SHIFT
-    return torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y, (x - y).abs()],
-                       dim=2).numpy()
+    terms = torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y, (x - y).abs()], dim=2)
+    return torch.where(torch.isnan(y)[..., None], 0.0, terms).numpy()
 
 
 def intensity_sums(predictions: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,

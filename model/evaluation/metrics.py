@@ -5,6 +5,10 @@ negatives are pooled over every evaluated frame of every subject, and
 
     F1 = 2 TP / (2 TP + FP + FN)        accuracy = (TP + TN) / N
 
+A label that is NaN ("not coded": BP4D's 9, or an AU the test dataset does not code) is left
+out of that AU's counts: each AU is scored on the frames coded for it, and ``n_scored`` says
+how many (DISFA codes every frame, so there every AU's count is the frame count).
+
 (``2TP / (2TP + FP + FN)`` equals ``2PR / (P + R)`` and is defined when P or R is not; an AU
 with no positive frames and no positive predictions scores F1 = 0, as scikit-learn's
 ``f1_score(..., zero_division=0)``). The reported means are unweighted over AUs.
@@ -72,7 +76,7 @@ class AUMetrics:
     accuracy: list[float]
     mean_f1: float
     mean_accuracy: float
-    n_frames: int
+    n_frames: int  # frames evaluated (the most any AU was scored on)
     positive_rate: list[float]
     predicted_rate: list[float]
     loss: float | None = None
@@ -84,12 +88,15 @@ class AUMetrics:
     auc: list[float] | None = None
     average_precision: list[float] | None = None
     decision_thresholds: list[float] | None = None
+    #: Per AU, the (coded) frames it was scored on.
+    n_scored: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         out = {
             "au_ids": self.au_ids, "f1": self.f1, "accuracy": self.accuracy,
             "mean_f1": self.mean_f1, "mean_accuracy": self.mean_accuracy,
-            "n_frames": self.n_frames, "positive_rate": self.positive_rate,
+            "n_frames": self.n_frames, "n_scored": self.n_scored,
+            "positive_rate": self.positive_rate,
             "predicted_rate": self.predicted_rate, "loss": self.loss, "counts": self.counts,
             "probability_threshold": (self.decision_thresholds if self.decision_thresholds
                                       is not None else PROBABILITY_THRESHOLD),
@@ -99,7 +106,7 @@ class AUMetrics:
             out["per_subject"] = {
                 "subjects": self.subjects, "counts": counts.tolist(),
                 "f1": [f1_from_counts(c).tolist() for c in counts],
-                "n_frames": [int(c[0].sum()) if len(c) else 0 for c in counts],
+                "n_frames": [int(c.sum(axis=1).max()) if len(c) else 0 for c in counts],
                 "positives": (counts[:, :, 0] + counts[:, :, 3]).tolist()}
         if self.auc is not None:
             out["auc"], out["average_precision"] = _nan_to_none(self.auc), \
@@ -124,14 +131,17 @@ def grouped_counts(
 ) -> np.ndarray:
     """``[G, K, 4]`` counts (TP, FP, TN, FN) per group (subject) of ``[N, K]`` scores decided
     by ``score >= threshold`` (probabilities and probability thresholds, or logits and logit
-    thresholds)."""
+    thresholds). NaN targets ("not coded") are left out."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     n, k = probabilities.shape
     pred = probabilities >= np.asarray(thresholds, dtype=np.float64)
-    truth = np.asarray(targets) > 0
+    targets = np.asarray(targets)
+    truth = targets > 0
     # column of (TP, FP, TN, FN) for each (pred, truth) pair
     code = np.where(pred, np.where(truth, 0, 1), np.where(truth, 3, 2))
     flat = (np.asarray(groups, dtype=np.int64)[:, None] * k + np.arange(k)) * 4 + code
+    if targets.dtype.kind == "f":
+        flat = flat[~np.isnan(targets)]
     return np.bincount(flat.ravel(), minlength=n_groups * k * 4).reshape(n_groups, k, 4)
 
 
@@ -143,7 +153,8 @@ def metrics_from_counts(
         raise ValueError(f"counts shape {counts.shape} does not fit {len(au_ids)} AUs")
     f1 = f1_from_counts(counts)
     acc = accuracy_from_counts(counts)
-    n = int(counts[0].sum()) if len(counts) else 0
+    scored = counts.sum(axis=1)
+    n = int(scored.max()) if len(counts) else 0
     tp, fp, _, fn = counts.T
     return AUMetrics(
         au_ids=[int(a) for a in au_ids],
@@ -152,10 +163,11 @@ def metrics_from_counts(
         mean_f1=float(f1.mean()) if len(f1) else 0.0,
         mean_accuracy=float(acc.mean()) if len(acc) else 0.0,
         n_frames=n,
-        positive_rate=((tp + fn) / max(n, 1)).tolist(),
-        predicted_rate=((tp + fp) / max(n, 1)).tolist(),
+        positive_rate=((tp + fn) / np.maximum(scored, 1)).tolist(),
+        predicted_rate=((tp + fp) / np.maximum(scored, 1)).tolist(),
         loss=loss,
         counts=counts.tolist(),
+        n_scored=scored.astype(int).tolist(),
     )
 
 
@@ -198,7 +210,9 @@ class MetricAccumulator:
         groups: np.ndarray | None = None,
     ) -> None:
         scores = torch.as_tensor(logits).detach().cpu().double().numpy()
-        truth = torch.as_tensor(targets).detach().cpu().numpy() > 0
+        # 1/0, NaN = not coded (kept: grouped_counts and the ranking metrics leave it out)
+        values = torch.as_tensor(targets).detach().cpu().float().numpy()
+        truth = np.where(np.isnan(values), np.nan, values > 0).astype(np.float32)
         if scores.shape != truth.shape or scores.ndim != 2:
             raise ValueError(f"scores {scores.shape} and targets {truth.shape} must both be [N, K]")
         groups = np.zeros(len(scores), np.int64) if groups is None else np.asarray(groups)
@@ -206,7 +220,7 @@ class MetricAccumulator:
                                               self.logit_thresholds)
         if self.keep_scores:
             self.scores.append(scores)
-            self.targets.append(truth.astype(np.uint8))
+            self.targets.append(truth)
             self.groups.append(groups.astype(np.int64))
         if loss is not None:
             self.loss_sum += float(loss) * len(targets)
@@ -227,10 +241,11 @@ class MetricAccumulator:
         self.loss_frames = int(round(float(values[n + 1])))
 
     def score_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Kept ``[N, K]`` float64 logits, ``[N, K]`` labels and ``[N]`` subject indices."""
+        """Kept ``[N, K]`` float64 logits, ``[N, K]`` float32 labels (1/0, NaN = not coded) and
+        ``[N]`` subject indices."""
         k = len(self.au_ids)
         if not self.scores:
-            return np.zeros((0, k), np.float64), np.zeros((0, k), np.uint8), np.zeros(0, np.int64)
+            return np.zeros((0, k), np.float64), np.zeros((0, k), np.float32), np.zeros(0, np.int64)
         return (np.concatenate(self.scores), np.concatenate(self.targets),
                 np.concatenate(self.groups))
 

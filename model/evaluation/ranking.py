@@ -62,8 +62,18 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def per_au(fn, scores: np.ndarray, labels: np.ndarray) -> list[float]:
-    """``fn`` applied to every column of ``[N, K]`` scores and labels."""
-    return [fn(scores[:, k], labels[:, k]) for k in range(scores.shape[1])]
+    """``fn`` applied to every column of ``[N, K]`` scores and labels, on the frames coded for
+    that AU (a NaN label is "not coded")."""
+    return [fn(*_coded(scores[:, k], labels[:, k])) for k in range(scores.shape[1])]
+
+
+def _coded(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One AU's scores and labels less the frames not coded for it (NaN labels)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind != "f":
+        return scores, labels
+    keep = ~np.isnan(labels)
+    return np.asarray(scores)[keep], labels[keep]
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray,
@@ -96,7 +106,8 @@ def tune_logit_thresholds(logits: np.ndarray, labels: np.ndarray) -> list[float]
     """Per-AU F1-optimal thresholds on ``[N, K]`` float64 logits (0, i.e. probability 0.5, where
     an AU's frames are all one class); halfway between two distinct logits, so no tie."""
     logits = np.asarray(logits, np.float64)
-    return [f1_optimal_threshold(logits[:, k], labels[:, k], default=0.0, floor=None, below=1.0)
+    return [f1_optimal_threshold(*_coded(logits[:, k], labels[:, k]), default=0.0, floor=None,
+                                 below=1.0)
             for k in range(logits.shape[1])]
 
 

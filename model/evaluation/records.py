@@ -79,6 +79,10 @@ def results_markdown(title: str, metrics: dict[str, Any], note: str) -> str:
         f" | {100 * metrics['mean_f1']:.1f} |"
     ac = "| Accuracy | " + " | ".join(f"{100 * v:.1f}" for v in metrics["accuracy"]) + \
         f" | {100 * metrics['mean_accuracy']:.1f} |"
+    scored = metrics.get("n_scored") or []
+    if len(set(scored)) > 1:  # some labels were not coded: each AU's own frame count
+        ac += "\n| Frames scored | " + " | ".join(map(str, scored)) + \
+            f" | {metrics.get('n_frames', max(scored))} |"
     return f"# {title}\n\n{note}\n\n{head}\n{sep}\n{f1}\n{ac}\n"
 
 

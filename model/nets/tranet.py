@@ -14,7 +14,8 @@ Structure (paper Sec. 3, Fig. 1):
   (the aligned nose midpoint; see :func:`hard_masks` for the rounding rule).
 * One branch per region: [CBAM -> two 3x3 convs with a residual connection -> 2x2 max pool] x 2,
   CBAM -> two 3x3 convs -> global average pool, then two FC layers -> that region's AUs.
-  Upper: AU1, AU2, AU4 (+AU5); middle: AU6, AU9; lower: AU12, AU25, AU26 (+AU15, AU17, AU20).
+  Upper: AU1, AU2, AU4 (+AU5, BP4D's AU7); middle: AU6, AU9 (+AU10); lower: AU12, AU25, AU26
+  (+AU15, AU17, AU20, BP4D's AU14, AU23, AU24): :data:`REGION_OF_AU`.
   A branch whose region has none of ``cfg.au_ids`` is not built.
 * Output: logits ``[B, K]`` in the order of ``cfg.au_ids``; ``model.branch_groups`` gives the
   indices each branch predicts. The training loss (``model.engine.losses``) sums the mean BCE of the
@@ -44,16 +45,29 @@ from torch import nn
 from .attention import CBAM
 from .backbones import MAX_FROZEN_BLOCKS, build_backbone, default_frozen_blocks, parse_backbone
 from .decoder import SE_KINDS, Decoder
-from .regions import ALL_AUS, DEFAULT_FACE_CENTER, EVAL_AUS
+from .regions import DEFAULT_FACE_CENTER, EVAL_AUS, KNOWN_AUS
 from .transforms import InputTransform, resolve_transform
 
-#: Face region of each DISFA AU. The paper assigns the 8 evaluated AUs (upper 1, 2, 4; middle 6, 9;
-#: lower 12, 25, 26); the other four follow FACS anatomy: AU5 (upper lid raiser) is an eye AU, AU15
-#: (lip corner depressor), AU17 (chin raiser) and AU20 (lip stretcher) act below the nose.
+#: Face region of each AU the supported datasets code (docs/model.md, "Regions of the AUs").
+#: The paper assigns DISFA's 8 evaluated AUs (upper 1, 2, 4; middle 6, 9; lower 12, 25, 26); the
+#: others follow FACS anatomy, read against ``hard_masks`` at the default alignment (nose
+#: midpoint at 0.5 of the frame, chin at 0.875): upper = above the nose midpoint, middle = the
+#: band 0.25-0.75 around it (eyes' lower lids, cheeks, nose, upper lip), lower = below it.
 REGION_OF_AU: dict[int, str] = {
-    1: "upper", 2: "upper", 4: "upper", 5: "upper",
+    1: "upper", 2: "upper", 4: "upper",
+    5: "upper",   # upper lid raiser (levator palpebrae): the eyelids
+    7: "upper",   # lid tightener (orbicularis oculi, palpebral part): the eyelids, as AU5
     6: "middle", 9: "middle",
-    12: "lower", 15: "lower", 17: "lower", 20: "lower", 25: "lower", 26: "lower",
+    # upper lip raiser (levator labii superioris): beside the nose, AU9's neighbouring muscle;
+    # it deepens the nasolabial furrow and lifts the upper lip, all between the nose wings and
+    # the upper lip, inside the middle band (the lower mask would add the chin it never moves)
+    10: "middle",
+    12: "lower", 25: "lower", 26: "lower",
+    # dimpler (buccinator): tightens the lip corners and dimples beside them, the corners AU12,
+    # AU15 and AU20 act on, so it joins them in the lower region
+    14: "lower",
+    15: "lower", 17: "lower", 20: "lower",  # lip corner depressor, chin raiser, lip stretcher
+    23: "lower", 24: "lower",  # lip tightener, lip pressor (orbicularis oris): the lips
 }
 REGIONS: tuple[str, ...] = ("upper", "middle", "lower")
 
@@ -165,7 +179,7 @@ class TRANetConfig:
             raise ValueError("au_ids is empty")
         unknown = [a for a in self.au_ids if a not in REGION_OF_AU]
         if unknown:
-            raise ValueError(f"AUs {unknown} have no region (known: {list(ALL_AUS)})")
+            raise ValueError(f"AUs {unknown} have no region (known: {list(KNOWN_AUS)})")
         if len(set(self.au_ids)) != len(self.au_ids):
             raise ValueError(f"au_ids has duplicates: {list(self.au_ids)}")
         self._check_intensity_aus()
@@ -182,7 +196,7 @@ class TRANetConfig:
     def _check_intensity_aus(self) -> None:
         unknown = [a for a in self.intensity_aus if a not in REGION_OF_AU]
         if unknown:
-            raise ValueError(f"intensity AUs {unknown} have no region (known: {list(ALL_AUS)})")
+            raise ValueError(f"intensity AUs {unknown} have no region (known: {list(KNOWN_AUS)})")
         if len(set(self.intensity_aus)) != len(self.intensity_aus):
             raise ValueError(f"intensity_aus has duplicates: {list(self.intensity_aus)}")
         if self.spec.head == "branches" and self.spec.hard_mask:
