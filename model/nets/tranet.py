@@ -44,6 +44,7 @@ from torch import nn
 from .attention import CBAM
 from .backbones import MAX_FROZEN_BLOCKS, build_backbone, default_frozen_blocks, parse_backbone
 from .decoder import SE_KINDS, Decoder
+from .grouped_branches import RegionBranches, stack_regions
 from .regions import ALL_AUS, DEFAULT_FACE_CENTER, EVAL_AUS
 from .transforms import InputTransform, resolve_transform
 
@@ -320,6 +321,12 @@ def _inverse_order(groups: dict[str, list[int]]) -> torch.Tensor:
     return torch.argsort(torch.tensor(order, dtype=torch.long))
 
 
+def _positions(groups: dict[str, list[int]]) -> list[tuple[int, int]]:
+    # (branch, output of that branch) of each column, in column order.
+    where = {i: (r, k) for r, idx in enumerate(groups.values()) for k, i in enumerate(idx)}
+    return [where[i] for i in sorted(where)]
+
+
 class TRANet(nn.Module):
     """TRA-Net or one of its ablations, as ``cfg.variant`` says. ``forward(x, centers=None)``."""
 
@@ -348,12 +355,18 @@ class TRANet(nn.Module):
         else:
             self.fc = None
             in_channels = self.decoder.out_channels if self.decoder is not None else channels[-1]
-            self.branches = nn.ModuleDict({
+            self.branches = RegionBranches({
                 name: RegionBranch(in_channels, cfg.resolved_branch_width, cfg.resolved_fc_hidden,
                                    len(idx), spec, cfg.reduction,
                                    n_intensity=len(self._intensity_groups[name]))
                 for name, idx in self._groups.items()
             })
+            self.branches.set_output_order("fc2", _positions(self._groups))
+            if r:
+                self.branches.set_output_order("intensity", _positions(self._intensity_groups))
+        #: Run the branches as one set of grouped ops (model.nets.grouped_branches) where they
+        #: can be; False runs each region's module in turn (same parameters, same outputs).
+        self.grouped_branches = True
         self.register_buffer("_inverse_order", _inverse_order(self._groups), persistent=False)
         self.register_buffer("_intensity_inverse_order", _inverse_order(self._intensity_groups),
                              persistent=False)
@@ -431,6 +444,11 @@ class TRANet(nn.Module):
             pooled = features.mean(dim=(2, 3))
             return (self.fc(pooled), self.fc_intensity(pooled)) if with_intensity \
                 else self.fc(pooled)
+        if self.grouped_branches and self.branches.can_group():
+            masks = self._masks(features, centers)
+            hidden = self.branches.hidden(stack_regions(features, [masks[n] for n in self._groups]))
+            logits = self.branches.head(hidden, "fc2")
+            return (logits, self.branches.head(hidden, "intensity")) if with_intensity else logits
         inputs = self._branch_inputs(features, centers)
         if not with_intensity:
             outputs = [self.branches[name](inputs[name]) for name in self._groups]
@@ -445,14 +463,16 @@ class TRANet(nn.Module):
                        centers: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Each branch's input: the hard-masked map per region, or the whole map."""
         if self.config.spec.hard_mask:
-            b = features.shape[0]
-            if centers is not None and tuple(centers.shape) != (b, 2):
-                raise ValueError(f"centers must be [B, 2] = [{b}, 2] (x, y fractions), got {tuple(centers.shape)}")
-            cy = (self._default_center[1].expand(b) if centers is None
-                  else centers.to(features.device)[:, 1])
-            masks = hard_masks(features.shape[2], cy)
+            masks = self._masks(features, centers)
             return {name: features * masks[name].to(features.dtype) for name in self._groups}
         return {"all": features}
+
+    def _masks(self, features: torch.Tensor, centers: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        b = features.shape[0]
+        if centers is not None and tuple(centers.shape) != (b, 2):
+            raise ValueError(f"centers must be [B, 2] = [{b}, 2] (x, y fractions), got {tuple(centers.shape)}")
+        cy = self._default_center[1].expand(b) if centers is None else centers.to(features.device)[:, 1]
+        return hard_masks(features.shape[2], cy)
 
     def branch_logits(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split [B, K] logits into each branch's columns."""
