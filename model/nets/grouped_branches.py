@@ -9,8 +9,11 @@ CBAM MLPs and the FC layers as grouped 1x1 convolutions, BatchNorm over ``R*widt
 The per-region modules (``RegionBranch``) stay the owners of every parameter and buffer: the
 state_dict keys, the optimiser's parameters and the per-region modules' own forward are exactly
 as before. Each step stacks every kind of parameter in one ``cat`` (autograd splits the
-gradients back), and BatchNorm's running statistics, updated on the stacked copy in train mode,
-are copied back in one op each, as each region's BatchNorm would have updated them.
+gradients back). BatchNorm's running statistics need no gradient, so they are not copied each
+step: each region's ``running_mean``/``running_var`` buffer is made a view of one stacked
+buffer, which the grouped BatchNorm updates in place (exactly each region's update). Whatever
+replaces a buffer (``model.to(device)``, ``load_state_dict(assign=True)``) is noticed by identity
+at the next forward and the views are made again.
 
 The final FC layers have a different number of outputs per region (e.g. 3/2/3): their weights
 are stacked with zero rows padding every region to the largest, and the padded outputs are
@@ -99,18 +102,30 @@ class RegionBranches(nn.ModuleDict):
         return out.flatten(1).index_select(1, getattr(self, f"_{head}_index"))
 
 
+def _stacked_stats(bns: list[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The regions' running mean and variance, stacked; each region's buffers are views of them."""
+    base = [getattr(bns[0].running_mean, "_base", None), getattr(bns[0].running_var, "_base", None)]
+    n = bns[0].num_features
+    if all(b is not None and b.shape == (n * len(bns),) for b in base) and all(
+            m.running_mean._base is base[0] and m.running_var._base is base[1]
+            and m.running_mean.storage_offset() == r * n for r, m in enumerate(bns)):
+        return base[0], base[1]
+    # First use, or a buffer was replaced (.to(), load_state_dict(assign=True)): stack again.
+    with torch.inference_mode(False), torch.no_grad():
+        mean, var = _cat(m.running_mean for m in bns), _cat(m.running_var for m in bns)
+    for r, m in enumerate(bns):
+        m._buffers["running_mean"], m._buffers["running_var"] = mean[r * n:(r + 1) * n], var[r * n:(r + 1) * n]
+    return mean, var
+
+
 def _batch_norm(bns: list[nn.BatchNorm2d], x: torch.Tensor,
                 counters: list[torch.Tensor]) -> torch.Tensor:
     """Each region's BatchNorm at once; train-mode running statistics land in each region's."""
     first = bns[0]
-    mean, var = _cat(m.running_mean for m in bns), _cat(m.running_var for m in bns)
+    mean, var = _stacked_stats(bns)
     y = F.batch_norm(x, mean, var, _cat(m.weight for m in bns), _cat(m.bias for m in bns),
                      first.training, first.momentum, first.eps)
     if first.training:
-        n = first.num_features
-        with torch.no_grad():
-            torch._foreach_copy_([m.running_mean for m in bns] + [m.running_var for m in bns],
-                                 list(mean.split(n)) + list(var.split(n)))
         counters.extend(m.num_batches_tracked for m in bns)
     return y
 
@@ -141,13 +156,15 @@ def _cbam(blocks: list[CBAM], x: torch.Tensor, counters: list[torch.Tensor]) -> 
 
 def _channel_gate(mlps: list[nn.Sequential], x: torch.Tensor) -> torch.Tensor:
     """One grouped MLP over the average- and max-pooled descriptors, stacked on the batch axis."""
-    r, b = len(mlps), x.shape[0]
+    r = len(mlps)
     pooled = torch.cat([x.mean(dim=(2, 3), keepdim=True), F.adaptive_max_pool2d(x, 1)], dim=0)
     h = F.relu(F.conv2d(pooled, _as_1x1(_cat(m[0].weight for m in mlps)),
                         _cat(m[0].bias for m in mlps), groups=r))
     logits = F.conv2d(h, _as_1x1(_cat(m[2].weight for m in mlps)), _cat(m[2].bias for m in mlps),
                       groups=r)
-    return torch.sigmoid(logits[:b] + logits[b:])
+    # Summed over a new leading axis, not sliced at the batch size: an exported (traced) graph
+    # keeps a free batch size.
+    return torch.sigmoid(logits.unflatten(0, (2, -1)).sum(0))
 
 
 def _spatial_gate(gates: list, x: torch.Tensor, counters: list[torch.Tensor]) -> torch.Tensor:
