@@ -60,10 +60,11 @@ def count_ops(fn) -> OpCount:
 
 def count_train_step_ops(variant: str = "tranet", preset: str = "full", amp: bool = False,
                          batch: int = 2, size: int = 64, warmup: int = 1,
-                         channels_last: bool = False) -> OpCount:
+                         channels_last: bool = False, grouped: bool = True) -> OpCount:
     """Non-view ATen ops of one CPU training step of ``variant``/``preset`` as the trainer runs
     it (``amp``: the trainer's ``--amp``, bfloat16 autocast on CPU). ``warmup`` steps run first,
-    uncounted, so that lazily made state (momentum buffers) is in place as in a running epoch."""
+    uncounted, so that lazily made state (momentum buffers) is in place as in a running epoch.
+    ``grouped=False`` runs the region branches one by one (``TRANet.grouped_branches``)."""
     torch.manual_seed(0)
     # The trainer's settings (paths unused: no data is read); frozen blocks as the preset's.
     cfg = TrainConfig(shards="-", manifest="-", fold=0, out="-", amp=amp,
@@ -71,6 +72,7 @@ def count_train_step_ops(variant: str = "tranet", preset: str = "full", amp: boo
     model_cfg = TRANetConfig(variant=variant, preset=preset, image_size=size,
                              channels_last=channels_last)
     model = build_model(model_cfg).train()
+    model.grouped_branches = grouped
     precision = Precision("cpu", torch.bfloat16 if amp else None)
     params = [p for p in model.parameters() if p.requires_grad]
     # foreach: the implementation torch picks for the trainer's SGD on CUDA (on CPU it would

@@ -1,0 +1,103 @@
+"""Mixed precision with the weights cast once a step, in one op, instead of once per use.
+
+Plain autocast casts every convolution's and linear layer's float32 weight (and bias) to the
+low-precision dtype where it is used, and casts each gradient back in the backward pass: two ops
+a parameter, about 300 a TRA-Net step, which on a GPU bound by kernel launches made bfloat16
+slower than float32. :func:`autocast_forward` instead copies all those parameters into one
+low-precision buffer with ONE ``_foreach_copy_`` (torch's CUDA kernel for it converts dtypes in
+its fused path), runs the model on the copies under the same autocast (which leaves
+low-precision tensors alone), and in the backward pass copies their gradients into float32
+with one more. The values are autocast's own: the same round-to-nearest cast of the same
+tensors, the same low-precision gradients cast back. Other parameters (BatchNorm's) stay float32
+as autocast leaves them.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .precision import Precision
+
+#: Modules whose parameters autocast casts (convolutions and linear layers run in low precision).
+CAST_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def cast_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters autocast would cast, by their ``named_parameters`` name."""
+    found: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, CAST_MODULES):
+            for name, p in module.named_parameters(recurse=False):
+                if id(p) not in seen and p.is_floating_point():
+                    seen.add(id(p))
+                    found[f"{prefix}.{name}" if prefix else name] = p
+    return found
+
+
+def _layout(t: torch.Tensor) -> tuple[torch.Size, tuple[int, ...] | None]:
+    """Shape and strides to copy ``t`` into (None: contiguous), keeping a channels_last weight so."""
+    dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+    return t.shape, (t.stride() if dense else None)
+
+
+def _views(flat: torch.Tensor, layouts: Sequence[tuple[torch.Size, tuple[int, ...] | None]]
+           ) -> list[torch.Tensor]:
+    """Views of ``flat`` with the given shapes and strides, end to end."""
+    views, offset = [], 0
+    for shape, stride in layouts:
+        n = shape.numel()
+        views.append(flat[offset:offset + n].view(shape) if stride is None
+                     else flat.as_strided(shape, stride, offset))
+        offset += n
+    return views
+
+
+class _CastOnce(torch.autograd.Function):
+    """Tensors -> their copies in ``dtype``, one op each way; gradients come back as float32."""
+
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, *params: torch.Tensor):  # type: ignore[override]
+        flat = params[0].new_empty(sum(p.numel() for p in params), dtype=dtype)
+        ctx.layouts = [_layout(p) for p in params]
+        copies = _views(flat, ctx.layouts)
+        torch._foreach_copy_(copies, list(params))
+        ctx.set_materialize_grads(False)  # an unused weight gets no gradient, not zeros
+        ctx.mark_non_differentiable(*[c for c, p in zip(copies, params) if not p.requires_grad])
+        ctx.dtype = params[0].dtype
+        return tuple(copies)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
+        wanted = [i for i, g in enumerate(grads) if g is not None and ctx.needs_input_grad[i + 1]]
+        out: list[torch.Tensor | None] = [None] * len(grads)
+        if wanted:
+            layouts = [ctx.layouts[i] for i in wanted]
+            flat = grads[wanted[0]].new_empty(sum(shape.numel() for shape, _ in layouts),
+                                              dtype=ctx.dtype)
+            views = _views(flat, layouts)
+            torch._foreach_copy_(views, [grads[i] for i in wanted])
+            for i, v in zip(wanted, views):
+                out[i] = v
+        return (None, *out)
+
+
+def uses_cast_once(model: nn.Module, precision: Precision) -> bool:
+    """Low precision on a plain module (DDP and torch.compile wrappers keep plain autocast)."""
+    return precision.dtype is not None and not hasattr(model, "module") \
+        and not hasattr(model, "_orig_mod")
+
+
+def autocast_forward(model: nn.Module, precision: Precision, *args: Any, **kwargs: Any) -> Any:
+    """``model(*args, **kwargs)`` under ``precision``'s autocast, its cast weights cast once."""
+    with precision.autocast():
+        if not uses_cast_once(model, precision):
+            return model(*args, **kwargs)
+        params = cast_parameters(model)
+        if len({(p.dtype, p.device) for p in params.values()}) != 1:  # none, or mixed
+            return model(*args, **kwargs)
+        copies = _CastOnce.apply(precision.dtype, *params.values())
+        return torch.func.functional_call(model, dict(zip(params, copies)), args, kwargs,
+                                          strict=False, tie_weights=False)
