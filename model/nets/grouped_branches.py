@@ -182,6 +182,8 @@ def _spatial_gate(gates: list, x: torch.Tensor, counters: list[torch.Tensor]) ->
 
 
 def stack_regions(features: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
-    """``[B, R*C, H, W]``: the map under each region's 0/1 mask (``[B, 1, H, 1]``), stacked."""
-    stacked = torch.stack(masks, dim=1).to(features.dtype)  # [B, R, 1, H, 1]
-    return (features[:, None] * stacked).flatten(1, 2)
+    """``[B, R*C, H, W]``: the map under each region's 0/1 mask (``[B, 1, H, 1]``), stacked.
+
+    One product a region and a cat (not one broadcast product over a region axis): the cat keeps
+    the map's memory format (channels_last), where a 5-d product would be copied to flatten."""
+    return torch.cat([features * m.to(features.dtype) for m in masks], dim=1)
