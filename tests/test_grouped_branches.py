@@ -117,3 +117,24 @@ def test_variants_without_region_branches_keep_their_path(variant: str) -> None:
     assert model.branches is None or not model.branches.can_group()
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), reference.eval()(x), atol=0, rtol=0)
+
+
+def test_statistics_stay_linked_after_conversions_and_copies() -> None:
+    model, reference = _pair("tranet")
+    model, reference = model.double(), reference.double()  # _apply: new per-region buffers
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)
+    with torch.no_grad():
+        for m in (model, reference, twin):
+            m.train()(x)
+    key = "branches.upper.attention.0.spatial_gate.bn.running_var"
+    for m in (model, twin):
+        torch.testing.assert_close(m.state_dict()[key], reference.state_dict()[key])
+        assert not torch.equal(m.state_dict()[key], torch.ones_like(m.state_dict()[key]))
+
+
+def test_grouped_forward_traces_as_one_graph() -> None:
+    model, _ = _pair("tranet")
+    explained = torch._dynamo.explain(model.train())(torch.randn(2, 3, SIZE, SIZE))
+    torch._dynamo.reset()
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]

@@ -10,10 +10,11 @@ The per-region modules (``RegionBranch``) stay the owners of every parameter and
 state_dict keys, the optimiser's parameters and the per-region modules' own forward are exactly
 as before. Each step stacks every kind of parameter in one ``cat`` (autograd splits the
 gradients back). BatchNorm's running statistics need no gradient, so they are not copied each
-step: each region's ``running_mean``/``running_var`` buffer is made a view of one stacked
-buffer, which the grouped BatchNorm updates in place (exactly each region's update). Whatever
-replaces a buffer (``model.to(device)``, ``load_state_dict(assign=True)``) is noticed by identity
-at the next forward and the views are made again.
+step: each region's ``running_mean``/``running_var`` buffer is a view of one stacked
+(non-persistent) buffer of :class:`RegionBranches`, which the grouped BatchNorm updates in place
+(exactly each region's update). The views are made when the branches are built and again after
+whatever replaces buffers (``model.to(device)`` and the other ``_apply`` conversions,
+``load_state_dict``), so the forward itself checks nothing (it traces as one graph).
 
 The final FC layers have a different number of outputs per region (e.g. 3/2/3): their weights
 are stacked with zero rows padding every region to the largest, and the padded outputs are
@@ -47,6 +48,35 @@ class RegionBranches(nn.ModuleDict):
     returns their outputs in the order given to :meth:`set_output_order`.
     """
 
+    def __init__(self, branches: dict[str, nn.Module]) -> None:
+        super().__init__(branches)
+        self._link_statistics()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._link_statistics())
+
+    def _link_statistics(self) -> None:
+        """Make each region's BatchNorm running mean/var views of one stacked buffer a layer."""
+        if len(self) < 2:
+            return
+        first = next(iter(self.values()))
+        for name, module in first.named_modules():
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.running_mean is None:
+                continue
+            bns = [b.get_submodule(name) for b in self.values()]
+            n, key = module.num_features, "_stacked_" + name.replace(".", "_")
+            module.stacked_stats_key = key  # how the grouped forward finds them (first region's)
+            with torch.inference_mode(False), torch.no_grad():
+                for stat in ("running_mean", "running_var"):
+                    stacked = torch.cat([getattr(m, stat) for m in bns])
+                    self.register_buffer(f"{key}_{stat}", stacked, persistent=False)
+                    for r, m in enumerate(bns):
+                        m._buffers[stat] = stacked[r * n:(r + 1) * n]
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        # .to()/.cuda()/.double() make new per-region buffers (and a new stacked one): link again.
+        super()._apply(fn, recurse)
+        self._link_statistics()
+        return self
+
     def set_output_order(self, head: str, order: Sequence[tuple[int, int]]) -> None:
         """Output ``j`` of ``head`` is output ``order[j][1]`` of branch ``order[j][0]``."""
         width = max(self._outputs(head))
@@ -68,19 +98,19 @@ class RegionBranches(nn.ModuleDict):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         branches = list(self.values())
-        counters: list[torch.Tensor] = []
+        step = _Step(self)
         for stage in range(3):
             if len(branches[0].attention):
-                x = _cbam([b.attention[stage] for b in branches], x, counters)
-            x = _conv_pair([b.convs[stage] for b in branches], x, counters)
+                x = _cbam([b.attention[stage] for b in branches], x, step)
+            x = _conv_pair([b.convs[stage] for b in branches], x, step)
             if stage < 2:
                 x = F.max_pool2d(x, 2, ceil_mode=True)
         x = x.mean(dim=(2, 3), keepdim=True)
         weight = _as_1x1(_cat(b.fc1.weight for b in branches))
         h = F.relu(F.conv2d(x, weight, _cat(b.fc1.bias for b in branches), groups=len(branches)))
-        if counters:  # what each region's BatchNorm.forward counts in train mode
+        if step.counters:  # what each region's BatchNorm.forward counts in train mode
             with torch.no_grad():
-                torch._foreach_add_(counters, 1)
+                torch._foreach_add_(step.counters, 1)
         return h.flatten(1)
 
     def head(self, hidden: torch.Tensor, head: str) -> torch.Tensor:
@@ -102,32 +132,24 @@ class RegionBranches(nn.ModuleDict):
         return out.flatten(1).index_select(1, getattr(self, f"_{head}_index"))
 
 
-def _stacked_stats(bns: list[nn.BatchNorm2d]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The regions' running mean and variance, stacked; each region's buffers are views of them."""
-    base = [getattr(bns[0].running_mean, "_base", None), getattr(bns[0].running_var, "_base", None)]
-    n = bns[0].num_features
-    if all(b is not None and b.shape == (n * len(bns),) for b in base) and all(
-            m.running_mean._base is base[0] and m.running_var._base is base[1]
-            and m.running_mean.storage_offset() == r * n for r, m in enumerate(bns)):
-        return base[0], base[1]
-    # First use, or a buffer was replaced (.to(), load_state_dict(assign=True)): stack again.
-    with torch.inference_mode(False), torch.no_grad():
-        mean, var = _cat(m.running_mean for m in bns), _cat(m.running_var for m in bns)
-    for r, m in enumerate(bns):
-        m._buffers["running_mean"], m._buffers["running_var"] = mean[r * n:(r + 1) * n], var[r * n:(r + 1) * n]
-    return mean, var
+class _Step:
+    """One grouped forward: where the stacked statistics are, and the batch counters to bump."""
 
+    def __init__(self, owner: RegionBranches) -> None:
+        self.owner = owner
+        self.counters: list[torch.Tensor] = []
 
-def _batch_norm(bns: list[nn.BatchNorm2d], x: torch.Tensor,
-                counters: list[torch.Tensor]) -> torch.Tensor:
-    """Each region's BatchNorm at once; train-mode running statistics land in each region's."""
-    first = bns[0]
-    mean, var = _stacked_stats(bns)
-    y = F.batch_norm(x, mean, var, _cat(m.weight for m in bns), _cat(m.bias for m in bns),
-                     first.training, first.momentum, first.eps)
-    if first.training:
-        counters.extend(m.num_batches_tracked for m in bns)
-    return y
+    def batch_norm(self, bns: list[nn.BatchNorm2d], x: torch.Tensor) -> torch.Tensor:
+        """Each region's BatchNorm at once; train-mode running statistics land in each region's."""
+        first = bns[0]
+        key = first.stacked_stats_key
+        mean = getattr(self.owner, f"{key}_running_mean")
+        var = getattr(self.owner, f"{key}_running_var")
+        y = F.batch_norm(x, mean, var, _cat(m.weight for m in bns), _cat(m.bias for m in bns),
+                         first.training, first.momentum, first.eps)
+        if first.training:
+            self.counters.extend(m.num_batches_tracked for m in bns)
+        return y
 
 
 def _conv(convs: list[nn.Conv2d], x: torch.Tensor) -> torch.Tensor:
@@ -136,21 +158,21 @@ def _conv(convs: list[nn.Conv2d], x: torch.Tensor) -> torch.Tensor:
                     first.dilation, groups=len(convs))
 
 
-def _conv_pair(pairs: list, x: torch.Tensor, counters: list[torch.Tensor]) -> torch.Tensor:
+def _conv_pair(pairs: list, x: torch.Tensor, step: _Step) -> torch.Tensor:
     """``ConvPair.forward`` of every region at once."""
-    a = F.relu(_batch_norm([p.bn1 for p in pairs], _conv([p.conv1 for p in pairs], x), counters),
+    a = F.relu(step.batch_norm([p.bn1 for p in pairs], _conv([p.conv1 for p in pairs], x)),
                inplace=True)
-    b = _batch_norm([p.bn2 for p in pairs], _conv([p.conv2 for p in pairs], a), counters)
+    b = step.batch_norm([p.bn2 for p in pairs], _conv([p.conv2 for p in pairs], a))
     return F.relu(b + a if pairs[0].residual else b, inplace=True)
 
 
-def _cbam(blocks: list[CBAM], x: torch.Tensor, counters: list[torch.Tensor]) -> torch.Tensor:
+def _cbam(blocks: list[CBAM], x: torch.Tensor, step: _Step) -> torch.Tensor:
     """``CBAM.forward`` of every region at once."""
     out = x
     if blocks[0].channel_gate is not None:
         out = out * _channel_gate([b.channel_gate.mlp for b in blocks], out)
     if blocks[0].spatial_gate is not None:
-        out = _spatial_gate([b.spatial_gate for b in blocks], out, counters)
+        out = _spatial_gate([b.spatial_gate for b in blocks], out, step)
     return out + x if blocks[0].residual else out
 
 
@@ -167,7 +189,7 @@ def _channel_gate(mlps: list[nn.Sequential], x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.unflatten(0, (2, -1)).sum(0))
 
 
-def _spatial_gate(gates: list, x: torch.Tensor, counters: list[torch.Tensor]) -> torch.Tensor:
+def _spatial_gate(gates: list, x: torch.Tensor, step: _Step) -> torch.Tensor:
     """Per region: [max_c, mean_c] -> 7x7 conv -> BN -> sigmoid -> multiply, as one grouped
     conv over the R two-channel maps. Returns the gated map."""
     r = len(gates)
@@ -177,7 +199,7 @@ def _spatial_gate(gates: list, x: torch.Tensor, counters: list[torch.Tensor]) ->
     conv = gates[0].conv
     maps = F.conv2d(pooled, _cat(g.conv.weight for g in gates), None, conv.stride, conv.padding,
                     groups=r)
-    gate = torch.sigmoid(_batch_norm([g.bn for g in gates], maps, counters))  # [B, R, H, W]
+    gate = torch.sigmoid(step.batch_norm([g.bn for g in gates], maps))  # [B, R, H, W]
     return (regions * gate[:, :, None]).flatten(1, 2)
 
 
