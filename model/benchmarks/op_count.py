@@ -64,7 +64,8 @@ def count_train_step_ops(variant: str = "tranet", preset: str = "full", amp: boo
     """Non-view ATen ops of one CPU training step of ``variant``/``preset`` as the trainer runs
     it (``amp``: the trainer's ``--amp``, bfloat16 autocast on CPU). ``warmup`` steps run first,
     uncounted, so that lazily made state (momentum buffers) is in place as in a running epoch.
-    ``grouped=False`` runs the region branches one by one (``TRANet.grouped_branches``)."""
+    The step is the one a GPU runs: the branches grouped (``TRANet.grouped_branches``, which
+    defaults to the per-region ops on a CPU; ``grouped=False`` counts those) and foreach SGD."""
     torch.manual_seed(0)
     # The trainer's settings (paths unused: no data is read); frozen blocks as the preset's.
     cfg = TrainConfig(shards="-", manifest="-", fold=0, out="-", amp=amp,

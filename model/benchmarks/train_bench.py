@@ -282,7 +282,8 @@ def print_speed(results: dict, device: torch.device, cfg: BenchConfig) -> None:
         if "tranet_step_ops_fp32" in r:
             print(f"ops a training step, {r['preset']}: TRA-Net {r['tranet_step_ops_fp32']} fp32, "
                   f"{r['tranet_step_ops_autocast']} autocast; backbone {r['senet50_step_ops_fp32']} "
-                  f"fp32, {r['senet50_step_ops_autocast']} autocast (non-view ATen ops, counted on CPU)")
+                  f"fp32, {r['senet50_step_ops_autocast']} autocast (non-view ATen ops of the GPU's step, "
+                  "counted on CPU)")
     if device.type == "cpu":
         print("(ratio = TRA-Net step time / backbone step time on the same batch; 'cpu s' uses "
               "process CPU seconds, robust to other processes sharing the cores)")

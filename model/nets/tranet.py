@@ -364,9 +364,9 @@ class TRANet(nn.Module):
             self.branches.set_output_order("fc2", _positions(self._groups))
             if r:
                 self.branches.set_output_order("intensity", _positions(self._intensity_groups))
-        #: Run the branches as one set of grouped ops (model.nets.grouped_branches) where they
-        #: can be; False runs each region's module in turn (same parameters, same outputs).
-        self.grouped_branches = True
+        #: The branches as one set of grouped ops (nets.grouped_branches): True, False (one by
+        #: one; same parameters and outputs) or None = off the CPU (oneDNN's grouped convs are slower).
+        self.grouped_branches: bool | None = None
         self.register_buffer("_inverse_order", _inverse_order(self._groups), persistent=False)
         self.register_buffer("_intensity_inverse_order", _inverse_order(self._intensity_groups),
                              persistent=False)
@@ -444,7 +444,8 @@ class TRANet(nn.Module):
             pooled = features.mean(dim=(2, 3))
             return (self.fc(pooled), self.fc_intensity(pooled)) if with_intensity \
                 else self.fc(pooled)
-        if self.grouped_branches and self.branches.can_group():
+        grouped = self.grouped_branches
+        if (features.device.type != "cpu" if grouped is None else grouped) and self.branches.can_group():
             masks = self._masks(features, centers)
             hidden = self.branches.hidden(stack_regions(features, [masks[n] for n in self._groups]))
             logits = self.branches.head(hidden, "fc2")
