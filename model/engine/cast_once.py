@@ -13,6 +13,7 @@ as autocast leaves them.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -24,16 +25,27 @@ from .precision import Precision
 CAST_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def cast_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters autocast would cast, by their ``named_parameters`` name."""
-    found: dict[str, nn.Parameter] = {}
-    seen: set[int] = set()
-    for prefix, module in model.named_modules():
+def cast_parameters(model: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    """(module, name, parameter) of every parameter autocast would cast, each once."""
+    found, seen = [], set()
+    for module in model.modules():
         if isinstance(module, CAST_MODULES):
             for name, p in module.named_parameters(recurse=False):
                 if id(p) not in seen and p.is_floating_point():
                     seen.add(id(p))
-                    found[f"{prefix}.{name}" if prefix else name] = p
+                    found.append((module, name, p))
+    return found
+
+
+#: Each model's parameters to cast, found once (walking the modules costs ~2 ms a step).
+_FOUND: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def _found(model: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    found = _FOUND.get(model)
+    # A module or parameter replaced since (a new head, a loaded model) means finding them again.
+    if found is None or any(m._parameters.get(n) is not p for m, n, p in found):
+        found = _FOUND[model] = cast_parameters(model)
     return found
 
 
@@ -91,13 +103,19 @@ def uses_cast_once(model: nn.Module, precision: Precision) -> bool:
 
 
 def autocast_forward(model: nn.Module, precision: Precision, *args: Any, **kwargs: Any) -> Any:
-    """``model(*args, **kwargs)`` under ``precision``'s autocast, its cast weights cast once."""
+    """``model(*args, **kwargs)`` under ``precision``'s autocast, its cast weights cast once.
+
+    The copies stand in for the parameters (``module._parameters``, as ``torch.func``'s
+    ``functional_call`` swaps them, without its generic per-name work) for this call only."""
     with precision.autocast():
-        if not uses_cast_once(model, precision):
+        found = _found(model) if uses_cast_once(model, precision) else []
+        if len({(p.dtype, p.device) for _, _, p in found}) != 1:  # none, or mixed
             return model(*args, **kwargs)
-        params = cast_parameters(model)
-        if len({(p.dtype, p.device) for p in params.values()}) != 1:  # none, or mixed
+        copies = _CastOnce.apply(precision.dtype, *(p for _, _, p in found))
+        try:
+            for (module, name, _), copy in zip(found, copies):
+                module._parameters[name] = copy
             return model(*args, **kwargs)
-        copies = _CastOnce.apply(precision.dtype, *params.values())
-        return torch.func.functional_call(model, dict(zip(params, copies)), args, kwargs,
-                                          strict=False, tie_weights=False)
+        finally:
+            for module, name, p in found:
+                module._parameters[name] = p
