@@ -50,18 +50,22 @@ def test_weights_cast_once_give_autocasts_values_and_gradients() -> None:
     model = build_model(TRANetConfig(preset="small", image_size=64, frozen_blocks=2)).train()
     reference = copy.deepcopy(model)
     precision = Precision("cpu", torch.bfloat16)
+    with torch.inference_mode():  # an evaluation first: the reused buffers stay trainable
+        autocast_forward(model.eval(), precision, torch.randn(1, 3, 64, 64))
+    model.train()
     x, y = torch.randn(3, 3, 64, 64), (torch.rand(3, 8) > 0.5).float()
-    got = autocast_forward(model, precision, x)
-    with precision.autocast():
-        want = reference(x)
-    assert got.dtype == want.dtype == torch.bfloat16
-    torch.testing.assert_close(got, want, atol=0, rtol=0)
-    for out in (got, want):
-        F.binary_cross_entropy_with_logits(out.float(), y).backward()
-    mine, theirs = dict(model.named_parameters()), dict(reference.named_parameters())
-    for name, p in theirs.items():
-        if p.grad is None:  # frozen blocks
-            assert mine[name].grad is None, name
-        else:
-            torch.testing.assert_close(mine[name].grad, p.grad, atol=0, rtol=0, msg=name)
-            assert mine[name].grad.stride() == p.stride(), name  # layout kept (channels_last)
+    for accumulate in (False, True):  # the second pass adds to the first's .grad
+        got = autocast_forward(model, precision, x)
+        with precision.autocast():
+            want = reference(x)
+        assert got.dtype == want.dtype == torch.bfloat16
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        for out in (got, want):
+            F.binary_cross_entropy_with_logits(out.float(), y).backward()
+        mine, theirs = dict(model.named_parameters()), dict(reference.named_parameters())
+        for name, p in theirs.items():
+            if p.grad is None:  # frozen blocks
+                assert mine[name].grad is None, name
+            else:
+                torch.testing.assert_close(mine[name].grad, p.grad, atol=0, rtol=0, msg=name)
+                assert mine[name].grad.stride() == p.stride(), name  # layout kept

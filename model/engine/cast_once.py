@@ -37,16 +37,40 @@ def cast_parameters(model: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter
     return found
 
 
-#: Each model's parameters to cast, found once (walking the modules costs ~2 ms a step).
-_FOUND: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+class _Plan:
+    """A model's parameters to cast (found once: walking the modules costs ~2 ms a step) and the
+    buffers the copies and their float32 gradients live in, reused every step (a fresh 100 MB
+    buffer a step costs ~50 ms of page faults on a CPU). Reuse is safe: a graph still holding
+    last step's copies sees them overwritten through the version counter and raises, as for any
+    in-place change; and the gradient buffer is used only when every parameter's ``.grad`` is
+    None (the trainer's ``zero_grad(set_to_none=True)``), so accumulated gradients never alias
+    it. Code that keeps a step's ``.grad`` tensors past ``zero_grad`` sees them overwritten."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.found = cast_parameters(model)
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def valid(self) -> bool:
+        # A module or parameter replaced since (a new head, a loaded model) means finding again.
+        return all(m._parameters.get(n) is p for m, n, p in self.found)
+
+    def buffer(self, role: str, dtype: torch.dtype, n: int) -> torch.Tensor:
+        """The ``role`` ("copies" or "grads") buffer of ``n`` elements, made once."""
+        flat, device = self.buffers.get(role), self.found[0][2].device
+        if flat is None or flat.dtype != dtype or flat.device != device or flat.numel() != n:
+            with torch.inference_mode(False):  # written to by later training steps too
+                flat = self.buffers[role] = torch.empty(n, dtype=dtype, device=device)
+        return flat
 
 
-def _found(model: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
-    found = _FOUND.get(model)
-    # A module or parameter replaced since (a new head, a loaded model) means finding them again.
-    if found is None or any(m._parameters.get(n) is not p for m, n, p in found):
-        found = _FOUND[model] = cast_parameters(model)
-    return found
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
+
+
+def _plan(model: nn.Module) -> _Plan:
+    plan = _PLANS.get(model)
+    if plan is None or not plan.valid():
+        plan = _PLANS[model] = _Plan(model)
+    return plan
 
 
 def _layout(t: torch.Tensor) -> tuple[torch.Size, tuple[int, ...] | None]:
@@ -68,11 +92,13 @@ def _views(flat: torch.Tensor, layouts: Sequence[tuple[torch.Size, tuple[int, ..
 
 
 class _CastOnce(torch.autograd.Function):
-    """Tensors -> their copies in ``dtype``, one op each way; gradients come back as float32."""
+    """Tensors -> their copies in ``flat``'s dtype (views of it), one op each way; gradients
+    come back in the tensors' own dtype."""
 
     @staticmethod
-    def forward(ctx, dtype: torch.dtype, *params: torch.Tensor):  # type: ignore[override]
-        flat = params[0].new_empty(sum(p.numel() for p in params), dtype=dtype)
+    def forward(ctx, plan: _Plan, dtype: torch.dtype, *params: torch.Tensor):  # type: ignore[override]
+        flat = plan.buffer("copies", dtype, sum(p.numel() for p in params))
+        ctx.plan, ctx.params = plan, params
         ctx.layouts = [_layout(p) for p in params]
         copies = _views(flat, ctx.layouts)
         torch._foreach_copy_(copies, list(params))
@@ -83,17 +109,19 @@ class _CastOnce(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):  # type: ignore[override]
-        wanted = [i for i, g in enumerate(grads) if g is not None and ctx.needs_input_grad[i + 1]]
+        wanted = [i for i, g in enumerate(grads) if g is not None and ctx.needs_input_grad[i + 2]]
         out: list[torch.Tensor | None] = [None] * len(grads)
         if wanted:
             layouts = [ctx.layouts[i] for i in wanted]
-            flat = grads[wanted[0]].new_empty(sum(shape.numel() for shape, _ in layouts),
-                                              dtype=ctx.dtype)
+            n = sum(shape.numel() for shape, _ in layouts)
+            fresh = any(ctx.params[i].grad is not None for i in wanted)  # accumulating: no alias
+            flat = (torch.empty(n, dtype=ctx.dtype, device=grads[wanted[0]].device) if fresh
+                    else ctx.plan.buffer("grads", ctx.dtype, n))
             views = _views(flat, layouts)
             torch._foreach_copy_(views, [grads[i] for i in wanted])
             for i, v in zip(wanted, views):
                 out[i] = v
-        return (None, *out)
+        return (None, None, *out)
 
 
 def uses_cast_once(model: nn.Module, precision: Precision) -> bool:
@@ -108,10 +136,11 @@ def autocast_forward(model: nn.Module, precision: Precision, *args: Any, **kwarg
     The copies stand in for the parameters (``module._parameters``, as ``torch.func``'s
     ``functional_call`` swaps them, without its generic per-name work) for this call only."""
     with precision.autocast():
-        found = _found(model) if uses_cast_once(model, precision) else []
+        plan = _plan(model) if uses_cast_once(model, precision) else None
+        found = plan.found if plan is not None else []
         if len({(p.dtype, p.device) for _, _, p in found}) != 1:  # none, or mixed
             return model(*args, **kwargs)
-        copies = _CastOnce.apply(precision.dtype, *(p for _, _, p in found))
+        copies = _CastOnce.apply(plan, precision.dtype, *(p for _, _, p in found))
         try:
             for (module, name, _), copy in zip(found, copies):
                 module._parameters[name] = copy
