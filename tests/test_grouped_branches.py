@@ -97,6 +97,10 @@ def test_checkpoint_keys_and_old_state_dicts_load() -> None:
         reference.train()(x)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    # the optimiser sees the same parameters, each once (the stacked statistics are buffers)
+    names = [n for n, _ in model.named_parameters()]
+    assert names == [n for n, _ in reference.named_parameters()] and len(set(names)) == len(names)
+    assert len({id(p) for p in model.parameters()}) == len(names)
     for assign in (False, True):
         fresh, _ = _pair("tranet")
         with torch.no_grad():
