@@ -5,7 +5,9 @@
 * a training step (forward, branch BCE loss, backward, SGD step) of TRA-Net and of the "senet50"
   variant (the backbone alone with its global-pool + FC head, same frozen blocks) on the SAME
   batch, steps interleaved so that both see the same machine load; the ratio of the two;
-* inference (eval mode, ``torch.inference_mode``) images/s of both.
+* inference (eval mode, ``torch.inference_mode``) images/s of both;
+* the non-view ATen ops of one training step of both, fp32 and autocast (``op_count``: the
+  host's work a step, which bounds a GPU step at the paper's batch).
 
 Times are medians over the timed steps after warm-up (CPU timings on a shared machine are noisy;
 the median is robust to another process stealing a core for one step). On CUDA
@@ -42,8 +44,8 @@ from ..cli import CommandError, check_device, handle_errors
 from ..engine.cast_once import autocast_forward
 from ..engine.losses import region_bce_criterion
 from ..engine.precision import Precision, choose_precision
-from .op_count import count_train_step_ops
 from ..nets.tranet import VARIANTS, TRANet, TRANetConfig, build_model
+from .op_count import count_train_step_ops
 
 log = logging.getLogger("model.bench")
 

@@ -15,6 +15,7 @@ Structure (paper Sec. 3, Fig. 1):
 * One branch per region: [CBAM -> two 3x3 convs with a residual connection -> 2x2 max pool] x 2,
   CBAM -> two 3x3 convs -> global average pool, then two FC layers -> that region's AUs.
   Upper: AU1, AU2, AU4 (+AU5); middle: AU6, AU9; lower: AU12, AU25, AU26 (+AU15, AU17, AU20).
+  Off the CPU the branches run as one set of grouped ops (``model.nets.grouped_branches``).
   A branch whose region has none of ``cfg.au_ids`` is not built.
 * Output: logits ``[B, K]`` in the order of ``cfg.au_ids``; ``model.branch_groups`` gives the
   indices each branch predicts. The training loss (``model.engine.losses``) sums the mean BCE of the
