@@ -3,6 +3,7 @@ per-region modules give: logits, intensity, gradients, BatchNorm running statist
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -155,3 +156,19 @@ def test_grouped_forward_traces_as_one_graph() -> None:
     explained = torch._dynamo.explain(model.train())(torch.randn(2, 3, SIZE, SIZE))
     torch._dynamo.reset()
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+
+
+def test_grouped_model_exports_to_onnx_with_a_free_batch_size(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model, reference = _pair("tranet")
+    model.eval(), reference.eval()
+    path = tmp_path / "grouped.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (torch.randn(2, 3, SIZE, SIZE),), str(path), input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}},
+                          opset_version=17, dynamo=False)
+    x = torch.randn(3, 3, SIZE, SIZE)  # another batch size than the traced one
+    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), reference(x), atol=1e-5, rtol=1e-4)
