@@ -5,7 +5,9 @@
 * a training step (forward, branch BCE loss, backward, SGD step) of TRA-Net and of the "senet50"
   variant (the backbone alone with its global-pool + FC head, same frozen blocks) on the SAME
   batch, steps interleaved so that both see the same machine load; the ratio of the two;
-* inference (eval mode, ``torch.inference_mode``) images/s of both.
+* inference (eval mode, ``torch.inference_mode``) images/s of both;
+* the non-view ATen ops of one training step of both, fp32 and autocast (``op_count``: the
+  host's work a step, which bounds a GPU step at the paper's batch).
 
 Times are medians over the timed steps after warm-up (CPU timings on a shared machine are noisy;
 the median is robust to another process stealing a core for one step). On CUDA
@@ -39,9 +41,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.cli import HelpFormatter
 from ..cli import CommandError, check_device, handle_errors
+from ..engine.cast_once import autocast_forward
 from ..engine.losses import region_bce_criterion
 from ..engine.precision import Precision, choose_precision
 from ..nets.tranet import VARIANTS, TRANet, TRANetConfig, build_model
+from .op_count import count_train_step_ops
 
 log = logging.getLogger("model.bench")
 
@@ -130,8 +134,7 @@ def make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor,
     criterion = region_bce_criterion(model.config.au_ids)  # the trainer's loss, every variant
 
     def step() -> None:
-        with precision.autocast():
-            logits = model(x)
+        logits = autocast_forward(model, precision, x)  # as the trainer: weights cast once
         loss = criterion(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -142,8 +145,8 @@ def make_train_step(model: TRANet, x: torch.Tensor, y: torch.Tensor,
 
 def make_infer_step(model: TRANet, x: torch.Tensor, precision: Precision) -> Callable[[], None]:
     def step() -> None:
-        with torch.inference_mode(), precision.autocast():
-            model(x)
+        with torch.inference_mode():
+            autocast_forward(model, precision, x)
     return step
 
 
@@ -196,7 +199,15 @@ def bench_preset(preset: str, batch: int, size: int, cfg: BenchConfig, device: t
     result["train_step_ratio"] = train["tranet"] / train["senet50"]
     result["train_step_ratio_cpu_time"] = train_cpu["tranet"] / train_cpu["senet50"]
     result["infer_ratio"] = infer["tranet"] / infer["senet50"]
+    result.update(step_op_counts(preset))
     return result
+
+
+def step_op_counts(preset: str) -> dict[str, int]:
+    """Non-view ATen ops of one training step (CPU count, ``benchmarks.op_count``) of TRA-Net
+    and the backbone, float32 and autocast: the host's work a step, whatever the device."""
+    return {f"{variant}_step_ops_{name}": count_train_step_ops(variant, preset, amp=amp).total
+            for variant in ("tranet", "senet50") for name, amp in (("fp32", False), ("autocast", True))}
 
 
 def flops_table(size: int, preset: str = "full") -> list[dict]:
@@ -269,6 +280,12 @@ def print_speed(results: dict, device: torch.device, cfg: BenchConfig) -> None:
               f"{r['senet50_train_img_s']:>9.1f} {r['train_step_ratio']:>6.2f} "
               f"{r['train_step_ratio_cpu_time']:>12.2f} | "
               f"{r['tranet_infer_img_s']:>19.1f} {r['senet50_infer_img_s']:>9.1f}")
+    for r in results["speed"]:
+        if "tranet_step_ops_fp32" in r:
+            print(f"ops a training step, {r['preset']}: TRA-Net {r['tranet_step_ops_fp32']} fp32, "
+                  f"{r['tranet_step_ops_autocast']} autocast; backbone {r['senet50_step_ops_fp32']} "
+                  f"fp32, {r['senet50_step_ops_autocast']} autocast (non-view ATen ops of the GPU's step, "
+                  "counted on CPU)")
     if device.type == "cpu":
         print("(ratio = TRA-Net step time / backbone step time on the same batch; 'cpu s' uses "
               "process CPU seconds, robust to other processes sharing the cores)")

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .cast_once import autocast_forward
 from .data import ShardFrames
 from .precision import Precision
 from ..nets.regions import ALL_AUS
@@ -50,8 +51,9 @@ def forward_loss(model: torch.nn.Module, criterion: Callable | None, x: torch.Te
     (the batches carry only the occurrence labels) and copied without waiting; nothing here
     synchronises with the device."""
     with_intensity = with_intensity or uses_intensity(criterion)
-    with precision.autocast():
-        out = model(x, with_intensity=True) if with_intensity else model(x)
+    # Under autocast, with the weights cast once a step (cast_once), not once per use.
+    out = (autocast_forward(model, precision, x, with_intensity=True) if with_intensity
+           else autocast_forward(model, precision, x))
     logits, intensity = (out[0].float(), out[1].float()) if with_intensity else (out.float(), None)
     target_r = None
     if intensity is not None:

@@ -69,6 +69,9 @@ class _NoCastCache:
     def __init__(self, precision: Precision) -> None:
         self.precision, self.name = precision, precision.name
 
+    def __getattr__(self, name: str) -> Any:  # dtype, needs_scaler, ...: the run's precision's
+        return getattr(self.precision, name)
+
     def autocast(self) -> torch.autocast:
         p = self.precision
         return torch.autocast(device_type=p.device_type, dtype=p.dtype or torch.float32,

@@ -16,6 +16,7 @@ Structure (paper Sec. 3, Fig. 1):
   CBAM -> two 3x3 convs -> global average pool, then two FC layers -> that region's AUs.
   Upper: AU1, AU2, AU4 (+AU5, BP4D's AU7); middle: AU6, AU9 (+AU10); lower: AU12, AU25, AU26
   (+AU15, AU17, AU20, BP4D's AU14, AU23, AU24): :data:`REGION_OF_AU`.
+  Off the CPU the branches run as one set of grouped ops (``model.nets.grouped_branches``).
   A branch whose region has none of ``cfg.au_ids`` is not built.
 * Output: logits ``[B, K]`` in the order of ``cfg.au_ids``; ``model.branch_groups`` gives the
   indices each branch predicts. The training loss (``model.engine.losses``) sums the mean BCE of the
@@ -45,31 +46,11 @@ from torch import nn
 from .attention import CBAM
 from .backbones import MAX_FROZEN_BLOCKS, build_backbone, default_frozen_blocks, parse_backbone
 from .decoder import SE_KINDS, Decoder
-from .regions import DEFAULT_FACE_CENTER, EVAL_AUS, KNOWN_AUS
+from .grouped_branches import RegionBranches, stack_regions
+from .regions import (DEFAULT_FACE_CENTER, EVAL_AUS, KNOWN_AUS, REGION_OF_AU, REGIONS,  # noqa: F401
+                      region_groups)
 from .transforms import InputTransform, resolve_transform
 
-#: Face region of each AU the supported datasets code (docs/model.md, "Regions of the AUs").
-#: The paper assigns DISFA's 8 evaluated AUs (upper 1, 2, 4; middle 6, 9; lower 12, 25, 26); the
-#: others follow FACS anatomy, read against ``hard_masks`` at the default alignment (nose
-#: midpoint at 0.5 of the frame, chin at 0.875): upper = above the nose midpoint, middle = the
-#: band 0.25-0.75 around it (eyes' lower lids, cheeks, nose, upper lip), lower = below it.
-REGION_OF_AU: dict[int, str] = {
-    1: "upper", 2: "upper", 4: "upper",
-    5: "upper",   # upper lid raiser (levator palpebrae): the eyelids
-    7: "upper",   # lid tightener (orbicularis oculi, palpebral part): the eyelids, as AU5
-    6: "middle", 9: "middle",
-    # upper lip raiser (levator labii superioris): beside the nose, AU9's neighbouring muscle;
-    # it deepens the nasolabial furrow and lifts the upper lip, all between the nose wings and
-    # the upper lip, inside the middle band (the lower mask would add the chin it never moves)
-    10: "middle",
-    12: "lower", 25: "lower", 26: "lower",
-    # dimpler (buccinator): tightens the lip corners and dimples beside them, the corners AU12,
-    # AU15 and AU20 act on, so it joins them in the lower region
-    14: "lower",
-    15: "lower", 17: "lower", 20: "lower",  # lip corner depressor, chin raiser, lip stretcher
-    23: "lower", 24: "lower",  # lip tightener, lip pressor (orbicularis oris): the lips
-}
-REGIONS: tuple[str, ...] = ("upper", "middle", "lower")
 
 
 @dataclass(frozen=True)
@@ -322,16 +303,16 @@ class RegionBranch(nn.Module):
 # The model
 
 
-def region_groups(au_ids: Sequence[int]) -> dict[str, list[int]]:
-    """Column indices into ``au_ids`` of each face region that has AUs (upper, middle, lower)."""
-    groups = {r: [i for i, au in enumerate(au_ids) if REGION_OF_AU[au] == r] for r in REGIONS}
-    return {r: g for r, g in groups.items() if g}
-
-
 def _inverse_order(groups: dict[str, list[int]]) -> torch.Tensor:
     # Branch outputs are concatenated in branch order; this permutation puts them in AU order.
     order = [i for idx in groups.values() for i in idx]
     return torch.argsort(torch.tensor(order, dtype=torch.long))
+
+
+def _positions(groups: dict[str, list[int]]) -> list[tuple[int, int]]:
+    # (branch, output of that branch) of each column, in column order.
+    where = {i: (r, k) for r, idx in enumerate(groups.values()) for k, i in enumerate(idx)}
+    return [where[i] for i in sorted(where)]
 
 
 class TRANet(nn.Module):
@@ -362,12 +343,18 @@ class TRANet(nn.Module):
         else:
             self.fc = None
             in_channels = self.decoder.out_channels if self.decoder is not None else channels[-1]
-            self.branches = nn.ModuleDict({
+            self.branches = RegionBranches({
                 name: RegionBranch(in_channels, cfg.resolved_branch_width, cfg.resolved_fc_hidden,
                                    len(idx), spec, cfg.reduction,
                                    n_intensity=len(self._intensity_groups[name]))
                 for name, idx in self._groups.items()
             })
+            self.branches.set_output_order("fc2", _positions(self._groups))
+            if r:
+                self.branches.set_output_order("intensity", _positions(self._intensity_groups))
+        #: The branches as one set of grouped ops (nets.grouped_branches): True, False (one by
+        #: one; same parameters and outputs) or None = off the CPU (oneDNN's grouped convs are slower).
+        self.grouped_branches: bool | None = None
         self.register_buffer("_inverse_order", _inverse_order(self._groups), persistent=False)
         self.register_buffer("_intensity_inverse_order", _inverse_order(self._intensity_groups),
                              persistent=False)
@@ -445,6 +432,12 @@ class TRANet(nn.Module):
             pooled = features.mean(dim=(2, 3))
             return (self.fc(pooled), self.fc_intensity(pooled)) if with_intensity \
                 else self.fc(pooled)
+        grouped = self.grouped_branches
+        if (features.device.type != "cpu" if grouped is None else grouped) and self.branches.can_group():
+            masks = self._masks(features, centers)
+            hidden = self.branches.hidden(stack_regions(features, [masks[n] for n in self._groups]))
+            logits = self.branches.head(hidden, "fc2")
+            return (logits, self.branches.head(hidden, "intensity")) if with_intensity else logits
         inputs = self._branch_inputs(features, centers)
         if not with_intensity:
             outputs = [self.branches[name](inputs[name]) for name in self._groups]
@@ -459,14 +452,16 @@ class TRANet(nn.Module):
                        centers: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Each branch's input: the hard-masked map per region, or the whole map."""
         if self.config.spec.hard_mask:
-            b = features.shape[0]
-            if centers is not None and tuple(centers.shape) != (b, 2):
-                raise ValueError(f"centers must be [B, 2] = [{b}, 2] (x, y fractions), got {tuple(centers.shape)}")
-            cy = (self._default_center[1].expand(b) if centers is None
-                  else centers.to(features.device)[:, 1])
-            masks = hard_masks(features.shape[2], cy)
+            masks = self._masks(features, centers)
             return {name: features * masks[name].to(features.dtype) for name in self._groups}
         return {"all": features}
+
+    def _masks(self, features: torch.Tensor, centers: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        b = features.shape[0]
+        if centers is not None and tuple(centers.shape) != (b, 2):
+            raise ValueError(f"centers must be [B, 2] = [{b}, 2] (x, y fractions), got {tuple(centers.shape)}")
+        cy = self._default_center[1].expand(b) if centers is None else centers.to(features.device)[:, 1]
+        return hard_masks(features.shape[2], cy)
 
     def branch_logits(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split [B, K] logits into each branch's columns."""
