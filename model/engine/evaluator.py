@@ -21,6 +21,7 @@ from .shared_columns import SharedColumns
 from ..evaluation.cells import Num
 from ..evaluation.cross_dataset import (CrossDatasetPlan, frames_row, is_cross_dataset,
                                         plan_cross_dataset)
+from ..evaluation.label_rules import labels_phrase
 from ..evaluation.provenance import recipe_line
 from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tables import metric_rows, summary
@@ -73,7 +74,9 @@ def evaluate_checkpoint(
                                           quiet=not sys.stderr.isatty(), by_subject=True,
                                           scores=True)
     select_on = train_cfg.get("select_on", "val")
-    note = protocol_note(select_on, threshold, labels=plan.test_rule if plan else None)
+    # the same dataset's rule too where it is not DISFA's (BP4D's codes are no intensity >= 3)
+    note = protocol_note(select_on, threshold, labels=plan.test_rule if plan else
+                         labels_phrase([spec.dataset], threshold, au_ids))
     if seen:
         log.warning("%s: evaluated on subjects it was trained or selected on: %s",
                     checkpoint, ", ".join(seen))
