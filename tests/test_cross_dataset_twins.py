@@ -10,8 +10,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from dataset_shards import make_dataset_folds
+from model.engine.data import DataError
+from model.train import TrainConfig, train
+from pipeline.build_folds import load_folds
 from pipeline.datasets.base import NOT_CODED
 from pipeline.shards import ShardReader
 from twin_chains import DPLUS_SUBJECTS, EVALUATE, run_ok
@@ -97,3 +102,27 @@ def test_the_bp4d_twin_to_disfa_twin_table(bp4d_chain, disfa18_chain, tmp_path):
     text = (tmp_path / "evaluation_test.md").read_text()
     assert "trained on BP4D, tested on DISFA" in text
     assert "Skipped AUs: " in text and "AU7 (not coded in DISFA)" in text
+
+
+def test_the_shipped_manifests_read_as_folds_manifests():
+    """Keys a folds.json has and the shipped manifests lack come from the dataset: its
+    evaluated AUs and rule where the manifest names none, the image size from the shards."""
+    train = load_folds(MANIFESTS / "disfa_train_without_disfa_plus.json")
+    assert (train["au_ids"], train["threshold"], train["image_size"]) == \
+        ([1, 2, 4, 6, 9, 12, 25, 26], 3, None)
+    assert train["folds"][0]["au_weights"] is None  # the trainer derives them from the shards
+    test = load_folds(MANIFESTS / "disfa_plus_test.json")
+    assert (test["au_ids"], test["threshold"]) == ([1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26], 2)
+
+
+def test_a_fold_without_test_subjects_still_needs_a_test_manifest(tmp_path):
+    """Only a manifest naming its test set elsewhere may leave a fold's test split empty."""
+    shards, manifest = make_dataset_folds(tmp_path, "disfa", ["SN002", "SN005", "SN006"], n=8)
+    payload = json.loads(manifest.read_text())
+    payload["folds"][0]["test"] = []
+    manifest.write_text(json.dumps(payload))
+    config = TrainConfig(shards=str(shards), manifest=str(manifest), fold=1,
+                         out=str(tmp_path / "run"), preset="small", epochs=1, workers=0,
+                         quiet=True)
+    with pytest.raises(DataError, match="no test subjects"):
+        train(config)
