@@ -310,7 +310,10 @@ def load_folds(path: Path | str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise FoldError(f"{path}: not a folds manifest (a JSON object)")
     if is_shipped_manifest(manifest):  # data_manifests/'s protocol manifests, as shipped
-        manifest = complete_shipped_manifest(manifest)
+        try:
+            manifest = complete_shipped_manifest(manifest)
+        except ValueError as err:  # an unknown dataset
+            raise FoldError(f"{path}: {err}") from None
     for key in ("scheme", "au_ids", "threshold", "image_size", "folds"):
         if key not in manifest:
             raise FoldError(f"{path}: key {key!r} missing; not a folds manifest")

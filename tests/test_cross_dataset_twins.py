@@ -15,7 +15,7 @@ import torch
 
 from dataset_shards import make_dataset_folds
 from model.engine.data import DataError
-from model.train import TrainConfig, train
+from model.train import TrainConfig, main as run_train, train
 from pipeline.build_folds import load_folds
 from pipeline.datasets.base import NOT_CODED
 from pipeline.shards import ShardReader
@@ -113,6 +113,16 @@ def test_the_shipped_manifests_read_as_folds_manifests():
     assert train["folds"][0]["au_weights"] is None  # the trainer derives them from the shards
     test = load_folds(MANIFESTS / "disfa_plus_test.json")
     assert (test["au_ids"], test["threshold"]) == ([1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26], 2)
+
+
+def test_a_shipped_style_manifest_of_an_unknown_dataset_is_one_line(tmp_path, capsys):
+    manifest = tmp_path / "other.json"
+    manifest.write_text(json.dumps({"dataset": "ck+", "folds": [
+        {"fold": 1, "train": ["SN002"], "val": [], "test": ["SN005"]}]}))
+    assert run_train([f"--shards={tmp_path}", f"--manifest={manifest}", "--fold=1",
+                      f"--out={tmp_path / 'run'}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(manifest) in err[0] and "ck+" in err[0]
 
 
 def test_a_fold_without_test_subjects_still_needs_a_test_manifest(tmp_path):
