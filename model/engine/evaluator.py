@@ -74,9 +74,7 @@ def evaluate_checkpoint(
                                           quiet=not sys.stderr.isatty(), by_subject=True,
                                           scores=True)
     select_on = train_cfg.get("select_on", "val")
-    # the same dataset's rule too where it is not DISFA's (BP4D's codes are no intensity >= 3)
-    note = protocol_note(select_on, threshold, labels=plan.test_rule if plan else
-                         labels_phrase([spec.dataset], threshold, au_ids))
+    note = protocol_note(select_on, threshold, labels=_labels_rule(spec, threshold, au_ids, plan))
     if seen:
         log.warning("%s: evaluated on subjects it was trained or selected on: %s",
                     checkpoint, ", ".join(seen))
@@ -90,6 +88,13 @@ def evaluate_checkpoint(
         "recipe": recipe_line(state, load_manifest(manifest)),
         "metrics": acc.compute().as_dict()}
     return _add_extras(result, acc, regression, state, plan)
+
+
+def _labels_rule(spec: Any, threshold: int, au_ids: Sequence[int],
+                 plan: CrossDatasetPlan | None) -> str | None:
+    """The protocol line's label rule: the test side's on another dataset, and on the same
+    dataset its own where it is not DISFA's (BP4D's codes are no intensity >= 3)."""
+    return plan.test_rule if plan else labels_phrase([spec.dataset], threshold, au_ids)
 
 
 def _scored_model(checkpoint: Path, state: dict[str, Any], target: Any, spec: Any,
