@@ -366,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif ("test" in summary or "test_intensity" in summary) and int(os.environ.get("RANK", "0")) == 0:
         print(f"\n{run_markdown(f'Fold {cfg.fold}, {cfg.variant}', summary, summary['protocol'])}")
         print(f"run folder: {summary['run_dir']} (metrics.csv, metrics.json, *.png, best.pt)")
+    elif summary.get("training_only") and int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {summary['run_dir']} (best.pt selected on the validation subjects; "
+              f"no test subjects here: score it with model.evaluate on {summary['test_manifest']})")
     return EXIT_OK
 
 

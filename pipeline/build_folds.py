@@ -34,6 +34,7 @@ import numpy as np
 from .datasets.disfa.facts import MANIFEST_DIR, standard_folds
 from .datasets.registry import LEGACY_DATASET, dataset_info, is_known_subject
 from .shards import ShardError, ShardReader
+from .shipped_manifests import complete_shipped_manifest, is_shipped_manifest
 from .cli import (HelpFormatter, CommandError, atomic_write_text, check_out_dir, handle_errors, int_range,
                   remove_stale_temp_files)
 
@@ -308,6 +309,11 @@ def load_folds(path: Path | str) -> dict[str, Any]:
         raise FoldError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(manifest, dict):
         raise FoldError(f"{path}: not a folds manifest (a JSON object)")
+    if is_shipped_manifest(manifest):  # data_manifests/'s protocol manifests, as shipped
+        try:
+            manifest = complete_shipped_manifest(manifest)
+        except ValueError as err:  # an unknown dataset
+            raise FoldError(f"{path}: {err}") from None
     for key in ("scheme", "au_ids", "threshold", "image_size", "folds"):
         if key not in manifest:
             raise FoldError(f"{path}: key {key!r} missing; not a folds manifest")

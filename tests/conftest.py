@@ -1,6 +1,9 @@
 """Shared pytest fixtures."""
 import pytest
 
+# each twin's chain, built once a session (test_twin_end_to_end.py, test_cross_dataset_twins.py)
+from twin_chains import bp4d_chain, disfa18_chain, dplus_chain, dplus_shards  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():

@@ -57,7 +57,7 @@ class FoldSpec:
     subjects: dict[str, list[str]]  # split -> subjects
     au_ids: tuple[int, ...]
     threshold: int
-    image_size: int
+    image_size: int | None  # None: the shards' (a shipped manifest names none)
     au_weights: tuple[float, ...] | None
     raw: dict[str, Any]
     dataset: str = LEGACY_DATASET  # the manifest's "dataset" (manifests without one: DISFA)
@@ -100,7 +100,7 @@ def fold_spec(manifest_path: Path | str, fold: int) -> FoldSpec:
     return FoldSpec(
         manifest=manifest_path, fold=int(fold), subjects=subjects,
         au_ids=tuple(int(a) for a in manifest["au_ids"]), threshold=int(manifest["threshold"]),
-        image_size=int(manifest["image_size"]),
+        image_size=None if manifest["image_size"] is None else int(manifest["image_size"]),
         au_weights=tuple(float(w) for w in weights) if weights else None, raw=entry,
         dataset=dataset,
     )
@@ -224,9 +224,9 @@ def check_consistent(readers: Sequence[ShardReader], spec: FoldSpec,
         if tuple(r.au_ids) != spec.au_ids and not mix_datasets:
             raise DataError(f"{r.path}: AUs {list(r.au_ids)} differ from the manifest "
                             f"{spec.manifest} ({list(spec.au_ids)})")
-        if r.image_size != spec.image_size:
+        if r.image_size != (spec.image_size or first.image_size):
             raise DataError(f"{r.path}: image size {r.image_size} differs from the manifest "
-                            f"{spec.manifest} ({spec.image_size})")
+                            f"{spec.manifest} ({spec.image_size or first.image_size})")
         if int(r.attrs.get("threshold", spec.threshold)) != spec.threshold:
             raise DataError(f"{r.path}: labels were written at threshold {r.attrs['threshold']}, "
                             f"the manifest {spec.manifest} says {spec.threshold}")

@@ -21,6 +21,7 @@ from .shared_columns import SharedColumns
 from ..evaluation.cells import Num
 from ..evaluation.cross_dataset import (CrossDatasetPlan, frames_row, is_cross_dataset,
                                         plan_cross_dataset)
+from ..evaluation.label_rules import labels_phrase
 from ..evaluation.provenance import recipe_line
 from ..evaluation.statistics import DEFAULT_RESAMPLES
 from ..evaluation.tables import metric_rows, summary
@@ -73,7 +74,7 @@ def evaluate_checkpoint(
                                           quiet=not sys.stderr.isatty(), by_subject=True,
                                           scores=True)
     select_on = train_cfg.get("select_on", "val")
-    note = protocol_note(select_on, threshold, labels=plan.test_rule if plan else None)
+    note = protocol_note(select_on, threshold, labels=_labels_rule(spec, threshold, au_ids, plan))
     if seen:
         log.warning("%s: evaluated on subjects it was trained or selected on: %s",
                     checkpoint, ", ".join(seen))
@@ -87,6 +88,13 @@ def evaluate_checkpoint(
         "recipe": recipe_line(state, load_manifest(manifest)),
         "metrics": acc.compute().as_dict()}
     return _add_extras(result, acc, regression, state, plan)
+
+
+def _labels_rule(spec: Any, threshold: int, au_ids: Sequence[int],
+                 plan: CrossDatasetPlan | None) -> str | None:
+    """The protocol line's label rule: the test side's on another dataset, and on the same
+    dataset its own where it is not DISFA's (BP4D's codes are no intensity >= 3)."""
+    return plan.test_rule if plan else labels_phrase([spec.dataset], threshold, au_ids)
 
 
 def _scored_model(checkpoint: Path, state: dict[str, Any], target: Any, spec: Any,

@@ -50,6 +50,8 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
         summary["best_select_mean_f1"] = stopper.best_score
     if status == "finished" and run.history and cfg.all_subjects:
         finish_all_subjects(run, summary)
+    elif status == "finished" and run.history and run.data.test_loader is None:
+        finish_training_only(run, summary)
     elif status == "finished" and run.history:
         tested, intensity = final_test(run.model, run.run_dir, run.data, run.device, cfg,
                                        run.au_ids, run.criterion, info)
@@ -69,6 +71,20 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
     if info.enabled:
         dist.barrier()
     return summary
+
+
+def finish_training_only(run: TrainingRun, summary: dict[str, Any]) -> None:
+    """A fold without test subjects (a shipped manifest whose test set is another dataset's):
+    best.pt is the validation-selected model; the summary says where its test set is."""
+    from model.engine.data import load_manifest
+
+    test_manifest = load_manifest(run.cfg.manifest).get("test_manifest")
+    summary["test_manifest"] = test_manifest
+    summary["training_only"] = True
+    if run.info.is_main:
+        write_json(run.run_dir / "results.json", summary)
+        log.info("fold %d: no test subjects in %s; score best.pt with model.evaluate on %s",
+                 run.cfg.fold, run.cfg.manifest, test_manifest)
 
 
 def final_test(model, run_dir: Path, data: FoldData, device, cfg: TrainConfig, au_ids,

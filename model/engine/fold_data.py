@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from pipeline.datasets.base import NOT_CODED
+from pipeline.shipped_manifests import training_only
 
 from .all_subjects import needs_test, run_subjects
 from .augment import AlignmentJitter
@@ -88,7 +89,8 @@ def _eval_loader(dataset: ShardFrames, indices: np.ndarray, cfg: TrainConfig,
 def _check_subjects(spec: FoldSpec, cfg: TrainConfig, context: str) -> None:
     if not spec.subjects["train"]:
         raise DataError(f"{context}: no training subjects")
-    if not spec.subjects["test"] and not cfg.all_subjects:
+    if not spec.subjects["test"] and not cfg.all_subjects and not training_only(
+            load_manifest(cfg.manifest)):
         raise DataError(f"{context}: no test subjects")
     if cfg.tune_threshold == "val" and not spec.subjects["val"]:
         raise DataError(f"{context}: no validation subjects to tune the decision thresholds on")
@@ -126,7 +128,9 @@ def _datasets(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list], thresh
                                    jitter=jitter if split == "train" else None) if rs else None
                 for split, rs in readers.items()}
     _check_intensity_task(cfg, datasets["train"], context)
-    for split in needs_test(cfg) + (("val",) if cfg.select_on == "val" else ()):
+    # a training-only fold (its test set is another dataset's manifest) has no test split here
+    wanted = [s for s in needs_test(cfg) if s != "test" or spec.subjects["test"]]
+    for split in wanted + (["val"] if cfg.select_on == "val" else []):
         if datasets[split] is None or len(datasets[split]) == 0:
             raise DataError(f"{context}: the {split} subjects {spec.subjects[split]} have no frames")
     _cache_frames(cfg, [datasets["train"], datasets[cfg.select_on]])
