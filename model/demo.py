@@ -27,6 +27,9 @@ command reuses what is already there; a folder made with other settings is refus
 (``--fresh`` starts over).
 Wall times per stage and the result go to ``OUT/demo_summary.json`` and ``OUT/demo.md``.
 
+``--dataset bp4d`` runs the chain on a BP4D twin instead (``model.demo_datasets``: JAA
+alignment, BP4D's 12 AUs, occurrence only, no ``model.predict`` stage; docs/bp4d.md).
+
 The demo trains with the ``cpu-demo`` recipe (``model/recipes/cpu-demo.json``, also
 ``model.train --recipe cpu-demo``), which departs from the paper's recipe where a from-scratch CPU
 model needs it: a higher learning rate with cosine decay (0.05 instead of a constant 0.001, which
@@ -51,6 +54,9 @@ import torch
 from pipeline.cli import HelpFormatter, int_range
 from .cli import CommandError, handle_errors
 from .engine.run_folder import RunFolder
+from .demo_datasets import (add_dataset_options, default_help, prepare_bp4d,
+                            resolve_dataset_options)
+from .demo_predict import predict_and_score
 from .demo_report import (build_report, demo_markdown, print_intensity_summary,
                           print_occurrence_summary)
 
@@ -69,12 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True,
-                   help="demo folder: disfa_twin/, shards/, folds.json, runs/, demo.md")
-    twin = p.add_argument_group("twin")
-    twin.add_argument("--n-subjects", type=int, default=27, help="first N of DISFA's subjects")
-    twin.add_argument("--frames", type=int, default=200, help="frames per subject")
-    twin.add_argument("--frame-width", type=int, default=320, help="twin video width")
-    twin.add_argument("--frame-height", type=int, default=240, help="twin video height")
+                   help="demo folder: disfa_twin/ (or bp4d_twin/), shards/, folds.json, runs/, "
+                        "demo.md")
+    twin = add_dataset_options(p)
     twin.add_argument("--seed", type=int, default=0, help="twin, folds and training seed")
     pipe = p.add_argument_group("pipeline")
     pipe.add_argument("--size", type=int, default=r["image_size"],
@@ -103,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="alignment jitter: rotation +- degrees")
     tr.add_argument("--jitter-shift", type=float, default=r["jitter_shift"],
                     help="alignment jitter: shift +- this fraction of the frame size")
-    tr.add_argument("--task", default="both", choices=["occurrence", "intensity", "both"],
+    tr.add_argument("--task", default=None, choices=["occurrence", "intensity", "both"],
                     help="what the model learns (model.train --task): both = occurrence and "
-                         "0-5 intensity from one model")
-    p.add_argument("--predict-subjects", type=int, default=3,
-                   help="test subjects per fold whose videos go through model.predict (0: skip)")
+                         "0-5 intensity from one model; bp4d: occurrence only "
+                         + default_help("task"))
+    p.add_argument("--predict-subjects", type=int, default=None,
+                   help="test subjects per fold whose videos go through model.predict (0: skip; "
+                        "disfa only) " + default_help("predict_subjects"))
     p.add_argument("--jobs", type=int, default=2, help="processes for synthesis and alignment")
     p.add_argument("--train-jobs", type=int_range(1), default=None,
                    help="folds trained at once, each in its own process with its share of the "
@@ -154,6 +159,7 @@ class Stopwatch:
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Every stage in order (each resumes), OUT locked; returns the report also written to OUT."""
     out: Path = args.out
+    resolve_dataset_options(args)
     check_demo_options(args)  # every option is checked before anything is touched
     with RunFolder(out, "model.demo", fresh=args.fresh, legacy_files=DEMO_FILES) as folder:
         # A --fresh demo starts beside the old one; the swap comes once its settings are written
@@ -168,7 +174,7 @@ def _run_stages(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     watch = Stopwatch(planned_stages(args))
-    data = prepare_data(args, out, watch)
+    data = (prepare_bp4d if args.dataset == "bp4d" else prepare_data)(args, out, watch)
     folds = args.folds or [f["fold"] for f in data["manifest"]["folds"]]
     runs = train_folds(args, out, data, folds, watch)
     results, predictions = [], []
@@ -186,7 +192,7 @@ def _run_stages(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def planned_stages(args: argparse.Namespace) -> int:
     """synthesize, align, folds, train; then evaluate (and predict) each fold."""
     folds = len(args.folds or range(args.k))
-    return 4 + folds * (2 if args.predict_subjects > 0 else 1)
+    return 4 + folds * (2 if (args.predict_subjects or 0) > 0 else 1)
 
 
 def prepare_data(args: argparse.Namespace, out: Path, watch: Stopwatch) -> dict[str, Any]:
@@ -360,7 +366,7 @@ def fold_config(args: argparse.Namespace, shards: Path, manifest: Path, fold: in
 #: Demo options that make the twin, the shards and the folds; the training ones are checked per
 #: run against its config.json (``model.engine.cross_validation.check_same_recipe``).
 #: What a demo folder holds (a folder made before run markers is recognised by these).
-DEMO_FILES = ("disfa_twin", "shards", "folds.json", "runs", "predictions", "demo.md",
+DEMO_FILES = ("disfa_twin", "bp4d_twin", "shards", "folds.json", "runs", "predictions", "demo.md",
               "demo_summary.json", "demo_settings.json")
 #: Options that count things: each must be >= 1.
 COUNT_OPTIONS = ("n_subjects", "frames", "frame_width", "frame_height", "size", "k", "epochs",
@@ -382,8 +388,8 @@ def check_demo_options(args: argparse.Namespace) -> None:
         raise CommandError(f"--folds {' '.join(map(str, wrong))}: folds are 1..{args.k} (--k)")
 
 
-DATA_SETTINGS = ("n_subjects", "frames", "frame_width", "frame_height", "seed", "size", "k",
-                 "val_subjects")
+DATA_SETTINGS = ("dataset", "n_subjects", "frames", "frame_width", "frame_height", "seed", "size",
+                 "k", "val_subjects")
 
 
 def check_demo_settings(out: Path, args: argparse.Namespace) -> None:
@@ -398,74 +404,12 @@ def check_demo_settings(out: Path, args: argparse.Namespace) -> None:
     if not path.is_file():
         write_json(path, mine)
         return
-    theirs = json.loads(path.read_text())
+    theirs = {"dataset": "disfa", **json.loads(path.read_text())}  # older folders: DISFA's
     differing = [f"--{k.replace('_', '-')} {mine[k]!r} (it has {theirs[k]!r})"
                  for k in DATA_SETTINGS if k in theirs and theirs[k] != mine[k]]
     if differing:
         raise ValueError(f"{out} holds a demo made with other settings: {'; '.join(differing)}. "
                          "Rerun with --fresh to redo it, or choose another --out")
-
-
-def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out: Path,
-                      quiet: bool = False, **options: Any) -> dict[str, Any]:
-    """Run ``model.predict`` on the subjects' left videos and score its decisions (and AUxx_r
-    intensities, when the checkpoint has them) against the twin's labels, pooled over all their
-    frames (a frame without a face counts as 'absent', intensity 0).
-    ``options``: further :class:`PredictConfig` fields (e.g. ``calibrate=True, smooth=5``)."""
-    import numpy as np
-    import pandas as pd
-
-    from pipeline.datasets.disfa.facts import au_columns
-    from pipeline.datasets.disfa import discover, read_labels
-    from pipeline.shards import binarize
-
-    from .evaluation.intensity import IntensityAccumulator
-    from .inference.csv_format import read_predictions
-    from .evaluation.metrics import confusion_counts, metrics_from_counts
-    from .predict import PredictConfig, run_predict
-
-    layout = discover(twin)
-    files = [layout.subjects[s] for s in subjects]
-    summary = run_predict(PredictConfig(checkpoint=checkpoint, out=out,
-                                        videos=[f.videos["left"] for f in files],
-                                        plot=True, progress=not quiet, **options))
-    data = summary["checkpoint"]  # the checkpoint's metadata, as model.predict read it
-    au_ids, threshold = [int(a) for a in data["au_ids"]], int(data["threshold"])
-    # model.predict writes AUxx_r for the occurrence AUs the intensity head also covers.
-    intensity_aus = [a for a in au_ids if a in data["model_config"].get("intensity_aus", ())]
-    regression = (IntensityAccumulator(intensity_aus, mean_over=au_ids, subjects=subjects)
-                  if intensity_aus else None)
-    counts, frames, faces = 0, 0, 0
-    for subject, (f, result) in enumerate(zip(files, summary["inputs"])):
-        if result.get("status", "ok") != "ok" or not result.get("csv"):
-            raise RuntimeError(f"model.predict failed on {f.videos['left']}: {result}")
-        table = read_predictions(result["csv"])
-        coded = read_labels(f)
-        truth = binarize(coded, au_ids, threshold)
-        if len(table) != len(truth):
-            raise RuntimeError(f"{result['csv']}: {len(table)} rows for {len(truth)} labels")
-        c_columns = [f"AU{au:02d}_c" for au in au_ids]
-        if all(c in table.columns for c in c_columns):  # not for an untrained occurrence head
-            decided = table[c_columns].fillna(0).to_numpy(np.float32)
-            counts = counts + confusion_counts(decided, truth, from_logits=False)
-        if regression is not None:
-            levels = table[[f"AU{au:02d}_r" for au in intensity_aus]].fillna(0).to_numpy()
-            regression.update(levels, coded[:, au_columns(intensity_aus)],
-                              groups=np.full(len(levels), subject))
-        frames += len(table)
-        faces += int(table["face_found"].sum())
-    if faces < 0.5 * frames:
-        log.warning("dlib found a face in only %d of %d frames: the twin's faces are too small "
-                    "for its detector at this frame size (use --frame-width 320 or more)",
-                    faces, frames)
-    scored = {"checkpoint": str(checkpoint), "out": str(out), "subjects": list(subjects),
-              "frames": frames, "faces_found": faces,
-              "processing_fps": [r.get("processing_fps") for r in summary["inputs"]]}
-    if not isinstance(counts, int):  # some AUxx_c were scored
-        scored["metrics"] = metrics_from_counts(counts, au_ids).as_dict()
-    if regression is not None:
-        scored["intensity"] = regression.compute().as_dict()
-    return scored
 
 
 @handle_errors("model.demo")

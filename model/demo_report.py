@@ -26,6 +26,8 @@ def build_report(args: argparse.Namespace, watch: Any, data: dict[str, Any],
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "twin": {"subjects": list(data["synth"]["subjects"]), "frames": args.frames},
+        **({"dataset": args.dataset, "alignment_rule": data["alignment_rule"]}
+           if "alignment_rule" in data else {}),  # the DISFA demo's summary stays as it was
         "alignment": data["align"].get("totals", {}),
         "folds": [{k: f[k] for k in ("fold", "train", "val", "test", "frames")}
                   for f in data["manifest"]["folds"] if f["fold"] in folds],
@@ -43,6 +45,10 @@ def build_report(args: argparse.Namespace, watch: Any, data: dict[str, Any],
         report["intensity_mean_over_folds"] = mean_intensity_over_folds(
             [r["intensity"] for r in results])
     return report
+
+#: demo.md's title per dataset.
+TITLES = {"disfa": "DISFA", "bp4d": "BP4D"}
+
 
 def demo_markdown(report: dict[str, Any]) -> str:
     from .evaluate import results_rows
@@ -68,7 +74,10 @@ def demo_markdown(report: dict[str, Any]) -> str:
                    f"AU against the twin's labels:\n\n{markdown_table(head, lines)}")
     notes = "".join(f"Recipe: {r}\n\n" for r in dict.fromkeys(
         x.get("recipe") for x in report["results"]) if r) + method_line(DEFAULT_RESAMPLES, 0)
-    return (f"# Demo on the synthetic DISFA twin\n\nHeld-out test subjects of each fold; "
+    title = TITLES.get(report.get("dataset", "disfa"), "DISFA")
+    if "alignment_rule" in report:
+        notes = f"Alignment: {report['alignment_rule']} (pipeline.align).\n\n{notes}"
+    return (f"# Demo on the synthetic {title} twin\n\nHeld-out test subjects of each fold; "
             f"{report['protocol']}\n\n{task_line(report.get('task', 'occurrence'))}\n\n"
             f"{notes}{table}{predict}\n\n"
             f"{intensity_section(report)}"

@@ -13,7 +13,8 @@ from pipeline.datasets.bp4d import facts as bp4d
 from pipeline.datasets.disfa.facts import ALL_AUS as DISFA_AUS
 from pipeline.origin import data_origin
 from pipeline.synth import main
-from pipeline.twin.bp4d_layout import drawn_au
+from pipeline.twin.bp4d_layout import _drawn, drawn_au
+from pipeline.twin.face_shape import RENDER_AUS
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +79,16 @@ def test_the_same_seed_writes_the_same_twin(both, tmp_path):
         assert (out / rel).read_bytes() == (both / rel).read_bytes()
 
 
-def test_every_bp4d_au_is_drawn_as_a_distinct_drawable_au():
-    drawn = [drawn_au(au) for au in bp4d.OCCURRENCE_AUS]
-    assert len(set(drawn)) == len(drawn) and set(drawn) <= set(DISFA_AUS)
+def test_every_bp4d_au_is_drawn_as_itself(both):
+    # The renderer draws BP4D's 7, 10, 14, 23 and 24 (face_shape.EXTRA_AUS): no DISFA stand-ins.
+    assert [drawn_au(au) for au in bp4d.OCCURRENCE_AUS] == list(bp4d.OCCURRENCE_AUS)
+    assert set(bp4d.OCCURRENCE_AUS) <= set(RENDER_AUS)
+    assert set(bp4d.OCCURRENCE_AUS) - set(DISFA_AUS) <= set(_drawn(np.zeros(12)))
+    row = np.zeros(len(bp4d.OCCURRENCE_AUS))
+    row[bp4d.OCCURRENCE_AUS.index(7)] = 4
+    assert _drawn(row)[7] == 4.0 and 5 not in _drawn(row)  # AU7 is not drawn as DISFA's AU5
+    truth = json.loads((both / "synth_truth.json").read_text())
+    assert truth["stand_ins"] == {} and truth["version"] >= 2
 
 
 def test_bad_twin_options_give_one_line(tmp_path, capsys):

@@ -11,7 +11,8 @@ starting past frame 1; 9 codes in evaluated AUs and intensities; a CSV header wi
 (those >= 40 all 9); coded frames without landmarks; a CSV row without its image; a missing
 intensity row. ``synth_truth.json`` records all of it, and marks the root as the twin.
 
-Faces are drawn by the DISFA twin's renderer from its episode schedule; see :func:`drawn_au`.
+Faces are drawn by the DISFA twin's renderer from its episode schedule, each of the 12 BP4D AUs
+as itself (the renderer draws BP4D's 7, 10, 14, 23 and 24 too); see :func:`drawn_au`.
 """
 from __future__ import annotations
 
@@ -36,16 +37,17 @@ from .face_shape import face_shape, sample_identity
 
 log = logging.getLogger("pipeline.synth")
 
-BP4D_TWIN_VERSION = 1
+BP4D_TWIN_VERSION = 2  # 2: AUs 7, 10, 14, 23, 24 drawn as themselves
 #: Portrait like the release's 1040 x 1392, at a quarter of the size (speed).
 FRAME_SIZE = (260, 348)
 VARIANTS = ("fera", "full", "both")
-#: The episode timeline each BP4D AU follows: its own, or that of the DISFA AU it stands in for.
+#: The episode timeline each BP4D AU follows: its own, or (for the AUs DISFA does not code) that
+#: of an unused DISFA AU of the same face region, so the twin's co-occurrences stay plausible.
 TIMELINE = {7: 5, 10: 9, 14: 20, 23: 25, 24: 26}
-#: BP4D AUs the renderer cannot draw yet, drawn as an unused DISFA AU of the same face region
-#: (7 lid tightener -> 5 lid, 10 upper-lip raiser -> 9 nose/upper lip, 14 dimpler -> 20 lip
-#: corners, 23/24 lip tightener/pressor -> 25/26 lips). Empty once face_render draws them.
-STAND_INS = dict(TIMELINE)
+#: BP4D AUs drawn as another AU. Empty: the renderer draws 7, 10, 14, 23 and 24 itself
+#: (``face_shape.EXTRA_AUS``); twins written before that (version 1) drew them as DISFA's 5, 9,
+#: 20, 25 and 26.
+STAND_INS: dict[int, int] = {}
 #: A frame's AU is coded present at this twin intensity or more (the renderer's visible jump).
 OCCURRENCE_MIN = 3
 HEADER_AUS = tuple(range(1, 65))
@@ -54,8 +56,8 @@ INTENSITY_DIRS = ("AU Intensity Codes3.0", "AU-Intensity-Codes3.0")
 
 
 def drawn_au(au: int) -> int:
-    """The AU the renderer draws for BP4D AU ``au`` (the one place to change when it draws
-    AUs 7, 10, 14, 23 and 24 itself)."""
+    """The AU the renderer draws for BP4D AU ``au``: itself, now that the renderer draws all 12
+    (``STAND_INS`` is the one place a stand-in would go)."""
     return STAND_INS.get(au, au)
 
 
