@@ -98,8 +98,8 @@ def _input_options(add: Any) -> None:
     add("--device", type=device_arg, default="cpu", help="torch device for the network, e.g. cuda")
     add("--batch-size", type=int_range(1), default=16, help="faces per network call")
     add("--threads", type=int_range(1), default=None,
-        help="the network's CPU threads (default: torch cores - 1; onnxruntime half the "
-             "physical cores, 1 to 4; one core is left to the frame reader); recorded in "
+        help="the network's CPU threads, PyTorch or onnxruntime (default: the physical cores, "
+             "measured fastest on an idle machine; on a busy one try 1); recorded in "
              "predict_summary.json")
     add("--jobs", type=int_range(1), default=1, help="inputs processed in parallel (worker processes)")
     add("--max-pixels", type=int_range(1), default=DEFAULT_MAX_PIXELS, metavar="N",

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 
 from model.benchmarks.synthetic import make_face_video, make_untrained_checkpoint  # noqa: E402
 from model.export import main as export_main  # noqa: E402
-from model.inference.backends import OnnxBackend, default_onnx_threads  # noqa: E402
+from model.inference.backends import OnnxBackend, default_network_threads  # noqa: E402
 from model.inference.video_io import write_video  # noqa: E402
 from model.predict import main as predict_main  # noqa: E402
 
@@ -149,13 +149,13 @@ def test_int8_bad_calibration_input_is_one_line(untrained, tmp_path, capsys):
 
 
 def test_onnx_thread_default_and_summary_records_threads(untrained, tmp_path, monkeypatch):
-    assert [default_onnx_threads(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 1, 2, 4, 4, 4]
+    assert [default_network_threads(n) for n in (1, 2, 4, 8, 16, 64)] == [1, 2, 4, 8, 16, 64]
     onnx_path = tmp_path / "small.onnx"
     assert export_main(["--checkpoint", str(untrained), "--out", str(onnx_path)]) == 0
-    assert OnnxBackend(onnx_path).threads == default_onnx_threads()
+    assert OnnxBackend(onnx_path).threads == default_network_threads()
     assert OnnxBackend(onnx_path, threads=3).threads == 3
     video = make_face_video(tmp_path / "clip.avi", 3, size=(400, 300), fps=10.0)
-    for threads, expected in ((None, default_onnx_threads()), ("2", 2)):
+    for threads, expected in ((None, default_network_threads()), ("2", 2)):
         out = tmp_path / f"out_{threads}"
         argv = ["--checkpoint", str(onnx_path), "--video", str(video), "--out", str(out),
                 "--no-progress"] + (["--threads", threads] if threads else [])

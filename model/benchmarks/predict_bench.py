@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch device for the network, e.g. cuda (the onnx backend always "
                              "runs on the CPU)")
     parser.add_argument("--threads", type=int_range(1), nargs="+", default=[None],
-                        help="network threads to compare (default: model.predict's: torch "
-                             "cores-1, onnxruntime half the physical cores, 1-4)")
+                        help="network threads to compare (default: model.predict's, the "
+                             "physical cores)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--postprocess-demo", type=Path, default=None, metavar="DEMO_DIR",
                         help="instead of speed: F1 with/without --calibrate and --smooth on the "

@@ -24,6 +24,7 @@ from ..evaluation.optional_plots import warn_no_plots
 from .output import (au_name, draw_banner, draw_overlay, save_bar_plot, save_image_chart,
                      save_timeline_plot, write_table)
 from . import workers
+from .backends import default_network_threads
 from .naming import (fingerprint, owner_path, prepare_parent, relative_name, resume_state,
                      settle_clashes)
 from .predictor import AUPredictor, FaceRow, PredictConfig
@@ -321,7 +322,7 @@ def _lost(job: Job, reason: str) -> dict[str, Any]:
 def _run_parallel(cfg: PredictConfig, jobs: list[Job]) -> list[dict[str, Any]]:
     """``--jobs N``: N worker processes, each with its own loaded network and face finder; a
     worker that dies fails only the input it was processing."""
-    threads = max(1, (cfg.threads or os.cpu_count() or 2) // cfg.jobs)
+    threads = max(1, (cfg.threads or default_network_threads()) // cfg.jobs)
     worker_cfg = PredictConfig(**{**cfg.__dict__, "progress": False})
     names = [j.name for j in jobs]
     done = workers.run_pool(names, jobs, _worker_run, cfg.jobs, _worker_init,
@@ -337,8 +338,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     (:class:`CheckpointError`, :class:`PredictorNotFoundError`): nothing could run.
     """
     previous_threads = torch.get_num_threads()
-    # One core is left to the reader thread (decode, dlib, warp) unless told otherwise.
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(cfg.threads or default_network_threads())
     try:
         predictor = AUPredictor(cfg)
         cfg.out.mkdir(parents=True, exist_ok=True)
