@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "one training run, trained side by side with the others, see "
                            "--train-jobs)")
     tr = p.add_argument_group(f"training (defaults: the {RECIPE} recipe, model/recipes/{RECIPE}.json)")
-    tr.add_argument("--epochs", type=int, default=r["epochs"], help="maximum epochs")
-    tr.add_argument("--patience", type=int, default=r["patience"],
-                    help="early stopping on the validation subjects")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help="maximum epochs " + default_help("epochs"))
+    tr.add_argument("--patience", type=int, default=None,
+                    help="early stopping on the validation subjects " + default_help("patience"))
     tr.add_argument("--batches-per-epoch", type=int, default=r["batches_per_epoch"],
                     help="optimiser steps that make one epoch")
     tr.add_argument("--batch-size", type=int, default=r["batch_size"],

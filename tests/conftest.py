@@ -5,6 +5,32 @@ import pytest
 from twin_chains import bp4d_chain, disfa18_chain, dplus_chain, dplus_shards  # noqa: F401
 
 
+#: The small demo (test_demo.py checks that it learns; test_int8_export.py quantises its model):
+#: 8 subjects of 120 frames, 64 px, fold 1 of 4 trained for 20 short epochs with an intensity head.
+SMALL_DEMO = ["--n-subjects", "8", "--frames", "120", "--frame-width", "320", "--frame-height",
+              "240", "--size", "64", "--k", "4", "--val-subjects", "1", "--folds", "1",
+              "--epochs", "20", "--batches-per-epoch", "20", "--batch-size", "32", "--jobs", "1",
+              "--threads", "1", "--predict-subjects", "1", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """(demo folder, report, argv) of one ``model.demo`` run at the SMALL_DEMO size, once a
+    session (~45 s); tests read it and must not change it."""
+    import torch
+
+    from model.demo import build_parser, run_demo
+
+    out = tmp_path_factory.mktemp("small_demo") / "demo"
+    argv = ["--out", str(out), *SMALL_DEMO]
+    threads = torch.get_num_threads()
+    try:
+        report = run_demo(build_parser().parse_args(argv))
+    finally:
+        torch.set_num_threads(threads)
+    return out, report, argv
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Run a module's tiny-tensor tests on one torch thread.

@@ -9,16 +9,10 @@ import torch
 from model.demo import build_parser, run_demo
 
 
-def test_small_demo_chain_learns(tmp_path):
+def test_small_demo_chain_learns(small_demo):
+    out, report, argv = small_demo
     old = torch.get_num_threads()
-    argv = ["--out", str(tmp_path / "demo"), "--n-subjects", "8", "--frames", "120",
-            "--frame-width", "320", "--frame-height", "240", "--size", "64", "--k", "4",
-            "--val-subjects", "1", "--folds", "1", "--epochs", "20", "--batches-per-epoch", "20",
-            "--batch-size", "32", "--jobs", "1", "--threads", "1", "--predict-subjects", "1",
-            "--quiet"]
-    out = tmp_path / "demo"
     try:
-        report = run_demo(build_parser().parse_args(argv))
         summary = (out / "demo_summary.json").read_text()
         # a rerun with other training settings is refused, not answered with the old run
         shorter = argv[:argv.index("--epochs") + 1] + ["3"] + argv[argv.index("--epochs") + 2:]

@@ -121,3 +121,10 @@ def test_the_disfa_demo_keeps_its_defaults():
     assert (args.n_subjects, args.frames, args.frame_width, args.frame_height) == (27, 200, 320,
                                                                                  240)
     assert (args.task, args.predict_subjects) == ("both", 3)
+    from model.engine.recipes import load_recipe
+
+    recipe = load_recipe("cpu-demo").settings  # the DISFA demo trains by its recipe
+    assert (args.epochs, args.patience) == (recipe["epochs"], recipe["patience"])
+    bp4d_args = build_parser().parse_args(["--out", "x", "--dataset", "bp4d"])
+    resolve_dataset_options(bp4d_args)
+    assert (bp4d_args.epochs, bp4d_args.patience) == (64, 16)

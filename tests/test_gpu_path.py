@@ -43,7 +43,24 @@ def test_logged_loss_equals_the_per_step_losses_summed_in_order(monkeypatch):
         total += v
     assert run["acc"].loss_sum == total and len(seen) == 5
     targets = sum(batch[1].sum(0).double() for batch in run["loader"])
-    assert run["acc"].positives == targets.tolist()
+    frames = sum(len(batch[1]) for batch in run["loader"])
+    # per AU the positives, then the frames coded (none is "not coded" here)
+    assert run["acc"].positives == targets.tolist() + [float(frames)] * len(targets)
+
+
+def test_the_drawn_rate_counts_only_the_frames_coded_for_each_au():
+    """A "not coded" (NaN) label is neither a positive nor a frame of its AU's rate."""
+    from model.engine.epochs import drawn_rate
+    from model.engine.step_log import EpochAccumulator, StepLog
+
+    acc = EpochAccumulator()
+    steps = StepLog(acc, 2, torch.device("cpu"))
+    nan = float("nan")
+    steps.record(1, torch.tensor(0.5), torch.tensor([[1.0, nan], [0.0, nan], [1.0, 1.0]]))
+    steps.record(2, torch.tensor(0.5), torch.tensor([[nan, 0.0], [1.0, 0.0]]))
+    steps.flush()
+    assert acc.positives == [3.0, 1.0, 4.0, 3.0]
+    assert drawn_rate(torch.tensor(acc.positives, dtype=torch.float64)).tolist() == [0.75, 1 / 3]
 
 
 def test_a_non_finite_loss_is_caught_at_the_next_sync_point_with_its_batch(monkeypatch):

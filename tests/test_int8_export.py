@@ -21,23 +21,10 @@ AUS = [1, 2, 4, 6, 9, 12, 25, 26]
 
 
 @pytest.fixture(scope="module")
-def trained_demo(tmp_path_factory) -> tuple[Path, dict]:
-    """A tiny model.demo (6 subjects, 100 frames, 64 px, 12 short epochs, ~30 s): a trained
-    small checkpoint with an intensity head, its twin and its folds."""
-    import torch
-
-    from model.demo import build_parser, run_demo
-
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    threads = torch.get_num_threads()
-    try:
-        report = run_demo(build_parser().parse_args([
-            "--out", str(out), "--n-subjects", "6", "--frames", "100", "--frame-width", "320",
-            "--frame-height", "240", "--size", "64", "--k", "3", "--val-subjects", "1",
-            "--folds", "1", "--epochs", "12", "--batches-per-epoch", "20", "--batch-size", "32",
-            "--jobs", "1", "--threads", "1", "--predict-subjects", "0", "--quiet"]))
-    finally:
-        torch.set_num_threads(threads)
+def trained_demo(small_demo) -> tuple[Path, dict]:
+    """The session's small demo (tests/conftest.py): a trained small checkpoint with an
+    intensity head, its twin and its folds."""
+    out, report, _ = small_demo
     return out, report
 
 

@@ -128,6 +128,15 @@ def end_of_epoch(run: TrainingRun, epoch: int, writer: CheckpointWriter | None =
     _log_epoch(run, epoch, train_loss, seconds, scored)
 
 
+def drawn_rate(counts: torch.Tensor) -> torch.Tensor:
+    """Each AU's positive rate among the drawn frames coded for it (``counts``: the positives,
+    then the coded frames, per AU, as ``StepLog`` sums them); NaN for an AU never coded."""
+    if counts.numel() == 0:  # no step this epoch (resumed at its end)
+        return counts
+    positives, coded = counts.chunk(2)
+    return positives / coded
+
+
 def _evaluate(run: TrainingRun, epoch: int, train_loss: float, totals: torch.Tensor
               ) -> tuple[Any, Any, bool]:
     """(metrics, intensity metrics or None, improved): the epoch scored on the selection split,
@@ -142,7 +151,7 @@ def _evaluate(run: TrainingRun, epoch: int, train_loss: float, totals: torch.Ten
     row = {"epoch": epoch, "train_loss": train_loss, "seconds": run.acc.seconds,
            "lr": run.optimizer.param_groups[0]["lr"], "select_on": cfg.select_on,
            "eval": metrics.as_dict(), "score": score,
-           "drawn_positive_rate": (totals[3:] / totals[2]).tolist(),
+           "drawn_positive_rate": drawn_rate(totals[3:]).tolist(),
            "natural_positive_rate": data.natural_rate.tolist(),
            "best_epoch": run.stopper.best_epoch}
     if intensity is not None:

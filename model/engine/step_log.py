@@ -15,6 +15,7 @@ class EpochAccumulator:
     loss_sum: float = 0.0
     batches: int = 0
     frames: int = 0
+    # per AU: positives, then frames coded ("not coded" labels are NaN and count in neither)
     positives: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -36,8 +37,10 @@ class StepLog:
 
     def record(self, batch: int, loss: torch.Tensor, targets: torch.Tensor) -> None:
         self.losses[batch - 1] = loss.detach()  # a device-side copy, no wait
-        self.positives = targets.sum(0, dtype=torch.float64) + (
-            self.positives if len(self.positives) else 0)
+        coded = ~torch.isnan(targets)
+        counts = torch.cat([torch.where(coded, targets, 0).sum(0, dtype=torch.float64),
+                            coded.sum(0, dtype=torch.float64)])
+        self.positives = counts + (self.positives if len(self.positives) else 0)
         self.acc.batches = batch
         self.acc.frames += len(targets)
 
@@ -52,8 +55,9 @@ class StepLog:
             self.acc.loss_sum += v
         if len(self.positives):
             pos = self.positives.tolist()
+            # (an epoch saved mid-way by an older version counted positives only: start anew)
             self.acc.positives = ([a + b for a, b in zip(self.acc.positives, pos)]
-                                  if self.acc.positives else pos)
+                                  if len(self.acc.positives) == len(pos) else pos)
             self.positives = torch.zeros(0, dtype=torch.float64)
         self.flushed = last
         return (bad, last) if bad is not None else None

@@ -265,10 +265,10 @@ def _draw_bp4d_textures(face: _Face) -> None:
     for corner in (48, 54):
         sx = -1 if corner == 48 else 1
         c = canon[corner]
-        face.crease([c + [sx * 0.03, -0.035], c + [sx * 0.05, 0.0], c + [sx * 0.03, 0.035]],
-                    t[14], 0.016)
-        face.crease([c + [sx * 0.045, -0.012], c + [sx * 0.058, 0.0], c + [sx * 0.045, 0.012]],
-                    t[14] * 0.8, 0.012)  # the dimple's pit
+        face.crease([c + [sx * 0.03, -0.045], c + [sx * 0.055, 0.0], c + [sx * 0.03, 0.045]],
+                    t[14], 0.022)
+        face.crease([c + [sx * 0.05, -0.015], c + [sx * 0.065, 0.0], c + [sx * 0.05, 0.015]],
+                    t[14], 0.018)  # the dimple's pit
     if t[23] > 0.01:
         # Vertical puckering lines across both lips (drawn over the lips, so in lip colour).
         dark = _mix(face.identity.lips, _scaled(face.identity.lips, 0.4), t[23])

@@ -197,9 +197,9 @@ def _move_bp4d_extra(move) -> None:
     move(10, 31, 0.0, -0.012)
     # AU14 dimpler: corners pulled back into the cheeks (a little out, a little up) without
     # AU12's lift; the dimple itself is texture.
-    move(14, 48, -0.036, -0.01)
-    for i, w in ((49, 0.3), (59, 0.3), (60, 0.4), (65, 0.4)):
-        move(14, i, -0.036 * w, -0.005 * w)
+    move(14, 48, -0.05, -0.012)
+    for i, w in ((49, 0.35), (59, 0.35), (60, 0.45), (65, 0.45)):
+        move(14, i, -0.05 * w, -0.006 * w)
     # AU23 lip tightener: the red of the lips narrows (outer contour towards the lip line) and
     # the mouth gets narrower.
     move(23, 48, 0.032, 0.0)
