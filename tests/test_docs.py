@@ -121,7 +121,9 @@ def test_parse_only_commands_parse(block):
 def test_runnable_commands_run_on_a_tiny_twin(tmp_path):
     blocks = [b for b in doc_blocks() if b.mode == "run"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run(TWIN, cwd=tmp_path, env=env, check=True, capture_output=True)
+    # this interpreter, not whichever python is first on PATH (CI runs a venv's without it)
+    subprocess.run([sys.executable, *TWIN[1:]], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
     for block in blocks:
         for command in block.commands:
             command = substitute(command).replace("python -m", f"{sys.executable} -m")
