@@ -37,7 +37,3 @@ def complete_shipped_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
                            if isinstance(fold, dict) else fold for fold in manifest["folds"]]
     return filled
 
-
-def training_only(manifest: dict[str, Any]) -> bool:
-    """Whether a fold without test subjects is meant (its test set is another manifest)."""
-    return bool(manifest.get("test_manifest"))

@@ -61,6 +61,8 @@ class FoldSpec:
     au_weights: tuple[float, ...] | None
     raw: dict[str, Any]
     dataset: str = LEGACY_DATASET  # the manifest's "dataset" (manifests without one: DISFA)
+    # where a fold without test subjects is tested (a shipped manifest's other dataset)
+    test_manifest: str | None = None
 
 
 def load_manifest(path: Path | str) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def fold_spec(manifest_path: Path | str, fold: int) -> FoldSpec:
         au_ids=tuple(int(a) for a in manifest["au_ids"]), threshold=int(manifest["threshold"]),
         image_size=None if manifest["image_size"] is None else int(manifest["image_size"]),
         au_weights=tuple(float(w) for w in weights) if weights else None, raw=entry,
-        dataset=dataset,
+        dataset=dataset, test_manifest=manifest.get("test_manifest") or None,
     )
 
 

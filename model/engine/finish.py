@@ -76,9 +76,7 @@ def finish_run(run: TrainingRun, status: str) -> dict[str, Any]:
 def finish_training_only(run: TrainingRun, summary: dict[str, Any]) -> None:
     """A fold without test subjects (a shipped manifest whose test set is another dataset's):
     best.pt is the validation-selected model; the summary says where its test set is."""
-    from model.engine.data import load_manifest
-
-    test_manifest = load_manifest(run.cfg.manifest).get("test_manifest")
+    test_manifest = run.data.spec.test_manifest
     summary["test_manifest"] = test_manifest
     summary["training_only"] = True
     if run.info.is_main:

@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from pipeline.datasets.base import NOT_CODED
-from pipeline.shipped_manifests import training_only
 
 from .all_subjects import needs_test, run_subjects
 from .augment import AlignmentJitter
@@ -89,8 +88,7 @@ def _eval_loader(dataset: ShardFrames, indices: np.ndarray, cfg: TrainConfig,
 def _check_subjects(spec: FoldSpec, cfg: TrainConfig, context: str) -> None:
     if not spec.subjects["train"]:
         raise DataError(f"{context}: no training subjects")
-    if not spec.subjects["test"] and not cfg.all_subjects and not training_only(
-            load_manifest(cfg.manifest)):
+    if not spec.subjects["test"] and not cfg.all_subjects and not spec.test_manifest:
         raise DataError(f"{context}: no test subjects")
     if cfg.tune_threshold == "val" and not spec.subjects["val"]:
         raise DataError(f"{context}: no validation subjects to tune the decision thresholds on")
