@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -62,22 +63,6 @@ def graphs_wanted(cfg: TrainConfig, device: torch.device, info: DistInfo,
     return True, f"one CUDA graph a step ({precision.name})"
 
 
-class _NoCastCache:
-    """The run's precision with autocast's weight-cast cache off, as CUDA graphs require (a
-    cached cast made during capture would be freed when the autocast region ends)."""
-
-    def __init__(self, precision: Precision) -> None:
-        self.precision, self.name = precision, precision.name
-
-    def __getattr__(self, name: str) -> Any:  # dtype, needs_scaler, ...: the run's precision's
-        return getattr(self.precision, name)
-
-    def autocast(self) -> torch.autocast:
-        p = self.precision
-        return torch.autocast(device_type=p.device_type, dtype=p.dtype or torch.float32,
-                              enabled=p.dtype is not None, cache_enabled=False)
-
-
 class _StaticIntensities:
     """Stands in for the batch's ShardFrames in ``forward_loss``: the intensity targets are
     already in a static device buffer."""
@@ -101,7 +86,7 @@ class GraphStep:
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
         self.device, self.capture, self.frames = device, capture, frames
         self.channels_last = cfg.channels_last
-        self.precision = _NoCastCache(precision) if capture else precision
+        self.precision = replace(precision, cache_enabled=False) if capture else precision
         self.transform = unwrap(model).input_transform
         group = optimizer.param_groups[0]
         group["fused"], group["foreach"] = True, False  # the eager fallback steps fused too

@@ -27,6 +27,9 @@ class Precision:
 
     device_type: str
     dtype: torch.dtype | None  # None: plain float32
+    # autocast's weight-cast cache; off for CUDA graphs (a cast cached during capture would be
+    # freed when the autocast region ends)
+    cache_enabled: bool = True
 
     @property
     def name(self) -> str:
@@ -39,7 +42,7 @@ class Precision:
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self.device_type, dtype=self.dtype or torch.float32,
-                              enabled=self.dtype is not None)
+                              enabled=self.dtype is not None, cache_enabled=self.cache_enabled)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler that is a pass-through unless float16 needs it."""

@@ -5,6 +5,7 @@ host's kernel launches, to hold against the eager step, ``torch.compile`` and th
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -42,10 +43,11 @@ def make_graph_step(model: TRANet, x: torch.Tensor, y: torch.Tensor, precision: 
     opt = sgd(params, x.device)
     criterion = region_bce_criterion(model.config.au_ids)
 
+    # autocast's cast cache must not outlive a graph capture
+    uncached = replace(precision, cache_enabled=False)
+
     def body() -> torch.Tensor:
-        # cache_enabled=False: autocast's cast cache must not outlive a graph capture
-        with torch.autocast(device_type=x.device.type, dtype=precision.dtype or torch.float32,
-                            enabled=precision.dtype is not None, cache_enabled=False):
+        with uncached.autocast():
             logits = model(x)
         loss = criterion(logits.float(), y)
         loss.backward()
