@@ -83,12 +83,12 @@ def _epoch_loop(run: TrainingRun, stop: StopRequest,
 
 
 def save_interrupted(run: TrainingRun, epoch: int, stop: StopRequest,
-                     writer: CheckpointWriter | None = None) -> None:
+                     writer: CheckpointWriter) -> None:
     """last.pt in the middle of an epoch, so that --resume continues with the next batch."""
     consumed = run.acc.batches * run.data.train_loader.batch_size
     state = checkpoint_state(run, epoch - 1, run.acc, consumed)
     if run.info.is_main:
-        _write(writer, [(run.run_dir / "last.pt", state)])
+        writer.submit([(run.run_dir / "last.pt", state)])
         log.warning("stopped (%s) in epoch %d after batch %d; saved %s; continue with "
                     "--resume %s", stop.reason or "request", epoch, run.acc.batches,
                     run.run_dir / "last.pt", run.run_dir)
@@ -99,7 +99,7 @@ def evaluates(cfg: TrainConfig, epoch: int) -> bool:
     return epoch % cfg.eval_every == 0 or epoch >= cfg.epochs
 
 
-def end_of_epoch(run: TrainingRun, epoch: int, writer: CheckpointWriter | None = None) -> None:
+def end_of_epoch(run: TrainingRun, epoch: int, writer: CheckpointWriter) -> None:
     """Evaluate on the selection split (when ``evaluates``), step early stopping, save
     last.pt/best.pt (through ``writer``: in the background) and the metrics."""
     cfg, info, acc = run.cfg, run.info, run.acc
@@ -120,7 +120,7 @@ def end_of_epoch(run: TrainingRun, epoch: int, writer: CheckpointWriter | None =
             **best, "metrics": metrics.as_dict(),
             **({"intensity_metrics": intensity.as_dict()} if intensity is not None else {})}))
         write_card_file(run.run_dir, state)
-    _write(writer, files + [(run.run_dir / "last.pt", state)])
+    writer.submit(files + [(run.run_dir / "last.pt", state)])
     if scored is not None:
         write_metrics(run.run_dir, run.history, run.au_ids, _metrics_header(run))
         if epoch % max(cfg.plot_every, 1) == 0:
@@ -158,16 +158,6 @@ def _evaluate(run: TrainingRun, epoch: int, train_loss: float, totals: torch.Ten
         row["eval_intensity"] = intensity.as_dict()
     run.history.append(row)
     return metrics, intensity, improved
-
-
-def _write(writer: CheckpointWriter | None, files: list) -> None:
-    """Checkpoint files through ``writer`` (in the background), or at once without one."""
-    if writer is None:
-        writer = CheckpointWriter()
-        writer.submit(files)
-        writer.close()
-    else:
-        writer.submit(files)
 
 
 def _log_epoch(run: TrainingRun, epoch: int, train_loss: float, seconds: float,

@@ -103,8 +103,7 @@ def _geometry(cfg: TrainConfig, spec: FoldSpec, readers: dict[str, list],
     every = [r for rs in readers.values() for r in rs]
     check_datasets(every, spec, cfg.mix_datasets)
     geometry = check_consistent(every, spec, cfg.mix_datasets)
-    check_frame_counts(spec, [r for rs in readers.values() for r in rs],
-                       load_manifest(cfg.manifest).get("camera", "left"))
+    check_frame_counts(spec, every, load_manifest(cfg.manifest).get("camera", "left"))
     if cfg.flip:
         check_flip_symmetry(geometry, context)
     source_size = geometry["image_size"]

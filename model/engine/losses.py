@@ -81,14 +81,13 @@ def region_loss_groups(au_ids: Sequence[int]) -> list[list[int]]:
     return list(region_groups(au_ids).values())
 
 
-def region_bce_criterion(au_ids: Sequence[int], au_weights: torch.Tensor | None = None,
-                         masked: bool = False
+def region_bce_criterion(au_ids: Sequence[int], au_weights: torch.Tensor | None = None
                          ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss of every variant: ``branch_bce_loss`` over the region groups of ``au_ids``."""
     groups = region_loss_groups(au_ids)
 
     def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return branch_bce_loss(logits, targets, groups, au_weights, masked)
+        return branch_bce_loss(logits, targets, groups, au_weights)
 
     return criterion
 
