@@ -38,6 +38,7 @@ from .aligner import job as subject_job
 from .aligner.config import LANDMARK_SOURCES, PIPELINE_VERSION, SUMMARY_NAME, AlignConfig
 from .aligner.frames_run import run_frames_align
 from .aligner.job import SubjectJob
+from .aligner.parallel import run_jobs
 from .aligner.plan import load_bad_ranges, plan_jobs, root_error_logs_differing
 from .aligner.summary import format_summary, summary_warnings, write_summary
 from .cli import (HelpFormatter, check_out_dir, fraction_pair, handle_errors, int_range,
@@ -81,16 +82,6 @@ def align_subject(job: SubjectJob) -> dict[str, Any]:
     """Align one subject and write its shard (:func:`pipeline.aligner.job.align_subject`), with
     dlib's tracker where the release has no landmarks for the camera. Never raises."""
     return subject_job.align_subject(job, _right_camera_tracker)
-
-
-def _run_joblib(jobs: list[SubjectJob], n_jobs: int) -> Iterator[dict[str, Any]]:
-    if n_jobs == 1 or len(jobs) == 1:
-        yield from (align_subject(job) for job in jobs)
-        return
-    from joblib import Parallel, delayed
-
-    parallel = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
-    yield from parallel(delayed(align_subject)(job) for job in jobs)
 
 
 
@@ -139,7 +130,8 @@ def _run_locked(cfg: AlignConfig, jobs: list[SubjectJob], error_log: dict[str, A
                 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    results = _run_dask(jobs, cfg) if cfg.backend == "dask" else _run_joblib(jobs, cfg.jobs)
+    results = (_run_dask(jobs, cfg) if cfg.backend == "dask"
+               else run_jobs(align_subject, jobs, cfg.jobs))
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(jobs), desc="align", unit="subject", disable=None) as bar:
         for row in results:

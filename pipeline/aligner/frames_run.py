@@ -7,7 +7,7 @@ failed subject does not stop the others, a rerun skips current shards, ``--force
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..cli import check_out_dir, remove_stale_temp_files
 from ..datasets.adapters import get_adapter
@@ -17,6 +17,7 @@ from ..folder_lock import FolderLock
 from ..shards import shard_name
 from .config import AlignConfig
 from .frames_job import CAMERA, FramesJob, align_frames_subject
+from .parallel import run_jobs
 from .summary import write_summary
 
 
@@ -79,16 +80,6 @@ def plan_frames_jobs(cfg: AlignConfig, adapter: Any, lock: FolderLock | None = N
             for s in subjects]
 
 
-def _run_joblib(jobs: list[FramesJob], n_jobs: int) -> Iterator[dict[str, Any]]:
-    if n_jobs == 1 or len(jobs) == 1:
-        yield from (align_one(job) for job in jobs)
-        return
-    from joblib import Parallel, delayed
-
-    parallel = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
-    yield from parallel(delayed(align_one)(job) for job in jobs)
-
-
 def run_frames_align(cfg: AlignConfig) -> dict[str, Any]:
     """Align an image-folder dataset; returns (and writes) the summary. Raises ReleaseError
     only for what stops every subject (no adapter, no release, an unknown drop list)."""
@@ -108,7 +99,7 @@ def run_frames_align(cfg: AlignConfig) -> dict[str, Any]:
         remove_stale_temp_files(out)
         rows: list[dict[str, Any]] = []
         with tqdm(total=len(jobs), desc="align", unit="subject", disable=None) as bar:
-            for row in _run_joblib(jobs, cfg.jobs):
+            for row in run_jobs(align_one, jobs, cfg.jobs):
                 rows.append(row)
                 bar.set_postfix_str(f"{row['subject']} {row['status']}")
                 bar.update(1)
