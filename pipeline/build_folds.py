@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .datasets.base import NOT_CODED
 from .datasets.disfa.facts import MANIFEST_DIR, standard_folds
 from .datasets.registry import LEGACY_DATASET, dataset_info, is_known_subject
 from .shards import ShardError, ShardReader
@@ -135,9 +136,9 @@ def scan_shards(shards_dir: Path, camera: str) -> tuple[dict[str, SubjectStats],
 
 
 def _subject_stats(reader: ShardReader, path: Path) -> SubjectStats:
-    """Frames, positives and coded frames per AU (255 = not coded counts as neither)."""
+    """Frames, positives and coded frames per AU (NOT_CODED counts as neither)."""
     labels = np.asarray(reader.labels)
-    coded = (labels != 255).sum(axis=0).astype(np.int64)
+    coded = (labels != NOT_CODED).sum(axis=0).astype(np.int64)
     return SubjectStats(subject=reader.subject, frames=len(reader),
                         positives=(labels == 1).sum(axis=0).astype(np.int64), path=str(path),
                         coded=None if (coded == len(labels)).all() else coded)

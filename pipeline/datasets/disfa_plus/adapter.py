@@ -52,7 +52,8 @@ class DisfaPlusAdapter:
         for subject, label_dir in subject_dirs(top / LABELS).items():
             image_trials = trial_dirs(images[subject], IMAGE_RE) if subject in images else {}
             for trial, folder in trial_dirs(label_dir, _AU_FILE).items():
-                missing = [f"AU{a}.txt" for a in facts.AUS if a not in au_files(folder)]
+                present = au_files(folder)  # one listing of the folder, not one per AU
+                missing = [f"AU{a}.txt" for a in facts.AUS if a not in present]
                 if missing:  # py-feat skips such a trial too; say so rather than fail
                     self._skip(subject, trial, f"{', '.join(missing)} missing in {folder}")
                 elif trial not in image_trials:
