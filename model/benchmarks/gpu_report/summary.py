@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import STAGES
-from .targets import target_lines
+from .targets import measured, target_lines
 
 
 def read_records(path: Path, run: str | None = None) -> list[dict[str, Any]]:
@@ -51,11 +51,8 @@ def write_summary(jsonl: Path, md: Path, run: str | None = None) -> Path:
 
 def headline(records: list[dict[str, Any]]) -> list[str]:
     """The issue's targets, then the figures that answer its questions, each from its stage."""
-    ok = [r for r in records if r.get("kind") == "measurement" and r.get("status") == "ok"]
-
     def rows(stage: str, **match: Any) -> list[dict[str, Any]]:
-        return [r for r in ok if r.get("stage") == stage
-                and all(r.get(k) == v for k, v in match.items())]
+        return measured(records, stage, **match)
 
     lines = target_lines(records) + ["", "## Headline", ""]
     for row in rows("ceiling_train", channels_last=True, cudnn_benchmark=True):

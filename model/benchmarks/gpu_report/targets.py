@@ -13,7 +13,8 @@ EPOCH_IMAGES_PER_S = 1500
 EVAL_OVERHEAD = 0.10
 
 
-def _ok(records: list[dict[str, Any]], stage: str, **match: Any) -> list[dict[str, Any]]:
+def measured(records: list[dict[str, Any]], stage: str, **match: Any) -> list[dict[str, Any]]:
+    """The stage's successful measurements whose fields equal ``match``."""
     return [r for r in records if r.get("stage") == stage and r.get("kind") == "measurement"
             and r.get("status") == "ok" and all(r.get(k) == v for k, v in match.items())]
 
@@ -42,13 +43,14 @@ def target_lines(records: list[dict[str, Any]]) -> list[str]:
     """The Markdown lines of the targets section."""
     why = why_not_judged(records)
     lines = ["## Targets (issue 25)", ""]
-    for row in _ok(records, "end_to_end") or [{}]:
+    for row in measured(records, "end_to_end") or [{}]:
         lines += _epoch_lines(row, why)
-    lines += _bf16_lines("trainer's train_one_epoch", _ok(records, "trainer_epoch"), "amp",
+    lines += _bf16_lines("trainer's train_one_epoch", measured(records, "trainer_epoch"), "amp",
                          (True, False), why)
     lines += _bf16_lines("training step alone, batch 64, channels_last",
-                         _ok(records, "ceiling_train", channels_last=True, cudnn_benchmark=True,
-                             batch=_first_batch(records)), "precision", ("bf16", "fp32"), why)
+                         measured(records, "ceiling_train", channels_last=True,
+                                  cudnn_benchmark=True, batch=_first_batch(records)),
+                         "precision", ("bf16", "fp32"), why)
     return lines
 
 
