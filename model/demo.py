@@ -54,7 +54,7 @@ import torch
 from pipeline.cli import HelpFormatter, int_range
 from .cli import CommandError, handle_errors
 from .engine.run_folder import RunFolder
-from .demo_datasets import (add_dataset_options, default_help, prepare_bp4d,
+from .demo_datasets import (DEMO_RECIPE, add_dataset_options, default_help, prepare_bp4d,
                             resolve_dataset_options)
 from .demo_predict import predict_and_score
 from .demo_report import (build_report, demo_markdown, print_intensity_summary,
@@ -65,7 +65,7 @@ log = logging.getLogger("model.demo")
 
 #: The training recipe of the demo (model/recipes/cpu-demo.json); its settings are the defaults
 #: of the demo's training options.
-RECIPE = "cpu-demo"
+RECIPE = DEMO_RECIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +193,7 @@ def _run_stages(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def planned_stages(args: argparse.Namespace) -> int:
     """synthesize, align, folds, train; then evaluate (and predict) each fold."""
     folds = len(args.folds or range(args.k))
-    return 4 + folds * (2 if (args.predict_subjects or 0) > 0 else 1)
+    return 4 + folds * (2 if args.predict_subjects > 0 else 1)
 
 
 def prepare_data(args: argparse.Namespace, out: Path, watch: Stopwatch) -> dict[str, Any]:

@@ -27,7 +27,7 @@ DATASETS = ("disfa", "bp4d")
 #: frames are portrait like the release's, at a quarter of the size.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "disfa": {"n_subjects": 27, "frames": 200, "frame_width": 320, "frame_height": 240,
-              "task": "both", "predict_subjects": 3, "epochs": 32, "patience": 8},
+              "task": "both", "predict_subjects": 3},  # epochs, patience: DEMO_RECIPE's
     "bp4d": {"n_subjects": 18, "frames": 400, "frame_width": 260, "frame_height": 348,
              "task": "occurrence", "predict_subjects": 0, "epochs": 64, "patience": 16},
 }
@@ -45,9 +45,23 @@ BP4D_SUBJECTS = 41
 BP4D_TASKS = 2
 
 
+#: The recipe model.demo trains by (model/recipes/cpu-demo.json).
+DEMO_RECIPE = "cpu-demo"
+
+
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """``DEFAULTS[dataset]``, with the epochs and patience of ``DEMO_RECIPE`` where the dataset
+    sets none (DISFA's demo trains by the recipe)."""
+    from .engine.recipes import load_recipe
+
+    recipe = load_recipe(DEMO_RECIPE).settings
+    return {"epochs": recipe["epochs"], "patience": recipe["patience"], **DEFAULTS[dataset]}
+
+
 def default_help(option: str) -> str:
     """'(default: 27 for disfa, 15 for bp4d)' for the help of a per-dataset option."""
-    return "(default: " + ", ".join(f"{DEFAULTS[d][option]} for {d}" for d in DATASETS) + ")"
+    return "(default: " + ", ".join(f"{dataset_defaults(d)[option]} for {d}"
+                                    for d in DATASETS) + ")"
 
 
 def add_dataset_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -84,7 +98,7 @@ def resolve_dataset_options(args: argparse.Namespace) -> None:
         if args.n_subjects is not None and args.n_subjects > BP4D_SUBJECTS:
             raise CommandError(f"--n-subjects {args.n_subjects}: BP4D has {BP4D_SUBJECTS} "
                                "subjects")
-    for name, value in DEFAULTS[dataset].items():
+    for name, value in dataset_defaults(dataset).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if dataset == "bp4d":

@@ -16,7 +16,6 @@ def predict_and_score(checkpoint: Path, twin: Path, subjects: Sequence[str], out
     frames (a frame without a face counts as 'absent', intensity 0).
     ``options``: further :class:`PredictConfig` fields (e.g. ``calibrate=True, smooth=5``)."""
     import numpy as np
-    import pandas as pd
 
     from pipeline.datasets.disfa.facts import au_columns
     from pipeline.datasets.disfa import discover, read_labels

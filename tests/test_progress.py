@@ -143,10 +143,13 @@ def test_crossval_says_run_k_of_n(tmp_path, monkeypatch, caplog):
 
 def test_demo_stages_say_stage_k_of_n(caplog):
     from model.demo import Stopwatch, build_parser, planned_stages
+    from model.demo_datasets import resolve_dataset_options
 
     args = build_parser().parse_args(["--out", "x", "--k", "3", "--folds", "1", "2"])
-    assert planned_stages(args) == 4 + 2 * (2 if args.predict_subjects else 1)
+    resolve_dataset_options(args)  # as run_demo does: the DISFA demo predicts (3 subjects)
+    assert planned_stages(args) == 4 + 2 * 2
     args = build_parser().parse_args(["--out", "x", "--k", "3", "--predict-subjects", "0"])
+    resolve_dataset_options(args)
     assert planned_stages(args) == 4 + 3
     watch = Stopwatch(planned=3)
     with caplog.at_level("INFO", logger="model.demo"):
